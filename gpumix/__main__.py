@@ -1,0 +1,5 @@
+import sys
+
+from gpumix.cli import main
+
+sys.exit(main())

@@ -1,0 +1,19 @@
+"""Tolerant readers for JSON-like Kubernetes objects: wrong types read as empty."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def as_mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def as_list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def str_map(value: object) -> dict[str, str]:
+    """A label/annotation map; entries whose value is not a string are dropped."""
+    return {str(k): v for k, v in as_mapping(value).items() if isinstance(v, str)}

@@ -1,0 +1,122 @@
+"""GPU type of a pod template, GPUs per replica, and the model group."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gpumix.kube.fields import as_list, as_mapping, str_map
+from gpumix.kube.policy import GPU_TYPE_LABEL, MIG_RESOURCE_PREFIX, Policy
+
+GpuKind = Literal["pinned", "mig", "unpinned", "cpu"]
+
+
+@dataclass(frozen=True, slots=True)
+class GpuType:
+    """What a Deployment runs on.
+
+    ``kind`` is ``pinned`` (a named GPU type), ``mig`` (a MIG slice resource),
+    ``unpinned`` (requests GPUs but may land on any type) or ``cpu``.
+    ``source`` says where the answer came from, for messages.
+    """
+
+    kind: GpuKind
+    name: str | None = None
+    source: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.kind in ("pinned", "mig") and self.name:
+            return self.name
+        return "unpinned GPU" if self.kind == "unpinned" else "CPU-only"
+
+    def same_as(self, other: GpuType) -> bool:
+        return (self.kind, self.name) == (other.kind, other.name)
+
+
+CPU_ONLY = GpuType("cpu", None, "no GPU resources requested")
+
+
+def gpu_resources(pod_spec: Mapping[str, Any], policy: Policy) -> dict[str, int]:
+    """GPU-like extended resources one replica requests (limits win over requests)."""
+    totals: dict[str, int] = {}
+    for container in as_list(pod_spec.get("containers")) + as_list(pod_spec.get("initContainers")):
+        resources = as_mapping(as_mapping(container).get("resources"))
+        seen: dict[str, int] = {}
+        for section in ("requests", "limits"):  # limits overwrite requests
+            for name, qty in as_mapping(resources.get(section)).items():
+                if name in policy.gpu_resource_names or str(name).startswith(MIG_RESOURCE_PREFIX):
+                    seen[str(name)] = _quantity(qty)
+        for name, qty in seen.items():
+            totals[name] = totals.get(name, 0) + qty
+    return {k: v for k, v in totals.items() if v > 0}
+
+
+def _quantity(qty: object) -> int:
+    if isinstance(qty, bool):
+        return 0
+    if isinstance(qty, int):
+        return qty
+    if isinstance(qty, float):
+        return int(qty)
+    if isinstance(qty, str):
+        try:
+            return int(float(qty))
+        except ValueError:
+            return 0
+    return 0
+
+
+def _required_affinity_value(pod_spec: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str, str]:
+    affinity = as_mapping(as_mapping(pod_spec.get("affinity")).get("nodeAffinity"))
+    required = as_mapping(affinity.get("requiredDuringSchedulingIgnoredDuringExecution"))
+    terms = as_list(required.get("nodeSelectorTerms"))
+    if len(terms) != 1:
+        return "", ""  # several terms are OR-ed: not one type
+    for expr in as_list(as_mapping(terms[0]).get("matchExpressions")):
+        e = as_mapping(expr)
+        values = as_list(e.get("values"))
+        if e.get("key") in keys and e.get("operator") == "In" and len(values) == 1:
+            return str(e["key"]), str(values[0])
+    return "", ""
+
+
+def gpu_type_of(template: Mapping[str, Any], policy: Policy) -> GpuType:
+    """GPU type of a pod template, the first rule that applies (see DESIGN.md)."""
+    labels = str_map(as_mapping(template.get("metadata")).get("labels"))
+    if labels.get(GPU_TYPE_LABEL):
+        return GpuType("pinned", labels[GPU_TYPE_LABEL], f"label {GPU_TYPE_LABEL}")
+    spec = as_mapping(template.get("spec"))
+    node_selector = str_map(spec.get("nodeSelector"))
+    for key in policy.gpu_node_label_keys:
+        if node_selector.get(key):
+            return GpuType("pinned", node_selector[key], f"nodeSelector {key}")
+    key, value = _required_affinity_value(spec, policy.gpu_node_label_keys)
+    if value:
+        return GpuType("pinned", value, f"required node affinity {key}")
+    resources = gpu_resources(spec, policy)
+    migs = sorted(r for r in resources if r.startswith(MIG_RESOURCE_PREFIX))
+    if migs:
+        return GpuType("mig", migs[0], f"resource {migs[0]}")
+    if resources:
+        return GpuType("unpinned", None, f"requests {', '.join(sorted(resources))}")
+    return CPU_ONLY
+
+
+def gpus_per_replica(template: Mapping[str, Any], policy: Policy) -> int:
+    return sum(gpu_resources(as_mapping(template.get("spec")), policy).values())
+
+
+def model_group(labels: Mapping[str, str], policy: Policy) -> str | None:
+    for key in policy.model_label_keys:
+        value = labels.get(key)
+        if value:
+            return value
+    return None
+
+
+def node_gpu_names(labels: Mapping[str, str], policy: Policy) -> frozenset[str]:
+    """Every GPU type name a node answers to (one per GPU label it carries)."""
+    names = {labels[k] for k in (GPU_TYPE_LABEL, *policy.gpu_node_label_keys) if labels.get(k)}
+    return frozenset(names)

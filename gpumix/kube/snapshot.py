@@ -1,0 +1,186 @@
+"""A snapshot of the objects the rules look at, indexed for overlap queries.
+
+Overlap detection does not compare every pair.  Within a namespace,
+Deployments are grouped by the set of keys their selector pins to finite
+values (``matchLabels`` / ``In``), and each group keeps a posting list per
+``key=value``.  For a query selector Q, a group whose pinned keys share a key
+``k`` with Q can only hold overlapping selectors in the postings of ``k``'s
+values in Q; a group sharing no pinned key with Q is taken whole.  Candidates
+are then checked exactly.  Real clusters have few distinct key sets (``app``,
+``app.kubernetes.io/name``, model labels), so a query touches a handful of
+postings instead of every Deployment.
+
+The snapshot is changed only by its owner (the webhook's cache, the CLI while
+loading files); the rules only read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpumix.kube.objects import (
+    AutoscalerView,
+    DeploymentView,
+    NamespaceView,
+    NodeView,
+    ObjectRef,
+    View,
+    view_of,
+)
+from gpumix.kube.policy import Policy
+from gpumix.kube.selectors import Selector
+
+
+@dataclass
+class _KeyGroup:
+    members: set[str] = field(default_factory=set)
+    postings: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+
+
+@dataclass
+class _NamespaceIndex:
+    groups: dict[frozenset[str], _KeyGroup] = field(default_factory=dict)
+
+    def add(self, name: str, selector: Selector) -> None:
+        pinned = selector.pinned()
+        group = self.groups.setdefault(frozenset(pinned), _KeyGroup())
+        group.members.add(name)
+        for key, values in pinned.items():
+            for value in values:
+                group.postings.setdefault((key, value), set()).add(name)
+
+    def remove(self, name: str, selector: Selector) -> None:
+        pinned = selector.pinned()
+        sig = frozenset(pinned)
+        group = self.groups.get(sig)
+        if group is None:
+            return
+        group.members.discard(name)
+        for key, values in pinned.items():
+            for value in values:
+                posting = group.postings.get((key, value))
+                if posting is not None:
+                    posting.discard(name)
+                    if not posting:
+                        del group.postings[(key, value)]
+        if not group.members:
+            del self.groups[sig]
+
+    def candidates(self, selector: Selector) -> set[str]:
+        pinned = selector.pinned()
+        out: set[str] = set()
+        for sig, group in self.groups.items():
+            common = sig & pinned.keys()
+            if not common:
+                out |= group.members
+                continue
+            best: set[str] | None = None
+            for key in common:
+                hits: set[str] = set()
+                for value in pinned[key]:
+                    hits |= group.postings.get((key, value), set())
+                if best is None or len(hits) < len(best):
+                    best = hits
+                if not best:
+                    break
+            if best:
+                out |= best
+        return out
+
+
+class Snapshot:
+    """Deployments, autoscalers, Nodes and Namespaces, with the indexes the rules use."""
+
+    def __init__(self) -> None:
+        self.deployments: dict[ObjectRef, DeploymentView] = {}
+        self.autoscalers: dict[ObjectRef, AutoscalerView] = {}
+        self.nodes: dict[str, NodeView] = {}
+        self.namespaces: dict[str, NamespaceView] = {}
+        self._index: dict[str, _NamespaceIndex] = {}
+        self._targets: dict[ObjectRef, set[ObjectRef]] = {}
+
+    # -- building ---------------------------------------------------------------
+    @classmethod
+    def from_objects(cls, objects: Iterable[Mapping[str, Any]], policy: Policy) -> Snapshot:
+        snap = cls()
+        for obj in objects:
+            view = view_of(obj, policy)
+            if view is not None:
+                snap.put(view)
+        return snap
+
+    def put(self, view: View) -> None:
+        if isinstance(view, DeploymentView):
+            self.remove_deployment(view.ref)
+            self.deployments[view.ref] = view
+            self._index.setdefault(view.namespace, _NamespaceIndex()).add(view.name, view.selector)
+        elif isinstance(view, AutoscalerView):
+            self.remove_autoscaler(view.ref)
+            self.autoscalers[view.ref] = view
+            if view.target is not None:
+                self._targets.setdefault(_deployment_ref(view.target), set()).add(view.ref)
+        elif isinstance(view, NodeView):
+            self.nodes[view.name] = view
+        else:
+            self.namespaces[view.name] = view
+
+    def remove_deployment(self, ref: ObjectRef) -> None:
+        old = self.deployments.pop(ref, None)
+        if old is not None:
+            index = self._index.get(old.namespace)
+            if index is not None:
+                index.remove(old.name, old.selector)
+                if not index.groups:
+                    del self._index[old.namespace]
+
+    def remove_autoscaler(self, ref: ObjectRef) -> None:
+        old = self.autoscalers.pop(ref, None)
+        if old is not None and old.target is not None:
+            refs = self._targets.get(_deployment_ref(old.target))
+            if refs is not None:
+                refs.discard(ref)
+                if not refs:
+                    del self._targets[_deployment_ref(old.target)]
+
+    def remove(self, kind: str, namespace: str, name: str) -> None:
+        if kind == "Deployment":
+            self.remove_deployment(ObjectRef(kind, namespace, name))
+        elif kind == "Node":
+            self.nodes.pop(name, None)
+        elif kind == "Namespace":
+            self.namespaces.pop(name, None)
+        else:
+            self.remove_autoscaler(ObjectRef(kind, namespace, name))
+
+    # -- queries ----------------------------------------------------------------
+    def overlap_candidates(self, selector: Selector, namespace: str) -> Iterator[DeploymentView]:
+        """Deployments in ``namespace`` whose selector may overlap ``selector`` (a superset)."""
+        index = self._index.get(namespace)
+        if index is None:
+            return
+        for name in sorted(index.candidates(selector)):
+            yield self.deployments[ObjectRef("Deployment", namespace, name)]
+
+    def autoscalers_targeting(self, deployment: ObjectRef) -> list[AutoscalerView]:
+        refs = self._targets.get(_deployment_ref(deployment), set())
+        return [self.autoscalers[r] for r in sorted(refs)]
+
+    def deployment(self, ref: ObjectRef) -> DeploymentView | None:
+        return self.deployments.get(_deployment_ref(ref))
+
+    def gpu_capacity(self, gpu_name: str) -> int | None:
+        """Allocatable GPUs on schedulable Nodes of this GPU type; None if no Node has it."""
+        total: int | None = None
+        for node in self.nodes.values():
+            if gpu_name in node.gpu_names and not node.unschedulable:
+                total = (total or 0) + node.allocatable_gpus
+        return total
+
+    def namespace(self, name: str) -> NamespaceView | None:
+        return self.namespaces.get(name)
+
+
+def _deployment_ref(ref: ObjectRef) -> ObjectRef:
+    return ObjectRef("Deployment", ref.namespace, ref.name)

@@ -1,0 +1,1 @@
+"""End-to-end tests on a real kube-apiserver (see envtest.py and conftest.py)."""

@@ -1,0 +1,21 @@
+"""Rule ``invalid-selector``: a selector the API server would refuse."""
+
+from __future__ import annotations
+
+from gpumix.kube.objects import DeploymentView
+from webhook.rules.base import Finding
+
+RULE = "invalid-selector"
+
+
+def check(dep: DeploymentView) -> list[Finding]:
+    if dep.selector_error is None:
+        return []
+    return [
+        Finding(
+            RULE,
+            "error",
+            dep.ref,
+            f"{dep.ref} has an invalid selector: {dep.selector_error}",
+        )
+    ]

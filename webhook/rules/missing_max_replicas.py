@@ -1,0 +1,61 @@
+"""Rule ``missing-max-replicas``: an autoscaler without a ceiling (absent or 0)."""
+
+from __future__ import annotations
+
+from gpumix.kube.objects import AutoscalerView
+from gpumix.kube.policy import DEFAULT_MAX_REPLICAS_ANNOTATION, Policy
+from gpumix.kube.snapshot import Snapshot
+from webhook.rules.base import Finding
+
+RULE = "missing-max-replicas"
+
+
+def default_ceiling(scaler: AutoscalerView, snapshot: Snapshot, policy: Policy) -> int:
+    """The ceiling to inject: namespace annotation, else the policy default,
+    capped by the GPU capacity of the target's type when the Nodes are known."""
+    ns = snapshot.namespace(scaler.namespace)
+    value = (
+        ns.default_max_replicas
+        if ns is not None and ns.default_max_replicas is not None
+        else policy.default_max_replicas
+    )
+    value = min(value, policy.hard_max_replicas)
+    capacity = capacity_replicas(scaler, snapshot)
+    if capacity is not None:
+        value = min(value, max(capacity, 1))
+    if scaler.floor is not None and scaler.floor > value:
+        value = scaler.floor
+    return value
+
+
+def capacity_replicas(scaler: AutoscalerView, snapshot: Snapshot) -> int | None:
+    """How many replicas of the target fit on the GPUs of its type, when known."""
+    if scaler.target is None:
+        return None
+    dep = snapshot.deployment(scaler.target)
+    if dep is None or dep.gpus_per_replica <= 0 or dep.gpu_type.name is None:
+        return None
+    gpus = snapshot.gpu_capacity(dep.gpu_type.name)
+    if gpus is None:
+        return None
+    return gpus // dep.gpus_per_replica
+
+
+def check(scaler: AutoscalerView, snapshot: Snapshot, policy: Policy) -> list[Finding]:
+    if scaler.ceiling is not None:
+        return []
+    value = default_ceiling(scaler, snapshot, policy)
+    return [
+        Finding(
+            RULE,
+            "error",
+            scaler.ref,
+            f"{scaler.ref} has no ceiling ({scaler.ceiling_field} is absent or 0): under a "
+            f"ramping load it can create pods until the cluster runs out. Fix: set "
+            f"{scaler.ceiling_field} (default {value}: the {DEFAULT_MAX_REPLICAS_ANNOTATION} "
+            "namespace annotation, else the policy default, capped by the GPUs of the target's "
+            "type)",
+            (scaler.target,) if scaler.target else (),
+            fixable=True,
+        )
+    ]
