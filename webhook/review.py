@@ -1,0 +1,301 @@
+"""The admission decision, pure: ``review(request, snapshot, policy, phase) -> Verdict``.
+
+Defaulting (``mutate``) and validation (``validate``) are separate steps, as in
+Kubernetes: the mutating webhook fixes what it provably can (in ``enforce``
+mode), and the validating webhook judges the final object.  Parsing the wire
+format and building the response are here too, so the HTTP layer only moves
+bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
+
+import jsonpatch
+
+from gpumix.kube.fields import as_mapping
+from gpumix.kube.objects import AutoscalerView, DeploymentView, View, view_of
+from gpumix.kube.policy import Mode, Policy
+from gpumix.kube.snapshot import Snapshot
+from webhook.rules import missing_max_replicas, selector_immutable, selector_overlap
+from webhook.rules.base import Finding
+from webhook.rules.engine import evaluate
+from webhook.rules.fixes import isolate_deployment, set_ceiling
+
+Phase = Literal["mutate", "validate"]
+Shape = Literal["allowed", "denied", "patched", "errored"]
+ADMISSION_API_VERSION = "admission.k8s.io/v1"
+
+
+class GroupVersionKind(TypedDict):
+    group: str
+    version: str
+    kind: str
+
+
+class AdmissionRequest(TypedDict, total=False):
+    uid: str
+    kind: GroupVersionKind
+    resource: dict[str, str]
+    subResource: str
+    name: str
+    namespace: str
+    operation: str
+    userInfo: dict[str, Any]
+    object: dict[str, Any]
+    oldObject: dict[str, Any] | None
+    dryRun: bool
+    options: dict[str, Any] | None
+
+
+class StatusDict(TypedDict, total=False):
+    code: int
+    message: str
+    reason: str
+
+
+class AdmissionResponse(TypedDict, total=False):
+    uid: str
+    allowed: bool
+    status: StatusDict
+    patchType: str
+    patch: str
+    warnings: list[str]
+
+
+class AdmissionReviewResponse(TypedDict):
+    apiVersion: str
+    kind: str
+    response: AdmissionResponse
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One of four shapes: allowed, denied(reason), patched(patch), errored(code, message)."""
+
+    shape: Shape
+    message: str = ""
+    code: int = 200
+    patch: tuple[dict[str, Any], ...] = ()
+    warnings: tuple[str, ...] = ()
+    findings: tuple[Finding, ...] = ()
+    mode: Mode | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.shape in ("allowed", "patched")
+
+
+class ReviewError(ValueError):
+    """A request body that is not a usable AdmissionReview (the server answers 400)."""
+
+    def __init__(self, message: str, uid: str = "") -> None:
+        super().__init__(message)
+        self.uid = uid
+
+
+def parse_review(body: object) -> AdmissionRequest:
+    """Check an AdmissionReview body and return its request, or raise ReviewError."""
+    if not isinstance(body, Mapping):
+        raise ReviewError("body must be a JSON object (an AdmissionReview)")
+    request = body.get("request")
+    uid = ""
+    if isinstance(request, Mapping) and isinstance(request.get("uid"), str):
+        uid = request["uid"]
+    if body.get("apiVersion") != ADMISSION_API_VERSION:
+        raise ReviewError(
+            f"apiVersion must be {ADMISSION_API_VERSION}, got {body.get('apiVersion')!r}", uid
+        )
+    if body.get("kind") != "AdmissionReview":
+        raise ReviewError(f"kind must be AdmissionReview, got {body.get('kind')!r}", uid)
+    if not isinstance(request, Mapping):
+        raise ReviewError("request is missing or not an object", uid)
+    if not uid:
+        raise ReviewError("request.uid is missing or not a string")
+    operation = request.get("operation")
+    if operation not in ("CREATE", "UPDATE", "DELETE", "CONNECT"):
+        raise ReviewError(f"request.operation {operation!r} is not a known operation", uid)
+    obj = request.get("object")
+    if operation in ("CREATE", "UPDATE") and not isinstance(obj, Mapping):
+        raise ReviewError("request.object is missing or not an object", uid)
+    old = request.get("oldObject")
+    if old is not None and not isinstance(old, Mapping):
+        raise ReviewError("request.oldObject is not an object", uid)
+    kind = request.get("kind")
+    if not isinstance(kind, Mapping) or not isinstance(kind.get("kind"), str):
+        raise ReviewError("request.kind is missing or has no kind", uid)
+    return AdmissionRequest(
+        uid=uid,
+        kind=GroupVersionKind(
+            group=str(kind.get("group", "")),
+            version=str(kind.get("version", "")),
+            kind=str(kind["kind"]),
+        ),
+        name=str(request.get("name") or ""),
+        namespace=str(request.get("namespace") or ""),
+        operation=str(operation),
+        subResource=str(request.get("subResource") or ""),
+        object=dict(obj) if isinstance(obj, Mapping) else {},
+        oldObject=dict(old) if isinstance(old, Mapping) else None,
+        dryRun=bool(request.get("dryRun", False)),
+    )
+
+
+def _object_of(request: AdmissionRequest) -> dict[str, Any]:
+    """The object with the request's kind and namespace filled in (they may be absent)."""
+    obj = dict(request.get("object") or {})
+    gvk = request["kind"]
+    if not obj.get("apiVersion"):
+        obj["apiVersion"] = f"{gvk['group']}/{gvk['version']}" if gvk["group"] else gvk["version"]
+    if not obj.get("kind"):
+        obj["kind"] = gvk["kind"]
+    metadata = dict(as_mapping(obj.get("metadata")))
+    if request.get("namespace") and not metadata.get("namespace"):
+        metadata["namespace"] = request["namespace"]
+    if request.get("name") and not metadata.get("name"):
+        metadata["name"] = request["name"]
+    obj["metadata"] = metadata
+    return obj
+
+
+def mode_for(namespace: str, snapshot: Snapshot, policy: Policy) -> Mode:
+    ns = snapshot.namespace(namespace)
+    return ns.mode if ns is not None and ns.mode is not None else policy.mode
+
+
+def review(request: AdmissionRequest, snapshot: Snapshot, policy: Policy, phase: Phase) -> Verdict:
+    """Decide one admission request.  Never raises for a well-formed request."""
+    if request.get("subResource") or request.get("operation") not in ("CREATE", "UPDATE"):
+        return Verdict("allowed")
+    obj = _object_of(request)
+    view = view_of(obj, policy)
+    if not isinstance(view, (DeploymentView, AutoscalerView)):
+        return Verdict("allowed")
+    if view.namespace in policy.exempt_namespaces:
+        return Verdict("allowed", message=f"namespace {view.namespace} is exempt")
+    mode = mode_for(view.namespace, snapshot, policy)
+    old_obj = request.get("oldObject")
+    old_view = view_of(old_obj, policy) if old_obj else None
+    if phase == "mutate":
+        return _mutate(obj, view, snapshot, policy, mode)
+    return _validate(view, old_view, snapshot, policy, mode)
+
+
+def _mutate(
+    obj: dict[str, Any], view: View, snapshot: Snapshot, policy: Policy, mode: Mode
+) -> Verdict:
+    if mode != "enforce":
+        return Verdict("allowed", mode=mode)
+    fixed = copy.deepcopy(obj)
+    applied: list[Finding] = []
+    if isinstance(view, DeploymentView):
+        findings = [f for f in selector_overlap.check(view, snapshot) if f.severity == "error"]
+        if not findings:
+            return Verdict("allowed", mode=mode)
+        isolate_deployment(fixed, view.gpu_type)
+        fixed_view = view_of(fixed, policy)
+        assert isinstance(fixed_view, DeploymentView)
+        still = [f for f in selector_overlap.check(fixed_view, snapshot) if f.severity == "error"]
+        if still:
+            # The fix does not remove the overlap (an existing Deployment's selector is
+            # the broad one): leave the object as it is; validation denies and explains.
+            return Verdict("allowed", findings=tuple(findings), mode=mode)
+        applied = findings
+    elif isinstance(view, AutoscalerView):
+        applied = missing_max_replicas.check(view, snapshot, policy)
+        if not applied:
+            return Verdict("allowed", mode=mode)
+        set_ceiling(
+            fixed, view.ceiling_field, missing_max_replicas.default_ceiling(view, snapshot, policy)
+        )
+    patch = jsonpatch.make_patch(obj, fixed).patch
+    if not patch:
+        return Verdict("allowed", mode=mode)
+    notes = tuple(f"gpumix fixed {f.rule} on {f.subject}" for f in applied)
+    return Verdict(
+        "patched", patch=tuple(patch), warnings=notes, findings=tuple(applied), mode=mode
+    )
+
+
+def _validate(
+    view: DeploymentView | AutoscalerView,
+    old_view: View | None,
+    snapshot: Snapshot,
+    policy: Policy,
+    mode: Mode,
+) -> Verdict:
+    findings = evaluate(view, snapshot, policy)
+    if isinstance(view, DeploymentView) and isinstance(old_view, DeploymentView):
+        immutable = selector_immutable.check(old_view, view)
+        # An UPDATE is denied for overlaps it creates, not for ones that were already there.
+        before = {r for f in selector_overlap.check(old_view, snapshot) for r in f.related}
+        findings = [
+            _as_warning(f) if f.rule == selector_overlap.RULE and set(f.related) <= before else f
+            for f in findings
+        ]
+        findings = immutable + findings
+    errors = [f for f in findings if f.severity == "error"]
+    warnings = tuple(f"{f.rule}: {f.message}" for f in findings if f.severity == "warning")
+    if mode == "audit":
+        return Verdict("allowed", findings=tuple(findings), mode=mode)
+    if mode == "warn" or not errors:
+        extra = tuple(f"{f.rule}: {f.message}" for f in errors)
+        return Verdict("allowed", warnings=extra + warnings, findings=tuple(findings), mode=mode)
+    message = "gpumix denied the request: " + " | ".join(f"[{f.rule}] {f.message}" for f in errors)
+    return Verdict(
+        "denied", message=message, code=403, warnings=warnings, findings=tuple(findings), mode=mode
+    )
+
+
+def _as_warning(f: Finding) -> Finding:
+    return Finding(
+        f.rule,
+        "warning",
+        f.subject,
+        f"(already present before this update) {f.message}",
+        f.related,
+        f.fixable,
+    )
+
+
+def errored(message: str, code: int = 400) -> Verdict:
+    return Verdict("errored", message=message, code=code)
+
+
+def to_response(uid: str, verdict: Verdict) -> AdmissionReviewResponse:
+    """The AdmissionReview the API server reads; always echoes the uid."""
+    response: AdmissionResponse = {"uid": uid, "allowed": verdict.allowed}
+    if verdict.shape in ("denied", "errored"):
+        reason = "Forbidden" if verdict.shape == "denied" else "BadRequest"
+        response["status"] = {"code": verdict.code, "message": verdict.message, "reason": reason}
+    if verdict.shape == "patched":
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(
+            json.dumps(list(verdict.patch), separators=(",", ":")).encode()
+        ).decode()
+    if verdict.warnings:
+        response["warnings"] = [_warning_text(w) for w in verdict.warnings]
+    return {"apiVersion": ADMISSION_API_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+def _warning_text(text: str) -> str:
+    # The API server passes warnings on as HTTP headers: keep them printable and short.
+    clean = "".join(ch if ch.isprintable() else " " for ch in text)
+    return clean if len(clean) <= 1000 else clean[:997] + "..."
+
+
+__all__ = [
+    "AdmissionRequest",
+    "AdmissionReviewResponse",
+    "ReviewError",
+    "Verdict",
+    "errored",
+    "parse_review",
+    "review",
+    "to_response",
+]
