@@ -20,7 +20,7 @@ import jsonpatch
 
 from gpumix.kube.fields import as_mapping
 from gpumix.kube.objects import AutoscalerView, DeploymentView, View, view_of
-from gpumix.kube.policy import Mode, Policy
+from gpumix.kube.policy import DEPLOYMENT_LABEL, Mode, Policy
 from gpumix.kube.snapshot import Snapshot
 from webhook.rules import missing_max_replicas, selector_immutable, selector_overlap
 from webhook.rules.base import Finding
@@ -247,9 +247,29 @@ def _validate(
         extra = tuple(f"{f.rule}: {f.message}" for f in errors)
         return Verdict("allowed", warnings=extra + warnings, findings=tuple(findings), mode=mode)
     message = "gpumix denied the request: " + " | ".join(f"[{f.rule}] {f.message}" for f in errors)
+    broad = sorted(
+        {
+            str(r)
+            for f in errors
+            if f.rule == selector_overlap.RULE
+            for r in f.related
+            if not _isolated(snapshot.deployment(r))
+        }
+    )
+    if broad:
+        message += (
+            f" | {', '.join(broad)} already exist(s) with a broad selector, so fixing this "
+            "object alone cannot remove the overlap. A Deployment's selector is immutable: "
+            "recreate the existing one(s) with a distinct selector label (run "
+            "`gpumix check --fix` on the manifests to see the change), then apply this again"
+        )
     return Verdict(
         "denied", message=message, code=403, warnings=warnings, findings=tuple(findings), mode=mode
     )
+
+
+def _isolated(dep: DeploymentView | None) -> bool:
+    return dep is not None and any(r.key == DEPLOYMENT_LABEL for r in dep.selector.requirements)
 
 
 def _as_warning(f: Finding) -> Finding:
