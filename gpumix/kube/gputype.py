@@ -39,18 +39,44 @@ CPU_ONLY = GpuType("cpu", None, "no GPU resources requested")
 
 
 def gpu_resources(pod_spec: Mapping[str, Any], policy: Policy) -> dict[str, int]:
-    """GPU-like extended resources one replica requests (limits win over requests)."""
+    """GPU-like extended resources one replica requests (limits win over requests).
+
+    As the scheduler counts them: the app containers and the sidecars (init
+    containers with ``restartPolicy: Always``) add up; an ordinary init
+    container runs alone before them, so it only counts when it asks for more
+    (plus the sidecars started before it).
+    """
     totals: dict[str, int] = {}
-    for container in as_list(pod_spec.get("containers")) + as_list(pod_spec.get("initContainers")):
-        resources = as_mapping(as_mapping(container).get("resources"))
-        seen: dict[str, int] = {}
-        for section in ("requests", "limits"):  # limits overwrite requests
-            for name, qty in as_mapping(resources.get(section)).items():
-                if name in policy.gpu_resource_names or str(name).startswith(MIG_RESOURCE_PREFIX):
-                    seen[str(name)] = _quantity(qty)
-        for name, qty in seen.items():
-            totals[name] = totals.get(name, 0) + qty
+    sidecars: dict[str, int] = {}
+    init_peak: dict[str, int] = {}
+    for container in as_list(pod_spec.get("initContainers")):
+        own = _container_gpus(container, policy)
+        if as_mapping(container).get("restartPolicy") == "Always":
+            _add(sidecars, own)
+        else:
+            for name, qty in own.items():
+                init_peak[name] = max(init_peak.get(name, 0), qty + sidecars.get(name, 0))
+    for container in as_list(pod_spec.get("containers")):
+        _add(totals, _container_gpus(container, policy))
+    _add(totals, sidecars)
+    for name, qty in init_peak.items():
+        totals[name] = max(totals.get(name, 0), qty)
     return {k: v for k, v in totals.items() if v > 0}
+
+
+def _container_gpus(container: object, policy: Policy) -> dict[str, int]:
+    resources = as_mapping(as_mapping(container).get("resources"))
+    seen: dict[str, int] = {}
+    for section in ("requests", "limits"):  # limits overwrite requests
+        for name, qty in as_mapping(resources.get(section)).items():
+            if name in policy.gpu_resource_names or str(name).startswith(MIG_RESOURCE_PREFIX):
+                seen[str(name)] = _quantity(qty)
+    return seen
+
+
+def _add(into: dict[str, int], more: Mapping[str, int]) -> None:
+    for name, qty in more.items():
+        into[name] = into.get(name, 0) + qty
 
 
 def _quantity(qty: object) -> int:

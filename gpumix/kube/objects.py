@@ -153,6 +153,9 @@ def deployment_view(obj: Mapping[str, Any], policy: Policy) -> DeploymentView:
     error: SelectorError | None = None
     try:
         selector = parse_selector(spec.get("selector"), "spec.selector")
+        if selector.is_empty:
+            # apps/v1 refuses it: a Deployment's selector is required and non-empty
+            raise SelectorError("spec.selector", "is required and must not be empty")
     except SelectorError as exc:
         selector, error = Selector(), exc
     labels = str_map(meta(obj).get("labels"))
@@ -227,7 +230,7 @@ def namespace_view(obj: Mapping[str, Any]) -> NamespaceView:
             mode = candidate
     default_max: int | None = None
     raw = annotations.get(DEFAULT_MAX_REPLICAS_ANNOTATION)
-    if raw is not None and raw.strip().isdigit() and int(raw) > 0:
+    if raw is not None and raw.strip().isascii() and raw.strip().isdigit() and int(raw) > 0:
         default_max = int(raw)
     return NamespaceView(
         name=name_of(obj), mode=mode, default_max_replicas=default_max, labels=labels

@@ -91,7 +91,7 @@ def policy_from_mapping(doc: object) -> Policy:
         return Policy()
     if not isinstance(doc, Mapping):
         raise PolicyError("<document>", "a policy must be a mapping")
-    unknown = sorted(set(doc) - _KEYS - {"apiVersion", "kind", "metadata"})
+    unknown = sorted(str(k) for k in set(doc) - _KEYS - {"apiVersion", "kind", "metadata"})
     if unknown:
         raise PolicyError(unknown[0], f"unknown field; known fields: {', '.join(sorted(_KEYS))}")
     if "kind" in doc and doc["kind"] != "Policy":

@@ -119,8 +119,8 @@ class Snapshot:
         elif isinstance(view, AutoscalerView):
             self.remove_autoscaler(view.ref)
             self.autoscalers[view.ref] = view
-            if view.target is not None:
-                self._targets.setdefault(_deployment_ref(view.target), set()).add(view.ref)
+            if view.target is not None and view.target.kind == "Deployment":
+                self._targets.setdefault(view.target, set()).add(view.ref)
         elif isinstance(view, NodeView):
             self.nodes[view.name] = view
         else:
@@ -138,11 +138,11 @@ class Snapshot:
     def remove_autoscaler(self, ref: ObjectRef) -> None:
         old = self.autoscalers.pop(ref, None)
         if old is not None and old.target is not None:
-            refs = self._targets.get(_deployment_ref(old.target))
+            refs = self._targets.get(old.target)
             if refs is not None:
                 refs.discard(ref)
                 if not refs:
-                    del self._targets[_deployment_ref(old.target)]
+                    del self._targets[old.target]
 
     def remove(self, kind: str, namespace: str, name: str) -> None:
         if kind == "Deployment":
@@ -164,11 +164,14 @@ class Snapshot:
             yield self.deployments[ObjectRef("Deployment", namespace, name)]
 
     def autoscalers_targeting(self, deployment: ObjectRef) -> list[AutoscalerView]:
+        """Autoscalers whose ``scaleTargetRef`` names this Deployment (kind Deployment only)."""
         refs = self._targets.get(_deployment_ref(deployment), set())
         return [self.autoscalers[r] for r in sorted(refs)]
 
     def deployment(self, ref: ObjectRef) -> DeploymentView | None:
-        return self.deployments.get(_deployment_ref(ref))
+        """The Deployment ``ref`` names; None when missing or ``ref`` is of another kind
+        (an autoscaler may target a StatefulSet or a custom resource of the same name)."""
+        return self.deployments.get(ref) if ref.kind == "Deployment" else None
 
     def gpu_capacity(self, gpu_name: str) -> int | None:
         """Allocatable GPUs on schedulable Nodes of this GPU type; None if no Node has it."""

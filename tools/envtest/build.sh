@@ -27,8 +27,15 @@ fail() {
 k8s_version="$(sed -nE 's/^[[:space:]]*(require[[:space:]]+)?k8s\.io\/kubernetes[[:space:]]+(v[^[:space:]]+).*/\2/p' "$here/go.mod")"
 [[ -n "$k8s_version" ]] || fail "cannot read the k8s.io/kubernetes version from $here/go.mod"
 
+# Bump when the build recipe below changes, so cached binaries are rebuilt.
+recipe=2
 bin_dir="$cache_root/$k8s_version"
-if [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/etcd" ]]; then
+stamp="recipe=$recipe $(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)"
+is_built() {
+    [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/etcd" ]] \
+        && [[ "$(cat "$bin_dir/.stamp" 2>/dev/null)" == "$stamp" ]]
+}
+if is_built; then
     echo "$bin_dir"
     exit 0
 fi
@@ -56,7 +63,7 @@ mkdir -p "$bin_dir"
 # One build at a time per cache (parallel test runs wait for the first one).
 exec 9>"$cache_root/.lock"
 flock -w "$build_timeout" 9 || fail "timed out waiting for another build to finish ($cache_root/.lock)"
-if [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/etcd" ]]; then
+if is_built; then
     echo "$bin_dir"
     exit 0
 fi
@@ -65,11 +72,11 @@ fi
 tmp_dir="$(mktemp -d "$cache_root/.build.XXXXXX")"
 trap 'rm -rf "$tmp_dir"' EXIT
 
-build() {  # <output name> <package>
-    local out="$1" pkg="$2" start=$SECONDS log="$tmp_dir/$1.log"
+build() {  # <output name> <package> [extra -ldflags]
+    local out="$1" pkg="$2" ldflags="-s -w ${3:-}" start=$SECONDS log="$tmp_dir/$1.log"
     echo "envtest build: building $pkg (modules are fetched on first use)" >&2
     if ! (cd "$here" && timeout "$build_timeout" "$go_cmd" build -trimpath -tags providerless \
-            -ldflags "-s -w" -o "$tmp_dir/$out" "$pkg") 2> >(tee "$log" >&2); then
+            -ldflags "$ldflags" -o "$tmp_dir/$out" "$pkg") 2> >(tee "$log" >&2); then
         sleep 0.2  # let tee drain
         if grep -qE 'reading https?://|dial tcp|proxy|module lookup disabled|verifying .*: ' "$log"; then
             fail "could not fetch the Go modules for $pkg (GOPROXY=$("$go_cmd" env GOPROXY)); see the lines above"
@@ -80,12 +87,20 @@ build() {  # <output name> <package>
 }
 
 build etcd go.etcd.io/etcd/server/v3
-build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+# Stamp the version as the release build does, so /version reports it.
+k8s_minor="$(echo "$k8s_version" | cut -d. -f2)"
+version_ldflags=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    version_ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1"
+    version_ldflags+=" -X $pkg.gitMinor=$k8s_minor -X $pkg.gitTreeState=clean"
+done
+build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$version_ldflags"
 
 "$tmp_dir/etcd" --version >/dev/null || fail "the built etcd does not run"
 "$tmp_dir/kube-apiserver" --version >/dev/null || fail "the built kube-apiserver does not run"
 
 mv -f "$tmp_dir/etcd" "$bin_dir/etcd"
 mv -f "$tmp_dir/kube-apiserver" "$bin_dir/kube-apiserver"
+echo "$stamp" > "$bin_dir/.stamp"
 echo "envtest build: binaries are in $bin_dir" >&2
 echo "$bin_dir"
