@@ -50,11 +50,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
     if any("apiserver" in getattr(item, "fixturenames", ()) for item in session.items):
-        _binaries(session.config)
+        _build(session.config)
 
 
-def _binaries(config: pytest.Config) -> Path:
+def _build(config: pytest.Config) -> Path | EnvtestError:
+    """Build or find the binaries once per run; the outcome is kept for the fixture."""
     global _build_result
     if _build_result is None:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
@@ -68,18 +71,22 @@ def _binaries(config: pytest.Config) -> Path:
             _build_result = ensure_binaries()
         except EnvtestError as err:
             _build_result = err
-        if reporter is not None and isinstance(_build_result, Path):
-            reporter.write_line(
-                f"envtest: binaries in {_build_result} ({time.monotonic() - start:.1f} s)"
+        if reporter is not None:
+            outcome = (
+                f"binaries in {_build_result}"
+                if isinstance(_build_result, Path)
+                else "BUILD FAILED; the e2e tests will fail with the build output"
             )
-    if isinstance(_build_result, EnvtestError):
-        raise _build_result
+            reporter.write_line(f"envtest: {outcome} ({time.monotonic() - start:.1f} s)")
     return _build_result
 
 
 @pytest.fixture(scope="session")
 def apiserver(pytestconfig: pytest.Config) -> Iterator[Envtest]:
-    env = Envtest(_binaries(pytestconfig), keep_workdir=bool(os.environ.get("GPUMIX_ENVTEST_KEEP")))
+    bin_dir = _build(pytestconfig)
+    if isinstance(bin_dir, EnvtestError):
+        raise bin_dir
+    env = Envtest(bin_dir, keep_workdir=bool(os.environ.get("GPUMIX_ENVTEST_KEEP")))
     env.start()
     try:
         yield env
