@@ -55,7 +55,8 @@ class Document:
         if not isinstance(self.data, MutableMapping):
             return
         if self.data.get("kind") == "List" or str(self.data.get("kind", "")).endswith("List"):
-            for item in self.data.get("items") or []:
+            items = self.data.get("items")
+            for item in items if isinstance(items, list) else []:
                 if isinstance(item, MutableMapping):
                     yield item
         else:
@@ -159,6 +160,10 @@ def parse_source(path: str, text: str) -> tuple[SourceFile, list[InputError]]:
                 line = f" (line {mark.line + 1} of the document)" if mark is not None else ""
                 problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
                 errors.append(InputError(path, f"invalid YAML{line}: {problem}", index))
+                data = None
+            except (ValueError, TypeError, RecursionError) as exc:
+                # raised while constructing values, e.g. a timestamp like 2024-13-45
+                errors.append(InputError(path, f"invalid YAML: {exc}", index))
                 data = None
             source.separators.append(seps[index])
             source.documents.append(Document(path, index, chunk, data))

@@ -36,7 +36,7 @@ def operation_label(operation: str) -> str:
 class WebhookMetrics:
     """Every metric of one webhook process, registered on ``registry``."""
 
-    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
         r = self.registry

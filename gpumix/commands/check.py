@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gpumix.kube.objects import AutoscalerView, DeploymentView, ObjectRef, view_of
-from gpumix.kube.policy import Policy, PolicyError, policy_from_mapping
+from gpumix.kube.policy import DEPLOYMENT_LABEL, Policy, PolicyError, policy_from_mapping
 from gpumix.kube.snapshot import Snapshot
 from gpumix.manifests import (
     InputError,
@@ -81,6 +81,8 @@ def load_policy(path: str | None) -> Policy:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(path, f"cannot read policy: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"cannot read policy: {exc}") from exc
     try:
         doc = _yaml().load(text)
     except Exception as exc:  # ruamel raises several unrelated types
@@ -152,6 +154,33 @@ def apply_fixes(
     return notes
 
 
+def live_selector_notes(
+    remaining: list[Finding],
+    snapshot: Snapshot,
+    live_refs: set[ObjectRef],
+    subjects: set[ObjectRef],
+) -> list[str]:
+    """Overlaps that remain because a Deployment that only exists in the cluster is broad."""
+    notes: list[str] = []
+    seen: set[ObjectRef] = set()
+    for f in remaining:
+        if f.rule != selector_overlap.RULE:
+            continue
+        for ref in f.related:
+            if ref in seen or ref not in live_refs or ref in subjects:
+                continue
+            seen.add(ref)
+            dep = snapshot.deployment(ref)
+            selector = f" ({dep.selector.describe()})" if dep is not None else ""
+            notes.append(
+                f"{ref} exists in the cluster and its selector{selector} still overlaps "
+                f"{f.subject}; spec.selector is immutable, so it must be recreated with a "
+                f"distinct selector label (such as {DEPLOYMENT_LABEL}: {ref.name}): delete it "
+                "and apply the fixed manifest, or roll out a copy under a new name first"
+            )
+    return notes
+
+
 def render_text(findings: list[Finding], out: TextIO) -> None:
     for f in findings:
         related = ", ".join(str(r) for r in f.related)
@@ -203,6 +232,7 @@ def run(
         notes = apply_fixes(sources, findings, snapshot, live_refs, policy)
         snapshot, subjects = build_snapshot(live, file_objects(sources), policy)
         remaining = evaluate_snapshot(snapshot, policy, subjects)
+        notes += live_selector_notes(remaining, snapshot, live_refs, subjects)
         if args.in_place:
             for src in sources:
                 if src.changed:
@@ -210,9 +240,10 @@ def run(
                     stderr.write(f"fixed {src.path}\n")
         else:
             for i, src in enumerate(sources):
+                text = src.render()
                 if i:
                     stdout.write("---\n")
-                stdout.write(src.render())
+                stdout.write(text if not text or text.endswith("\n") else text + "\n")
         report = stderr if not args.in_place else stdout
         fixed = max(len(findings) - len(remaining), 0)
         report.write(f"# fixed {fixed} finding(s); {len(remaining)} still need a human\n")

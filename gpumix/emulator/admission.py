@@ -210,7 +210,8 @@ class AdmissionChain:
         if version != attrs.version and attrs.convert is not None:
             patched = attrs.convert(patched, attrs.version)
         entry.outcome = "patched"
-        return patched
+        result: Obj = patched
+        return result
 
     async def validate(self, attrs: Attributes, obj: Obj | None) -> list[str]:
         warnings: list[str] = []
@@ -296,7 +297,8 @@ class AdmissionChain:
             raise internal(f'failed calling webhook "{name}": {exc}') from None
         entry.duration_s = time.monotonic() - started
         entry.response = result
-        for w in result.get("warnings") or []:
+        raw_warnings = result.get("warnings")
+        for w in raw_warnings if isinstance(raw_warnings, list) else []:
             if isinstance(w, str):
                 warnings.append(w)
                 entry.warnings.append(w)

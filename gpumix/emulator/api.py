@@ -11,14 +11,14 @@ import asyncio
 import base64
 import copy
 import json
+import logging
 import random
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from . import builtins, errors, tables
+from . import builtins, errors, openapi, schema, shapes, tables
 from .admission import AdmissionChain, Attributes
 from .errors import ApiError
 from .faults import Faults
@@ -33,12 +33,23 @@ from .selectors import (
 )
 from .store import Change, Store, timestamp
 
+log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 DEFAULT_USER: Obj = {"username": "kubernetes-admin",
                      "groups": ["system:masters", "system:authenticated"]}
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 CRD_KEY = "customresourcedefinitions.apiextensions.k8s.io"
+# Types whose create keeps the status it was sent with (a kubelet registers a Node with
+# its capacity); other types with a status subresource start with an empty status.
+STATUS_KEPT_ON_CREATE = ("namespaces", "nodes")
 GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+
+
+MAX_RETRIES = 5
+
+
+class _Changed(Exception):
+    """The object changed while a write without a resourceVersion was in flight."""
 
 
 @dataclass
@@ -104,6 +115,10 @@ class Api:
             return await self._route(req)
         except ApiError as exc:
             return Response(exc.code, exc.status)
+        except Exception as exc:  # a bug here must still answer like a server, with a Status
+            log.exception("emulator error on %s %s", req.method, req.path)
+            err = errors.internal(f"{type(exc).__name__}: {exc}")
+            return Response(err.code, err.status)
 
     async def _route(self, req: Request) -> Response:
         path = req.path.rstrip("/") or "/"
@@ -120,6 +135,8 @@ class Api:
             return Response(200, self.registry.api_versions(self.settings.server_address))
         if path == "/apis":
             return Response(200, self.registry.api_group_list())
+        if parts[:2] == ["openapi", "v3"]:
+            return self._openapi(parts[2:], path)
         if parts and parts[0] == "openapi":
             raise errors.path_not_found(path)
         if len(parts) >= 2 and parts[0] == "api" and parts[1] == "v1":
@@ -141,6 +158,18 @@ class Api:
             return Response(200, doc)
         target = self._target(group, version, rest, path)
         return await self._dispatch(req, target)
+
+    def _openapi(self, rest: list[str], path: str) -> Response:
+        if not rest:
+            return Response(200, openapi.root_document(self.registry))
+        doc = None
+        if rest[0] == "api" and len(rest) == 2:
+            doc = openapi.gv_document(self.registry, "", rest[1])
+        elif rest[0] == "apis" and len(rest) == 3:
+            doc = openapi.gv_document(self.registry, rest[1], rest[2])
+        if doc is None:
+            raise errors.path_not_found(path)
+        return Response(200, doc)
 
     def _target(self, group: str, version: str, rest: list[str], path: str) -> Target:
         ns = ""
@@ -187,7 +216,8 @@ class Api:
                 raise errors.method_not_allowed()
             body = self._decode_json(req.body)
             if t.sub == "scale":
-                return await self._write_scale(t, body, None, q, req.user)
+                return await self._retrying(
+                    t, lambda: self._write_scale(t, body, None, q, req.user))
             return await self._update(t, body, q, req.user)
         if m == "PATCH":
             if not t.name:
@@ -239,6 +269,7 @@ class Api:
         if kind and kind != rt.kind:
             raise errors.bad_request(f"the kind in the data ({kind}) does not match the "
                                      f"expected kind ({rt.kind})")
+        shapes.check(rt.key, body, rt.custom)
         obj = copy.deepcopy(body)
         obj["apiVersion"], obj["kind"] = want, rt.kind
         meta = obj.get("metadata")
@@ -299,6 +330,21 @@ class Api:
             stored = builtins.prune_custom(rt, stored)
         return stored
 
+    def _field_validation(self, rt: ResourceType, obj: Obj, q: Mapping[str, str],
+                          warnings: list[str]) -> None:
+        """`fieldValidation=Strict|Warn` for custom resources (unknown fields)."""
+        mode = q.get("fieldValidation", "")
+        if not rt.custom or mode not in ("Strict", "Warn"):
+            return
+        version = str(obj.get("apiVersion", "")).rpartition("/")[2]
+        unknown = schema.unknown_fields(obj, rt.schema(version))
+        if not unknown:
+            return
+        texts = [f'unknown field "{u}"' for u in unknown]
+        if mode == "Strict":
+            raise errors.bad_request("strict decoding error: " + ", ".join(texts))
+        warnings.extend(texts)
+
     def _validate(self, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
         causes = builtins.validate(rt, obj, old)
         if causes:
@@ -327,6 +373,7 @@ class Api:
                 attrs, obj, lambda o: builtins.default(rt, t.version, o))
             assert mutated is not None
             obj = mutated
+        self._field_validation(rt, obj, q, warnings)
         stored = self._to_storage(rt, obj)
         meta = stored["metadata"]
         if not meta.get("name"):
@@ -340,7 +387,7 @@ class Api:
             meta["generation"] = 1
         else:
             meta.pop("generation", None)
-        if rt.status and rt.key not in ("namespaces",):
+        if rt.status and rt.key not in STATUS_KEPT_ON_CREATE:
             stored.pop("status", None)
         builtins.prepare(rt, stored)
         if rt.key == CRD_KEY:
@@ -364,6 +411,10 @@ class Api:
     # -- update -------------------------------------------------------------------------
 
     async def _update(self, t: Target, body: Obj, q: Mapping[str, str], user: Obj) -> Response:
+        return await self._retrying(t, lambda: self._update_once(t, body, q, user))
+
+    async def _update_once(self, t: Target, body: Obj, q: Mapping[str, str],
+                           user: Obj) -> Response:
         obj = self._decode_object(t, body)
         body_name = obj["metadata"].get("name")
         if body_name and body_name != t.name:
@@ -387,6 +438,7 @@ class Api:
             assert mutated is not None
             obj = mutated
         self._check_conflict(t, current, precondition_rv)
+        self._field_validation(rt, obj, q, warnings)
         stored = self._to_storage(rt, obj)
         self._keep_server_fields(rt, stored, current, t.sub)
         builtins.prepare(rt, stored)
@@ -397,9 +449,30 @@ class Api:
             return Response(200, old_out, warnings)
         if attrs.dry_run:
             return Response(200, self._out(rt, stored, t.version), warnings)
-        self.store.replace(rt, stored, current["metadata"]["resourceVersion"])
+        self._replace(t, stored, current, precondition_rv)
         final = self._after_write(rt, stored, current)
         return Response(200, self._out(rt, final, t.version), warnings)
+
+    async def _retrying(self, t: Target,
+                        attempt: Callable[[], Awaitable[Response]]) -> Response:
+        for _ in range(MAX_RETRIES):
+            try:
+                return await attempt()
+            except _Changed:
+                continue
+        raise errors.conflict(t.rt.plural, t.rt.group, t.name)
+
+    def _replace(self, t: Target, stored: Obj, current: Obj, precondition: str | None) -> None:
+        """Write `stored` over `current`; if another write came in meanwhile, a request
+        with its own resourceVersion gets 409 and one without is redone (`_Changed`)."""
+        live = self.store.get(t.rt.key, t.namespace, t.name)
+        if live is None:
+            raise errors.not_found(t.rt.plural, t.rt.group, t.name)
+        if live["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]:
+            if precondition:
+                raise errors.conflict(t.rt.plural, t.rt.group, t.name)
+            raise _Changed()
+        self.store.replace(t.rt, stored, current["metadata"]["resourceVersion"])
 
     def _check_conflict(self, t: Target, current: Obj, precondition_rv: str | None) -> None:
         if self.faults.take_conflict(t.rt.key, t.namespace, t.name):
@@ -447,6 +520,12 @@ class Api:
 
     async def _patch(self, t: Target, ctype: str, patch: Any, q: Mapping[str, str],
                      user: Obj) -> Response:
+        """Apply `patch` to the live object; retried when the object changes meanwhile
+        (while webhooks were being called), like kube-apiserver's patcher."""
+        return await self._retrying(t, lambda: self._patch_once(t, ctype, patch, q, user))
+
+    async def _patch_once(self, t: Target, ctype: str, patch: Any, q: Mapping[str, str],
+                          user: Obj) -> Response:
         rt = t.rt
         current = self.store.get(rt.key, t.namespace, t.name)
         if current is None:
@@ -473,9 +552,10 @@ class Api:
             patched = apply_patch(ctype, base, patch)
         except ApiPatchError as exc:
             raise ApiError(errors.status(422, "Invalid", str(exc))) from None
-        meta = patched.get("metadata")
-        if not isinstance(meta, dict):
+        meta_any = patched.get("metadata")
+        if not isinstance(meta_any, dict):
             raise errors.bad_request("the patch removed metadata")
+        meta = meta_any
         if meta.get("name", t.name) != t.name:
             raise errors.bad_request("the patch changes the object's name")
         obj = self._decode_object(t, patched)
@@ -522,6 +602,7 @@ class Api:
                 raise errors.bad_request(f"the kind in the data ({new_scale.get('kind')}) does "
                                          "not match the expected kind (Scale)")
             new_scale.setdefault("metadata", {}).setdefault("name", t.name)
+        shapes.check_scale(new_scale)
         new_scale["apiVersion"], new_scale["kind"] = "autoscaling/v1", "Scale"
         attrs = self._attrs(t, "UPDATE", t.name, q, user, old_scale,
                             self._options("UpdateOptions", q), sub="scale",
@@ -547,7 +628,7 @@ class Api:
             stored["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
         if attrs.dry_run:
             return Response(200, self._scale_of(rt, stored), warnings)
-        self.store.replace(rt, stored, current["metadata"]["resourceVersion"])
+        self._replace(t, stored, current, precondition)
         final = self._after_write(rt, stored, current)
         return Response(200, self._scale_of(rt, final), warnings)
 
@@ -652,6 +733,10 @@ class Api:
                     self.store.remove(served, m.get("namespace", ""), m["name"])
                 self.registry.remove(key)
                 self.store.drop_type(key)
+                for w in list(self.store.watchers):
+                    if w.key == key:
+                        w.close()
+                        self.store.remove_watcher(w)
 
     def _reflect_deployment(self, rt: ResourceType, obj: Obj) -> Obj:
         replicas = int((obj.get("spec") or {}).get("replicas", 1))

@@ -85,7 +85,8 @@ def apply_patch(content_type: str, target: dict[str, Any], patch: Any) -> dict[s
     if not isinstance(patch, dict):
         raise bad_request("patch body must be a JSON object")
     if content_type == MERGE_PATCH:
-        return merge_patch(target, patch)
+        merged: dict[str, Any] = merge_patch(target, patch)
+        return merged
     if content_type in (STRATEGIC_PATCH, APPLY_PATCH):
         out = strategic_merge(target, patch, "")
         assert isinstance(out, dict)

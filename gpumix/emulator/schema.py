@@ -26,6 +26,8 @@ def prune(obj: Any, schema: dict[str, Any] | None, root: bool = True) -> Any:
             return obj
         props = schema.get("properties")
         addl = schema.get("additionalProperties")
+        keep_unknown = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
+        embedded = bool(schema.get("x-kubernetes-embedded-resource"))
         out: dict[str, Any] = {}
         for k, v in obj.items():
             if root and k in _META_KEYS:
@@ -34,9 +36,7 @@ def prune(obj: Any, schema: dict[str, Any] | None, root: bool = True) -> Any:
                 out[k] = prune(v, props[k], False)
             elif isinstance(addl, dict):
                 out[k] = prune(v, addl, False)
-            elif addl is True or schema.get("x-kubernetes-preserve-unknown-fields"):
-                out[k] = v
-            elif schema.get("x-kubernetes-embedded-resource") and k in _META_KEYS:
+            elif addl is True or keep_unknown or (embedded and k in _META_KEYS):
                 out[k] = v
         return out
     if isinstance(obj, list) and isinstance(schema.get("items"), dict):
@@ -58,7 +58,7 @@ _TYPE_NAMES = {
 
 def _is_type(value: Any, typ: str) -> bool:
     if typ == "integer":
-        return isinstance(value, int) and not isinstance(value, bool) or (
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
             isinstance(value, float) and value.is_integer())
     if typ == "number":
         return isinstance(value, int | float) and not isinstance(value, bool)
@@ -164,3 +164,30 @@ def _json_type(value: Any) -> str:
     if isinstance(value, list):
         return "array"
     return "object"
+
+
+def unknown_fields(obj: Any, schema: dict[str, Any] | None, path: str = "",
+                   root: bool = True) -> list[str]:
+    """Paths of fields that `prune` would drop."""
+    if not isinstance(schema, dict):
+        return []
+    out: list[str] = []
+    if isinstance(obj, dict):
+        if schema.get("x-kubernetes-preserve-unknown-fields") and "properties" not in schema:
+            return []
+        props = schema.get("properties")
+        addl = schema.get("additionalProperties")
+        for k, v in obj.items():
+            sub = _join(path, k)
+            if root and k in _META_KEYS:
+                continue
+            if isinstance(props, dict) and k in props:
+                out += unknown_fields(v, props[k], sub, False)
+            elif isinstance(addl, dict):
+                out += unknown_fields(v, addl, sub, False)
+            elif not (addl is True or schema.get("x-kubernetes-preserve-unknown-fields")):
+                out.append(sub)
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for i, v in enumerate(obj):
+            out += unknown_fields(v, schema["items"], f"{path}[{i}]", False)
+    return out

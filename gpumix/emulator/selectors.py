@@ -55,7 +55,7 @@ _KEY_RE = re.compile(r"^\s*(!?)\s*([^\s!=<>,()]+)\s*$")
 def _split_top(text: str) -> list[str]:
     parts: list[str] = []
     depth = 0
-    current = []
+    current: list[str] = []
     for ch in text:
         if ch == "(":
             depth += 1

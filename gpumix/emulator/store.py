@@ -39,7 +39,7 @@ class Change:
     old: Obj | None
 
 
-@dataclass
+@dataclass(eq=False)
 class Watcher:
     key: str
     namespace: str | None

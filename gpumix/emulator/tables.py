@@ -101,7 +101,7 @@ def table(rt: ResourceType, version: str, items: list[Obj], list_meta: Obj,
         for col in custom:
             defs.append({"name": col.name, "type": col.type, "format": "",
                          "description": col.description, "priority": col.priority})
-            getters.append(lambda o, p=col.json_path, c=col: _cell(_path(o, p), c.type, o, now))
+            getters.append(_column_getter(col.json_path, col.type, now))
     else:
         for name, typ, fn in BUILTIN_COLUMNS.get(rt.key, []):
             defs.append({"name": name, "type": typ, "format": "", "description": name,
@@ -123,6 +123,10 @@ def table(rt: ResourceType, version: str, items: list[Obj], list_meta: Obj,
         rows.append(row)
     return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": dict(list_meta),
             "columnDefinitions": defs, "rows": rows}
+
+
+def _column_getter(path: str, typ: str, now: float) -> Callable[[Obj], Any]:
+    return lambda o: _cell(_path(o, path), typ, o, now)
 
 
 def _cell(value: Any, typ: str, obj: Obj, now: float) -> Any:

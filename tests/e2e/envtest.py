@@ -264,21 +264,24 @@ class _Proc:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    def stop(self, *, kill: bool = False, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM the process group and wait; SIGKILL it if that takes too long.
+
+        ``kill=True`` sends SIGKILL at once. The group is only signalled before the
+        leader is reaped, so a recycled process id is never hit.
+        """
         popen, self.popen = self.popen, None
         if popen is None:
             return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not kill:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(popen.pid, sig)
-            try:
+                os.killpg(popen.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 popen.wait(timeout=timeout_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # Anything else left in the group (there should be none).
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGKILL)
+        if popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait(timeout=STOP_TIMEOUT_S)
 
 
 # --------------------------------------------------------------------------- the environment
@@ -333,16 +336,20 @@ class Envtest:
         if self._stopped:
             return
         self._stopped = True
+        atexit.unregister(self.stop)
         for proc in (self._apiserver, self._etcd):
             if proc is not None:
                 proc.stop()
         if not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def stop_apiserver(self) -> None:
-        """Stop only the API server (etcd keeps the data); open watches break."""
+    def stop_apiserver(self, *, kill: bool = False) -> None:
+        """Stop only the API server (etcd keeps the data); open watches break.
+
+        ``kill=True`` sends SIGKILL at once (a crash) instead of a graceful SIGTERM.
+        """
         if self._apiserver is not None:
-            self._apiserver.stop()
+            self._apiserver.stop(kill=kill)
 
     def start_apiserver(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """(Re)start the API server on the same port and wait for ``/readyz``."""
@@ -356,9 +363,13 @@ class Envtest:
         self._apiserver.start()
         self._wait_ready(timeout_s)
 
-    def restart_apiserver(self, downtime_s: float = 0.0) -> None:
-        """Stop the API server, wait ``downtime_s``, start it again (etcd is untouched)."""
-        self.stop_apiserver()
+    def restart_apiserver(self, downtime_s: float = 0.0, *, kill: bool = False) -> None:
+        """Stop the API server, wait ``downtime_s``, start it again (etcd is untouched).
+
+        Blocking; from async code use ``await asyncio.to_thread(env.restart_apiserver)``
+        (then the new process is not tied to the test process's death, see ``_Proc``).
+        """
+        self.stop_apiserver(kill=kill)
         time.sleep(downtime_s)
         self.start_apiserver()
 
@@ -427,14 +438,24 @@ class Envtest:
         )
 
     def request(
-        self, method: str, path: str, body: Any = None, *, context: str = "admin"
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        context: str = "admin",
+        content_type: str = "application/json",
     ) -> tuple[int, Any]:
-        """A raw HTTPS request (JSON in, JSON out) -> ``(status, parsed body)``; no raising."""
+        """A raw HTTPS request (JSON in, JSON out) -> ``(status, parsed body)``.
+
+        HTTP error statuses are returned, not raised; a refused connection raises
+        ``OSError``. For patches pass e.g. ``content_type="application/merge-patch+json"``.
+        """
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.server + path, data=data, method=method)
         req.add_header("Accept", "application/json")
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", content_type)
         if context == "unprivileged":
             req.add_header("Authorization", f"Bearer {self.unprivileged_token}")
         try:
@@ -446,6 +467,12 @@ class Envtest:
             return status, json.loads(raw) if raw else None
         except ValueError:
             return status, raw.decode(errors="replace")
+
+    def is_serving(self) -> bool:
+        """Whether something accepts connections on the API server's port."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1)
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
 
     # ----------------------------------------------------------------- internals
 
@@ -560,7 +587,10 @@ class Envtest:
         while time.monotonic() < deadline:
             if not self._apiserver.running():
                 raise EnvtestError(f"kube-apiserver exited at start:\n{self._apiserver.log_tail()}")
-            status, body = self.request("GET", "/readyz") if self.is_serving() else (0, None)
+            try:
+                status, body = self.request("GET", "/readyz")
+            except OSError as err:  # not listening yet, or TLS not up yet
+                status, body = 0, err
             if status == 200:
                 return
             last = f"HTTP {status}: {str(body)[:300]}"
@@ -569,12 +599,6 @@ class Envtest:
             f"kube-apiserver not ready after {timeout_s:.0f} s ({last}):\n"
             f"{self._apiserver.log_tail()}"
         )
-
-    def is_serving(self) -> bool:
-        """Whether something accepts connections on the API server's port."""
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.settimeout(1)
-            return sock.connect_ex(("127.0.0.1", self.port)) == 0
 
     def _write_kubeconfig(self) -> None:
         config = {

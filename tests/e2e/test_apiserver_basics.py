@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from kubernetes_asyncio.client import CoreV1Api
+from kubernetes_asyncio import config
+from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from .envtest import UNPRIVILEGED_USER, Envtest, pinned_kubernetes_version
@@ -51,6 +52,23 @@ async def test_api_client_helper(apiserver: Envtest) -> None:
         with pytest.raises(ApiException) as err:
             await CoreV1Api(api).list_namespace()
     assert err.value.status == 403
+
+
+async def test_kubeconfig_loads_in_kubernetes_asyncio(apiserver: Envtest) -> None:
+    for context, allowed in (("admin", True), ("unprivileged", False)):
+        cfg = Configuration()
+        await config.load_kube_config(
+            config_file=str(apiserver.kubeconfig), context=context, client_configuration=cfg
+        )
+        assert cfg.host == apiserver.server
+        async with ApiClient(configuration=cfg) as api:
+            try:
+                await CoreV1Api(api).read_namespace("default")
+                ok = True
+            except ApiException as err:
+                assert err.status == 403
+                ok = False
+        assert ok is allowed
 
 
 def test_crds_install_and_accept_autoscalers(apiserver: Envtest, namespace: str) -> None:
@@ -133,13 +151,14 @@ def test_hpa_without_max_replicas_is_rejected_by_the_bare_api_server(
     assert "must be greater than 0" in proc.stderr
 
 
-def test_restart_keeps_objects(apiserver: Envtest, namespace: str) -> None:
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
+def test_restart_keeps_objects(apiserver: Envtest, namespace: str, kill: bool) -> None:
     apiserver.kubectl("create", "configmap", "survivor", "-n", namespace, "--from-literal=k=v")
     before = json.loads(
         apiserver.kubectl("get", "configmap", "survivor", "-n", namespace, "-o", "json").stdout
     )
 
-    apiserver.stop_apiserver()
+    apiserver.stop_apiserver(kill=kill)
     assert not apiserver.is_serving()
     apiserver.start_apiserver()
 

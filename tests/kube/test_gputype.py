@@ -141,7 +141,11 @@ def test_affinity_that_does_not_pin_one_type(aff: Any) -> None:
 
 def test_mig_resource() -> None:
     gt = gpu_type_of(template(limits={"nvidia.com/mig-1g.10gb": 1}), POLICY)
-    assert (gt.kind, gt.name, gt.label) == ("mig", "nvidia.com/mig-1g.10gb", "nvidia.com/mig-1g.10gb")
+    assert (gt.kind, gt.name, gt.label) == (
+        "mig",
+        "nvidia.com/mig-1g.10gb",
+        "nvidia.com/mig-1g.10gb",
+    )
 
 
 @pytest.mark.parametrize("resource", ["nvidia.com/gpu", "amd.com/gpu"])

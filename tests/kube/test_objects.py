@@ -24,7 +24,9 @@ def scaler(api_version: str, kind: str, spec: dict[str, Any], ns: str | None = "
     metadata: dict[str, Any] = {"name": "s"}
     if ns is not None:
         metadata["namespace"] = ns
-    view = view_of({"apiVersion": api_version, "kind": kind, "metadata": metadata, "spec": spec}, POLICY)
+    view = view_of(
+        {"apiVersion": api_version, "kind": kind, "metadata": metadata, "spec": spec}, POLICY
+    )
     assert isinstance(view, AutoscalerView)
     return view
 
@@ -145,7 +147,9 @@ def test_model_label_on_the_template_counts() -> None:
 
 
 def test_cpu_app_is_out_of_scope() -> None:
-    obj = deployment(selector={"matchLabels": {"app": "web"}}, template={"metadata": {"labels": {"app": "web"}}})
+    obj = deployment(
+        selector={"matchLabels": {"app": "web"}}, template={"metadata": {"labels": {"app": "web"}}}
+    )
     obj["metadata"]["labels"] = {"app": "web"}
     v = view_of(obj, POLICY)
     assert isinstance(v, DeploymentView)
@@ -224,7 +228,14 @@ def test_namespace_default_max_replicas(annotation: str, expected: int | None) -
 
 
 def test_namespace_unknown_mode() -> None:
-    v = view_of({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml", "labels": {"gpumix.io/mode": "loud"}}}, POLICY)
+    v = view_of(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": "ml", "labels": {"gpumix.io/mode": "loud"}},
+        },
+        POLICY,
+    )
     assert isinstance(v, NamespaceView) and v.mode is None
 
 
@@ -233,9 +244,14 @@ def test_object_ref() -> None:
     assert str(ref) == "Deployment ml/a"
     assert str(ObjectRef("Node", "", "n1")) == "Node n1"
     assert ref.as_dict() == {"kind": "Deployment", "namespace": "ml", "name": "a"}
-    assert sorted([ObjectRef("Deployment", "x", "a"), ref]) == [ref, ObjectRef("Deployment", "x", "a")]
+    assert sorted([ObjectRef("Deployment", "x", "a"), ref]) == [
+        ref,
+        ObjectRef("Deployment", "x", "a"),
+    ]
 
 
 def test_other_kinds_have_no_view() -> None:
-    assert view_of({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}, POLICY) is None
+    assert (
+        view_of({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}, POLICY) is None
+    )
     assert view_of({"kind": 3}, POLICY) is None

@@ -54,10 +54,12 @@ def expressions(draw: st.DrawFn) -> dict[str, Any]:
 def raw_selectors(draw: st.DrawFn) -> dict[str, Any]:
     raw: dict[str, Any] = {}
     labels = draw(st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES), max_size=2))
-    if labels or draw(st.booleans()):
+    keep_empty: bool = draw(st.booleans())
+    if labels or keep_empty:
         raw["matchLabels"] = labels
     exprs = draw(st.lists(expressions(), max_size=3))
-    if exprs or draw(st.booleans()):
+    keep_empty = draw(st.booleans())
+    if exprs or keep_empty:
         raw["matchExpressions"] = exprs
     return raw
 
@@ -119,7 +121,8 @@ def test_matches_follows_kubernetes_semantics(raw: dict[str, Any]) -> None:
 
 
 def test_empty_selector_matches_everything() -> None:
-    for raw in (None, {}, {"matchLabels": {}}, {"matchExpressions": []}):
+    empties: list[dict[str, Any] | None] = [None, {}, {"matchLabels": {}}, {"matchExpressions": []}]
+    for raw in empties:
         sel = parse_selector(raw)
         assert sel.is_empty
         assert sel.describe() == "<everything>"
@@ -186,7 +189,12 @@ def test_describe() -> None:
             "required",
         ),
         (
-            {"matchExpressions": [{"key": "a", "operator": "Exists"}, {"key": "a", "operator": "Equals", "values": ["x"]}]},  # noqa: E501
+            {
+                "matchExpressions": [
+                    {"key": "a", "operator": "Exists"},
+                    {"key": "a", "operator": "Equals", "values": ["x"]},
+                ]
+            },
             "spec.selector.matchExpressions[1].operator",
             "unknown operator 'Equals'",
         ),

@@ -84,9 +84,7 @@ def test_index_returns_a_superset_of_the_exact_overlaps(items: list[tuple[str, A
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(
-        st.tuples(
-            st.booleans(), st.integers(0, 9), st.sampled_from(NAMESPACES), raw_selectors()
-        ),
+        st.tuples(st.booleans(), st.integers(0, 9), st.sampled_from(NAMESPACES), raw_selectors()),
         max_size=40,
     )
 )

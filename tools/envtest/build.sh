@@ -11,7 +11,7 @@
 # Environment:
 #   GPUMIX_ENVTEST_CACHE  cache root (default ~/.cache/gpumix-envtest)
 #   GO                    Go command (default: `go` on PATH, else /usr/local/go/bin/go)
-#   GPUMIX_ENVTEST_BUILD_TIMEOUT  seconds allowed for the whole build (default 1800)
+#   GPUMIX_ENVTEST_BUILD_TIMEOUT  seconds allowed for each `go build` (default 1800)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -75,13 +75,17 @@ trap 'rm -rf "$tmp_dir"' EXIT
 build() {  # <output name> <package> [extra -ldflags]
     local out="$1" pkg="$2" ldflags="-s -w ${3:-}" start=$SECONDS log="$tmp_dir/$1.log"
     echo "envtest build: building $pkg (modules are fetched on first use)" >&2
-    if ! (cd "$here" && timeout "$build_timeout" "$go_cmd" build -trimpath -tags providerless \
-            -ldflags "$ldflags" -o "$tmp_dir/$out" "$pkg") 2> >(tee "$log" >&2); then
+    local rc=0
+    (cd "$here" && timeout "$build_timeout" "$go_cmd" build -trimpath -tags providerless \
+        -ldflags "$ldflags" -o "$tmp_dir/$out" "$pkg") 2> >(tee "$log" >&2) || rc=$?
+    if ((rc != 0)); then
         sleep 0.2  # let tee drain
-        if grep -qE 'reading https?://|dial tcp|proxy|module lookup disabled|verifying .*: ' "$log"; then
+        ((rc == 124)) && fail "go build $pkg timed out after ${build_timeout}s"
+        if grep -v '^go: downloading' "$log" | grep -qE \
+            'reading https?://|dial tcp|no such host|module lookup disabled|checksum mismatch|Forbidden|Not Found|unrecognized import path'; then
             fail "could not fetch the Go modules for $pkg (GOPROXY=$("$go_cmd" env GOPROXY)); see the lines above"
         fi
-        fail "go build $pkg did not succeed (exit or timeout after ${build_timeout}s); see the lines above"
+        fail "go build $pkg did not succeed (exit $rc); see the lines above"
     fi
     echo "envtest build: $out built in $((SECONDS - start)) s" >&2
 }

@@ -7,6 +7,7 @@ same functions to the parsed YAML so comments and key order survive.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import MutableMapping
 from typing import Any
@@ -21,6 +22,17 @@ def is_label_value(value: str) -> bool:
     return len(value) <= 63 and _LABEL_VALUE.match(value) is not None
 
 
+def deployment_label_value(name: str) -> str:
+    """The ``gpumix.io/deployment`` value for a Deployment: its name, or, when the
+    name is too long for a label value (names go up to 253 characters, label
+    values to 63), a prefix of it and a hash of the whole name."""
+    if is_label_value(name):
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    prefix = re.sub(r"[^A-Za-z0-9]+$", "", re.sub(r"[^-A-Za-z0-9_.]", "-", name[:54]))
+    return f"{prefix}-{digest}" if prefix else digest
+
+
 def _child(parent: MutableMapping[str, Any], key: str) -> MutableMapping[str, Any]:
     value = parent.get(key)
     if not isinstance(value, MutableMapping):
@@ -33,11 +45,11 @@ def _child(parent: MutableMapping[str, Any], key: str) -> MutableMapping[str, An
 def isolate_deployment(obj: MutableMapping[str, Any], gpu_type: GpuType) -> None:
     """Add ``gpumix.io/deployment: <name>`` to the selector and the pod template
     (and ``gpumix.io/gpu-type`` to the template when the type is known)."""
-    name = str(_child(obj, "metadata").get("name", ""))
+    value = deployment_label_value(str(_child(obj, "metadata").get("name", "")))
     spec = _child(obj, "spec")
-    _child(_child(spec, "selector"), "matchLabels")[DEPLOYMENT_LABEL] = name
+    _child(_child(spec, "selector"), "matchLabels")[DEPLOYMENT_LABEL] = value
     labels = _child(_child(_child(spec, "template"), "metadata"), "labels")
-    labels[DEPLOYMENT_LABEL] = name
+    labels[DEPLOYMENT_LABEL] = value
     if (
         gpu_type.kind == "pinned"
         and gpu_type.name

@@ -1,0 +1,124 @@
+"""``gpumix webhook``: the admission webhook process (in a cluster, or on a laptop).
+
+Flags and environment are read here and nowhere else; they become one
+``WebhookSettings`` that the webhook package receives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from gpumix.commands.check import file_objects, load_policy
+from gpumix.manifests import InputError, load_sources
+from webhook.settings import DAY_S, TLSSettings, WebhookSettings
+
+EXIT_OK, EXIT_INPUT = 0, 2
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "webhook",
+        help="run the admission webhook (HTTPS /mutate and /validate)",
+        description=(
+            "Serve gpumix's admission webhook. Against a cluster (in-cluster config, "
+            "--kubeconfig, or the default kubeconfig) it caches Deployments, autoscalers, "
+            "Nodes and Namespaces and manages its own serving certificate unless "
+            "--tls-cert-file/--tls-key-file are given; with --state FILE it serves from the "
+            "objects in a manifests file and needs no cluster."
+        ),
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig of the cluster to watch")
+    src.add_argument(
+        "--state", metavar="FILE", help="serve from the objects in this manifests file, no cluster"
+    )
+    p.add_argument("--policy", metavar="FILE", help="policy file (YAML), see docs/webhook.md")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8443, help="HTTPS port (default 8443)")
+    p.add_argument(
+        "--metrics-port", type=int, default=8080,
+        help="plain-HTTP port for /healthz, /readyz, /metrics (default 8080; -1: off)",
+    )
+    p.add_argument("--tls-cert-file", metavar="FILE", help="serving certificate (PEM), e.g. "
+                   "mounted from a cert-manager Secret; reloaded when it changes")
+    p.add_argument("--tls-key-file", metavar="FILE", help="private key for --tls-cert-file")
+    p.add_argument("--namespace", default="gpumix-system", help="namespace of the webhook's "
+                   "Service and certificate Secret (default gpumix-system)")
+    p.add_argument("--service-name", default="gpumix-webhook",
+                   help="Service the certificate is made for (default gpumix-webhook)")
+    p.add_argument("--secret-name", default="gpumix-webhook-tls",
+                   help="Secret holding the bootstrapped certificate (default gpumix-webhook-tls)")
+    p.add_argument("--webhook-config-name", default="gpumix",
+                   help="Mutating/ValidatingWebhookConfiguration whose caBundle is kept current")
+    p.add_argument("--extra-san", action="append", default=[], metavar="NAME|IP",
+                   help="extra DNS name or IP address for the certificate; repeatable")
+    p.add_argument("--cert-days", type=float, default=365.0,
+                   help="lifetime of a bootstrapped certificate in days (default 365)")
+    p.add_argument("--write-ca", metavar="FILE",
+                   help="with --state and no cert files: write the generated CA bundle here")
+    p.add_argument("--log-level", default="INFO",
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> WebhookSettings:
+    """The settings for these flags; raises InputError for bad values."""
+    if bool(args.tls_cert_file) != bool(args.tls_key_file):
+        raise InputError("--tls-cert-file", "give both --tls-cert-file and --tls-key-file")
+    for flag, port in (("--port", args.port), ("--metrics-port", args.metrics_port)):
+        if not -1 <= port <= 65535 or (flag == "--port" and port < 0):
+            raise InputError(flag, f"not a port number: {port}")
+    if args.cert_days <= 0:
+        raise InputError("--cert-days", "must be positive")
+    return WebhookSettings(
+        policy=load_policy(args.policy),
+        kubeconfig=args.kubeconfig,
+        state_file=args.state,
+        host=args.host,
+        port=args.port,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        tls=TLSSettings(
+            cert_file=args.tls_cert_file,
+            key_file=args.tls_key_file,
+            namespace=args.namespace,
+            service_name=args.service_name,
+            secret_name=args.secret_name,
+            webhook_config_name=args.webhook_config_name,
+            extra_sans=tuple(args.extra_san),
+            lifetime_s=args.cert_days * DAY_S,
+            ca_out_file=args.write_ca,
+        ),
+    )
+
+
+def state_objects(path: str) -> list[Mapping[str, Any]]:
+    sources, errors = load_sources([path], sys.stdin)
+    if errors:
+        raise errors[0]
+    return list(file_objects(sources))
+
+
+def run(args: argparse.Namespace) -> int:
+    from webhook.kubeapi import ApiError
+    from webhook.runtime import serve
+
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = settings_from_args(args)
+        objects = state_objects(settings.state_file) if settings.state_file else None
+    except InputError as exc:
+        sys.stderr.write(f"gpumix webhook: {exc}\n")
+        return EXIT_INPUT
+    try:
+        asyncio.run(serve(settings, state_objects=objects))
+    except (OSError, ApiError) as exc:
+        sys.stderr.write(f"gpumix webhook: {exc}\n")
+        return EXIT_INPUT
+    return EXIT_OK

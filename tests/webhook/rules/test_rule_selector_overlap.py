@@ -1,0 +1,202 @@
+"""Rule selector-overlap: severities, scope and namespaces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpumix.kube.objects import ObjectRef
+from gpumix.kube.policy import Policy
+from gpumix.kube.snapshot import Snapshot
+from webhook.rules import selector_overlap
+from webhook.rules.engine import evaluate_snapshot
+
+POLICY = Policy()
+
+
+def dep(
+    name: str,
+    selector: dict[str, str],
+    *,
+    ns: str = "ml",
+    labels: dict[str, str] | None = None,
+    gpu: str | None = None,
+    gpus: int = 0,
+) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "c"}
+    if gpus:
+        container["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
+    spec: dict[str, Any] = {"containers": [container]}
+    if gpu:
+        spec["nodeSelector"] = {"nvidia.com/gpu.product": gpu}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "labels": labels or {}},
+        "spec": {
+            "selector": {"matchLabels": selector},
+            "template": {"metadata": {"labels": {**selector, "pod": name}}, "spec": spec},
+        },
+    }
+
+
+def hpa(name: str, target: str, ns: str = "ml") -> dict[str, Any]:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "maxReplicas": 4,
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+        },
+    }
+
+
+def overlap_findings(*objs: dict[str, Any]) -> list[tuple[str, str, str]]:
+    snap = Snapshot.from_objects(objs, POLICY)
+    return [
+        (f.severity, f.subject.name, f.related[0].name)
+        for f in evaluate_snapshot(snap, POLICY)
+        if f.rule == selector_overlap.RULE
+    ]
+
+
+MODEL = {"model.aibrix.ai/name": "llama"}
+
+
+def test_error_when_gpu_types_differ() -> None:
+    got = overlap_findings(
+        dep("a100", MODEL, labels=MODEL, gpu="A100", gpus=1),
+        dep("a40", MODEL, labels=MODEL, gpu="A40", gpus=1),
+    )
+    assert got == [("error", "a100", "a40"), ("error", "a40", "a100")]
+    snap = Snapshot.from_objects(
+        [
+            dep("a100", MODEL, labels=MODEL, gpu="A100", gpus=1),
+            dep("a40", MODEL, labels=MODEL, gpu="A40", gpus=1),
+        ],
+        POLICY,
+    )
+    finding = evaluate_snapshot(snap, POLICY)[0]
+    assert finding.related == (ObjectRef("Deployment", "ml", "a40"),)
+    assert finding.fixable
+    assert "GPU types differ (A100 vs A40)" in finding.message
+    assert "model.aibrix.ai/name=llama" in finding.message
+    assert "gpumix.io/deployment" in finding.message
+
+
+def test_error_when_gpu_types_differ_pinned_vs_unpinned() -> None:
+    got = overlap_findings(
+        dep("a100", MODEL, gpu="A100", gpus=1),
+        dep("any", MODEL, gpus=1),
+    )
+    assert {s for s, _, _ in got} == {"error"}
+
+
+def test_error_when_autoscaled_even_with_the_same_type() -> None:
+    got = overlap_findings(
+        dep("a", MODEL, gpu="A100", gpus=1),
+        dep("b", MODEL, gpu="A100", gpus=1),
+        hpa("scale-b", "b"),
+    )
+    assert got == [("error", "a", "b"), ("error", "b", "a")]
+    snap = Snapshot.from_objects(
+        [dep("a", MODEL, gpu="A100", gpus=1), dep("b", MODEL, gpu="A100", gpus=1), hpa("h", "b")],
+        POLICY,
+    )
+    assert (
+        "autoscaled by HorizontalPodAutoscaler ml/h" in evaluate_snapshot(snap, POLICY)[0].message
+    )
+
+
+def test_warning_when_same_type_and_no_autoscaler() -> None:
+    got = overlap_findings(
+        dep("a", MODEL, gpu="A100", gpus=1),
+        dep("b", MODEL, gpu="A100", gpus=1),
+    )
+    assert got == [("warning", "a", "b"), ("warning", "b", "a")]
+
+
+def test_model_label_brings_a_cpu_simulator_into_scope() -> None:
+    # simulated engines request no GPU but are one model served by several Deployments
+    got = overlap_findings(dep("sim-a", MODEL, labels=MODEL), dep("sim-b", MODEL, labels=MODEL))
+    assert got == [("warning", "sim-a", "sim-b"), ("warning", "sim-b", "sim-a")]
+
+
+def test_in_scope_against_cpu_app_is_an_error() -> None:
+    web = {"tier": "web"}
+    got = overlap_findings(dep("gpu", web, gpus=1), dep("web", web))
+    assert got == [("error", "gpu", "web"), ("error", "web", "gpu")]
+
+
+def test_two_out_of_scope_cpu_apps_are_never_flagged() -> None:
+    web = {"tier": "web"}
+    assert overlap_findings(dep("web-1", web), dep("web-2", web), hpa("h", "web-1")) == []
+
+
+def test_different_namespaces_never_overlap() -> None:
+    assert (
+        overlap_findings(
+            dep("a100", MODEL, ns="one", gpu="A100", gpus=1),
+            dep("a40", MODEL, ns="two", gpu="A40", gpus=1),
+        )
+        == []
+    )
+
+
+def test_distinct_selectors_do_not_overlap() -> None:
+    assert (
+        overlap_findings(
+            dep("a100", {**MODEL, "app": "a100"}, gpu="A100", gpus=1),
+            dep("a40", {**MODEL, "app": "a40"}, gpu="A40", gpus=1),
+        )
+        == []
+    )
+
+
+def test_broader_selector_overlaps_and_captures() -> None:
+    snap = Snapshot.from_objects(
+        [
+            dep("broad", MODEL, gpu="A100", gpus=1),
+            dep("narrow", {**MODEL, "app": "narrow"}, gpu="A40", gpus=1),
+        ],
+        POLICY,
+    )
+    findings = evaluate_snapshot(snap, POLICY)
+    broad = next(f for f in findings if f.subject.name == "broad")
+    assert "its selector matches the pod template of narrow" in broad.message
+
+
+def test_match_expressions_overlap() -> None:
+    a = dep("a", MODEL, gpu="A100", gpus=1)
+    a["spec"]["selector"]["matchExpressions"] = [
+        {"key": "pod", "operator": "NotIn", "values": ["b"]}
+    ]
+    b = dep("b", MODEL, gpu="A40", gpus=1)
+    assert overlap_findings(a, b) == [("error", "a", "b"), ("error", "b", "a")]
+    b["spec"]["selector"]["matchLabels"]["pod"] = "b"
+    assert overlap_findings(a, b) == []
+
+
+def test_exempt_namespaces_are_skipped() -> None:
+    objs = [
+        dep("a100", MODEL, ns="kube-system", gpu="A100", gpus=1),
+        dep("a40", MODEL, ns="kube-system", gpu="A40", gpus=1),
+    ]
+    assert overlap_findings(*objs) == []
+
+
+def test_invalid_selectors_are_not_compared() -> None:
+    bad = dep("bad", MODEL, gpu="A40", gpus=1)
+    bad["spec"]["selector"]["matchExpressions"] = [{"key": "x", "operator": "Is"}]
+    assert overlap_findings(dep("ok", MODEL, gpu="A100", gpus=1), bad) == []
+
+
+def test_check_one_deployment_against_a_snapshot() -> None:
+    snap = Snapshot.from_objects([dep("a100", MODEL, gpu="A100", gpus=1)], POLICY)
+    new = Snapshot.from_objects([dep("a40", MODEL, gpu="A40", gpus=1)], POLICY)
+    view = next(iter(new.deployments.values()))
+    snap.put(view)
+    findings = selector_overlap.check(view, snap, fixable=False)
+    assert [(f.severity, f.related[0].name, f.fixable) for f in findings] == [
+        ("error", "a100", False)
+    ]

@@ -1,0 +1,186 @@
+"""The cluster cache against the emulator: sync, events, dropped watches, 410 Gone,
+API outages and CRDs that appear later; nothing is lost and readiness follows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+from webhook_kit import deployment, hpa, namespace, node, pod_autoscaler, scaled_object
+
+from gpumix.emulator import Emulator
+from gpumix.kube.objects import ObjectRef
+from gpumix.kube.policy import Policy
+from webhook.cache import ClusterCache
+from webhook.kubeapi import KubeClient
+from webhook.metrics import WebhookMetrics
+from webhook.settings import CacheSettings
+
+CRD_DIR = Path(__file__).resolve().parents[1] / "e2e" / "crds"
+FAST = CacheSettings(
+    watch_timeout_s=5, page_size=7, backoff_initial_s=0.02, backoff_max_s=0.2,
+    discovery_interval_s=0.2, request_timeout_s=5,
+)
+
+
+def crd(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = YAML(typ="safe").load((CRD_DIR / name).read_text())
+    return data
+
+
+async def until(pred: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    for _ in range(int(timeout_s / 0.02)):
+        if pred():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def dep_ref(name: str, ns: str = "default") -> ObjectRef:
+    return ObjectRef("Deployment", ns, name)
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[Emulator]:
+    emulator = Emulator(bookmark_interval_s=0.2)
+    emulator.create(namespace("team"))
+    for i in range(20):  # more than one list page (FAST.page_size = 7)
+        emulator.create(deployment(f"d{i}", "team", model=f"m{i}"))
+    emulator.create(node("gpu-1", "NVIDIA-A100-SXM4-80GB", 8))
+    emulator.create(hpa("h0", "d0", 5, "team"))
+    await emulator.start()
+    try:
+        yield emulator
+    finally:
+        await emulator.stop()
+
+
+@pytest.fixture
+async def cache(emu: Emulator) -> AsyncIterator[ClusterCache]:
+    client = await KubeClient.connect(str(emu.kubeconfig()))
+    c = ClusterCache(client, Policy(), WebhookMetrics(), FAST)
+    await c.start()
+    try:
+        assert await c.wait_synced(10)
+        yield c
+    finally:
+        await c.stop()
+        await client.close()
+
+
+async def test_initial_sync_holds_every_object_as_views(cache: ClusterCache) -> None:
+    snap = cache.snapshot
+    assert {r.name for r in snap.deployments if r.namespace == "team"} == {
+        f"d{i}" for i in range(20)
+    }
+    assert "gpu-1" in snap.nodes and snap.gpu_capacity("NVIDIA-A100-SXM4-80GB") == 8
+    assert {"team", "default", "kube-system"} <= set(snap.namespaces)
+    assert ObjectRef("HorizontalPodAutoscaler", "team", "h0") in snap.autoscalers
+    metrics = cache.metrics
+    assert metrics is not None
+    assert metrics.cache_synced._value.get() == 1
+    assert metrics.cache_objects.labels(kind="Deployment")._value.get() == 20
+
+
+async def test_watch_events_add_change_and_remove(emu: Emulator, cache: ClusterCache) -> None:
+    snap = cache.snapshot
+    await emu.request("POST", "/apis/apps/v1/namespaces/team/deployments",
+                      deployment("new", "team"))
+    await until(lambda: dep_ref("new", "team") in snap.deployments)
+    changed = deployment("d1", "team", model="m1", gpu_product="NVIDIA-A40")
+    emu.put(changed)
+    await until(lambda: snap.deployments[dep_ref("d1", "team")].gpu_type.name == "NVIDIA-A40")
+    emu.delete("deployments", "d2", "team")
+    await until(lambda: dep_ref("d2", "team") not in snap.deployments)
+    emu.delete("horizontalpodautoscalers", "h0", "team")
+    await until(lambda: not snap.autoscalers)
+
+
+@pytest.mark.parametrize("abort", [False, True])
+async def test_dropped_watch_resumes_without_losing_objects(
+    emu: Emulator, cache: ClusterCache, abort: bool
+) -> None:
+    relists = sum(r.relists for r in cache.reflectors.values())
+    assert emu.drop_watches(abort=abort) > 0
+    emu.create(deployment("during-drop", "team"))
+    emu.delete("deployments", "d3", "team")
+    snap = cache.snapshot
+    await until(lambda: dep_ref("during-drop", "team") in snap.deployments)
+    await until(lambda: dep_ref("d3", "team") not in snap.deployments)
+    assert sum(r.relists for r in cache.reflectors.values()) == relists  # resumed, no relist
+    assert cache.synced
+
+
+async def test_410_gone_relists_and_keeps_every_object(
+    emu: Emulator, cache: ClusterCache
+) -> None:
+    deployments = next(r for r in cache.reflectors.values() if r.resource.kind == "Deployment")
+    relists = deployments.relists
+    # changes the watch never sees, then the history is gone
+    emu.drop_watches()
+    emu.store.drop_watchers()
+    emu.create(deployment("while-gone", "team"))
+    emu.delete("deployments", "d4", "team")
+    emu.compact()
+    snap = cache.snapshot
+    await until(lambda: deployments.relists > relists)
+    await until(lambda: dep_ref("while-gone", "team") in snap.deployments)
+    assert dep_ref("d4", "team") not in snap.deployments
+    assert {f"d{i}" for i in range(20) if i != 4} <= {r.name for r in snap.deployments}
+    await until(lambda: cache.synced)
+
+
+@pytest.mark.parametrize("mode", ["503", "refuse"])
+async def test_api_outage_makes_cache_unready_then_recovers(
+    emu: Emulator, cache: ClusterCache, mode: str
+) -> None:
+    emu.start_outage(mode)
+    await until(lambda: not cache.synced)
+    assert cache.metrics is not None and cache.metrics.cache_synced._value.get() == 0
+    # the cluster changes while the webhook cannot see it
+    emu.create(deployment("in-outage", "team"))
+    emu.delete("deployments", "d5", "team")
+    snap = cache.snapshot
+    assert dep_ref("d6", "team") in snap.deployments  # stale data is kept, not dropped
+    emu.end_outage()
+    await until(lambda: cache.synced)
+    await until(lambda: dep_ref("in-outage", "team") in snap.deployments)
+    await until(lambda: dep_ref("d5", "team") not in snap.deployments)
+    assert len([r for r in snap.deployments if r.namespace == "team"]) == 20
+
+
+async def test_crds_found_later_are_watched(emu: Emulator, cache: ClusterCache) -> None:
+    assert not any(r.resource.optional for r in cache.reflectors.values())
+    emu.create(crd("keda-scaledobject.yaml"))
+    emu.create(crd("aibrix-podautoscaler.yaml"))
+    await asyncio.sleep(0.05)
+    emu.create(scaled_object("so", "d0", None, "team"))
+    emu.create(pod_autoscaler("pa", "d1", 3, "team"))
+    snap = cache.snapshot
+    await until(lambda: ObjectRef("ScaledObject", "team", "so") in snap.autoscalers)
+    await until(lambda: ObjectRef("PodAutoscaler", "team", "pa") in snap.autoscalers)
+    assert snap.autoscalers[ObjectRef("ScaledObject", "team", "so")].ceiling is None
+    assert cache.synced
+    # a CRD that goes away takes its objects with it
+    emu.delete("customresourcedefinitions", "scaledobjects.keda.sh")
+    await until(lambda: ObjectRef("ScaledObject", "team", "so") not in snap.autoscalers)
+    await until(lambda: cache.synced)
+
+
+async def test_not_synced_before_the_first_list(emu: Emulator) -> None:
+    client = await KubeClient.connect(str(emu.kubeconfig()))
+    c = ClusterCache(client, Policy(), WebhookMetrics(), FAST)
+    emu.start_outage("503")
+    try:
+        await c.start()
+        await asyncio.sleep(0.3)
+        assert not c.synced
+        emu.end_outage()
+        assert await c.wait_synced(10)
+    finally:
+        await c.stop()
+        await client.close()

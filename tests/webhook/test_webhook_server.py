@@ -1,0 +1,333 @@
+"""The HTTP layer over real TLS: happy paths, every bad-input class, probes, metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import jsonpatch
+import pytest
+from webhook_kit import (
+    client_context,
+    decoded_patch,
+    deployment,
+    hpa,
+    namespace,
+    review_body,
+    serve_app,
+    snapshot,
+)
+
+from gpumix.kube.policy import Policy
+from gpumix.kube.snapshot import Snapshot
+from webhook.metrics import WebhookMetrics
+from webhook.server import MAX_BODY_BYTES, StaticSource, WebhookState, make_app
+from webhook.settings import TLSSettings
+from webhook.tls import CertHolder, EphemeralCerts
+
+
+@dataclass
+class Served:
+    url: str
+    http: aiohttp.ClientSession
+    state: WebhookState
+    source: StaticSource
+
+    async def post(self, path: str, body: object) -> tuple[int, dict]:
+        async with self.http.post(self.url + path, json=body) as resp:
+            return resp.status, await resp.json()
+
+
+A100 = "NVIDIA-A100-SXM4-80GB"
+A40 = "NVIDIA-A40"
+
+
+def cluster() -> Snapshot:
+    return snapshot(
+        namespace("default"),
+        namespace("relaxed", labels={"gpumix.io/mode": "warn"}),
+        namespace("capped", annotations={"gpumix.io/default-max-replicas": "7"}),
+        deployment("llama-a100", gpu_product=A100),
+        deployment(
+            "llama-a100-iso",
+            "iso",
+            selector={"model.aibrix.ai/name": "llama2-7b", "gpumix.io/deployment": "llama-a100-iso"},
+            gpu_product=A100,
+        ),
+    )
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    metrics = WebhookMetrics()
+    holder = CertHolder(metrics)
+    certs = EphemeralCerts(TLSSettings(extra_sans=("127.0.0.1",)), holder, time.time)
+    await certs.start()
+    source = StaticSource(cluster())
+    state = WebhookState(Policy(), source, metrics, certs)
+    assert certs.bundle is not None
+    try:
+        async with serve_app(make_app(state), holder.context) as url:
+            connector = aiohttp.TCPConnector(ssl=client_context(certs.bundle.ca_pem))
+            async with aiohttp.ClientSession(connector=connector) as http:
+                yield Served(url, http, state, source)
+    finally:
+        await certs.stop()
+
+
+# --------------------------------------------------------------------------- happy paths
+
+
+async def test_validate_denies_overlap_across_gpu_types_and_names_both(served: Served) -> None:
+    body = review_body(deployment("llama-a40", gpu_product=A40), uid="u-1")
+    status, out = await served.post("/validate", body)
+    assert status == 200
+    response = out["response"]
+    assert response["uid"] == "u-1"
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 403
+    message = response["status"]["message"]
+    assert "llama-a40" in message and "llama-a100" in message
+    assert "model.aibrix.ai/name=llama2-7b" in message
+    assert "gpumix.io/deployment" in message
+
+
+async def test_mutate_fixes_when_the_fix_provably_removes_the_overlap(served: Served) -> None:
+    obj = deployment("llama-a40-iso", "iso", gpu_product=A40)
+    status, out = await served.post("/mutate", review_body(obj, uid="u-2"))
+    assert status == 200 and out["response"]["uid"] == "u-2"
+    assert out["response"]["allowed"] is True
+    assert out["response"]["patchType"] == "JSONPatch"
+    fixed = jsonpatch.apply_patch(obj, decoded_patch(out))
+    assert fixed["spec"]["selector"]["matchLabels"]["gpumix.io/deployment"] == "llama-a40-iso"
+    labels = fixed["spec"]["template"]["metadata"]["labels"]
+    assert labels["gpumix.io/deployment"] == "llama-a40-iso"
+    assert labels["gpumix.io/gpu-type"] == A40
+    # the validating call then sees the fixed object and allows it
+    status, out = await served.post("/validate", review_body(fixed, uid="u-3"))
+    assert out["response"]["allowed"] is True and "status" not in out["response"]
+
+
+async def test_mutate_leaves_an_unfixable_overlap_to_validation(served: Served) -> None:
+    _, out = await served.post("/mutate", review_body(deployment("llama-a40", gpu_product=A40)))
+    assert out["response"]["allowed"] is True and "patch" not in out["response"]
+
+
+async def test_disjoint_deployment_is_admitted_untouched(served: Served) -> None:
+    obj = deployment("other", gpu_product=A40, model="mistral")
+    for path in ("/mutate", "/validate"):
+        _, out = await served.post(path, review_body(obj))
+        assert out["response"]["allowed"] is True
+        assert "patch" not in out["response"] and "warnings" not in out["response"]
+
+
+@pytest.mark.parametrize(("ns", "expected"), [("default", 10), ("capped", 7)])
+async def test_mutate_injects_default_ceiling(served: Served, ns: str, expected: int) -> None:
+    obj = hpa("llama", "llama-a100", None, ns)
+    _, out = await served.post("/mutate", review_body(obj))
+    fixed = jsonpatch.apply_patch(obj, decoded_patch(out))
+    assert fixed["spec"]["maxReplicas"] == expected
+    obj_zero = hpa("llama", "llama-a100", 0, ns)  # HPA v2 sends 0 when the field is absent
+    _, out = await served.post("/mutate", review_body(obj_zero))
+    assert jsonpatch.apply_patch(obj_zero, decoded_patch(out))["spec"]["maxReplicas"] == expected
+
+
+async def test_warn_mode_namespace_allows_with_warnings(served: Served) -> None:
+    _, out = await served.post("/validate", review_body(hpa("x", "y", 500, "relaxed")))
+    assert out["response"]["allowed"] is True
+    assert any("max-replicas-above-ceiling" in w for w in out["response"]["warnings"])
+
+
+async def test_exempt_namespace_is_untouched(served: Served) -> None:
+    for path in ("/mutate", "/validate"):
+        _, out = await served.post(path, review_body(hpa("x", "y", None, "kube-system")))
+        assert out["response"] == {"uid": out["response"]["uid"], "allowed": True}
+
+
+async def test_dry_run_gets_the_same_answer(served: Served) -> None:
+    obj = deployment("llama-a40", gpu_product=A40)
+    _, wet = await served.post("/validate", review_body(obj, uid="same"))
+    _, dry = await served.post("/validate", review_body(obj, uid="same", dry_run=True))
+    assert wet == dry
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+async def _raw(served: Served, path: str, data: bytes, ctype: str) -> tuple[int, dict]:
+    async with served.http.post(
+        served.url + path, data=data, headers={"Content-Type": ctype}
+    ) as resp:
+        return resp.status, json.loads(await resp.read())
+
+
+BAD_BODIES = [
+    pytest.param(b'{"a": 1}', "text/plain", 400, "Content-Type must be application/json",
+                 id="wrong-content-type"),
+    pytest.param(b"", "application/json", 400, "empty", id="empty"),
+    pytest.param(b"{not json", "application/json", 400, "not valid JSON", id="not-json"),
+    pytest.param(b"\xff\xfe{}", "application/json", 400, "not valid JSON", id="not-utf8"),
+    pytest.param(b"[1, 2]", "application/json", 400, "JSON object", id="array"),
+    pytest.param(b"[" * 5000 + b"]" * 5000, "application/json", 400, "nests deeper",
+                 id="deep-nesting"),
+    pytest.param(b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", '
+                 b'"request": {"operation": "CREATE", "object": {}}}', "application/json", 400,
+                 "request.uid", id="no-uid"),
+    pytest.param(b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}',
+                 "application/json", 400, "request is missing", id="no-request"),
+]
+
+
+@pytest.mark.parametrize("path", ["/mutate", "/validate"])
+@pytest.mark.parametrize(("data", "ctype", "code", "needle"), BAD_BODIES)
+async def test_bad_body_without_uid_is_a_clear_400(
+    served: Served, path: str, data: bytes, ctype: str, code: int, needle: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO):
+        status, out = await _raw(served, path, data, ctype)
+    assert status == code
+    assert out["kind"] == "Status" and out["code"] == code and needle in out["message"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_oversized_body_is_413(served: Served) -> None:
+    data = b'{"pad": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    status, out = await _raw(served, "/validate", data, "application/json")
+    assert status == 413 and "7 MiB" in out["message"]
+
+
+async def test_oversized_chunked_body_is_413(served: Served) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield b" " * (1024 * 1024)
+
+    async with served.http.post(
+        served.url + "/mutate", data=chunks(), headers={"Content-Type": "application/json"}
+    ) as resp:
+        assert resp.status == 413
+        assert "7 MiB" in (await resp.json())["message"]
+
+
+def _review_with(uid: str, **changes: object) -> dict:
+    body = review_body(deployment("d"), uid=uid)
+    for key, value in changes.items():
+        if key.startswith("request."):
+            sub = key.removeprefix("request.")
+            if value is None:
+                body["request"].pop(sub)
+            else:
+                body["request"][sub] = value
+        else:
+            body[key] = value
+    return body
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"apiVersion": "admission.k8s.io/v1beta1"}, "apiVersion must be admission.k8s.io/v1"),
+        ({"kind": "Review"}, "kind must be AdmissionReview"),
+        ({"request.object": None}, "request.object"),
+        ({"request.object": "text"}, "request.object"),
+        ({"request.operation": "PATCH"}, "operation"),
+        ({"request.kind": None}, "request.kind"),
+        ({"request.oldObject": [1]}, "oldObject"),
+    ],
+)
+async def test_bad_review_with_uid_echoes_uid(
+    served: Served, changes: dict, needle: str
+) -> None:
+    body = _review_with("uid-42", **{k.replace("__", "."): v for k, v in changes.items()})
+    status, out = await served.post("/validate", body)
+    assert status == 200
+    assert out["kind"] == "AdmissionReview"
+    response = out["response"]
+    assert response["uid"] == "uid-42"
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 400 and needle in response["status"]["message"]
+
+
+# --------------------------------------------------------------------------- probes, metrics
+
+
+async def test_readyz_needs_sync_and_certificate(served: Served) -> None:
+    served.source.synced = False
+    async with served.http.get(served.url + "/readyz") as resp:
+        assert resp.status == 503 and "not synced" in await resp.text()
+    served.source.synced = True
+    async with served.http.get(served.url + "/readyz") as resp:
+        assert resp.status == 200
+    async with served.http.get(served.url + "/healthz") as resp:
+        assert resp.status == 200
+
+
+async def test_readyz_false_without_certificate() -> None:
+    holder = CertHolder()
+    state = WebhookState(Policy(), StaticSource(), WebhookMetrics(), holder)
+    async with serve_app(make_app(state, admission=False)) as url, aiohttp.ClientSession() as s:
+        async with s.get(url + "/readyz") as resp:
+            assert resp.status == 503 and "certificate" in await resp.text()
+        async with s.post(url + "/validate", json={}) as resp:
+            assert resp.status in (404, 405)  # the probe app has no admission routes
+
+
+async def test_metrics_content(served: Served) -> None:
+    await served.post("/validate", review_body(deployment("llama-a40", gpu_product=A40)))
+    await served.post("/mutate", review_body(hpa("h", "llama-a100")))
+    await _raw(served, "/validate", b"nope", "application/json")
+    async with served.http.get(served.url + "/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    assert (
+        'gpumix_admission_requests_total{kind="Deployment",operation="CREATE",'
+        'path="/validate",verdict="denied"} 1.0'
+    ) in text
+    assert (
+        'gpumix_admission_requests_total{kind="HorizontalPodAutoscaler",operation="CREATE",'
+        'path="/mutate",verdict="patched"} 1.0'
+    ) in text
+    assert (
+        'gpumix_admission_requests_total{kind="unknown",operation="unknown",'
+        'path="/validate",verdict="errored"} 1.0'
+    ) in text
+    assert 'gpumix_admission_findings_total{mode="enforce",rule="selector-overlap",' in text
+    assert 'gpumix_admission_findings_total{mode="enforce",rule="missing-max-replicas",' in text
+    assert 'gpumix_admission_duration_seconds_bucket{kind="Deployment",le="0.01",' in text
+    expiry = [
+        line for line in text.splitlines()
+        if line.startswith("gpumix_webhook_cert_expiry_timestamp_seconds ")
+    ]
+    assert expiry and float(expiry[0].split()[1]) > time.time()
+
+
+async def test_metrics_registries_are_per_app() -> None:
+    a, b = WebhookMetrics(), WebhookMetrics()
+    a.observe("/validate", "Deployment", "CREATE", "allowed", 0.001)
+    assert b"verdict=\"allowed\"" in a.render()[0]
+    assert b"verdict=\"allowed\"" not in b.render()[0]
+
+
+def test_review_does_not_block_the_loop_long() -> None:
+    """Review of a Deployment against 2,000 cached ones stays far below a millisecond budget."""
+    from webhook.review import parse_review, review
+
+    objs = [
+        deployment(f"m{i}-{t}", f"ns{i % 20}", model=f"m{i}", gpu_product=t)
+        for i in range(1000)
+        for t in (A100, A40)
+    ]
+    snap = snapshot(*objs)
+    request = parse_review(review_body(deployment("m5-new", "ns5", model="m5")))
+    policy = Policy()
+    start = time.perf_counter()
+    for _ in range(200):
+        review(request, snap, policy, "validate")
+        review(request, snap, policy, "mutate")
+    per_call = (time.perf_counter() - start) / 400
+    assert per_call < 0.005, f"{per_call * 1000:.2f} ms per review"

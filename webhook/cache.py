@@ -1,0 +1,348 @@
+"""The cluster cache: list+watch of the objects the rules read, kept as views.
+
+One ``Reflector`` per resource lists it (paged), then watches from the list's
+``resourceVersion``.  A watch that ends is resumed from the last
+``resourceVersion`` seen (bookmarks included); a watch or list that fails is
+retried with exponential backoff; ``410 Gone`` means the version is too old:
+list again.  A relist replaces that resource's objects only once the new list
+is complete, so nothing is lost or missing in between.  Only views
+(``gpumix.kube.objects.view_of``) are stored, never whole objects.
+
+Autoscaler CRDs (KEDA ``ScaledObject``, AIBrix ``PodAutoscaler``) are found by
+API discovery, again every ``discovery_interval_s``, so CRDs installed later are
+picked up; a CRD that disappears takes its objects with it.
+
+The cache is ``synced`` when discovery has run and every reflector has listed
+and is connected; a failing list or watch makes it unsynced until it recovers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gpumix.kube.objects import namespace_of, view_of
+from gpumix.kube.policy import Policy
+from gpumix.kube.snapshot import Snapshot
+from webhook.kubeapi import ApiError, KubeClient
+from webhook.metrics import WebhookMetrics
+from webhook.settings import CacheSettings
+
+log = logging.getLogger("gpumix.webhook.cache")
+
+Sleep = Callable[[float], Any]
+MAX_PAGES = 100_000
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A listable, watchable resource and how its objects are keyed in the snapshot."""
+
+    kind: str
+    api_version: str
+    plural: str
+    namespaced: bool = True
+    optional: bool = False
+    """A CRD found by discovery: 404 means it was removed (not an error)."""
+
+    @property
+    def path(self) -> str:
+        prefix = "/api" if "/" not in self.api_version else "/apis"
+        return f"{prefix}/{self.api_version}/{self.plural}"
+
+
+BUILTIN_RESOURCES = (
+    Resource("Namespace", "v1", "namespaces", namespaced=False),
+    Resource("Node", "v1", "nodes", namespaced=False),
+    Resource("Deployment", "apps/v1", "deployments"),
+    Resource("HorizontalPodAutoscaler", "autoscaling/v2", "horizontalpodautoscalers"),
+)
+CRD_KINDS = {"keda.sh": "ScaledObject", "autoscaling.aibrix.ai": "PodAutoscaler"}
+
+
+def _obj_meta(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+class Reflector:
+    """List, then watch one resource into the snapshot; forever, until cancelled."""
+
+    def __init__(
+        self,
+        resource: Resource,
+        client: KubeClient,
+        snapshot: Snapshot,
+        policy: Policy,
+        settings: CacheSettings,
+        on_change: Callable[[], None],
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.resource = resource
+        self.client = client
+        self.snapshot = snapshot
+        self.policy = policy
+        self.settings = settings
+        self.on_change = on_change
+        self._sleep = sleep
+        self.keys: set[tuple[str, str]] = set()
+        self.synced = False
+        self.resource_version = ""
+        self.relists = 0
+        self.gone = False
+        """True once an optional resource has disappeared (404); the reflector stops."""
+
+    # -- applying ----------------------------------------------------------------
+    def _key(self, obj: dict[str, Any]) -> tuple[str, str]:
+        name = _obj_meta(obj).get("name")
+        ns = namespace_of(obj) if self.resource.namespaced else ""
+        return ns, name if isinstance(name, str) else ""
+
+    def _put(self, obj: dict[str, Any]) -> None:
+        # List items carry no apiVersion/kind; watch events do: set both the same way.
+        obj["apiVersion"] = self.resource.api_version
+        obj["kind"] = self.resource.kind
+        view = view_of(obj, self.policy)
+        if view is None:
+            return
+        self.snapshot.put(view)
+        self.keys.add(self._key(obj))
+
+    def _remove(self, key: tuple[str, str]) -> None:
+        self.snapshot.remove(self.resource.kind, key[0], key[1])
+        self.keys.discard(key)
+
+    def clear(self) -> None:
+        for key in list(self.keys):
+            self._remove(key)
+
+    async def relist(self) -> str:
+        """List every page, then replace this resource's objects; return the list's version."""
+        items: list[dict[str, Any]] = []
+        cont = ""
+        version = ""
+        for _ in range(MAX_PAGES):
+            query = {"limit": str(self.settings.page_size)}
+            if cont:
+                query["continue"] = cont
+            page = await self.client.get(self.resource.path, query)
+            for item in page.get("items") or []:
+                if isinstance(item, dict):
+                    items.append(item)
+            meta = _obj_meta(page)
+            cont = str(meta.get("continue") or "")
+            version = str(meta.get("resourceVersion") or version)
+            if not cont:
+                break
+        stale = set(self.keys)
+        for item in items:
+            self._put(item)
+            stale.discard(self._key(item))
+        for key in stale:
+            self._remove(key)
+        self.relists += 1
+        self.on_change()
+        return version
+
+    def apply(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        obj = event.get("object")
+        if not isinstance(obj, dict):
+            return
+        version = _obj_meta(obj).get("resourceVersion")
+        if isinstance(version, str) and version:
+            self.resource_version = version
+        if kind in ("ADDED", "MODIFIED"):
+            self._put(obj)
+        elif kind == "DELETED":
+            self._remove(self._key(obj))
+        else:
+            return  # BOOKMARK: only the version moves
+        self.on_change()
+
+    # -- the loop ----------------------------------------------------------------
+    def _set_synced(self, value: bool) -> None:
+        if self.synced != value:
+            self.synced = value
+            self.on_change()
+
+    async def run(self) -> None:
+        backoff = self.settings.backoff_initial_s
+        for _ in range(10**9):  # ends by cancellation, or when an optional CRD goes away
+            opened = False
+            try:
+                if not self.resource_version:
+                    self.resource_version = await self.relist()
+                    self._set_synced(True)
+                query = {
+                    "resourceVersion": self.resource_version,
+                    "allowWatchBookmarks": "true",
+                    "timeoutSeconds": str(self.settings.watch_timeout_s),
+                }
+                async for event in self.client.watch(
+                    self.resource.path, query, self.settings.watch_timeout_s
+                ):
+                    if event.get("type") == "OPENED":
+                        opened = True
+                        self._set_synced(True)
+                        backoff = self.settings.backoff_initial_s
+                        continue
+                    self.apply(event)
+                continue  # the server closed the watch: resume from resource_version
+            except ApiError as exc:
+                if exc.code == 410:
+                    log.info("%s: %s; listing again", self.resource.path, exc.message)
+                    self.resource_version = ""
+                elif exc.code == 404 and self.resource.optional:
+                    log.info("%s is gone; dropping its objects", self.resource.path)
+                    self.clear()
+                    self.gone = True
+                    self._set_synced(True)
+                    return
+                elif opened and exc.unreachable:
+                    # An established watch broke: resume at once; readiness changes only
+                    # if the API server cannot be reached again (no flapping on a reset).
+                    log.info("%s: %s; resuming", self.resource.path, exc.message)
+                    backoff = self.settings.backoff_initial_s
+                else:
+                    log.warning("%s: %s; retrying in %.1f s", self.resource.path, exc, backoff)
+                    self._set_synced(False)
+            except Exception:  # a bug must not stop the cache for good: log it, back off
+                log.exception("%s: unexpected error; listing again", self.resource.path)
+                self.resource_version = ""
+                self._set_synced(False)
+            await self._sleep(backoff)
+            backoff = min(backoff * 2, self.settings.backoff_max_s)
+
+
+class ClusterCache:
+    """Deployments, autoscalers, Nodes and Namespaces of a cluster, as a ``Snapshot``."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        policy: Policy,
+        metrics: WebhookMetrics | None = None,
+        settings: CacheSettings | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.client = client
+        self.policy = policy
+        self.metrics = metrics
+        self.settings = settings or CacheSettings()
+        self.snapshot = Snapshot()
+        self._sleep = sleep
+        self.reflectors: dict[Resource, Reflector] = {}
+        self._tasks: dict[Resource, asyncio.Task[None]] = {}
+        self._discovery: asyncio.Task[None] | None = None
+        self._discovered = False
+        self._synced_event = asyncio.Event()
+
+    @property
+    def synced(self) -> bool:
+        return self._discovered and all(
+            r.synced for r in self.reflectors.values() if not r.gone
+        )
+
+    def _changed(self) -> None:
+        synced = self.synced
+        if synced:
+            self._synced_event.set()
+        else:
+            self._synced_event.clear()
+        if self.metrics is not None:
+            snap = self.snapshot
+            self.metrics.cache_objects.labels(kind="Deployment").set(len(snap.deployments))
+            self.metrics.cache_objects.labels(kind="Autoscaler").set(len(snap.autoscalers))
+            self.metrics.cache_objects.labels(kind="Node").set(len(snap.nodes))
+            self.metrics.cache_objects.labels(kind="Namespace").set(len(snap.namespaces))
+            self.metrics.cache_synced.set(1 if synced else 0)
+
+    async def wait_synced(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._synced_event.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return self.synced
+
+    def _start(self, resource: Resource) -> None:
+        reflector = Reflector(
+            resource, self.client, self.snapshot, self.policy, self.settings,
+            self._changed, self._sleep,
+        )
+        self.reflectors[resource] = reflector
+        self._tasks[resource] = asyncio.create_task(
+            reflector.run(), name=f"gpumix-cache-{resource.plural}"
+        )
+
+    async def discover(self) -> list[Resource]:
+        """The autoscaler CRDs this API server serves (preferred version of each group)."""
+        found: list[Resource] = []
+        groups = await self.client.get("/apis")
+        for group in groups.get("groups") or []:
+            if not isinstance(group, dict) or group.get("name") not in CRD_KINDS:
+                continue
+            kind = CRD_KINDS[str(group["name"])]
+            preferred = group.get("preferredVersion") or {}
+            gv = preferred.get("groupVersion") if isinstance(preferred, dict) else None
+            if not isinstance(gv, str):
+                continue
+            try:
+                resources = await self.client.get(f"/apis/{gv}")
+            except ApiError as exc:
+                if exc.code == 404:
+                    continue
+                raise
+            for res in resources.get("resources") or []:
+                if (
+                    isinstance(res, dict)
+                    and res.get("kind") == kind
+                    and "/" not in str(res.get("name", ""))
+                    and "watch" in (res.get("verbs") or [])
+                ):
+                    found.append(
+                        Resource(kind, gv, str(res["name"]),
+                                 namespaced=bool(res.get("namespaced", True)), optional=True)
+                    )
+        return found
+
+    async def _discovery_loop(self) -> None:
+        backoff = self.settings.backoff_initial_s
+        for _ in range(10**9):  # ends by cancellation
+            try:
+                crds = await self.discover()
+            except ApiError as exc:
+                log.warning("API discovery failed: %s; retrying in %.1f s", exc, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, self.settings.backoff_max_s)
+                continue
+            backoff = self.settings.backoff_initial_s
+            for resource in crds:
+                current = self.reflectors.get(resource)
+                if current is None or current.gone:
+                    log.info("watching %s", resource.path)
+                    self._start(resource)
+            self._discovered = True
+            self._changed()
+            await self._sleep(self.settings.discovery_interval_s)
+
+    async def start(self) -> None:
+        for resource in BUILTIN_RESOURCES:
+            self._start(resource)
+        self._discovery = asyncio.create_task(self._discovery_loop(), name="gpumix-discovery")
+        self._changed()
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks.values(), *([self._discovery] if self._discovery else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self._discovery = None
+

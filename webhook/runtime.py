@@ -1,0 +1,137 @@
+"""Process wiring: the cluster cache, the certificate and the two apps, started together.
+
+``build`` makes the parts without starting them (the apps' ``cleanup_ctx`` starts
+and stops them); ``serve`` runs the HTTPS app and the plain-HTTP probe app until
+asked to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from gpumix.kube.snapshot import Snapshot
+from webhook.cache import ClusterCache
+from webhook.kubeapi import KubeClient
+from webhook.metrics import WebhookMetrics
+from webhook.server import SnapshotSource, StaticSource, WebhookState, make_app
+from webhook.settings import WebhookSettings
+from webhook.tls import BootstrapCerts, CertHolder, CertSource, EphemeralCerts, FileCerts
+
+log = logging.getLogger("gpumix.webhook")
+
+
+@dataclass
+class Built:
+    app: web.Application
+    probe_app: web.Application
+    ssl_context: ssl.SSLContext
+    state: WebhookState
+    certs: CertSource
+    cache: ClusterCache | None
+
+
+async def build(
+    settings: WebhookSettings,
+    *,
+    state_objects: Iterable[Mapping[str, Any]] | None = None,
+    client: KubeClient | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Built:
+    """The parts of one webhook process.  With ``state_objects`` no cluster is used."""
+    metrics = WebhookMetrics()
+    holder = CertHolder(metrics)
+    cache: ClusterCache | None = None
+    source: SnapshotSource
+    own_client = False
+    if state_objects is not None:
+        snapshot = Snapshot.from_objects(state_objects, settings.policy)
+        source = StaticSource(snapshot)
+        for kind, count in (
+            ("Deployment", len(snapshot.deployments)),
+            ("Autoscaler", len(snapshot.autoscalers)),
+            ("Node", len(snapshot.nodes)),
+            ("Namespace", len(snapshot.namespaces)),
+        ):
+            metrics.cache_objects.labels(kind=kind).set(count)
+        metrics.cache_synced.set(1)
+    else:
+        if client is None:
+            client = await KubeClient.connect(settings.kubeconfig)
+            own_client = True
+        cache = ClusterCache(client, settings.policy, metrics, settings.cache)
+        source = cache
+    certs: CertSource
+    if settings.tls.from_files:
+        certs = FileCerts(settings.tls, holder, clock)
+    elif client is None:
+        certs = EphemeralCerts(settings.tls, holder, clock)
+    else:
+        certs = BootstrapCerts(client, settings.tls, holder, clock)
+    state = WebhookState(settings.policy, source, metrics, certs)
+
+    async def parts(app: web.Application) -> AsyncIterator[None]:
+        if cache is not None:
+            await cache.start()
+        await certs.start()
+        yield
+        await certs.stop()
+        if cache is not None:
+            await cache.stop()
+        if own_client and client is not None:
+            await client.close()
+
+    app = make_app(state, contexts=(parts,))
+    probe_app = make_app(state, admission=False)
+    return Built(app, probe_app, holder.context, state, certs, cache)
+
+
+async def serve(
+    settings: WebhookSettings,
+    *,
+    state_objects: Iterable[Mapping[str, Any]] | None = None,
+    clock: Callable[[], float] = time.time,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[int, int], None] | None = None,
+) -> None:
+    """Run the webhook until ``stop`` is set or SIGINT/SIGTERM arrives."""
+    built = await build(settings, state_objects=state_objects, clock=clock)
+    https = web.AppRunner(built.app, access_log=None, handle_signals=False, lingering_time=2.0)
+    probes = web.AppRunner(built.probe_app, access_log=None, handle_signals=False)
+    await https.setup()
+    try:
+        await probes.setup()
+        site = web.TCPSite(https, settings.host, settings.port, ssl_context=built.ssl_context)
+        await site.start()
+        ports = [_bound_port(site), 0]
+        if settings.metrics_port is not None:
+            probe_site = web.TCPSite(probes, settings.host, settings.metrics_port)
+            await probe_site.start()
+            ports[1] = _bound_port(probe_site)
+        log.info("serving HTTPS on %s:%d, probes on port %d", settings.host, *ports)
+        if on_ready is not None:
+            on_ready(ports[0], ports[1])
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await probes.cleanup()
+        await https.cleanup()
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp has no public accessor for the bound port (port 0)
+    sockets = getattr(server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else 0

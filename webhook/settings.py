@@ -1,0 +1,78 @@
+"""The webhook process's settings: one typed object, filled in by the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gpumix.kube.policy import Policy
+
+DAY_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """Where the serving certificate comes from and how long it lives."""
+
+    cert_file: str | None = None
+    """PEM certificate chain (e.g. a mounted cert-manager Secret); with ``key_file``."""
+    key_file: str | None = None
+    """PEM private key for ``cert_file``."""
+    namespace: str = "gpumix-system"
+    """Namespace of the Service and of the certificate Secret."""
+    service_name: str = "gpumix-webhook"
+    """Service whose DNS names the bootstrapped certificate covers."""
+    secret_name: str = "gpumix-webhook-tls"
+    """Secret (keys ``tls.crt``, ``tls.key``, ``ca.crt``) shared by all replicas."""
+    webhook_config_name: str = "gpumix"
+    """Mutating and validating webhook configurations whose ``caBundle`` is kept current."""
+    extra_sans: tuple[str, ...] = ()
+    """More names for the certificate: DNS names or IP addresses (``127.0.0.1``)."""
+    lifetime_s: float = 365 * DAY_S
+    """Validity of a bootstrapped CA and serving certificate."""
+    rotate_fraction: float = 2 / 3
+    """Replace the certificate once this fraction of its lifetime has passed."""
+    check_interval_s: float = 60.0
+    """How often the Secret (or the files) are re-read and the expiry checked."""
+    ca_out_file: str | None = None
+    """Without a cluster (``--state``): write the generated CA bundle to this file."""
+
+    @property
+    def from_files(self) -> bool:
+        return self.cert_file is not None
+
+    def dns_names(self) -> tuple[str, ...]:
+        svc = f"{self.service_name}.{self.namespace}.svc"
+        return (self.service_name, f"{self.service_name}.{self.namespace}", svc,
+                f"{svc}.cluster.local")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """How the cluster cache lists and watches."""
+
+    watch_timeout_s: int = 300
+    """Server-side timeout of one watch request; the watch is then resumed."""
+    page_size: int = 500
+    """Objects per list page."""
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    discovery_interval_s: float = 60.0
+    """How often API discovery runs again to pick up autoscaler CRDs installed later."""
+    request_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Everything ``gpumix webhook`` needs to run."""
+
+    policy: Policy = field(default_factory=Policy)
+    kubeconfig: str | None = None
+    """Kubeconfig file; None: in-cluster config, else the default kubeconfig."""
+    state_file: str | None = None
+    """Serve from the objects in this manifests file instead of a cluster."""
+    host: str = "0.0.0.0"
+    port: int = 8443
+    metrics_port: int | None = 8080
+    """Plain-HTTP port for /healthz, /readyz and /metrics (None: off; 0: any free port)."""
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)

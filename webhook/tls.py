@@ -1,0 +1,539 @@
+"""The serving certificate: create, store, share, rotate and hot-reload it.
+
+Three sources, one interface (``context``, ``loaded``, ``start``/``stop``):
+
+- ``FileCerts``: PEM files, e.g. a mounted cert-manager Secret (cainjector fills
+  the ``caBundle`` via ``cert-manager.io/inject-ca-from``); re-read when they change.
+- ``BootstrapCerts`` (default in a cluster): a CA and a serving certificate kept in
+  the Secret ``gpumix-webhook-tls``.  Every replica runs the same loop: read the
+  Secret; create it if absent (on 409 AlreadyExists adopt the winner's); replace it
+  when due for rotation with an update carrying the ``resourceVersion`` read (on
+  409 Conflict adopt the winner's); keep ``caBundle`` of every webhook in the
+  ``gpumix`` Mutating/ValidatingWebhookConfiguration equal to the Secret's
+  ``ca.crt``.  Replicas therefore never fight: the Secret is the only truth.
+- ``EphemeralCerts``: generated in memory (``--state`` mode, no cluster).
+
+Rotation makes a new CA and serving certificate; ``ca.crt`` carries the new CA
+followed by the previous ones that are still valid, so clients that have not
+seen the new bundle yet keep trusting the replicas still serving the old
+certificate.  Reloading calls ``load_cert_chain`` again on the same
+``SSLContext``: new handshakes get the new certificate, open connections go on.
+
+The clock is injected (``clock() -> float``, Unix seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import ipaddress
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from webhook.kubeapi import ApiError, KubeClient
+from webhook.metrics import WebhookMetrics
+from webhook.settings import TLSSettings
+
+log = logging.getLogger("gpumix.webhook.tls")
+
+Clock = Callable[[], float]
+SKEW_S = 300.0
+"""Certificates are valid from five minutes before they are made (clock skew)."""
+MAX_OLD_CAS = 2
+
+
+class CertError(ValueError):
+    """Unusable certificate material (names the file or Secret and what is wrong)."""
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+@dataclass(frozen=True)
+class CertBundle:
+    cert_pem: bytes
+    key_pem: bytes
+    ca_pem: bytes
+
+    @property
+    def cert(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_pem)
+
+
+def _utc(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _sans(names: Sequence[str]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = []
+    for name in dict.fromkeys(names):
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            out.append(x509.DNSName(name))
+    return out
+
+
+def cert_names(cert: x509.Certificate) -> set[str]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(n) for n in ext.get_values_for_type(x509.DNSName)} | {
+        str(ip) for ip in ext.get_values_for_type(x509.IPAddress)
+    }
+
+
+def new_bundle(
+    names: Sequence[str], now: float, lifetime_s: float, previous_ca_pem: bytes = b""
+) -> CertBundle:
+    """A fresh CA and a serving certificate for ``names`` (DNS names or IPs).
+
+    ``ca_pem`` is the new CA followed by the still-valid CAs of ``previous_ca_pem``.
+    """
+    start, end = _utc(now - SKEW_S), _utc(now + lifetime_s)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, f"gpumix-webhook-ca-{int(now)}")]
+    )
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    first = names[0] if names else "gpumix-webhook"
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, first[:64])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName(_sans(names)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
+    kept = [
+        c for c in _load_certs(previous_ca_pem) if c.not_valid_after_utc.timestamp() > now
+    ][:MAX_OLD_CAS]
+    bundle_ca = ca_pem + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in kept)
+    return CertBundle(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key), bundle_ca)
+
+
+def _load_certs(pem: bytes) -> list[x509.Certificate]:
+    if not pem.strip():
+        return []
+    try:
+        return x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        return []
+
+
+def problems(bundle: CertBundle, names: Sequence[str], now: float) -> list[str]:
+    """Why this bundle cannot serve ``names`` now (empty: it can)."""
+    try:
+        cert = bundle.cert
+        key = serialization.load_pem_private_key(bundle.key_pem, password=None)
+    except ValueError as exc:
+        return [f"certificate or key does not parse: {exc}"]
+    out: list[str] = []
+    if key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) != cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ):
+        out.append("the key does not belong to the certificate")
+    if not cert.not_valid_before_utc.timestamp() <= now < cert.not_valid_after_utc.timestamp():
+        out.append(f"the certificate is not valid now (notAfter {cert.not_valid_after_utc})")
+    missing = sorted(set(names) - cert_names(cert))
+    if missing:
+        out.append(f"the certificate does not cover {', '.join(missing)}")
+    if not any(_issued_by(cert, ca) for ca in _load_certs(bundle.ca_pem)):
+        out.append("the certificate is not signed by a CA in ca.crt")
+    return out
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def rotation_due(cert: x509.Certificate, now: float, fraction: float) -> bool:
+    start = cert.not_valid_before_utc.timestamp()
+    end = cert.not_valid_after_utc.timestamp()
+    return now >= start + fraction * (end - start)
+
+
+def server_context() -> ssl.SSLContext:
+    """A server SSLContext, TLS 1.2 minimum; the certificate is loaded later (and again)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+# --------------------------------------------------------------------------- holder
+
+
+class CertHolder:
+    """The one SSLContext of the server and the certificate loaded into it."""
+
+    def __init__(self, metrics: WebhookMetrics | None = None) -> None:
+        self.context = server_context()
+        self.metrics = metrics
+        self.cert_pem: bytes = b""
+        self.not_after: float | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self.cert_pem)
+
+    def load(self, cert_pem: bytes, key_pem: bytes) -> bool:
+        """Load (or reload) the certificate; False when it is the one already loaded."""
+        if cert_pem == self.cert_pem:
+            return False
+        # load_cert_chain only reads files: write them to a private directory for the call.
+        with tempfile.TemporaryDirectory(prefix="gpumix-tls-") as tmp:
+            cert_path, key_path = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
+            cert_path.write_bytes(cert_pem)
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(key_pem)
+            try:
+                self.context.load_cert_chain(cert_path, key_path)
+            except ssl.SSLError as exc:
+                raise CertError(f"certificate and key do not load: {exc}") from None
+        self.cert_pem = cert_pem
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        self.not_after = cert.not_valid_after_utc.timestamp()
+        if self.metrics is not None:
+            self.metrics.cert_expiry.set(self.not_after)
+        log.info("serving certificate loaded, valid until %s", cert.not_valid_after_utc)
+        return True
+
+
+class CertSource:
+    """Keeps a ``CertHolder`` current by running ``refresh`` every check interval."""
+
+    def __init__(
+        self,
+        settings: TLSSettings,
+        holder: CertHolder,
+        clock: Clock,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings
+        self.holder = holder
+        self.clock = clock
+        self._sleep = sleep
+        self._task: asyncio.Task[None] | None = None
+        self.last_error: str = ""
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self.holder.context
+
+    @property
+    def loaded(self) -> bool:
+        return self.holder.loaded
+
+    async def refresh(self) -> None:
+        raise NotImplementedError
+
+    async def refresh_safely(self) -> bool:
+        try:
+            await self.refresh()
+        except (ApiError, CertError, OSError) as exc:
+            self.last_error = str(exc)
+            log.warning("serving certificate not refreshed: %s", exc)
+            return False
+        self.last_error = ""
+        return True
+
+    async def start(self) -> None:
+        """Load once (waiting up to a few tries), then keep refreshing in the background."""
+        for attempt in range(3):
+            if await self.refresh_safely():
+                break
+            await self._sleep(min(0.2 * 2**attempt, 1.0))
+        self._task = asyncio.create_task(self._loop(), name="gpumix-tls-refresh")
+
+    async def _loop(self) -> None:
+        while True:
+            await self._sleep(self.settings.check_interval_s if self.loaded else 1.0)
+            await self.refresh_safely()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+class FileCerts(CertSource):
+    """PEM files; reloaded when their content changes (cert-manager renews them in place)."""
+
+    async def refresh(self) -> None:
+        assert self.settings.cert_file and self.settings.key_file
+        try:
+            cert_pem = Path(self.settings.cert_file).read_bytes()
+            key_pem = Path(self.settings.key_file).read_bytes()
+        except OSError as exc:
+            raise CertError(f"cannot read {exc.filename}: {exc.strerror}") from None
+        if cert_pem == self.holder.cert_pem:
+            return
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+        except ValueError as exc:
+            raise CertError(f"{self.settings.cert_file}: not a PEM certificate: {exc}") from None
+        if self.clock() >= cert.not_valid_after_utc.timestamp():
+            log.warning("%s expired at %s", self.settings.cert_file, cert.not_valid_after_utc)
+        try:
+            self.holder.load(cert_pem, key_pem)
+        except CertError as exc:
+            raise CertError(f"{self.settings.cert_file}, {self.settings.key_file}: {exc}") from None
+
+
+class EphemeralCerts(CertSource):
+    """Generated in memory (no cluster): for ``--state`` mode on a laptop."""
+
+    def __init__(
+        self,
+        settings: TLSSettings,
+        holder: CertHolder,
+        clock: Clock,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        super().__init__(settings, holder, clock, sleep)
+        self.bundle: CertBundle | None = None
+
+    def names(self) -> tuple[str, ...]:
+        return (*self.settings.dns_names(), "localhost", *self.settings.extra_sans)
+
+    async def refresh(self) -> None:
+        now = self.clock()
+        if self.bundle is None or rotation_due(
+            self.bundle.cert, now, self.settings.rotate_fraction
+        ):
+            previous = self.bundle.ca_pem if self.bundle else b""
+            self.bundle = new_bundle(self.names(), now, self.settings.lifetime_s, previous)
+            if self.settings.ca_out_file:
+                Path(self.settings.ca_out_file).write_bytes(self.bundle.ca_pem)
+        self.holder.load(self.bundle.cert_pem, self.bundle.key_pem)
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _secret_bundle(secret: dict[str, Any]) -> CertBundle | None:
+    data = secret.get("data")
+    if not isinstance(data, dict):
+        return None
+    try:
+        return CertBundle(
+            base64.b64decode(str(data.get("tls.crt", ""))),
+            base64.b64decode(str(data.get("tls.key", ""))),
+            base64.b64decode(str(data.get("ca.crt", ""))),
+        )
+    except ValueError:
+        return None
+
+
+WEBHOOK_CONFIG_KINDS = (
+    "mutatingwebhookconfigurations",
+    "validatingwebhookconfigurations",
+)
+
+
+class BootstrapCerts(CertSource):
+    """Self-managed CA and serving certificate, shared by all replicas through one Secret."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        settings: TLSSettings,
+        holder: CertHolder,
+        clock: Clock,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        super().__init__(settings, holder, clock, sleep)
+        self.client = client
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.settings.dns_names(), *self.settings.extra_sans)
+
+    @property
+    def _secret_path(self) -> str:
+        s = self.settings
+        return f"/api/v1/namespaces/{s.namespace}/secrets/{s.secret_name}"
+
+    def _secret_body(self, bundle: CertBundle, resource_version: str = "") -> dict[str, Any]:
+        metadata: dict[str, Any] = {
+            "name": self.settings.secret_name,
+            "namespace": self.settings.namespace,
+            "labels": {"app.kubernetes.io/name": "gpumix-webhook",
+                       "app.kubernetes.io/managed-by": "gpumix"},
+        }
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": metadata,
+            "type": "kubernetes.io/tls",
+            "data": {
+                "tls.crt": _b64(bundle.cert_pem),
+                "tls.key": _b64(bundle.key_pem),
+                "ca.crt": _b64(bundle.ca_pem),
+            },
+        }
+
+    async def _read_secret(self) -> dict[str, Any] | None:
+        try:
+            return await self.client.get(self._secret_path)
+        except ApiError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    async def ensure_secret(self) -> CertBundle:
+        """The bundle in the Secret, created or rotated if needed (create-or-adopt)."""
+        for _ in range(4):
+            now = self.clock()
+            secret = await self._read_secret()
+            if secret is None:
+                bundle = new_bundle(self.names, now, self.settings.lifetime_s)
+                try:
+                    await self.client.request(
+                        "POST",
+                        f"/api/v1/namespaces/{self.settings.namespace}/secrets",
+                        body=self._secret_body(bundle),
+                    )
+                except ApiError as exc:
+                    if exc.code == 409:  # another replica created it first: adopt theirs
+                        continue
+                    raise
+                log.info("created Secret %s/%s", self.settings.namespace,
+                         self.settings.secret_name)
+                return bundle
+            current = _secret_bundle(secret)
+            why = problems(current, self.names, now) if current else ["no certificate data"]
+            if current is not None and not why:
+                if not rotation_due(current.cert, now, self.settings.rotate_fraction):
+                    return current
+                why = ["due for rotation"]
+            # Cover the names already in the certificate too, so replicas started with
+            # different extra names converge instead of replacing each other's certificate.
+            names = list(self.names)
+            previous_ca = b""
+            if current is not None:
+                with contextlib.suppress(ValueError):
+                    names += sorted(cert_names(current.cert) - set(names))
+                previous_ca = current.ca_pem
+            bundle = new_bundle(names, now, self.settings.lifetime_s, previous_ca)
+            rv = str((secret.get("metadata") or {}).get("resourceVersion", ""))
+            try:
+                await self.client.request(
+                    "PUT", self._secret_path, body=self._secret_body(bundle, rv)
+                )
+            except ApiError as exc:
+                if exc.code == 409:  # another replica replaced it first: adopt theirs
+                    continue
+                raise
+            log.info("replaced Secret %s/%s: %s", self.settings.namespace,
+                     self.settings.secret_name, "; ".join(why))
+            return bundle
+        raise CertError("the certificate Secret keeps changing under us; will retry")
+
+    async def sync_ca_bundle(self, ca_pem: bytes) -> None:
+        """Set ``caBundle`` of every webhook in the gpumix configurations to ``ca_pem``."""
+        want = _b64(ca_pem)
+        name = self.settings.webhook_config_name
+        for plural in WEBHOOK_CONFIG_KINDS:
+            path = f"/apis/admissionregistration.k8s.io/v1/{plural}/{name}"
+            for _ in range(4):
+                try:
+                    config = await self.client.get(path)
+                except ApiError as exc:
+                    if exc.code == 404:
+                        log.info("%s %s does not exist (yet): caBundle not set", plural, name)
+                        break
+                    raise
+                hooks = config.get("webhooks")
+                if not isinstance(hooks, list):
+                    break
+                changed = False
+                for hook in hooks:
+                    if not isinstance(hook, dict):
+                        continue
+                    client_config = hook.setdefault("clientConfig", {})
+                    if isinstance(client_config, dict) and client_config.get("caBundle") != want:
+                        client_config["caBundle"] = want
+                        changed = True
+                if not changed:
+                    break
+                try:  # the update carries the resourceVersion read: 409 means read again
+                    await self.client.request("PUT", path, body=config)
+                except ApiError as exc:
+                    if exc.code == 409:
+                        continue
+                    raise
+                log.info("caBundle of %s %s updated", plural, name)
+                break
+
+    async def refresh(self) -> None:
+        bundle = await self.ensure_secret()
+        await self.sync_ca_bundle(bundle.ca_pem)
+        self.holder.load(bundle.cert_pem, bundle.key_pem)
