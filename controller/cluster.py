@@ -19,6 +19,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.kubeio import KubeError, KubeIO, resource_path
+from controller.plan import GpuPool
+from controller.spec import GROUP, PLURAL, VERSION
 from gpumix.kube.fields import as_mapping, str_map
 from gpumix.kube.gputype import gpu_resources
 from gpumix.kube.objects import (
@@ -32,10 +35,6 @@ from gpumix.kube.objects import (
 )
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
-
-from controller.kubeio import KubeError, KubeIO, resource_path
-from controller.plan import GpuPool
-from controller.spec import GROUP, PLURAL, VERSION
 
 Obj = dict[str, Any]
 
@@ -81,15 +80,14 @@ class ServedCache:
         except KubeError:
             doc = None
         found = bool(doc) and any(
-            isinstance(r, dict) and r.get("name") == plural for r in (doc or {}).get("resources", [])
+            isinstance(r, dict) and r.get("name") == plural
+            for r in (doc or {}).get("resources", [])
         )
         self._seen[key] = (found, now)
         return found
 
 
-async def read_autoscalers(
-    kube: KubeIO, served: ServedCache, namespace: str | None
-) -> list[Obj]:
+async def read_autoscalers(kube: KubeIO, served: ServedCache, namespace: str | None) -> list[Obj]:
     out: list[Obj] = []
     for group, version, plural, kind in AUTOSCALER_SOURCES:
         if group != "autoscaling" and not await served.served(group, version, plural):
@@ -146,21 +144,21 @@ def build_state(
         snap.put(view)
         raw[view.ref] = d
     for a in autoscalers:
-        info = AUTOSCALER_KINDS.get(a.get("kind"))  # type: ignore[call-overload]
+        info = AUTOSCALER_KINDS.get(a.get("kind"))  # type: ignore[arg-type]
         if info is not None:
             snap.put(autoscaler_view(a, info))
     node_types: dict[str, frozenset[str]] = {}
     capacity: dict[str, int] = {}
     for n in nodes:
-        view = node_view(n, policy)
-        snap.put(view)
-        if view.unschedulable:
+        nv = node_view(n, policy)
+        snap.put(nv)
+        if nv.unschedulable:
             continue
-        node_types[view.name] = view.gpu_names
-        for gpu in view.gpu_names:
-            capacity[gpu] = capacity.get(gpu, 0) + view.allocatable_gpus
-    for ns in namespaces:
-        snap.put(namespace_view(ns))
+        node_types[nv.name] = nv.gpu_names
+        for gpu in nv.gpu_names:
+            capacity[gpu] = capacity.get(gpu, 0) + nv.allocatable_gpus
+    for ns_obj in namespaces:
+        snap.put(namespace_view(ns_obj))
     committed_by_type: dict[str, int] = {}
     bound_pods: dict[ObjectRef, int] = {}
     bound_gpus: dict[ObjectRef, int] = {}
@@ -180,8 +178,8 @@ def build_state(
             committed_by_type[gpu] = committed_by_type.get(gpu, 0) + gpus
         meta = as_mapping(pod.get("metadata"))
         labels = str_map(meta.get("labels"))
-        ns = str(meta.get("namespace") or "default")
-        for view in by_namespace.get(ns, []):
+        pod_ns = str(meta.get("namespace") or "default")
+        for view in by_namespace.get(pod_ns, []):
             if view.selector_error is None and view.selector.matches(labels):
                 bound_pods[view.ref] = bound_pods.get(view.ref, 0) + 1
                 bound_gpus[view.ref] = bound_gpus.get(view.ref, 0) + gpus

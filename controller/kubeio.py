@@ -101,7 +101,11 @@ class KubeIO:
         if 200 <= status < 300:
             return data
         reason = data.get("reason", "") if isinstance(data, dict) else ""
-        message = data.get("message", "") if isinstance(data, dict) else raw[:200].decode("utf-8", "replace")
+        message = (
+            data.get("message", "")
+            if isinstance(data, dict)
+            else raw[:200].decode("utf-8", "replace")
+        )
         raise KubeError(status, str(reason or resp.reason or ""), str(message))
 
     async def list(

@@ -18,6 +18,7 @@ The rules follow client-go's leader election:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -89,7 +90,7 @@ class LeaderElector:
     def _spec(self, now: float, acquire: str, transitions: int) -> dict[str, Any]:
         return {
             "holderIdentity": self.settings.identity,
-            "leaseDurationSeconds": max(1, int(round(self.settings.lease_duration_s))),
+            "leaseDurationSeconds": max(1, round(self.settings.lease_duration_s)),
             "acquireTime": acquire,
             "renewTime": micro_time(now),
             "leaseTransitions": transitions,
@@ -124,7 +125,9 @@ class LeaderElector:
             duration = float(spec.get("leaseDurationSeconds") or s.lease_duration_s)
             transitions = int(spec.get("leaseTransitions") or 0)
             if holder == s.identity:
-                lease["spec"] = self._spec(now, str(spec.get("acquireTime") or micro_time(now)), transitions)
+                lease["spec"] = self._spec(
+                    now, str(spec.get("acquireTime") or micro_time(now)), transitions
+                )
             elif not holder or now - self._observed_at > duration:
                 lease["spec"] = self._spec(now, micro_time(now), transitions + 1)
             else:
@@ -150,7 +153,10 @@ class LeaderElector:
         self._set(False, "released")
         try:
             lease = await self._kube.get(self.path)
-            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.settings.identity:
+            if (
+                lease is None
+                or (lease.get("spec") or {}).get("holderIdentity") != self.settings.identity
+            ):
                 return
             lease["spec"]["holderIdentity"] = ""
             lease["spec"]["leaseDurationSeconds"] = 1
@@ -163,10 +169,8 @@ class LeaderElector:
         try:
             while not stop.is_set():
                 await self.try_acquire_or_renew()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.retry_period_s)
-                except TimeoutError:
-                    pass
         finally:
             await self.release()
 

@@ -211,9 +211,7 @@ async def _direct(
     assert source.query is not None
     observed = fresh[0][1] if fresh else None
     if observed is not None and now - observed > source.staleness_seconds:
-        return LoadUnavailable(
-            "stale", f"newest sample is {now - observed:.0f}s old", observed
-        )
+        return LoadUnavailable("stale", f"newest sample is {now - observed:.0f}s old", observed)
     rows = await client.query(source.query, now)
     if not rows:
         return LoadUnavailable("missing", f"query {source.query!r} returned no series")

@@ -44,7 +44,10 @@ class ControllerMetrics:
             registry=r,
         )
         self.gpu_capacity = Gauge(
-            "gpumix_gpu_capacity", "Allocatable GPUs on schedulable Nodes.", ["gpu_type"], registry=r
+            "gpumix_gpu_capacity",
+            "Allocatable GPUs on schedulable Nodes.",
+            ["gpu_type"],
+            registry=r,
         )
         self.gpu_free = Gauge(
             "gpumix_gpu_free",

@@ -12,13 +12,22 @@ ConfigMap whose keys hold profile documents in a format the optimizer reads.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import yaml
 
-from controller.plan import MixProblem, MixSolution, ProfileSet, ProfilesUnavailable
+import optimizer
+from controller.plan import (
+    MixProblem,
+    MixSolution,
+    ProfileSet,
+    ProfilesUnavailable,
+    SolverStatus,
+)
 from controller.spec import GPUMixSpec, InlineProfile, ProfileBucket, SpecError, _Reader
 
 ProfileResult = ProfileSet | ProfilesUnavailable
@@ -93,23 +102,128 @@ def resolve_inline(spec: GPUMixSpec) -> ProfileResult | None:
 
 
 def solve_mix(problem: MixProblem) -> MixSolution:
-    """Solve with :func:`optimizer.solve`; any failure becomes a non-usable solution."""
+    """Solve with :func:`optimizer.solve`, plus the best single-GPU-type plan for comparison."""
     started = time.perf_counter()
     try:
-        return _solve_with_optimizer(problem)
-    except ImportError as exc:
+        built = build_problem(problem)
+    except ValueError as exc:
+        return MixSolution("INVALID", solve_seconds=time.perf_counter() - started, message=str(exc))
+    result = optimizer.solve(built, time_limit_s=problem.time_limit_s, seed=0)
+    status = str(result.status)
+    message = result.reason or "; ".join(result.errors)
+    if mapped_note := _note(problem):
+        message = f"{message}; {mapped_note}" if message else mapped_note
+    if not result.ok:
         return MixSolution(
-            "UNKNOWN", solve_seconds=time.perf_counter() - started, message=f"optimizer: {exc}"
+            _status(status), solve_seconds=time.perf_counter() - started, message=message
         )
+    best_cost: float | None = None
+    best_type: str | None = None
+    if len(built.gpus) > 1:
+        for option in built.gpus:
+            single = replace(built, gpus=(option,), churn_weight=0.0)
+            alone = optimizer.solve(single, time_limit_s=problem.time_limit_s, seed=0)
+            cost = alone.cost_per_hour
+            if alone.ok and math.isfinite(cost) and (best_cost is None or cost < best_cost):
+                best_cost, best_type = cost, option.name
+    else:
+        best_cost, best_type = result.cost_per_hour, built.gpus[0].name
+    return MixSolution(
+        _status(status),
+        {k: int(v) for k, v in result.replicas.items()},
+        cost_per_hour=result.cost_per_hour if math.isfinite(result.cost_per_hour) else None,
+        best_single_type_cost_per_hour=best_cost,
+        best_single_type=best_type,
+        solve_seconds=time.perf_counter() - started,
+        message=message,
+    )
 
 
-def _solve_with_optimizer(problem: MixProblem) -> MixSolution:
-    import optimizer  # noqa: F401  (the real bridge is below once optimizer.solve exists)
+def _status(value: str) -> SolverStatus:
+    for known in ("OPTIMAL", "FEASIBLE", "INFEASIBLE", "INVALID", "UNKNOWN"):
+        if value == known:
+            return known
+    return "UNKNOWN"
 
-    solve = getattr(optimizer, "solve", None)
-    if solve is None:
-        raise ImportError("optimizer.solve is not available")
-    raise ImportError("optimizer bridge not written yet")
+
+def _grid(problem: MixProblem) -> list[tuple[int, int]]:
+    profiles = profile_buckets(problem.profiles)
+    points = {
+        (b.input_tokens, b.output_tokens)
+        for o in problem.options
+        for b in profiles.get(o.gpu_type, ())
+    }
+    return sorted(points)
+
+
+def _cover(grid: list[tuple[int, int]], inp: float, out: float) -> tuple[int, int]:
+    """The smallest grid bucket that holds a request of ``inp``/``out`` tokens (upper bounds).
+
+    Beyond the largest bounds the largest bucket is used (documented approximation).
+    """
+    fits = [g for g in grid if g[0] >= inp and g[1] >= out]
+    if fits:
+        return min(fits, key=lambda g: (g[0] * g[1], g))
+    max_in = max(g[0] for g in grid)
+    max_out = max(g[1] for g in grid)
+    fits = [g for g in grid if g[0] >= min(inp, max_in) and g[1] >= min(out, max_out)]
+    return min(fits, key=lambda g: (g[0] * g[1], g)) if fits else max(grid)
+
+
+def _note(problem: MixProblem) -> str:
+    grid = _grid(problem)
+    if not grid:
+        return ""
+    max_in = max(g[0] for g in grid)
+    max_out = max(g[1] for g in grid)
+    beyond = sum(
+        b.rps for b in problem.load if b.input_tokens > max_in or b.output_tokens > max_out
+    )
+    if beyond <= 0:
+        return ""
+    return f"{beyond:.3g} req/s beyond the largest profiled bucket counted in it"
+
+
+def build_problem(problem: MixProblem) -> optimizer.Problem:
+    """The optimizer's problem: buckets are the profiles' grid, load mapped onto it."""
+    profiles = profile_buckets(problem.profiles)
+    grid = _grid(problem)
+    if not grid:
+        raise ValueError("no profile buckets for the member GPU types")
+    index = {g: i for i, g in enumerate(grid)}
+    load = [0.0] * len(grid)
+    for b in problem.load:
+        load[index[_cover(grid, b.input_tokens, b.output_tokens)]] += b.rps
+    gpus = []
+    for o in problem.options:
+        rows = profiles.get(o.gpu_type, ())
+        rates = []
+        for gin, gout in grid:
+            covering = [r for r in rows if r.input_tokens >= gin and r.output_tokens >= gout]
+            best = (
+                min(covering, key=lambda r: r.input_tokens * r.output_tokens) if covering else None
+            )
+            rates.append(best.max_rps if best is not None else 0.0)
+        gpus.append(
+            optimizer.GpuOption(
+                name=o.gpu_type,
+                rates=tuple(rates),
+                price_per_hour=o.price_per_hour,
+                gpus_per_replica=o.gpus_per_replica,
+                available_gpus=o.max_replicas * o.gpus_per_replica,
+                min_replicas=min(o.min_replicas, o.max_replicas),
+                max_replicas=o.max_replicas,
+                current_replicas=o.current_replicas,
+            )
+        )
+    return optimizer.Problem(
+        buckets=tuple(optimizer.Bucket(i, o) for i, o in grid),
+        load=tuple(load),
+        gpus=tuple(gpus),
+        headroom=problem.headroom,
+        churn_weight=problem.churn_weight,
+        model=problem.model,
+    )
 
 
 def profile_buckets(payload: object) -> dict[str, tuple[ProfileBucket, ...]]:

@@ -1,0 +1,26 @@
+"""GPU-mix optimizer: how many replicas of each GPU type serve a load within the SLO at
+least cost. Pure: no I/O, no globals; the clock is injected."""
+
+from optimizer.model import (
+    Bucket,
+    GpuOption,
+    JointResult,
+    Pool,
+    Problem,
+    Result,
+    Status,
+)
+from optimizer.solve import solve, solve_joint, validate
+
+__all__ = [
+    "Bucket",
+    "GpuOption",
+    "JointResult",
+    "Pool",
+    "Problem",
+    "Result",
+    "Status",
+    "solve",
+    "solve_joint",
+    "validate",
+]

@@ -161,7 +161,7 @@ async def read_json(request: web.Request) -> object:
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise BadBody(400, f"request body is not valid JSON: {exc}") from None
     if _too_deep(body, MAX_NESTING):
-        raise BadBody(400, f"request body nests deeper than {MAX_NESTING} levels")
+        raise BadBody(400, f"request body nests deeper than {MAX_NESTING} levels", _uid_of(body))
     return body
 
 

@@ -258,6 +258,9 @@ class AdmissionChain:
         }
         if attrs.rt.namespaced:
             request["namespace"] = attrs.namespace
+        elif attrs.rt.key == "namespaces" and attrs.name:
+            # kube-apiserver reads a Namespace's own name as the request's namespace.
+            request["namespace"] = attrs.name
         if attrs.subresource:
             request["subResource"] = attrs.subresource
             request["requestSubResource"] = attrs.subresource
@@ -331,6 +334,8 @@ class AdmissionChain:
                 ctx = client_context(base64.b64decode(bundle))
             except (ValueError, ssl.SSLError) as exc:
                 raise WebhookError(f"invalid caBundle: {exc}") from None
+            if len(self._ssl_cache) >= 64:
+                self._ssl_cache.clear()
             self._ssl_cache[bundle] = ctx
         return ctx
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from . import builtins, errors, openapi, schema, shapes, tables
+from . import builtins, errors, openapi, protobuf, schema, shapes, tables
 from .admission import AdmissionChain, Attributes
 from .errors import ApiError
 from .faults import Faults
@@ -193,6 +193,8 @@ class Api:
 
     async def _dispatch(self, req: Request, t: Target) -> Response:
         m = req.method.upper()
+        if m in ("POST", "PUT") and req.body and "protobuf" in req.content_type:
+            req.body = json.dumps(protobuf.decode(req.body, req.content_type)).encode()
         q = req.query
         if m == "GET":
             if not t.name:
@@ -445,6 +447,7 @@ class Api:
         self._validate(rt, stored, current)
         if self.chain.has_webhooks():
             warnings += await self.chain.validate(attrs, self._out(rt, stored, t.version))
+        self._still_current(t, current, precondition_rv)
         if _same(stored, current):
             return Response(200, old_out, warnings)
         if attrs.dry_run:
@@ -462,9 +465,9 @@ class Api:
                 continue
         raise errors.conflict(t.rt.plural, t.rt.group, t.name)
 
-    def _replace(self, t: Target, stored: Obj, current: Obj, precondition: str | None) -> None:
-        """Write `stored` over `current`; if another write came in meanwhile, a request
-        with its own resourceVersion gets 409 and one without is redone (`_Changed`)."""
+    def _still_current(self, t: Target, current: Obj, precondition: str | None) -> None:
+        """If another write came in since `current` was read, a request with its own
+        resourceVersion gets 409 and one without is redone (`_Changed`)."""
         live = self.store.get(t.rt.key, t.namespace, t.name)
         if live is None:
             raise errors.not_found(t.rt.plural, t.rt.group, t.name)
@@ -472,6 +475,9 @@ class Api:
             if precondition:
                 raise errors.conflict(t.rt.plural, t.rt.group, t.name)
             raise _Changed()
+
+    def _replace(self, t: Target, stored: Obj, current: Obj, precondition: str | None) -> None:
+        self._still_current(t, current, precondition)
         self.store.replace(t.rt, stored, current["metadata"]["resourceVersion"])
 
     def _check_conflict(self, t: Target, current: Obj, precondition_rv: str | None) -> None:
@@ -559,7 +565,10 @@ class Api:
         if meta.get("name", t.name) != t.name:
             raise errors.bad_request("the patch changes the object's name")
         obj = self._decode_object(t, patched)
+        # Only a resourceVersion the patch itself changed is a precondition.
         precondition = meta.get("resourceVersion")
+        if precondition == base["metadata"].get("resourceVersion"):
+            precondition = None
         return await self._write(t, current, obj, q, user, precondition)
 
     # -- scale --------------------------------------------------------------------------
@@ -613,6 +622,8 @@ class Api:
             assert mutated is not None
             new_scale = mutated
         precondition = (new_scale.get("metadata") or {}).get("resourceVersion")
+        if patch is not None and precondition == old_scale["metadata"].get("resourceVersion"):
+            precondition = None
         self._check_conflict(t, current, precondition)
         replicas = (new_scale.get("spec") or {}).get("replicas", 0)
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
@@ -622,6 +633,7 @@ class Api:
             warnings += await self.chain.validate(attrs, new_scale)
         stored = copy.deepcopy(current)
         _set_path(stored, rt.scale.spec_replicas, replicas)
+        self._still_current(t, current, precondition)
         if _same(stored, current):
             return Response(200, old_scale, warnings)
         if rt.has_generation:

@@ -381,6 +381,9 @@ def _validate_webhooks(obj: Obj) -> list[StatusCause]:
         if bool(cc.get("url")) == bool(cc.get("service")):
             causes.append(field_required(f"{base}.clientConfig",
                                          "exactly one of url or service is required"))
+        elif cc.get("url") and not str(cc["url"]).startswith("https://"):
+            causes.append(field_invalid(f"{base}.clientConfig.url", cc["url"],
+                                        "'https' is the only allowed URL scheme"))
         if wh.get("failurePolicy") not in ("Fail", "Ignore"):
             causes.append(field_unsupported(f"{base}.failurePolicy", wh.get("failurePolicy"),
                                             ["Fail", "Ignore"]))

@@ -56,16 +56,30 @@ def parse_body(raw: bytes, content_type: str) -> Any:
         try:
             return json.loads(raw)
         except ValueError:
-            import yaml
+            from ruamel.yaml import YAML
+            from ruamel.yaml.error import YAMLError
 
             try:
-                return yaml.safe_load(raw.decode("utf-8"))
-            except (yaml.YAMLError, UnicodeDecodeError) as exc:
+                return _jsonable(YAML(typ="safe", pure=True).load(raw.decode("utf-8")))
+            except (YAMLError, UnicodeDecodeError) as exc:
                 raise bad_request(f"error decoding YAML: {exc}") from None
     try:
         return json.loads(raw)
     except ValueError as exc:
         raise bad_request(f"error decoding patch: {exc}") from None
+
+
+def _jsonable(value: Any) -> Any:
+    """YAML scalars JSON has no type for (dates, timestamps) become strings."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
 
 
 def apply_patch(content_type: str, target: dict[str, Any], patch: Any) -> dict[str, Any]:

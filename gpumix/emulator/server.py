@@ -23,7 +23,7 @@ from .api import DEFAULT_USER, SYSTEM_NAMESPACES, Api, Request, Response, Settin
 from .errors import ApiError
 from .faults import Faults
 from .resources import Registry, ResourceType
-from .store import Store
+from .store import Store, timestamp
 
 Obj = dict[str, Any]
 MAX_BODY = 3 * 1024 * 1024 + 1024  # kube-apiserver's request size limit is about 3 MiB
@@ -281,7 +281,7 @@ class Emulator:
 
         builtins.prepare(rt, stored)
         if rt.key == "customresourcedefinitions.apiextensions.k8s.io":
-            stored["status"] = builtins.crd_status(stored, "1970-01-01T00:00:00Z")
+            stored["status"] = builtins.crd_status(stored, timestamp(self.store.clock()))
         self.store.insert(rt, stored)
         final = self.api._after_write(rt, stored, None)
         return copy.deepcopy(self.api._out(rt, final, version))

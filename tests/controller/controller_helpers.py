@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from controller.plan import MixProblem, MixSolution
+from controller.settings import ControllerSettings
+from controller.shell import Controller, run_controller
+from gpumix.kube.policy import Policy
 
 MODEL_KEY = "model.aibrix.ai/name"
 
@@ -133,3 +146,136 @@ def gpumix(
 
 def bucket(inp: int, out: int, rps: float) -> dict[str, Any]:
     return {"inputTokens": inp, "outputTokens": out, "requestsPerSecond": rps}
+
+
+# --------------------------------------------------------------------------- running
+
+
+CRD_PATH = Path(__file__).resolve().parents[2] / "manifests" / "crds" / "gpumix.io_gpumixes.yaml"
+
+
+def crd() -> dict[str, Any]:
+    return yaml.safe_load(CRD_PATH.read_text())
+
+
+def settings(**kw: Any) -> ControllerSettings:
+    base: dict[str, Any] = {
+        "policy": Policy(model_label_keys=(MODEL_KEY, "gpumix.io/model")),
+        "leader_election": False,
+        "metrics_port": None,
+        "audit_interval_s": 0,
+        "debounce_s": 0.02,
+        "resync_interval_s": 30,
+        "identity": "test-controller",
+    }
+    base.update(kw)
+    return ControllerSettings(**base)
+
+
+class GreedySolver:
+    """A tiny stand-in for the optimizer: cheapest replicas per bucket, independent types.
+
+    Records every problem and solution, so tests can compare the cluster with
+    what the solver answered.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[MixProblem, MixSolution]] = []
+
+    def __call__(self, problem: MixProblem) -> MixSolution:
+        profiles = {p.gpu_type: p.buckets for p in problem.profiles}  # type: ignore[attr-defined]
+        need: dict[str, float] = {o.gpu_type: 0.0 for o in problem.options}
+        price = {o.gpu_type: o.price_per_hour * o.gpus_per_replica for o in problem.options}
+        for b in problem.load:
+            best = None
+            for o in problem.options:
+                rows = [
+                    x
+                    for x in profiles.get(o.gpu_type, ())
+                    if x.input_tokens >= b.input_tokens and x.output_tokens >= b.output_tokens
+                ] or list(profiles.get(o.gpu_type, ()))
+                if not rows:
+                    continue
+                cap = min(rows, key=lambda x: (x.input_tokens, x.output_tokens)).max_rps
+                if cap <= 0:
+                    continue
+                cost = price[o.gpu_type] / cap
+                if best is None or cost < best[0]:
+                    best = (cost, o.gpu_type, cap)
+            if best is None:
+                sol = MixSolution("INFEASIBLE", message="no GPU type serves a bucket")
+                self.calls.append((problem, sol))
+                return sol
+            need[best[1]] += b.rps / best[2]
+        import math
+
+        replicas = {}
+        for o in problem.options:
+            n = max(o.min_replicas, math.ceil(need[o.gpu_type] - 1e-9))
+            replicas[o.gpu_type] = min(n, o.max_replicas)
+        cost = sum(replicas[t] * price[t] for t in replicas)
+        sol = MixSolution("OPTIMAL", replicas, cost_per_hour=cost, solve_seconds=0.001)
+        self.calls.append((problem, sol))
+        return sol
+
+
+async def wait_for(
+    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Running:
+    controller: Controller
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    api: Any, cfg: ControllerSettings, *, solver: Any = None, clock: Callable[[], float] = time.time
+) -> AsyncIterator[Running]:
+    stop = asyncio.Event()
+    box: list[Controller] = []
+    task = asyncio.create_task(
+        run_controller(cfg, api, clock=clock, stop_event=stop, solver=solver, started=box.append)
+    )
+    await wait_for(lambda: box or task.done(), 10, "controller start")
+    if task.done():
+        task.result()
+    try:
+        yield Running(box[0], stop, task)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+def replicas(emu: Any, name: str, namespace: str = "default") -> int:
+    obj = emu.get("deployments.apps", name, namespace)
+    return int(obj["spec"].get("replicas", 1))
+
+
+def gmx_status(emu: Any, name: str = "llama", namespace: str = "default") -> dict[str, Any]:
+    obj = emu.get("gpumixes.gpumix.io", name, namespace)
+    return (obj or {}).get("status") or {}
+
+
+def condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    for c in status.get("conditions") or []:
+        if c.get("type") == ctype:
+            return c
+    return {}
+
+
+def events(emu: Any, namespace: str = "default") -> list[dict[str, Any]]:
+    return emu.list("events", namespace)

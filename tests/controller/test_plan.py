@@ -6,8 +6,6 @@ from dataclasses import replace
 from typing import Any
 
 from controller_helpers import MODEL_KEY, bucket, deployment, gpumix, hpa
-from gpumix.kube.objects import AUTOSCALER_KINDS, autoscaler_view, deployment_view
-from gpumix.kube.policy import Policy
 
 from controller.plan import (
     GpuPool,
@@ -24,6 +22,8 @@ from controller.plan import (
     plan,
 )
 from controller.spec import LoadBucket, SpecError, parse_spec
+from gpumix.kube.objects import AUTOSCALER_KINDS, autoscaler_view, deployment_view
+from gpumix.kube.policy import Policy
 
 POLICY = Policy(model_label_keys=(MODEL_KEY,))
 T0 = 1_800_000_000.0
@@ -218,7 +218,10 @@ def test_no_node_of_a_type_means_no_growth() -> None:
 def test_every_member_autoscaled() -> None:
     h1 = autoscaler_view(hpa("h1", "a100", 8), AUTOSCALER_KINDS["HorizontalPodAutoscaler"])
     h2 = autoscaler_view(hpa("h2", "a40", 8), AUTOSCALER_KINDS["HorizontalPodAutoscaler"])
-    members = [member("a100", "A100", 1, autoscalers=[h1]), member("a40", "A40", 1, autoscalers=[h2])]
+    members = [
+        member("a100", "A100", 1, autoscalers=[h1]),
+        member("a40", "A40", 1, autoscalers=[h2]),
+    ]
     out = plan(snap(members), load(), PlanPolicy(FakeSolver({"A100": 4, "A40": 2}), POLICY), T0)
     assert out.scales == ()
     assert cond(out, "Scaling")["status"] == "False"

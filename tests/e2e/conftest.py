@@ -9,10 +9,13 @@
                                -> CompletedProcess[str]; raises KubectlError if check and rc != 0
     env.api_client(context="admin")
                                -> kubernetes_asyncio ApiClient (use inside a coroutine, close it)
-    env.request(method, path, body=None, context="admin") -> (status, json)
+    env.request(method, path, body=None, context="admin", content_type="application/json")
+                               -> (status, parsed JSON); HTTP errors are returned, not raised
     env.install_crds(paths=None)   apply tests/e2e/crds/*.yaml (or paths), wait Established
-    env.stop_apiserver() / env.start_apiserver() / env.restart_apiserver(downtime_s=0)
-                               etcd keeps running, so objects survive; the port stays the same
+    env.stop_apiserver(kill=False) / env.start_apiserver() / env.is_serving()
+    env.restart_apiserver(downtime_s=0, kill=False)
+                               etcd keeps running, so objects survive; the port stays the same;
+                               blocking: from a coroutine use asyncio.to_thread(...)
 
 ``namespace`` (function scope): a fresh namespace name, created. Namespaces are not
 deleted afterwards: without kube-controller-manager they would stay Terminating.

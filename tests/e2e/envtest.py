@@ -123,7 +123,7 @@ def find_kubectl() -> str:
 # --------------------------------------------------------------------------- PKI
 
 
-def _pem_key(key: Any) -> bytes:
+def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -564,6 +564,8 @@ class Envtest:
             f"--service-account-key-file={self._pki('sa.pub')}",
             f"--service-account-signing-key-file={self._pki('sa.key')}",
             "--service-cluster-ip-range=10.0.0.0/24",
+            # Endpoints may not hold a loopback address; nothing here needs them.
+            "--endpoint-reconciler-type=none",
             "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,DefaultStorageClass,"
             "ResourceQuota,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,"
             "ValidatingAdmissionPolicy",

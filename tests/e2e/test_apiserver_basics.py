@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from kubernetes_asyncio import config
@@ -10,6 +11,8 @@ from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from .envtest import UNPRIVILEGED_USER, Envtest, pinned_kubernetes_version
+
+MAX_REPLICAS_MESSAGE = re.compile(r"spec\.maxReplicas: .*must be (set and )?greater than 0")
 
 
 def test_server_is_ready_and_pinned(apiserver: Envtest) -> None:
@@ -142,13 +145,14 @@ def test_hpa_without_max_replicas_is_rejected_by_the_bare_api_server(
     )
     assert status == 422, body
     assert body["reason"] == "Invalid"
-    assert "must be greater than 0" in body["message"]
-    causes = {c.get("field") for c in body["details"]["causes"]}
-    assert "spec.maxReplicas" in causes
+    # v1.34: "spec.maxReplicas: Invalid value: 0: must be greater than 0";
+    # v1.36: "spec.maxReplicas: Required value: must be set and greater than 0".
+    assert MAX_REPLICAS_MESSAGE.search(body["message"]), body["message"]
+    assert "spec.maxReplicas" in {c.get("field") for c in body["details"]["causes"]}
 
     proc = apiserver.kubectl("create", "-f", "-", input=json.dumps(hpa), check=False)
     assert proc.returncode != 0
-    assert "must be greater than 0" in proc.stderr
+    assert MAX_REPLICAS_MESSAGE.search(proc.stderr), proc.stderr
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])

@@ -344,3 +344,54 @@ async def test_reinvocation(emu: Emulator, hook: HttpsWebhook) -> None:
     assert body["metadata"]["labels"]["first-saw-second"] == "yes"
     assert [e.webhook for e in emu.admission_log] == [
         "first.gpumix.io", "second.gpumix.io", "first.gpumix.io"]
+
+
+async def test_write_racing_a_slow_webhook(emu: Emulator, hook: HttpsWebhook) -> None:
+    calls = 0
+
+    async def slow(request: dict[str, Any]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            # Someone else writes the object while this webhook thinks.
+            obj = emu.get("configmaps", "c", "default")
+            assert obj is not None
+            obj["data"] = {"other": "writer"}
+            emu.put(obj)
+        return allow(request)
+
+    hook.handlers["/slow"] = slow
+    emu.create({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "c", "namespace": "default"}, "data": {"a": "1"}})
+    emu.create(hook.configuration(VALIDATING, "gpumix", [{
+        "name": "slow.gpumix.io", "path": "/slow",
+        "rules": [rule([""], ["v1"], ["configmaps"])]}]))
+    path = emu.url + "/api/v1/namespaces/default/configmaps/c"
+    async with aiohttp.ClientSession() as s, s.patch(
+            path, json={"data": {"mine": "2"}},
+            headers={"Content-Type": "application/merge-patch+json"}) as r:
+        assert r.status == 200
+        body = await r.json()
+    # The patch was redone on the newer object: both writes survive.
+    assert body["data"] == {"other": "writer", "mine": "2"}
+    assert calls == 2
+    # A PUT with a resourceVersion that lost the race is a conflict.
+    calls = 0
+    current = emu.get("configmaps", "c", "default")
+    assert current is not None
+    current["data"]["mine"] = "3"
+    async with aiohttp.ClientSession() as s, s.put(path, json=current) as r:
+        assert r.status == 409
+
+
+async def test_webhook_url_must_be_https(emu: Emulator) -> None:
+    status, body, _ = await post(
+        emu, "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations", {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "plain"},
+            "webhooks": [{"name": "plain.gpumix.io", "sideEffects": "None",
+                          "admissionReviewVersions": ["v1"],
+                          "clientConfig": {"url": "http://127.0.0.1:1/v"},
+                          "rules": [DEPLOY_RULE]}]})
+    assert status == 422
+    assert body["details"]["causes"][0]["field"] == "webhooks[0].clientConfig.url"

@@ -202,3 +202,18 @@ async def test_hpa_served_at_both_versions(api: Any) -> None:
         "default", dict(HPA_V2, metadata={"name": "other"},
                         spec=dict(HPA_V2["spec"], maxReplicas=3)))
     assert made.spec.metrics[0].resource.target.average_utilization == 80
+
+
+async def test_watch_custom_objects(api: Any, emu: Emulator) -> None:
+    from kubernetes_asyncio import watch
+
+    emu.create(GPUMIX_CRD)
+    start = str(emu.store.rv)
+    emu.create(gpumix("a", model="m") | {"metadata": {"name": "a", "namespace": "default"}})
+    co = client.CustomObjectsApi(api)
+    seen = []
+    async for ev in watch.Watch().stream(co.list_namespaced_custom_object, "gpumix.io",
+                                         "v1alpha1", "default", "gpumixes",
+                                         resource_version=start, timeout_seconds=1):
+        seen.append((ev["type"], ev["object"]["metadata"]["name"]))
+    assert seen == [("ADDED", "a")]

@@ -138,3 +138,29 @@ async def test_watch_timeout_ends_stream(emu: Emulator) -> None:
     events = await _events(emu, f"resourceVersion={emu.store.rv}&timeoutSeconds=1")
     assert events == []
     assert 0.8 < loop.time() - t0 < 3
+
+
+async def test_client_watch_survives_dropped_connection(api: Any, emu: Emulator) -> None:
+    core = client.CoreV1Api(api)
+    start = (await core.list_namespaced_config_map("default")).metadata.resource_version
+    seen: list[str] = []
+
+    async def consume() -> None:
+        w = watch.Watch()
+        async for ev in w.stream(core.list_namespaced_config_map, "default",
+                                 resource_version=start):
+            seen.append(ev["object"].metadata.name)
+            if len(seen) == 2:
+                w.stop()
+                return
+
+    task = asyncio.create_task(consume())
+    emu.create(cm("a"))
+    for _ in range(100):
+        if seen:
+            break
+        await asyncio.sleep(0.02)
+    assert emu.drop_watches() == 1
+    emu.create(cm("b"))
+    await asyncio.wait_for(task, 5)
+    assert seen == ["a", "b"]  # resumed from the last resourceVersion: nothing lost or repeated

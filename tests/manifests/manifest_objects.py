@@ -43,7 +43,7 @@ def render(directory: Path) -> list[Obj]:
     )
     if proc.returncode != 0:
         pytest.fail(
-            f"kubectl kustomize {directory.relative_to(REPO_ROOT)} failed:\n{proc.stderr}",
+            f"kubectl kustomize {directory} failed:\n{proc.stderr}",
             pytrace=False,
         )
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]

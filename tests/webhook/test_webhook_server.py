@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import jsonpatch
@@ -37,7 +38,7 @@ class Served:
     state: WebhookState
     source: StaticSource
 
-    async def post(self, path: str, body: object) -> tuple[int, dict]:
+    async def post(self, path: str, body: object) -> tuple[int, dict[str, Any]]:
         async with self.http.post(self.url + path, json=body) as resp:
             return resp.status, await resp.json()
 
@@ -55,7 +56,10 @@ def cluster() -> Snapshot:
         deployment(
             "llama-a100-iso",
             "iso",
-            selector={"model.aibrix.ai/name": "llama2-7b", "gpumix.io/deployment": "llama-a100-iso"},
+            selector={
+                "model.aibrix.ai/name": "llama2-7b",
+                "gpumix.io/deployment": "llama-a100-iso",
+            },
             gpu_product=A100,
         ),
     )
@@ -155,10 +159,33 @@ async def test_dry_run_gets_the_same_answer(served: Served) -> None:
     assert wet == dry
 
 
+async def test_update_changing_the_selector_is_denied_with_how_to_recreate(
+    served: Served,
+) -> None:
+    old = deployment("web", "iso", model=None, gpus=0, selector={"app": "web"})
+    new = deployment("web", "iso", model=None, gpus=0, selector={"app": "web", "tier": "x"})
+    _, out = await served.post("/validate", review_body(new, "UPDATE", old=old, uid="up"))
+    response = out["response"]
+    assert response["uid"] == "up" and response["allowed"] is False
+    message = response["status"]["message"]
+    assert "selector-immutable" in message and "recreate" in message
+
+
+async def test_delete_and_subresources_are_allowed(served: Served) -> None:
+    body = review_body(deployment("llama-a40", gpu_product=A40), "DELETE")
+    body["request"]["object"] = None
+    _, out = await served.post("/validate", body)
+    assert out["response"]["allowed"] is True
+    body = review_body(deployment("llama-a40", gpu_product=A40), "UPDATE")
+    body["request"]["subResource"] = "scale"
+    _, out = await served.post("/validate", body)
+    assert out["response"]["allowed"] is True
+
+
 # --------------------------------------------------------------------------- bad input
 
 
-async def _raw(served: Served, path: str, data: bytes, ctype: str) -> tuple[int, dict]:
+async def _raw(served: Served, path: str, data: bytes, ctype: str) -> tuple[int, dict[str, Any]]:
     async with served.http.post(
         served.url + path, data=data, headers={"Content-Type": ctype}
     ) as resp:
@@ -213,7 +240,7 @@ async def test_oversized_chunked_body_is_413(served: Served) -> None:
         assert "7 MiB" in (await resp.json())["message"]
 
 
-def _review_with(uid: str, **changes: object) -> dict:
+def _review_with(uid: str, **changes: object) -> dict[str, Any]:
     body = review_body(deployment("d"), uid=uid)
     for key, value in changes.items():
         if key.startswith("request."):
@@ -240,7 +267,7 @@ def _review_with(uid: str, **changes: object) -> dict:
     ],
 )
 async def test_bad_review_with_uid_echoes_uid(
-    served: Served, changes: dict, needle: str
+    served: Served, changes: dict[str, Any], needle: str
 ) -> None:
     body = _review_with("uid-42", **{k.replace("__", "."): v for k, v in changes.items()})
     status, out = await served.post("/validate", body)

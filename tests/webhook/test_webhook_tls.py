@@ -259,7 +259,10 @@ async def test_two_bootstraps_racing_agree_on_one_secret(emu: Emulator) -> None:
     settings = TLSSettings(extra_sans=("127.0.0.1",), lifetime_s=3 * DAY_S)
     clients = [await KubeClient.connect(str(emu.kubeconfig())) for _ in range(2)]
     holders = [CertHolder(), CertHolder()]
-    replicas = [BootstrapCerts(c, settings, h, clock, no_sleep) for c, h in zip(clients, holders)]
+    replicas = [
+        BootstrapCerts(c, settings, h, clock, no_sleep)
+        for c, h in zip(clients, holders, strict=True)
+    ]
     try:
         await asyncio.gather(*(r.refresh() for r in replicas))
         stored = secret_bundle(emu)

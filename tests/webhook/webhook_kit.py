@@ -178,9 +178,8 @@ async def serve_app(
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
-    server = site._server
-    assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    sockets = getattr(site._server, "sockets", None) or []
+    port = sockets[0].getsockname()[1]
     scheme = "https" if ssl_context else "http"
     try:
         yield f"{scheme}://127.0.0.1:{port}"

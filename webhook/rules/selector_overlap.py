@@ -1,9 +1,18 @@
 """Rule ``selector-overlap``: two Deployments in a namespace select overlapping pods.
 
-Error when at least one is in scope and their GPU types differ, or either is the
-target of an autoscaler (its autoscaler would count the other's pods);
-warning for any other overlap involving an in-scope Deployment.  Two
-out-of-scope Deployments (ordinary CPU apps) are never flagged.
+Two selectors overlap when some label set satisfies both (exact test).  Among
+overlapping pairs with at least one in-scope Deployment:
+
+- error, when one selector captures the other's pod template (it selects the
+  other's pods today) and their GPU types differ or either is the target of an
+  autoscaler (its autoscaler would count the other's pods);
+- warning, for any other captured pair, and for a pair that shares a selector
+  key but captures nothing (a pod could be labelled for both);
+- nothing, for selectors on unrelated keys that capture nothing (``app: web`` vs
+  ``model: llama``): any two such selectors "overlap" in theory, and flagging
+  them would drown the real findings.
+
+Two out-of-scope Deployments (ordinary CPU apps) are never flagged.
 """
 
 from __future__ import annotations
@@ -47,9 +56,17 @@ def pair_finding(
     witness = overlap_witness(dep.selector, other.selector)
     if witness is None:
         return None
+    captured = dep.selector.matches(other.template_labels) or other.selector.matches(
+        dep.template_labels
+    )
+    if not captured and not (dep.selector.keys & other.selector.keys):
+        # Selectors on unrelated keys: only a pod labelled on purpose for both would match.
+        return None
     severity = severity_of(dep, other, snapshot)
     if severity is None:
         return None
+    if not captured:
+        severity = "warning"  # possible, not actual: no pod template is selected by both
     return Finding(
         RULE,
         severity,

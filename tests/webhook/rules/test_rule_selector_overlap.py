@@ -33,7 +33,7 @@ def dep(
         "kind": "Deployment",
         "metadata": {"name": name, "namespace": ns, "labels": labels or {}},
         "spec": {
-            "selector": {"matchLabels": selector},
+            "selector": {"matchLabels": dict(selector)},
             "template": {"metadata": {"labels": {**selector, "pod": name}}, "spec": spec},
         },
     }
@@ -200,3 +200,19 @@ def test_check_one_deployment_against_a_snapshot() -> None:
     assert [(f.severity, f.related[0].name, f.fixable) for f in findings] == [
         ("error", "a100", False)
     ]
+
+
+def test_selectors_on_unrelated_keys_that_capture_nothing_are_not_flagged() -> None:
+    # {app: web} and {model: llama} can both match a pod labelled with both, but no
+    # pod template carries both: flagging such pairs would flag every pair of apps.
+    web = dep("web", {"app": "web"})
+    llama = dep("llama-a100", MODEL, gpu="A100", gpus=1)
+    assert overlap_findings(web, llama) == []
+
+
+def test_shared_key_without_capture_is_only_a_warning() -> None:
+    # Each selector pins a key the other's template lacks: nothing is selected by
+    # both today, but a pod labelled for both would be.
+    a = dep("a100", {**MODEL, "app": "a100"}, gpu="A100", gpus=1)
+    b = dep("a40", {**MODEL, "gpumix.io/deployment": "a40"}, gpu="A40", gpus=1)
+    assert overlap_findings(a, b) == [("warning", "a100", "a40"), ("warning", "a40", "a100")]

@@ -1,0 +1,814 @@
+"""The controller process: watches, a coalescing work queue, reconcile passes, writes.
+
+Level-based: a change to a GPUMix, a member Deployment or a Node (or a
+GPUMix's interval running out) only *queues* work.  A pass then reads the
+cluster once (a handful of list calls), plans every queued GPUMix with the
+pure :func:`controller.plan.plan`, and applies the actions: ``/scale`` writes
+with optimistic concurrency, the ``status`` subresource, Events.  Only the
+Lease holder runs passes, and every write checks leadership right before it
+is sent.
+
+``run_controller(settings, api_client, clock=..., stop_event=...)`` runs it all
+in the caller's event loop (``gpumix controller`` and ``gpumix demo``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+
+from controller.audit import Auditor
+from controller.cluster import ClusterState, ServedCache, labels_of, read_cluster
+from controller.kubeio import KubeError, KubeIO, resource_path
+from controller.leader import AlwaysLeader, LeaderElector, LeaseSettings
+from controller.load import LoadReader
+from controller.metrics import ControllerMetrics, PublishedRecommendation, metrics_app
+from controller.optimize import profiles_from_config_map, resolve_inline, solve_mix
+from controller.plan import (
+    Actions,
+    EventAction,
+    GpuPool,
+    LoadUnavailable,
+    Member,
+    MixSnapshot,
+    PlanPolicy,
+    ProfileSet,
+    ProfilesUnavailable,
+    ScaleAction,
+    Solver,
+    format_time,
+    plan,
+)
+from controller.settings import ControllerSettings
+from controller.spec import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    GPUMixSpec,
+    SpecError,
+    parse_spec,
+)
+from gpumix.kube.objects import ObjectRef
+
+log = logging.getLogger("gpumix.controller")
+
+Obj = dict[str, Any]
+Clock = Callable[[], float]
+Key = tuple[str, str | None]
+ALL: Key = ("*", None)
+VOLATILE_STATUS_KEYS = ("lastPlanTime", "solveSeconds")
+COMPONENT = "gpumix-controller"
+
+
+class Leadership(Protocol):
+    def is_leader(self) -> bool: ...
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+class WorkQueue:
+    """A set of pending keys: adding a key twice before it is taken queues it once."""
+
+    def __init__(self) -> None:
+        self._items: set[Key] = set()
+        self._event = asyncio.Event()
+
+    def add(self, key: Key) -> None:
+        self._items.add(key)
+        self._event.set()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def take(self, timeout: float, debounce: float) -> set[Key]:
+        """Wait up to ``timeout`` for work, then ``debounce`` more; return all queued keys."""
+        if not self._items:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), max(0.0, timeout))
+        if self._items and debounce > 0:
+            await asyncio.sleep(debounce)
+        items, self._items = self._items, set()
+        self._event.clear()
+        return items
+
+
+@dataclass
+class PassStats:
+    """What one reconcile pass did (for logs and the benchmark)."""
+
+    gpumixes: int = 0
+    scales: int = 0
+    status_writes: int = 0
+    events: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    api_calls: dict[str, int] = field(default_factory=dict)
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        kube: KubeIO,
+        *,
+        clock: Clock,
+        session: aiohttp.ClientSession,
+        solver: Solver = solve_mix,
+        leadership: Leadership | None = None,
+        metrics: ControllerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.clock = clock
+        self.metrics = metrics or ControllerMetrics()
+        self.policy = PlanPolicy(solver, settings.policy)
+        self.loads = LoadReader(session)
+        self.served = ServedCache(kube)
+        self.queue = WorkQueue()
+        self.leadership: Leadership = leadership or AlwaysLeader()
+        self.recommendations: dict[tuple[str, str], PublishedRecommendation] = {}
+        self._rec_owner: dict[tuple[str, str], tuple[str, str]] = {}
+        self._due: dict[tuple[str, str], float] = {}
+        self._backoff: dict[tuple[str, str], float] = {}
+        self._own_rv: dict[tuple[str, str], str] = {}
+        self._label_keys: set[str] = set(settings.policy.model_label_keys)
+        self._gpumix_namespaces: set[str] | None = None
+        self.synced = False
+        self.metrics_url: str | None = None
+        self.last_pass: PassStats | None = None
+        self.passes = 0
+        self.auditor = Auditor(kube, settings.policy, self.metrics, self.served, self.can_write)
+
+    # -- leadership ---------------------------------------------------------------------
+
+    def can_write(self) -> bool:
+        return self.leadership.is_leader()
+
+    # -- the reconcile pass -------------------------------------------------------------
+
+    async def reconcile_pass(self, keys: set[Key]) -> PassStats:
+        """Read the cluster once and reconcile every GPUMix that ``keys`` select."""
+        started = time.perf_counter()
+        before = dict(self.kube.calls)
+        stats = PassStats()
+        state = await read_cluster(
+            self.kube, self.settings.policy, self.served, self.settings.namespace
+        )
+        self.synced = True
+        self._export_cluster_metrics(state)
+        self.loads.new_cycle()
+        self._gpumix_namespaces = set()
+        seen: set[tuple[str, str]] = set()
+        ledger = dict(state.free)
+        config_maps: dict[tuple[str, str], Obj | None] = {}
+        for obj in sorted(state.gpumixes, key=_key_of):
+            ns, name = _key_of(obj)
+            seen.add((ns, name))
+            self._gpumix_namespaces.add(ns)
+            spec_raw = obj.get("spec") or {}
+            if isinstance(spec_raw, dict) and isinstance(spec_raw.get("modelLabelKey"), str):
+                self._label_keys.add(spec_raw["modelLabelKey"])
+            if not _selected(keys, ns, name):
+                continue
+            stats.gpumixes += 1
+            try:
+                await self._reconcile_one(obj, state, ledger, config_maps, stats)
+                self._backoff.pop((ns, name), None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one bad GPUMix must not stop the others
+                stats.errors += 1
+                self.metrics.reconcile_errors.labels(ns, name).inc()
+                delay = min(
+                    self.settings.error_backoff_max_s, 2 * self._backoff.get((ns, name), 0.5)
+                )
+                self._backoff[(ns, name)] = delay
+                self._due[(ns, name)] = self.clock() + delay
+                log.exception(
+                    "reconcile failed",
+                    extra={"gpumix": f"{ns}/{name}", "retry_in_s": delay, "error": str(exc)},
+                )
+        for gone in set(self._due) - seen:
+            self._forget(gone)
+        stats.seconds = time.perf_counter() - started
+        stats.api_calls = {
+            k: v - before.get(k, 0) for k, v in self.kube.calls.items() if v - before.get(k, 0)
+        }
+        self.last_pass = stats
+        self.passes += 1
+        log.info(
+            "reconcile pass",
+            extra={
+                "gpumixes": stats.gpumixes,
+                "scales": stats.scales,
+                "status_writes": stats.status_writes,
+                "events": stats.events,
+                "errors": stats.errors,
+                "seconds": round(stats.seconds, 4),
+                "api_calls": sum(stats.api_calls.values()),
+            },
+        )
+        return stats
+
+    async def _reconcile_one(
+        self,
+        obj: Obj,
+        state: ClusterState,
+        ledger: dict[str, int],
+        config_maps: dict[tuple[str, str], Obj | None],
+        stats: PassStats,
+    ) -> None:
+        ns, name = _key_of(obj)
+        now = self.clock()
+        meta = obj.get("metadata") or {}
+        try:
+            spec: GPUMixSpec | SpecError = parse_spec(obj)
+        except SpecError as exc:
+            spec = exc
+        members: tuple[Member, ...] = ()
+        profiles: ProfileSet | ProfilesUnavailable = ProfilesUnavailable("spec is invalid")
+        if isinstance(spec, GPUMixSpec):
+            members = self._members(spec, ns, state)
+            profiles = await self._profiles(spec, ns, config_maps)
+        pools = {t: GpuPool(p.capacity, ledger.get(t, p.free)) for t, p in state.pools().items()}
+        snapshot = MixSnapshot(
+            namespace=ns,
+            name=name,
+            generation=int(meta.get("generation") or 0),
+            spec=spec,
+            members=members,
+            pools=pools,
+            profiles=profiles,
+            previous_status=obj.get("status") or {},
+        )
+        if isinstance(spec, GPUMixSpec):
+            load = await self.loads.read(spec, now)
+        else:
+            load = LoadUnavailable("missing", "spec is invalid")
+        actions = plan(snapshot, load, self.policy, now)
+        if actions.solve_seconds is not None:
+            self.metrics.solve_duration.observe(actions.solve_seconds)
+        await self._apply(obj, actions, state, ledger, stats)
+        self._publish(ns, name, actions)
+        interval = spec.interval_seconds if isinstance(spec, GPUMixSpec) else 60
+        self._due[(ns, name)] = now + min(
+            actions.requeue_after, float(interval), self.settings.resync_interval_s
+        )
+
+    def _members(self, spec: GPUMixSpec, ns: str, state: ClusterState) -> tuple[Member, ...]:
+        keys = (
+            (spec.model_label_key,)
+            if spec.model_label_key
+            else tuple(self.settings.policy.model_label_keys)
+        )
+        out: list[Member] = []
+        for ref, raw in state.deployments.items():
+            if ref.namespace != ns:
+                continue
+            labels = labels_of(raw)
+            if not any(labels.get(k) == spec.model for k in keys):
+                continue
+            view = state.snapshot.deployments[ref]
+            out.append(
+                Member(
+                    view,
+                    state.committed.get(ref, 0),
+                    tuple(state.snapshot.autoscalers_targeting(ref)),
+                )
+            )
+        return tuple(sorted(out, key=lambda m: m.name))
+
+    async def _profiles(
+        self, spec: GPUMixSpec, ns: str, cache: dict[tuple[str, str], Obj | None]
+    ) -> ProfileSet | ProfilesUnavailable:
+        inline = resolve_inline(spec)
+        if inline is not None:
+            return inline
+        ref = spec.profiles.config_map
+        if ref is None:
+            return ProfilesUnavailable("no profiles given")
+        if (ns, ref.name) not in cache:
+            cache[(ns, ref.name)] = await self.kube.get(
+                resource_path("", "v1", "configmaps", ns, ref.name)
+            )
+        return profiles_from_config_map(cache[(ns, ref.name)], ref.name, ref.key)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def _apply(
+        self,
+        obj: Obj,
+        actions: Actions,
+        state: ClusterState,
+        ledger: dict[str, int],
+        stats: PassStats,
+    ) -> None:
+        ns, name = _key_of(obj)
+        status: dict[str, Any] = copy.deepcopy(dict(actions.status))
+        failed: list[tuple[ScaleAction, str]] = []
+        for action in actions.scales:
+            if not self.can_write():
+                return
+            ok, why = await self.scale(action, state)
+            if ok:
+                stats.scales += 1
+                self.metrics.scale_actions.labels(
+                    action.namespace, action.deployment, action.direction
+                ).inc()
+                if action.to_replicas > action.from_replicas:
+                    delta = (action.to_replicas - action.from_replicas) * action.gpus_per_replica
+                    ledger[action.gpu_type] = ledger.get(action.gpu_type, 0) - delta
+                log.info(
+                    "scaled",
+                    extra={
+                        "gpumix": f"{ns}/{name}",
+                        "deployment": action.deployment,
+                        "from": action.from_replicas,
+                        "to": action.to_replicas,
+                        "reason": action.reason,
+                    },
+                )
+            else:
+                failed.append((action, why))
+                for entry in status.get("plan") or []:
+                    if entry.get("deployment") == action.deployment:
+                        entry["decision"] = f"scale to {action.to_replicas} not applied: {why}"
+                        entry.pop("lastScaleTime", None)
+                        old = _old_entry(obj, action.deployment)
+                        if old.get("lastScaleTime"):
+                            entry["lastScaleTime"] = old["lastScaleTime"]
+                self._due[(ns, name)] = self.clock() + 1.0
+        events = [e for e in actions.events if not _is_failed_scale_event(e, failed)]
+        for action, why in failed:
+            events.append(
+                EventAction(
+                    ObjectRef(KIND, ns, name),
+                    "Warning",
+                    "ScaleFailed",
+                    f"could not scale {action.deployment} to {action.to_replicas}: {why}",
+                )
+            )
+        if not self.can_write():
+            return
+        if _status_changed(obj.get("status") or {}, status):
+            written = await self._write_status(obj, status)
+            if written:
+                stats.status_writes += 1
+        for event in events:
+            if not self.can_write():
+                return
+            await self.emit(event, obj if event.regarding.kind == KIND else None)
+            stats.events += 1
+
+    async def scale(self, action: ScaleAction, state: ClusterState) -> tuple[bool, str]:
+        """Set replicas through ``/scale`` with the resourceVersion we planned on.
+
+        A 409 re-reads the scale; if someone else changed the replicas meanwhile
+        the write is dropped and the GPUMix re-planned (level-based), otherwise
+        it is retried, at most ``scale_attempts`` times.
+        """
+        path = (
+            resource_path("apps", "v1", "deployments", action.namespace, action.deployment)
+            + "/scale"
+        )
+        raw = state.deployments.get(ObjectRef("Deployment", action.namespace, action.deployment))
+        rv = str(((raw or {}).get("metadata") or {}).get("resourceVersion") or "")
+        for attempt in range(max(1, self.settings.scale_attempts)):
+            if not self.can_write():
+                return False, "not the leader any more"
+            if not rv:
+                current = await self.kube.get(path)
+                if current is None:
+                    return False, "the Deployment is gone"
+                replicas = (current.get("spec") or {}).get("replicas", 0)
+                if replicas != action.from_replicas:
+                    return False, f"replicas changed to {replicas} meanwhile; re-planning"
+                rv = str((current.get("metadata") or {}).get("resourceVersion") or "")
+            body = {
+                "apiVersion": "autoscaling/v1",
+                "kind": "Scale",
+                "metadata": {
+                    "name": action.deployment,
+                    "namespace": action.namespace,
+                    "resourceVersion": rv,
+                },
+                "spec": {"replicas": action.to_replicas},
+            }
+            try:
+                await self.kube.request("PUT", path, body=body)
+                return True, ""
+            except KubeError as exc:
+                if exc.status == 409:
+                    log.info(
+                        "scale conflict, re-reading",
+                        extra={
+                            "deployment": f"{action.namespace}/{action.deployment}",
+                            "attempt": attempt + 1,
+                        },
+                    )
+                    rv = ""
+                    await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+                    continue
+                if exc.status == 404:
+                    return False, "the Deployment is gone"
+                return False, str(exc)
+        return False, f"still conflicting after {self.settings.scale_attempts} attempts"
+
+    async def _write_status(self, obj: Obj, status: dict[str, Any]) -> bool:
+        ns, name = _key_of(obj)
+        old = obj.get("status") or {}
+        patch_status: dict[str, Any] = dict(status)
+        for key in old:
+            if key not in patch_status:
+                patch_status[key] = None
+        path = resource_path(GROUP, VERSION, PLURAL, ns, name) + "/status"
+        try:
+            out = await self.kube.request(
+                "PATCH",
+                path,
+                body={"status": patch_status},
+                content_type="application/merge-patch+json",
+            )
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        rv = ((out or {}).get("metadata") or {}).get("resourceVersion")
+        if rv:
+            self._own_rv[(ns, name)] = str(rv)
+        return True
+
+    async def emit(self, event: EventAction, regarding: Obj | None) -> None:
+        """One core/v1 Event, as kubectl describe shows them."""
+        now = format_time(self.clock())
+        ref = event.regarding
+        involved: dict[str, Any] = {
+            "kind": ref.kind,
+            "namespace": ref.namespace,
+            "name": ref.name,
+            "apiVersion": API_VERSION if ref.kind == KIND else _api_version_of(ref.kind),
+        }
+        if regarding is not None:
+            meta = regarding.get("metadata") or {}
+            if meta.get("uid"):
+                involved["uid"] = meta["uid"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{ref.name}.{uuid.uuid4().hex[:16]}",
+                "namespace": ref.namespace or "default",
+            },
+            "involvedObject": involved,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "type": event.type,
+            "source": {"component": COMPONENT},
+            "reportingComponent": "gpumix.io/controller",
+            "reportingInstance": self.settings.identity[:128],
+            "action": event.reason,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.kube.request(
+                "POST", resource_path("", "v1", "events", ref.namespace or "default"), body=body
+            )
+        except KubeError as exc:
+            log.warning("event not recorded", extra={"reason": event.reason, "error": str(exc)})
+
+    # -- metrics and recommendations ---------------------------------------------------
+
+    def _publish(self, ns: str, name: str, actions: Actions) -> None:
+        owner = (ns, name)
+        for key in [k for k, o in self._rec_owner.items() if o == owner]:
+            if key not in {(r.namespace, r.deployment) for r in actions.recommendations}:
+                self.recommendations.pop(key, None)
+                self._rec_owner.pop(key, None)
+        for r in actions.recommendations:
+            self.recommendations[(r.namespace, r.deployment)] = PublishedRecommendation(
+                r.model, r.replicas
+            )
+            self._rec_owner[(r.namespace, r.deployment)] = owner
+            self.metrics.recommended_replicas.labels(r.namespace, r.deployment, r.gpu_type).set(
+                r.replicas
+            )
+        self.metrics.load_available.labels(ns, name).set(1 if actions.load_available else 0)
+        if actions.cost_per_hour is not None:
+            self.metrics.plan_cost.labels(ns, name).set(actions.cost_per_hour)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        self._due.pop(key, None)
+        self._backoff.pop(key, None)
+        self._own_rv.pop(key, None)
+        for rec_key in [k for k, o in self._rec_owner.items() if o == key]:
+            self.recommendations.pop(rec_key, None)
+            self._rec_owner.pop(rec_key, None)
+        with contextlib.suppress(KeyError):
+            self.metrics.load_available.remove(*key)
+        with contextlib.suppress(KeyError):
+            self.metrics.plan_cost.remove(*key)
+
+    def _export_cluster_metrics(self, state: ClusterState) -> None:
+        m = self.metrics
+        m.gpu_capacity.clear()
+        m.gpu_free.clear()
+        for gpu, cap in state.capacity.items():
+            m.gpu_capacity.labels(gpu).set(cap)
+            m.gpu_free.labels(gpu).set(state.free.get(gpu, 0))
+        m.autoscaler_max_replicas.clear()
+        m.autoscaler_current_replicas.clear()
+        m.autoscaler_ceiling_gpus.clear()
+        ceiling_gpus: dict[str, int] = {}
+        for a in state.snapshot.autoscalers.values():
+            target = state.snapshot.deployment(a.target) if a.target is not None else None
+            gpu = target.gpu_type.label if target is not None else "unknown"
+            if a.ceiling is not None:
+                m.autoscaler_max_replicas.labels(a.namespace, a.kind, a.name, gpu).set(a.ceiling)
+                if target is not None and target.gpu_type.name:
+                    ceiling_gpus[gpu] = ceiling_gpus.get(gpu, 0) + a.ceiling * max(
+                        1, target.gpus_per_replica
+                    )
+            if target is not None and target.replicas is not None:
+                m.autoscaler_current_replicas.labels(a.namespace, a.kind, a.name, gpu).set(
+                    target.replicas
+                )
+        for gpu, total in ceiling_gpus.items():
+            m.autoscaler_ceiling_gpus.labels(gpu).set(total)
+
+    def recommendation(self, ns: str, name: str) -> PublishedRecommendation | None:
+        return self.recommendations.get((ns, name))
+
+    # -- watches ---------------------------------------------------------------------------
+
+    def _on_event(self, kind: str, event: Obj) -> None:
+        obj = event.get("object") or {}
+        meta = obj.get("metadata") or {}
+        ns = str(meta.get("namespace") or "")
+        if kind == "gpumix":
+            name = str(meta.get("name") or "")
+            if event.get("type") == "MODIFIED" and self._own_rv.get((ns, name)) == str(
+                meta.get("resourceVersion")
+            ):
+                return  # our own status write
+            self.queue.add((ns, name))
+        elif kind == "deployment":
+            labels = labels_of(obj)
+            if not any(k in labels for k in self._label_keys):
+                return
+            if self._gpumix_namespaces is not None and ns not in self._gpumix_namespaces:
+                return
+            self.queue.add((ns, None))
+        else:
+            self.queue.add(ALL)
+
+    async def watch_loop(self, kind: str, path: str, stop: asyncio.Event) -> None:
+        """List for a resourceVersion, then watch; on errors or 410 start over (with backoff)."""
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                rv = (
+                    (await self.kube.request("GET", path, query=[("limit", "1")]) or {})
+                    .get("metadata", {})
+                    .get("resourceVersion", "")
+                )
+                while not stop.is_set():
+                    async for event in self.kube.watch(
+                        path, str(rv), timeout_s=self.settings.watch_timeout_s
+                    ):
+                        etype = event.get("type")
+                        obj = event.get("object") or {}
+                        if etype == "ERROR":
+                            raise KubeError(int(obj.get("code") or 500), "WatchError", str(obj))
+                        rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
+                        if etype != "BOOKMARK":
+                            self._on_event(kind, event)
+                        backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except KubeError as exc:
+                if exc.status != 410:
+                    log.warning("watch failed", extra={"kind": kind, "error": str(exc)})
+                self.queue.add(ALL)  # events may have been missed
+            except Exception as exc:
+                log.warning("watch broke", extra={"kind": kind, "error": repr(exc)})
+                self.queue.add(ALL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    # -- the main loop ---------------------------------------------------------------------
+
+    async def work_loop(self, stop: asyncio.Event) -> None:
+        backoff = 0.5
+        next_resync = self.clock()
+        while not stop.is_set():
+            now = self.clock()
+            if now >= next_resync:
+                self.queue.add(ALL)
+                next_resync = now + self.settings.resync_interval_s
+            for due_key, due in list(self._due.items()):
+                if due <= now:
+                    self.queue.add(due_key)
+                    self._due[due_key] = now + self.settings.resync_interval_s
+            wait = min([next_resync, *self._due.values()]) - now
+            take = asyncio.ensure_future(
+                self.queue.take(min(max(wait, 0.05), 5.0), self.settings.debounce_s)
+            )
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({take, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if take not in done:
+                take.cancel()
+                break
+            keys = take.result()
+            if not keys:
+                continue
+            if not self.can_write():
+                for key in keys:  # keep them for when we lead
+                    self.queue.add(key)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                continue
+            try:
+                await self.reconcile_pass(keys)
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                for key in keys:
+                    self.queue.add(key)
+                log.warning(
+                    "reconcile pass failed, retrying",
+                    extra={"error": str(exc), "retry_in_s": backoff},
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, self.settings.error_backoff_max_s)
+
+    async def audit_loop(self, stop: asyncio.Event) -> None:
+        interval = self.settings.audit_interval_s
+        if interval <= 0:
+            return
+        while not stop.is_set():
+            try:
+                await self.auditor.run_once(self.clock())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("audit failed", extra={"error": str(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    def ready(self) -> bool:
+        return self.synced or not self.can_write()
+
+
+def _key_of(obj: Obj) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+
+
+def _selected(keys: set[Key], ns: str, name: str) -> bool:
+    return ALL in keys or (ns, None) in keys or (ns, name) in keys
+
+
+def _status_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    def strip(s: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in s.items() if k not in VOLATILE_STATUS_KEYS}
+
+    return strip(old) != strip(new)
+
+
+def _old_entry(obj: Obj, deployment: str) -> dict[str, Any]:
+    for entry in (obj.get("status") or {}).get("plan") or []:
+        if isinstance(entry, dict) and entry.get("deployment") == deployment:
+            return entry
+    return {}
+
+
+def _is_failed_scale_event(event: EventAction, failed: list[tuple[ScaleAction, str]]) -> bool:
+    return event.reason in ("ScaledUp", "ScaledDown") and any(
+        f"scaled {a.deployment} " in event.message for a, _ in failed
+    )
+
+
+def _api_version_of(kind: str) -> str:
+    return {
+        "Deployment": "apps/v1",
+        "HorizontalPodAutoscaler": "autoscaling/v2",
+        "ScaledObject": "keda.sh/v1alpha1",
+        "PodAutoscaler": "autoscaling.aibrix.ai/v1alpha1",
+    }.get(kind, "v1")
+
+
+async def run_controller(
+    settings: ControllerSettings,
+    api_client: Any,
+    *,
+    clock: Clock = time.time,
+    stop_event: asyncio.Event,
+    solver: Solver | None = None,
+    started: Callable[[Controller], None] | None = None,
+) -> None:
+    """Run the controller until ``stop_event`` is set.
+
+    ``api_client`` is a kubernetes-asyncio ``ApiClient`` (the caller owns it).
+    ``solver`` replaces the optimizer (tests); ``started`` receives the
+    controller once its metrics server listens (``controller.metrics_url``).
+    """
+    kube = KubeIO(api_client, timeout_s=settings.api_timeout_s)
+    metrics = ControllerMetrics()
+    leadership: Leadership
+    if settings.leader_election:
+        leadership = LeaderElector(
+            kube,
+            LeaseSettings(
+                namespace=settings.lease_namespace,
+                name=settings.lease_name,
+                identity=settings.identity,
+                lease_duration_s=settings.lease_duration_s,
+                renew_deadline_s=settings.renew_deadline_s,
+                retry_period_s=settings.retry_period_s,
+            ),
+            clock,
+            on_change=lambda leader: metrics.leader.set(1 if leader else 0),
+        )
+    else:
+        leadership = AlwaysLeader()
+        metrics.leader.set(1)
+    async with aiohttp.ClientSession() as session:
+        controller = Controller(
+            settings,
+            kube,
+            clock=clock,
+            session=session,
+            solver=solver or solve_mix,
+            leadership=leadership,
+            metrics=metrics,
+        )
+        runner: web.AppRunner | None = None
+        if settings.metrics_port is not None:
+            app = metrics_app(metrics, controller.recommendation, controller.ready)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
+            await site.start()
+            sockets = getattr(site._server, "sockets", None) or []
+            port = sockets[0].getsockname()[1] if sockets else settings.metrics_port
+            controller.metrics_url = f"http://{settings.metrics_host}:{port}"
+        if started is not None:
+            started(controller)
+        inner = asyncio.Event()
+        tasks = [
+            asyncio.create_task(leadership.run(inner), name="leader"),
+            asyncio.create_task(controller.work_loop(inner), name="work"),
+            asyncio.create_task(controller.audit_loop(inner), name="audit"),
+        ]
+        if settings.watch:
+            ns = settings.namespace
+            for kind, path in (
+                ("gpumix", resource_path(GROUP, VERSION, PLURAL, ns)),
+                ("deployment", resource_path("apps", "v1", "deployments", ns)),
+                ("node", resource_path("", "v1", "nodes")),
+            ):
+                tasks.append(asyncio.create_task(controller.watch_loop(kind, path, inner)))
+        stopper = asyncio.create_task(stop_event.wait())
+        try:
+            pending: set[asyncio.Task[Any]] = {stopper, *tasks}
+            while stopper in pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if t is not stopper and not t.cancelled() and t.exception() is not None:
+                        log.error(
+                            "controller task died",
+                            extra={"task": t.get_name(), "error": repr(t.exception())},
+                        )
+                        raise RuntimeError(f"controller task {t.get_name()} died") from (
+                            t.exception()
+                        )
+        finally:
+            inner.set()
+            for t in tasks:
+                if t.get_name() != "leader":
+                    t.cancel()
+            leader_task = next(t for t in tasks if t.get_name() == "leader")
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
+                await asyncio.wait_for(leader_task, 5.0)  # releases the lease
+            await asyncio.gather(*tasks, return_exceptions=True)
+            stopper.cancel()
+            if runner is not None:
+                await runner.cleanup()

@@ -1,0 +1,377 @@
+"""Exact branch-and-bound over replica counts, with column generation on GLOP.
+
+Only the replica counts are integers; the split of each bucket's load across GPU types is
+continuous. The node LP starts from a few columns per bucket (its cheapest types) and prices
+in the others from the duals, so each node solves a small LP; rounding up the replicas of
+any node LP gives a feasible plan (the same split fits), which is the incumbent heuristic.
+OR-Tools objects stay inside this module.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from ortools.linear_solver import pywraplp
+
+FloatArray = npt.NDArray[np.float64]
+
+INT_TOL = 1e-6  # a replica count within this of an integer counts as that integer
+PRICE_TOL = 1e-9  # columns with reduced cost below -PRICE_TOL enter the LP
+MAX_PRICING_ROUNDS = 10_000
+
+
+@dataclass(frozen=True)
+class Block:
+    """One model, already validated and reduced to loaded, merged buckets.
+
+    ``need[b, g]`` is the replicas of type g that bucket b's whole load needs (inf: cannot).
+    """
+
+    need: FloatArray
+    cost: FloatArray  # per replica of each type
+    lb: FloatArray
+    ub: FloatArray  # may be inf
+    cur: FloatArray
+    churn: float
+    usable: float  # 1 - headroom
+
+
+@dataclass(frozen=True)
+class PoolRow:
+    capacity: float
+    terms: tuple[tuple[int, int, float], ...]  # (block, type, gpus per replica)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # "optimal" | "feasible" | "infeasible" | "unknown"
+    replicas: tuple[tuple[int, ...], ...]
+    fractions: tuple[FloatArray, ...]
+    objective: float
+    bound: float
+    nodes: int
+
+
+@dataclass
+class _Node:
+    lb: FloatArray
+    ub: FloatArray
+
+
+class _Lp:
+    """The node LP of all blocks, kept across nodes so GLOP can start warm."""
+
+    def __init__(self, blocks: Sequence[Block], pools: Sequence[PoolRow], seed: int) -> None:
+        self.blocks = blocks
+        s = pywraplp.Solver.CreateSolver("GLOP")
+        if s is None:  # pragma: no cover - GLOP ships with OR-Tools
+            raise RuntimeError("GLOP is not available")
+        s.SetSolverSpecificParametersAsString(f"random_seed: {int(seed) % (2**31)}")
+        self.s = s
+        inf = s.infinity()
+        self.big_m = 1.0
+        obj = s.Objective()
+        obj.SetMinimization()
+        self.obj = obj
+        self.n: list[list[pywraplp.Variable]] = []
+        self.slack: list[list[pywraplp.Variable]] = []
+        self.cap_rows: list[list[pywraplp.Constraint]] = []
+        self.bucket_rows: list[list[pywraplp.Constraint]] = []
+        self.cols: list[dict[tuple[int, int], pywraplp.Variable]] = []
+        self.in_lp: list[npt.NDArray[np.bool_]] = []
+        max_cost = 1.0
+        for blk in blocks:
+            if blk.cost.size:
+                max_cost = max(max_cost, float(blk.cost.max()) + blk.churn)
+        self.big_m = 1e4 * max_cost
+        for blk in blocks:
+            g_count = blk.cost.size
+            ns, sl, caps = [], [], []
+            for g in range(g_count):
+                ub = float(blk.ub[g]) if math.isfinite(blk.ub[g]) else inf
+                v = s.NumVar(float(blk.lb[g]), ub, "")
+                obj.SetCoefficient(v, float(blk.cost[g]))
+                slack = s.NumVar(0.0, inf, "")
+                obj.SetCoefficient(slack, self.big_m)
+                row = s.Constraint(-inf, 0.0)
+                row.SetCoefficient(v, -blk.usable)
+                row.SetCoefficient(slack, -1.0)
+                if blk.churn > 0:
+                    d = s.NumVar(0.0, inf, "")
+                    obj.SetCoefficient(d, blk.churn)
+                    up = s.Constraint(-float(blk.cur[g]), inf)
+                    up.SetCoefficient(d, 1.0)
+                    up.SetCoefficient(v, -1.0)
+                    down = s.Constraint(float(blk.cur[g]), inf)
+                    down.SetCoefficient(d, 1.0)
+                    down.SetCoefficient(v, 1.0)
+                ns.append(v)
+                sl.append(slack)
+                caps.append(row)
+            self.n.append(ns)
+            self.slack.append(sl)
+            self.cap_rows.append(caps)
+            self.bucket_rows.append([s.Constraint(1.0, 1.0) for _ in range(blk.need.shape[0])])
+            self.cols.append({})
+            self.in_lp.append(np.zeros(blk.need.shape, dtype=bool))
+        for pool in pools:
+            row = s.Constraint(-inf, pool.capacity)
+            for m, g, gpr in pool.terms:
+                row.SetCoefficient(self.n[m][g], gpr)
+        # start columns: the two cheapest usable types of every bucket
+        for m, blk in enumerate(blocks):
+            if blk.need.size == 0:
+                continue
+            unit = blk.need * blk.cost[None, :]
+            unit = np.where(blk.ub[None, :] > 0, unit, unit * 1e6)
+            order = np.argsort(unit, axis=1, kind="stable")
+            for b in range(blk.need.shape[0]):
+                for g in order[b, :2]:
+                    if math.isfinite(blk.need[b, g]):
+                        self._add(m, b, int(g))
+
+    def _add(self, m: int, b: int, g: int) -> None:
+        blk = self.blocks[m]
+        v = self.s.NumVar(0.0, 1.0, "")
+        self.bucket_rows[m][b].SetCoefficient(v, 1.0)
+        self.cap_rows[m][g].SetCoefficient(v, float(blk.need[b, g]) / 1.0)
+        self.cols[m][(b, g)] = v
+        self.in_lp[m][b, g] = True
+
+    def set_bounds(self, node: _Node) -> None:
+        inf = self.s.infinity()
+        k = 0
+        for ns in self.n:
+            for v in ns:
+                ub = float(node.ub[k])
+                v.SetBounds(float(node.lb[k]), ub if math.isfinite(ub) else inf)
+                k += 1
+
+    def _solve_once(self, deadline: float, clock: Callable[[], float]) -> bool:
+        remaining = max(deadline - clock(), 0.001)
+        self.s.SetTimeLimit(max(1, int(remaining * 1000)))
+        st = self.s.Solve()
+        return bool(st == pywraplp.Solver.OPTIMAL)
+
+    def _price(self, phase1: bool) -> int:
+        """Add entering columns; return how many were added."""
+        added = 0
+        for m, blk in enumerate(self.blocks):
+            if blk.need.size == 0:
+                continue
+            u = np.array([r.dual_value() for r in self.bucket_rows[m]])
+            y = np.array([r.dual_value() for r in self.cap_rows[m]])
+            with np.errstate(invalid="ignore"):
+                rc = -u[:, None] - y[None, :] * blk.need
+            rc = np.where(np.isfinite(blk.need) & ~self.in_lp[m], rc, np.inf)
+            if not phase1:
+                pass
+            best = np.argmin(rc, axis=1)
+            vals = rc[np.arange(rc.shape[0]), best]
+            scale = 1.0 + np.abs(u)
+            for b in np.nonzero(vals < -PRICE_TOL * scale)[0]:
+                self._add(m, int(b), int(best[b]))
+                added += 1
+        return added
+
+    def slack_sum(self) -> float:
+        return float(sum(v.solution_value() for sl in self.slack for v in sl))
+
+    def solve(self, deadline: float, clock: Callable[[], float]) -> tuple[str, float]:
+        """Solve the node LP exactly (with pricing). Returns (state, value)."""
+        for _ in range(MAX_PRICING_ROUNDS):
+            if clock() > deadline:
+                return "timeout", math.nan
+            if not self._solve_once(deadline, clock):
+                return "timeout" if clock() > deadline else "error", math.nan
+            if self._price(False) == 0:
+                break
+        else:  # pragma: no cover - bounded loop guard
+            return "error", math.nan
+        if self.slack_sum() <= 1e-9:
+            return "ok", float(self.obj.Value())
+        # Slack in use: prove infeasibility with a pure phase 1 (minimise the slack only).
+        saved = [(v, self.obj.GetCoefficient(v)) for v in self.s.variables()]
+        for v, _ in saved:
+            self.obj.SetCoefficient(v, 0.0)
+        for sl in self.slack:
+            for v in sl:
+                self.obj.SetCoefficient(v, 1.0)
+        state = "infeasible"
+        for _ in range(MAX_PRICING_ROUNDS):
+            if clock() > deadline or not self._solve_once(deadline, clock):
+                state = "timeout"
+                break
+            if self._price(True) == 0:
+                break
+        phase1 = self.slack_sum() if state != "timeout" else math.inf
+        for v, c in saved:
+            self.obj.SetCoefficient(v, c)
+        for sl in self.slack:
+            for v in sl:
+                self.obj.SetCoefficient(v, self.big_m)
+        if state == "timeout":
+            return "timeout", math.nan
+        if phase1 > 1e-7:
+            return "infeasible", math.nan
+        # Feasible but the penalty was too small: raise it and solve again (bounded).
+        for _ in range(6):
+            self.big_m *= 100.0
+            for sl in self.slack:
+                for v in sl:
+                    self.obj.SetCoefficient(v, self.big_m)
+            for _ in range(MAX_PRICING_ROUNDS):
+                if clock() > deadline or not self._solve_once(deadline, clock):
+                    return "timeout", math.nan
+                if self._price(False) == 0:
+                    break
+            if self.slack_sum() <= 1e-9:
+                return "ok", float(self.obj.Value())
+        return "error", math.nan  # pragma: no cover
+
+    def replicas(self) -> FloatArray:
+        return np.array([v.solution_value() for ns in self.n for v in ns])
+
+    def fractions(self) -> list[FloatArray]:
+        out: list[FloatArray] = []
+        for m, blk in enumerate(self.blocks):
+            f = np.zeros(blk.need.shape)
+            for (b, g), v in self.cols[m].items():
+                f[b, g] = v.solution_value()
+            f = np.clip(f, 0.0, None)
+            sums = f.sum(axis=1, keepdims=True)
+            f = np.divide(f, sums, out=np.zeros_like(f), where=sums > 0)
+            out.append(f)
+        return out
+
+
+def _plan_value(blocks: Sequence[Block], n: FloatArray) -> float:
+    total = 0.0
+    k = 0
+    for blk in blocks:
+        g_count = blk.cost.size
+        part = n[k : k + g_count]
+        total += float(blk.cost @ part) + blk.churn * float(np.abs(part - blk.cur).sum())
+        k += g_count
+    return total
+
+
+def _fits(
+    blocks: Sequence[Block], pools: Sequence[PoolRow], n: FloatArray, fr: Sequence[FloatArray]
+) -> bool:
+    """Independent check of a plan: bounds, pools, and per-type load within capacity."""
+    k = 0
+    offsets: list[int] = []
+    for m, blk in enumerate(blocks):
+        offsets.append(k)
+        g_count = blk.cost.size
+        part = n[k : k + g_count]
+        if np.any(part < blk.lb - 1e-9) or np.any(part > blk.ub + 1e-9):
+            return False
+        if blk.need.size:
+            with np.errstate(invalid="ignore"):
+                load = np.where(fr[m] > 0, fr[m] * blk.need, 0.0).sum(axis=0)
+            if np.any(load > part * blk.usable * (1 + 1e-6) + 1e-9):
+                return False
+        k += g_count
+    for pool in pools:
+        used = sum(gpr * n[offsets[m] + g] for m, g, gpr in pool.terms)
+        if used > pool.capacity + 1e-9:
+            return False
+    return True
+
+
+def branch_and_bound(
+    blocks: Sequence[Block],
+    pools: Sequence[PoolRow],
+    *,
+    time_limit_s: float,
+    seed: int,
+    clock: Callable[[], float],
+    max_nodes: int = 200_000,
+) -> Outcome:
+    start = clock()
+    deadline = start + max(time_limit_s, 0.0)
+    lp = _Lp(blocks, pools, seed)
+    lb0 = np.concatenate([b.lb for b in blocks]) if blocks else np.zeros(0)
+    ub0 = np.concatenate([b.ub for b in blocks]) if blocks else np.zeros(0)
+    best_val = math.inf
+    best_n: FloatArray | None = None
+    best_f: list[FloatArray] = []
+    heap: list[tuple[float, int, int, _Node]] = []
+    counter = 0
+    heapq.heappush(heap, (-math.inf, 0, counter, _Node(lb0, ub0)))
+    nodes = 0
+    timed_out = False
+    root_infeasible = False
+    open_bound = math.inf
+
+    def tol(v: float) -> float:
+        return 1e-9 * max(1.0, abs(v))
+
+    while heap:
+        bound, neg_depth, _, node = heap[0]
+        if bound >= best_val - tol(best_val):
+            heapq.heappop(heap)
+            continue
+        if nodes >= max_nodes or clock() > deadline:
+            timed_out = True
+            break
+        heapq.heappop(heap)
+        nodes += 1
+        lp.set_bounds(node)
+        state, value = lp.solve(deadline, clock)
+        if state == "timeout" or state == "error":
+            heapq.heappush(heap, (bound, neg_depth, counter, node))
+            timed_out = True
+            break
+        if state == "infeasible":
+            if nodes == 1:
+                root_infeasible = True
+            continue
+        if value >= best_val - tol(best_val):
+            continue
+        n = lp.replicas()
+        fr = lp.fractions()
+        # incumbent heuristic: round every replica count up (the same split still fits)
+        up = np.minimum(np.ceil(n - INT_TOL), node.ub)
+        up = np.maximum(up, node.lb)
+        if _fits(blocks, pools, up, fr):
+            val = _plan_value(blocks, up)
+            if val < best_val - tol(best_val):
+                best_val, best_n, best_f = val, up, fr
+        frac = np.abs(n - np.round(n))
+        if np.all(frac <= INT_TOL):
+            continue  # the rounded plan above is this node's optimum
+        # branch on the most fractional replica count, weighted by its cost
+        score = np.minimum(n - np.floor(n), np.ceil(n) - n)
+        k = int(np.argmax(np.where(frac > INT_TOL, score + 1e-3, -1.0)))
+        lo_ub = node.ub.copy()
+        lo_ub[k] = math.floor(n[k])
+        hi_lb = node.lb.copy()
+        hi_lb[k] = math.ceil(n[k])
+        for child in (_Node(node.lb, lo_ub), _Node(hi_lb, node.ub)):
+            counter += 1
+            heapq.heappush(heap, (value, neg_depth - 1, counter, child))
+    if timed_out:
+        open_bound = min((b for b, _, _, _ in heap), default=math.inf)
+    if best_n is None:
+        if root_infeasible or (not timed_out):
+            return Outcome("infeasible", (), (), math.nan, math.nan, nodes)
+        return Outcome("unknown", (), (), math.nan, open_bound, nodes)
+    bound = best_val if not timed_out else min(open_bound, best_val)
+    status = "feasible" if timed_out and bound < best_val - tol(best_val) else "optimal"
+    if timed_out and status == "optimal":
+        bound = best_val
+    reps: list[tuple[int, ...]] = []
+    k = 0
+    for blk in blocks:
+        g_count = blk.cost.size
+        reps.append(tuple(int(round(x)) for x in best_n[k : k + g_count]))
+        k += g_count
+    return Outcome(status, tuple(reps), tuple(best_f), best_val, bound, nodes)

@@ -1,0 +1,340 @@
+"""``solve`` and ``solve_joint``: validate, reduce, run the exact search, build a ``Result``."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from optimizer._engine import Block, Outcome, PoolRow, branch_and_bound
+from optimizer.model import GpuOption, JointResult, Pool, Problem, Result, Status
+
+Clock = Callable[[], float]
+LOAD_TOL = 1e-6  # relative tolerance of the capacity check
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _finite_nonneg(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def validate(problem: Problem) -> list[str]:
+    """Every problem in the input, each naming its field; empty when the problem is valid."""
+    errs: list[str] = []
+    p = problem
+    if not isinstance(p, Problem):
+        return ["problem: not a Problem"]
+    if len(p.load) != len(p.buckets):
+        errs.append(f"load: {len(p.load)} values for {len(p.buckets)} buckets")
+    for i, v in enumerate(p.load):
+        if not _finite_nonneg(v):
+            errs.append(f"load[{i}]: must be a finite number >= 0, got {v!r}")
+    if not _finite_nonneg(p.headroom) or not p.headroom < 1:
+        errs.append(f"headroom: must be in [0, 1), got {p.headroom!r}")
+    if not _finite_nonneg(p.churn_weight):
+        errs.append(f"churn_weight: must be a finite number >= 0, got {p.churn_weight!r}")
+    if not p.gpus:
+        errs.append("gpus: no GPU types")
+    seen: set[str] = set()
+    for g in p.gpus:
+        where = f"gpus[{g.name}]"
+        if not isinstance(g.name, str) or not g.name:
+            errs.append("gpus: a GPU type has no name")
+        if g.name in seen:
+            errs.append(f"{where}: duplicate GPU type")
+        seen.add(g.name)
+        if len(g.rates) != len(p.buckets):
+            errs.append(f"{where}.rates: {len(g.rates)} values for {len(p.buckets)} buckets")
+        for i, r in enumerate(g.rates):
+            if not _finite_nonneg(r):
+                errs.append(f"{where}.rates[{i}]: must be a finite number >= 0, got {r!r}")
+        if not _finite_nonneg(g.price_per_hour):
+            errs.append(f"{where}.price_per_hour: must be a finite number >= 0, got "
+                        f"{g.price_per_hour!r}")
+        if not _is_count(g.gpus_per_replica) or g.gpus_per_replica < 1:
+            errs.append(f"{where}.gpus_per_replica: must be an integer >= 1, got "
+                        f"{g.gpus_per_replica!r}")
+        for fname in ("min_replicas", "current_replicas"):
+            if not _is_count(getattr(g, fname)):
+                errs.append(f"{where}.{fname}: must be an integer >= 0, got "
+                            f"{getattr(g, fname)!r}")
+        for fname in ("max_replicas", "available_gpus"):
+            v = getattr(g, fname)
+            if v is not None and not _is_count(v):
+                errs.append(f"{where}.{fname}: must be an integer >= 0 or unset, got {v!r}")
+    return errs
+
+
+# ---------------------------------------------------------------- reduction
+
+
+def _merge_buckets(problem: Problem) -> tuple[np.ndarray, list[list[int]]]:
+    """Loaded buckets, merged when their rate rows are proportional (an exact reduction).
+
+    Returns ``need`` (merged bucket x type: replicas its whole load needs, inf: cannot) and
+    the original bucket indexes of each merged row.
+    """
+    rates = np.array([g.rates for g in problem.gpus], dtype=float).T.reshape(
+        len(problem.buckets), len(problem.gpus))
+    load = np.array(problem.load, dtype=float)
+    groups: dict[tuple[float, ...], list[int]] = {}
+    for i in np.nonzero(load > 0)[0]:
+        row = rates[i]
+        top = float(row.max()) if row.size else 0.0
+        key = tuple(float(x) for x in np.round(row / top, 12)) if top > 0 else (-1.0,)
+        groups.setdefault(key, []).append(int(i))
+    members = list(groups.values())
+    need = np.zeros((len(members), len(problem.gpus)))
+    for r, idx in enumerate(members):
+        for i in idx:
+            safe = np.where(rates[i] > 0, rates[i], 1.0)
+            need[r] += np.where(rates[i] > 0, load[i] / safe, np.inf)
+    return need, members
+
+
+def _block(problem: Problem, need: np.ndarray, extra_ub: Sequence[float] | None) -> Block:
+    ub = []
+    for j, g in enumerate(problem.gpus):
+        cap = g.replica_cap()
+        u = math.inf if cap is None else float(cap)
+        if extra_ub is not None:
+            u = min(u, extra_ub[j])
+        ub.append(u)
+    return Block(
+        need=need,
+        cost=np.array([g.replica_cost for g in problem.gpus], dtype=float),
+        lb=np.array([float(g.min_replicas) for g in problem.gpus]),
+        ub=np.array(ub),
+        cur=np.array([float(g.current_replicas) for g in problem.gpus]),
+        churn=float(problem.churn_weight),
+        usable=1.0 - float(problem.headroom),
+    )
+
+
+# ---------------------------------------------------------------- diagnostics
+
+
+def _cap_text(g: GpuOption) -> str:
+    parts = []
+    if g.max_replicas is not None:
+        parts.append(f"max_replicas {g.max_replicas}")
+    if g.available_gpus is not None:
+        parts.append(f"{g.available_gpus} GPUs available at {g.gpus_per_replica} per replica")
+    return f"{g.name} ({', '.join(parts) or 'unlimited'})"
+
+
+def diagnose(problem: Problem, ub: Sequence[float] | None = None) -> str:
+    """Why no plan exists, before solving: bounds and unservable buckets ('' when none)."""
+    reasons: list[str] = []
+    for j, g in enumerate(problem.gpus):
+        cap = g.replica_cap()
+        if ub is not None:
+            cap = int(min(ub[j], math.inf if cap is None else cap))
+        if cap is not None and g.min_replicas > cap:
+            reasons.append(f"{g.name}: min_replicas {g.min_replicas} exceeds what "
+                           f"{_cap_text(g)} allows ({cap})")
+    no_type: list[str] = []
+    no_room: list[str] = []
+    for i, b in enumerate(problem.buckets):
+        if problem.load[i] <= 0:
+            continue
+        serving = [j for j, g in enumerate(problem.gpus) if g.rates[i] > 0]
+        if not serving:
+            no_type.append(b.label())
+            continue
+        caps = []
+        for j in serving:
+            c = problem.gpus[j].replica_cap()
+            if ub is not None:
+                c = int(min(ub[j], math.inf if c is None else c))
+            caps.append(c)
+        if all(c == 0 for c in caps):
+            no_room.append(f"{b.label()} (only " + ", ".join(
+                _cap_text(problem.gpus[j]) for j in serving) + ")")
+    if no_type:
+        reasons.append(f"no GPU type can serve bucket(s) {'; '.join(no_type)} within the SLO")
+    if no_room:
+        reasons.append(f"no capacity for bucket(s) {'; '.join(no_room)}")
+    return "; ".join(reasons)
+
+
+def _capacity_reason(problems: Sequence[Problem], pool: Pool | None) -> str:
+    parts = []
+    for p in problems:
+        caps = ", ".join(_cap_text(g) for g in p.gpus if g.replica_cap() is not None)
+        if caps:
+            parts.append(f"{p.model + ': ' if p.model else ''}{caps}")
+    text = "the load needs more capacity than the replica caps allow"
+    if parts:
+        text += ": " + "; ".join(parts)
+    if pool is not None and pool.gpus:
+        text += "; shared pool " + ", ".join(f"{k} {v} GPUs" for k, v in sorted(pool.gpus.items()))
+    return text
+
+
+# ---------------------------------------------------------------- results
+
+
+def _gap(obj: float, bound: float) -> float:
+    if not math.isfinite(obj) or not math.isfinite(bound):
+        return math.nan
+    return max(0.0, (obj - bound) / max(abs(obj), 1e-9))
+
+
+def _finish(problem: Problem, members: list[list[int]], reps: tuple[int, ...],
+            frac: np.ndarray, status: Status, bound: float, runtime: float,
+            nodes: int) -> Result:
+    nb, ng = len(problem.buckets), len(problem.gpus)
+    assign = np.zeros((nb, ng))
+    for r, idx in enumerate(members):
+        for i in idx:
+            assign[i] = frac[r]
+    replicas = list(reps)
+    # never truncate: a count below its load (numerical noise) is rounded up
+    usable = 1.0 - problem.headroom
+    for j, g in enumerate(problem.gpus):
+        load = sum(problem.load[i] * assign[i, j] / g.rates[i]
+                   for i in range(nb) if assign[i, j] > 0 and g.rates[i] > 0)
+        needed = math.ceil(load / usable * (1 - 1e-9) - 1e-9) if load > 0 else 0
+        replicas[j] = max(replicas[j], needed, g.min_replicas)
+    cost = sum(g.replica_cost * n for g, n in zip(problem.gpus, replicas, strict=True))
+    churn = problem.churn_weight * sum(
+        abs(n - g.current_replicas) for g, n in zip(problem.gpus, replicas, strict=True))
+    obj = cost + churn
+    return Result(
+        status=status,
+        replicas={g.name: n for g, n in zip(problem.gpus, replicas, strict=True)},
+        cost_per_hour=cost,
+        objective=obj,
+        bound=min(bound, obj),
+        gap=_gap(obj, min(bound, obj)),
+        runtime_s=runtime,
+        assignment=tuple(tuple(float(x) for x in row) for row in assign),
+        nodes=nodes,
+        model=problem.model,
+    )
+
+
+def _fail(problem: Problem | None, status: Status, runtime: float, reason: str = "",
+          errors: Sequence[str] = (), bound: float = math.nan, nodes: int = 0) -> Result:
+    return Result(status=status, runtime_s=runtime, reason=reason, errors=tuple(errors),
+                  bound=bound, nodes=nodes,
+                  model=problem.model if isinstance(problem, Problem) else "")
+
+
+def _limit_errors(time_limit_s: float) -> list[str]:
+    if not isinstance(time_limit_s, int | float) or not math.isfinite(time_limit_s) or \
+            time_limit_s <= 0:
+        return [f"time_limit_s: must be a finite number > 0, got {time_limit_s!r}"]
+    return []
+
+
+def solve(problem: Problem, *, time_limit_s: float = 10.0, seed: int = 0,
+          clock: Clock = time.perf_counter) -> Result:
+    """Cheapest replicas per GPU type that serve ``problem.load`` within the SLO.
+
+    Never raises for a bad problem (INVALID with ``errors``); stops at ``time_limit_s``
+    (FEASIBLE with a gap, or UNKNOWN). Deterministic for a fixed ``seed`` when it finishes
+    within the limit. ``clock`` is a monotonic clock in seconds (injected for tests).
+    """
+    start = clock()
+    try:
+        errs = _limit_errors(time_limit_s) + validate(problem)
+    except Exception as exc:  # a malformed object: report, do not raise
+        errs = [f"problem: {exc}"]
+    if errs:
+        return _fail(problem, Status.INVALID, clock() - start, "invalid problem", errs)
+    why = diagnose(problem)
+    if why:
+        return _fail(problem, Status.INFEASIBLE, clock() - start, why)
+    need, members = _merge_buckets(problem)
+    blk = _block(problem, need, None)
+    out = branch_and_bound([blk], [], time_limit_s=time_limit_s, seed=seed, clock=clock)
+    return _single(problem, members, out, clock() - start, None)
+
+
+def _single(problem: Problem, members: list[list[int]], out: Outcome, runtime: float,
+            pool: Pool | None) -> Result:
+    if out.status == "infeasible":
+        return _fail(problem, Status.INFEASIBLE, runtime, _capacity_reason([problem], pool),
+                     nodes=out.nodes)
+    if out.status == "unknown":
+        return _fail(problem, Status.UNKNOWN, runtime,
+                     "time limit reached before any plan was found", bound=out.bound,
+                     nodes=out.nodes)
+    status = Status.OPTIMAL if out.status == "optimal" else Status.FEASIBLE
+    return _finish(problem, members, out.replicas[0], out.fractions[0], status, out.bound,
+                   runtime, out.nodes)
+
+
+def solve_joint(problems: Sequence[Problem], pool: Pool, *, time_limit_s: float = 30.0,
+                seed: int = 0, clock: Clock = time.perf_counter) -> JointResult:
+    """Plan several models at once against one shared pool of GPUs.
+
+    ``pool.gpus[name]`` caps the GPUs of type ``name`` summed over all models (each model's
+    own ``available_gpus`` still applies). Types absent from the pool are not shared-capped.
+    The objective is the sum of the models' objectives.
+    """
+    start = clock()
+    errs = list(_limit_errors(time_limit_s))
+    if not problems:
+        errs.append("problems: no models")
+    for k, p in enumerate(problems):
+        try:
+            errs += [f"problems[{k}]{'(' + p.model + ')' if p.model else ''}.{e}"
+                     for e in validate(p)]
+        except Exception as exc:
+            errs.append(f"problems[{k}]: {exc}")
+    for name, v in pool.gpus.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            errs.append(f"pool[{name}]: must be an integer >= 0, got {v!r}")
+    if errs:
+        return JointResult(Status.INVALID, runtime_s=clock() - start, reason="invalid problem",
+                           errors=tuple(errs))
+    # pool caps also bound each model on its own
+    reasons = []
+    blocks: list[Block] = []
+    merged: list[list[list[int]]] = []
+    for p in problems:
+        extra = [float(pool.gpus[g.name] // g.gpus_per_replica) if g.name in pool.gpus
+                 else math.inf for g in p.gpus]
+        why = diagnose(p, extra)
+        if why:
+            reasons.append(f"{p.model or 'model'}: {why}")
+        need, members = _merge_buckets(p)
+        blocks.append(_block(p, need, extra))
+        merged.append(members)
+    if reasons:
+        return JointResult(Status.INFEASIBLE, runtime_s=clock() - start,
+                           reason="; ".join(reasons))
+    rows = []
+    for name in sorted(pool.gpus):
+        terms = tuple((m, j, float(g.gpus_per_replica)) for m, p in enumerate(problems)
+                      for j, g in enumerate(p.gpus) if g.name == name)
+        if terms:
+            rows.append(PoolRow(float(pool.gpus[name]), terms))
+    out = branch_and_bound(blocks, rows, time_limit_s=time_limit_s, seed=seed, clock=clock)
+    runtime = clock() - start
+    if out.status in ("infeasible", "unknown"):
+        st = Status.INFEASIBLE if out.status == "infeasible" else Status.UNKNOWN
+        reason = (_capacity_reason(problems, pool) if st == Status.INFEASIBLE
+                  else "time limit reached before any plan was found")
+        return JointResult(st, runtime_s=runtime, reason=reason, bound=out.bound,
+                           nodes=out.nodes)
+    status = Status.OPTIMAL if out.status == "optimal" else Status.FEASIBLE
+    results = tuple(
+        _finish(p, merged[m], out.replicas[m], out.fractions[m], status, math.inf, runtime,
+                out.nodes) for m, p in enumerate(problems))
+    obj = sum(r.objective for r in results)
+    bound = min(out.bound, obj)
+    return JointResult(status, results, cost_per_hour=sum(r.cost_per_hour for r in results),
+                       objective=obj, bound=bound, gap=_gap(obj, bound), runtime_s=runtime,
+                       nodes=out.nodes)

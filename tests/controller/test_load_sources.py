@@ -1,0 +1,141 @@
+"""Load sources: the 2-D estimate, and fail-static classification against a fake Prometheus API."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from controller_helpers import (
+    GreedySolver,
+    condition,
+    deployment,
+    gmx_status,
+    gpumix,
+    node,
+    replicas,
+    running,
+    settings,
+    wait_for,
+)
+
+from controller.load import PrometheusClient, joint_estimate, marginal, prometheus_load
+from controller.plan import LoadObservation, LoadUnavailable
+from controller.spec import PrometheusLoad
+
+
+def test_marginal_and_joint_estimate() -> None:
+    prompt = {128.0: 2.0, 512.0: 6.0, math.inf: 8.0}  # cumulative rates
+    gen = {64.0: 4.0, math.inf: 8.0}
+    assert marginal(prompt) == {128.0: 0.25, 512.0: 0.5, math.inf: 0.25}
+    buckets = joint_estimate(10.0, prompt, gen)
+    assert len(buckets) == 6
+    assert math.isclose(sum(b.rps for b in buckets), 10.0)
+    cell = {(b.input_tokens, b.output_tokens): b.rps for b in buckets}
+    assert math.isclose(cell[(512.0, 64.0)], 10.0 * 0.5 * 0.5)
+    assert joint_estimate(0.0, prompt, gen) == ()
+    assert marginal({math.inf: 0.0}) == {}
+
+
+class FakePrometheus:
+    """Answers the controller's instant queries from settable values."""
+
+    def __init__(self) -> None:
+        self.newest = time.time()
+        self.rate = 10.0
+        self.prompt: dict[str, float] | None = {"512": 10.0, "+Inf": 10.0}
+        self.gen: dict[str, float] | None = {"128": 10.0, "+Inf": 10.0}
+        self.queries: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        q = request.query["query"]
+        self.queries.append(q)
+        t = float(request.query["time"])
+        result: list[dict[str, Any]] = []
+        if q.startswith("max(timestamp("):
+            result = [{"metric": {}, "value": [t, str(self.newest)]}]
+        elif "prompt_tokens_bucket" in q and self.prompt is not None:
+            result = [{"metric": {"le": k}, "value": [t, str(v)]} for k, v in self.prompt.items()]
+        elif "generation_tokens_bucket" in q and self.gen is not None:
+            result = [{"metric": {"le": k}, "value": [t, str(v)]} for k, v in self.gen.items()]
+        elif "request_success_total" in q:
+            result = [{"metric": {}, "value": [t, str(self.rate)]}]
+        body = {"status": "success", "data": {"resultType": "vector", "result": result}}
+        return web.json_response(body)
+
+
+@pytest.fixture
+async def fake_prom() -> AsyncIterator[tuple[FakePrometheus, str]]:
+    fake = FakePrometheus()
+    app = web.Application()
+    app.router.add_get("/api/v1/query", fake.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield fake, f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_prometheus_classification(fake_prom: tuple[FakePrometheus, str]) -> None:
+    fake, url = fake_prom
+    source = PrometheusLoad(url=url, selector='model_name="llama"', staleness_seconds=60)
+    async with aiohttp.ClientSession() as session:
+        client = PrometheusClient(session, url, 5.0)
+        now = time.time()
+        ok = await prometheus_load(client, source, now)
+        assert isinstance(ok, LoadObservation)
+        assert [(b.input_tokens, b.output_tokens, b.rps) for b in ok.buckets] == [
+            (512.0, 128.0, 10.0)
+        ]
+        assert any('model_name="llama"' in q for q in fake.queries)
+        fake.newest = now - 600
+        stale = await prometheus_load(client, source, now)
+        assert isinstance(stale, LoadUnavailable) and stale.problem == "stale"
+        fake.newest = now
+        fake.gen = None
+        partial = await prometheus_load(client, source, now)
+        assert isinstance(partial, LoadUnavailable) and partial.problem == "partial"
+        down = PrometheusClient(session, "http://127.0.0.1:9", 1.0)
+        missing = await prometheus_load(down, source, now)
+        assert isinstance(missing, LoadUnavailable) and missing.problem == "missing"
+
+
+async def test_stale_load_keeps_replicas(
+    emu: Any, api: Any, fake_prom: tuple[FakePrometheus, str]
+) -> None:
+    fake, url = fake_prom
+    for i in range(2):
+        emu.create(node(f"a100-{i}", "A100", 8))
+        emu.create(node(f"a40-{i}", "A40", 8))
+    emu.create(deployment("llama-a100", "A100", replicas=3))
+    emu.create(deployment("llama-a40", "A40", replicas=4))
+    prom = {"prometheus": {"url": url, "stalenessSeconds": 60, "windowSeconds": 60}}
+    emu.create(gpumix(extra={"loadSource": prom, "intervalSeconds": 1}))
+    fake.newest = time.time() - 3600
+    async with running(api, settings(), solver=GreedySolver()):
+        await wait_for(
+            lambda: condition(gmx_status(emu), "LoadAvailable").get("reason") == "LoadStale",
+            what="LoadStale",
+        )
+        assert (replicas(emu, "llama-a100"), replicas(emu, "llama-a40")) == (3, 4)
+        assert condition(gmx_status(emu), "Scaling")["reason"] == "LoadUnavailable"
+        assert any(e["reason"] == "LoadStale" for e in emu.list("events", "default"))
+        # fresh data again: the plan applies (10 req/s of small requests: 2 A40, 0 A100)
+        fake.newest = time.time()
+        await wait_for(
+            lambda: replicas(emu, "llama-a40") == 2, timeout=10, what="plan on fresh load"
+        )
+        # the scrape target disappears: missing data, replicas stay where they are
+        fake.prompt = fake.gen = None
+        fake.newest = time.time() - 3600
+        await wait_for(
+            lambda: condition(gmx_status(emu), "LoadAvailable").get("status") == "False",
+            what="LoadAvailable=False",
+        )
+        assert replicas(emu, "llama-a40") == 2

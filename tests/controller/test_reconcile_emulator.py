@@ -1,0 +1,247 @@
+"""The controller against the in-process API emulator, through kubernetes-asyncio."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller_helpers import (
+    GreedySolver,
+    bucket,
+    condition,
+    deployment,
+    gmx_status,
+    gpumix,
+    node,
+    replicas,
+    running,
+    settings,
+    wait_for,
+)
+
+
+def cluster(emu: Any, *, a100_nodes: int = 2, a40_nodes: int = 2) -> None:
+    for i in range(a100_nodes):
+        emu.create(node(f"a100-{i}", "A100", 8))
+    for i in range(a40_nodes):
+        emu.create(node(f"a40-{i}", "A40", 8))
+    emu.create(deployment("llama-a100", "A100", replicas=1))
+    emu.create(deployment("llama-a40", "A40", replicas=1))
+
+
+async def test_static_load_ends_with_the_solvers_replicas(emu: Any, api: Any) -> None:
+    cluster(emu)
+    emu.create(gpumix(load=[bucket(512, 128, 30.0), bucket(2048, 512, 3.0)]))
+    solver = GreedySolver()
+    async with running(api, settings(), solver=solver):
+        status = await wait_for(
+            lambda: condition(gmx_status(emu), "Scaling").get("reason") == "Scaled"
+            or condition(gmx_status(emu), "Scaling").get("reason") == "Stable",
+            what="a plan",
+        )
+        assert status
+        _, sol = solver.calls[-1]
+        await wait_for(
+            lambda: replicas(emu, "llama-a100") == sol.replicas["A100"]
+            and replicas(emu, "llama-a40") == sol.replicas["A40"],
+            what="replicas of the plan",
+        )
+        st = gmx_status(emu)
+        assert condition(st, "Ready")["status"] == "True"
+        assert condition(st, "LoadAvailable")["status"] == "True"
+        assert st["solverStatus"] == "OPTIMAL"
+        kinds = {e["reason"] for e in emu.list("events", "default")}
+        assert "ScaledUp" in kinds
+
+
+def set_load(emu: Any, buckets: list[dict[str, Any]], name: str = "llama") -> None:
+    obj = emu.get("gpumixes.gpumix.io", name, "default")
+    obj["spec"]["loadSource"] = {"static": {"buckets": buckets}}
+    emu.put(obj)
+
+
+async def test_load_change_replans(emu: Any, api: Any) -> None:
+    cluster(emu)
+    emu.create(gpumix(load=[bucket(512, 128, 10.0)]))
+    solver = GreedySolver()
+    async with running(api, settings(), solver=solver):
+        await wait_for(lambda: replicas(emu, "llama-a40") == 2, what="first plan")
+        set_load(emu, [bucket(512, 128, 40.0), bucket(2048, 512, 4.0)])
+        await wait_for(
+            lambda: replicas(emu, "llama-a40") == 8 and replicas(emu, "llama-a100") == 2,
+            what="re-plan after the load change",
+        )
+        assert gmx_status(emu)["load"]["requestsPerSecond"] == 44.0
+
+
+async def test_capacity_drop_scales_within_what_exists(emu: Any, api: Any) -> None:
+    cluster(emu, a100_nodes=1, a40_nodes=2)
+    emu.create(gpumix(load=[bucket(512, 128, 60.0)]))
+    async with running(api, settings(), solver=GreedySolver()):
+        await wait_for(lambda: replicas(emu, "llama-a40") == 12, what="12 A40 replicas")
+        emu.delete("nodes", "a40-1")  # 8 A40 GPUs left
+        await wait_for(lambda: replicas(emu, "llama-a40") == 8, what="A40 within 8 GPUs")
+        entry = next(e for e in gmx_status(emu)["plan"] if e["deployment"] == "llama-a40")
+        assert entry["ceiling"] == 8 and "free A40 GPUs" in entry["ceilingReason"]
+        assert replicas(emu, "llama-a100") <= 8
+
+
+async def test_conflicting_scale_write_is_retried(emu: Any, api: Any) -> None:
+    cluster(emu)
+    emu.create(gpumix(load=[bucket(512, 128, 10.0)]))
+    async with running(api, settings(), solver=GreedySolver()) as run:
+        await wait_for(lambda: replicas(emu, "llama-a40") == 2, what="first plan")
+        emu.conflict_next("deployments.apps", "llama-a40", "default", n=2)
+        set_load(emu, [bucket(512, 128, 20.0)])
+        await wait_for(lambda: replicas(emu, "llama-a40") == 4, what="scale after two 409s")
+        assert run.controller.kube.calls["put"] >= 4  # 2 conflicts + 2 successful writes
+        assert not [e for e in emu.list("events", "default") if e["reason"] == "ScaleFailed"]
+
+
+async def test_autoscaled_member_is_not_scaled(emu: Any, api: Any) -> None:
+    from controller_helpers import hpa
+
+    cluster(emu)
+    emu.create(hpa("llama-a40", "llama-a40", 5))
+    emu.create(gpumix(load=[bucket(512, 128, 40.0)]))
+    async with running(api, settings(metrics_port=0), solver=GreedySolver()) as run:
+        await wait_for(
+            lambda: condition(gmx_status(emu), "Scaling").get("reason") == "MembersAutoscaled",
+            what="the autoscaled condition",
+        )
+        assert replicas(emu, "llama-a40") == 1  # untouched
+        entry = next(e for e in gmx_status(emu)["plan"] if e["deployment"] == "llama-a40")
+        assert entry["recommendedReplicas"] == 5  # clamped to the HPA's ceiling
+        assert "HorizontalPodAutoscaler default/llama-a40" in entry["autoscaledBy"]
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
+            url = f"{run.controller.metrics_url}/metrics/default/llama-a40"
+            async with http.get(url) as resp:
+                text = await resp.text()
+            assert resp.status == 200
+            assert 'vllm:deployment_replicas{model_name="llama"} 5' in text
+            async with http.get(f"{run.controller.metrics_url}/metrics/default/nope") as resp:
+                assert resp.status == 404
+            async with http.get(f"{run.controller.metrics_url}/metrics") as resp:
+                body = await resp.text()
+            assert 'gpumix_recommended_replicas{deployment="llama-a40"' in body
+            assert 'gpumix_autoscaler_max_replicas{gpu_type="A40"' in body
+            async with http.get(f"{run.controller.metrics_url}/readyz") as resp:
+                assert resp.status == 200
+
+
+async def test_bad_specs_become_conditions_and_events(emu: Any, api: Any) -> None:
+    cluster(emu)
+    emu.create(deployment("other-a100", "A100", model="shared", isolated=False))
+    emu.create(deployment("other-a40", "A40", model="shared", isolated=False))
+    emu.create(gpumix("unknown-price", prices={"A100": 2.0, "A40": 0.8, "H200": 9.0}))
+    emu.create(gpumix("overlap", model="shared"))
+    emu.create(
+        gpumix("no-profiles", profiles={"configMapRef": {"name": "missing-profiles"}})
+    )
+    # valid for the CRD schema, not for the parser: minReplicas above maxReplicas
+    emu.create(
+        gpumix("bad-field", extra={"gpuTypes": {"A100": {"minReplicas": 5, "maxReplicas": 2}}})
+    )
+    async with running(api, settings(), solver=GreedySolver()) as run:
+        expected = {
+            "unknown-price": "UnknownGpuType",
+            "overlap": "OverlappingMembers",
+            "no-profiles": "ProfilesUnavailable",
+            "bad-field": "InvalidSpec",
+        }
+
+        def all_reported() -> bool:
+            return all(
+                condition(gmx_status(emu, n), "Ready").get("reason") == r
+                for n, r in expected.items()
+            )
+
+        await wait_for(all_reported, what="Ready=False on every bad GPUMix")
+        msg = condition(gmx_status(emu, "overlap"), "Ready")["message"]
+        assert "other-a100" in msg and "other-a40" in msg
+        assert "missing-profiles" in condition(gmx_status(emu, "no-profiles"), "Ready")["message"]
+        await wait_for(
+            lambda: {e["reason"] for e in emu.list("events", "default")}
+            >= set(expected.values()),
+            what="one Warning Event per bad GPUMix",
+        )
+        warnings = [e for e in emu.list("events", "default") if e["type"] == "Warning"]
+        assert len(warnings) == 4
+        passes = run.controller.passes
+        set_load(emu, [bucket(512, 128, 3.0)], name="overlap")
+        await wait_for(lambda: run.controller.passes > passes, what="another pass")
+        assert run.controller.last_pass is not None and run.controller.last_pass.errors == 0
+        assert replicas(emu, "other-a100") == 1 and replicas(emu, "other-a40") == 1
+        # no repeated Events for unchanged conditions
+        assert len([e for e in emu.list("events", "default") if e["type"] == "Warning"]) == 4
+
+
+async def test_two_controllers_only_the_leader_writes(emu: Any) -> None:
+    from controller.leader import LeaderElector
+
+    cluster(emu)
+    emu.create(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}}
+    )
+    emu.create(gpumix(load=[bucket(512, 128, 10.0)]))
+    lease = dict(leader_election=True, lease_duration_s=2.0, renew_deadline_s=1.5,
+                 retry_period_s=0.2)
+    async with emu.api_client() as api_a, emu.api_client() as api_b:
+        async with running(api_a, settings(identity="a", **lease), solver=GreedySolver()) as a:
+            await wait_for(lambda: a.controller.can_write(), what="a leads")
+            async with running(
+                api_b, settings(identity="b", **lease), solver=GreedySolver()
+            ) as b:
+                await wait_for(lambda: replicas(emu, "llama-a40") == 2, what="a scales")
+                set_load(emu, [bucket(512, 128, 20.0)])
+                await wait_for(lambda: replicas(emu, "llama-a40") == 4, what="a re-plans")
+                assert not b.controller.can_write()
+                assert b.controller.passes == 0
+                assert b.controller.kube.calls["put"] == 0
+                assert b.controller.kube.calls["patch"] == 0
+                assert b.controller.kube.calls["post"] == 0
+                holder = emu.get("leases.coordination.k8s.io", "gpumix-controller", "gpumix-system")
+                assert holder["spec"]["holderIdentity"] == "a"
+                reporters = {e.get("reportingInstance") for e in emu.list("events", "default")}
+                assert reporters == {"a"}
+            # a keeps leading after b stopped
+            assert a.controller.can_write()
+        # a released the lease on shutdown; a new contender takes it at once
+        async with running(api_b, settings(identity="b", **lease), solver=GreedySolver()) as b:
+            await wait_for(lambda: b.controller.can_write(), timeout=3, what="b leads")
+            set_load(emu, [bucket(512, 128, 30.0)])
+            await wait_for(lambda: replicas(emu, "llama-a40") == 6, what="b re-plans")
+    assert isinstance(LeaderElector, type)
+
+
+async def test_losing_the_lease_stops_writes_at_once(emu: Any, api: Any) -> None:
+    from controller.kubeio import KubeIO
+    from controller.leader import LeaderElector, LeaseSettings
+
+    emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}})
+    now = [1000.0]
+    kube = KubeIO(api)
+    cfg = LeaseSettings(identity="a", lease_duration_s=10, renew_deadline_s=8)
+    a = LeaderElector(kube, cfg, lambda: now[0])
+    b = LeaderElector(kube, LeaseSettings(identity="b", lease_duration_s=10), lambda: now[0])
+    assert await a.try_acquire_or_renew()
+    assert not await b.try_acquire_or_renew()
+    now[0] += 5
+    assert await a.try_acquire_or_renew()  # renewed
+    assert not await b.try_acquire_or_renew()
+    now[0] += 9  # a stops renewing: past its renew deadline it no longer counts as leader
+    assert not a.is_leader()
+    assert not await b.try_acquire_or_renew()  # b saw this record only 9 s ago
+    now[0] += 2
+    assert await b.try_acquire_or_renew()  # not renewed for > lease duration: taken over
+    assert not await a.try_acquire_or_renew()  # a sees b: stays out
+    assert not a.is_leader() and b.is_leader()
+    lease = emu.get("leases.coordination.k8s.io", "gpumix-controller", "gpumix-system")
+    assert lease["spec"]["holderIdentity"] == "b"
+    assert lease["spec"]["leaseTransitions"] == 1
+    # a concurrent write (409) on renewal ends leadership immediately
+    emu.conflict_next("leases.coordination.k8s.io", "gpumix-controller", "gpumix-system")
+    now[0] += 1
+    assert not await b.try_acquire_or_renew()
+    assert not b.is_leader()
