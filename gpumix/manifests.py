@@ -126,8 +126,12 @@ def _split_documents(text: str) -> tuple[list[str], list[str]]:
         if _SEPARATOR.match(line.rstrip("\r\n")):
             seps.append(pending_sep)
             docs.append("".join(current))
-            current = []
-            pending_sep = line
+            rest = line[3:].strip()
+            if rest and not rest.startswith("#"):
+                # content on the marker line (`--- {a: 1}`) belongs to the document
+                current, pending_sep = [line], ""
+            else:
+                current, pending_sep = [], line
         else:
             current.append(line)
     seps.append(pending_sep)
@@ -226,7 +230,10 @@ def load_sources(args: list[str], stdin: TextIO) -> tuple[list[SourceFile], list
     sources: list[SourceFile] = []
     errors: list[InputError] = []
     for arg in args:
-        for path in iter_paths(arg):
+        paths = list(iter_paths(arg))
+        if not paths:
+            errors.append(InputError(arg, "no manifest files (*.yaml, *.yml, *.json) found"))
+        for path in paths:
             try:
                 if path == STDIN:
                     text, name = stdin.read(), "<stdin>"

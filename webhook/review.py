@@ -183,7 +183,15 @@ def review(request: AdmissionRequest, snapshot: Snapshot, policy: Policy, phase:
     old_view = view_of(old_obj, policy) if old_obj else None
     if phase == "mutate":
         return _mutate(obj, view, snapshot, policy, mode)
-    return _validate(view, old_view, snapshot, policy, mode)
+    immutable: list[Finding] = []
+    if isinstance(view, DeploymentView) and isinstance(old_view, DeploymentView) and old_obj:
+        immutable = selector_immutable.check(
+            old_view,
+            view,
+            old_selector=as_mapping(old_obj.get("spec")).get("selector"),
+            new_selector=as_mapping(obj.get("spec")).get("selector"),
+        )
+    return _validate(view, old_view, immutable, snapshot, policy, mode)
 
 
 def _mutate(
@@ -225,13 +233,13 @@ def _mutate(
 def _validate(
     view: DeploymentView | AutoscalerView,
     old_view: View | None,
+    immutable: list[Finding],
     snapshot: Snapshot,
     policy: Policy,
     mode: Mode,
 ) -> Verdict:
     findings = evaluate(view, snapshot, policy)
     if isinstance(view, DeploymentView) and isinstance(old_view, DeploymentView):
-        immutable = selector_immutable.check(old_view, view)
         # An UPDATE is denied for overlaps it creates, not for ones that were already there.
         before = {r for f in selector_overlap.check(old_view, snapshot) for r in f.related}
         findings = [

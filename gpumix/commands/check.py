@@ -206,6 +206,9 @@ def run(
     if args.in_place and not args.fix:
         stderr.write("error: --in-place needs --fix\n")
         return EXIT_INPUT
+    if "-" in args.filename and "-" in args.cluster_state:
+        stderr.write("error: stdin (-) can be given to -f or to --cluster-state, not both\n")
+        return EXIT_INPUT
     if args.in_place and "-" in args.filename:
         stderr.write("error: --in-place cannot rewrite stdin (-f -)\n")
         return EXIT_INPUT

@@ -15,7 +15,7 @@ import base64
 import datetime as dt
 from typing import Any
 
-from .errors import unsupported_media_type
+from .errors import bad_request, unsupported_media_type
 
 MAGIC = b"k8s\x00"
 
@@ -122,8 +122,10 @@ def decode(body: bytes, content_type: str) -> dict[str, Any]:
         if table is None:
             raise unsupported_media_type(f"{content_type} ({api_version}, Kind={kind})")
         obj = _message(_one(unknown, 2, b""), table)
-    except (ValueError, IndexError, UnicodeDecodeError):
-        raise unsupported_media_type(content_type) from None
+    except (ValueError, IndexError, TypeError, AttributeError, UnicodeDecodeError,
+            OverflowError) as exc:
+        raise bad_request(f"the body of the request could not be decoded as protobuf: "
+                          f"{exc}") from None
     obj["apiVersion"], obj["kind"] = api_version, kind
     return obj
 
@@ -233,6 +235,21 @@ def _message(data: bytes, table: Table) -> dict[str, Any]:
             continue
         name, kind = spec
         value = _value(kind, values)
-        if value is not None:
-            out[name] = value
+        if value is None or _omitted(name, value):
+            continue
+        out[name] = value
     return out
+
+
+# Protobuf writes zero values of plain (non-pointer) fields, JSON omits them
+# (`omitempty`). These fields are pointers or not omitempty: their zero is kept.
+KEEP_ZERO = {"replicas", "minReplicas", "maxReplicas", "containerPort", "port",
+             "targetCPUUtilizationPercentage", "averageUtilization", "revisionHistoryLimit",
+             "progressDeadlineSeconds", "terminationGracePeriodSeconds", "immutable",
+             "automountServiceAccountToken", "maxUnavailable", "maxSurge", "targetPort"}
+
+
+def _omitted(name: str, value: Any) -> bool:
+    if name in KEEP_ZERO:
+        return False
+    return value == "" or value is False or (isinstance(value, int) and value == 0)

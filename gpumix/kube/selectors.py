@@ -10,6 +10,7 @@ requirements.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -227,3 +228,18 @@ def shared_requirements(a: Selector, b: Selector) -> list[str]:
     """Human description of the requirements the two selectors have in common."""
     common = set(a.requirements) & set(b.requirements)
     return sorted(Selector((r,)).describe() for r in common)
+
+
+def canonical_selector(raw: object) -> str:
+    """The selector as the API server compares it on UPDATE: ``matchLabels`` as a
+    map (order does not matter), ``matchExpressions`` and their values as lists
+    (order matters)."""
+    if not isinstance(raw, Mapping):
+        return json.dumps(raw, sort_keys=True, default=str)
+    labels = raw.get("matchLabels")
+    exprs = raw.get("matchExpressions")
+    return json.dumps(
+        {"matchLabels": labels or {}, "matchExpressions": exprs or []},
+        sort_keys=True,
+        default=str,
+    )

@@ -605,3 +605,28 @@ def test_kubectl_kustomize_pipe(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     findings: list[dict[str, Any]] = json.loads(proc.stdout)["findings"]
     assert {(f["namespace"], f["name"]) for f in findings} == {("serving", A100), ("serving", A40)}
+
+
+def test_empty_directory_is_an_input_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["check", "-f", str(tmp_path / "empty")]) == 2
+    assert "no manifest files" in capsys.readouterr().err
+
+
+def test_document_on_the_marker_line_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "inline.yaml"
+    f.write_text(
+        "--- {apiVersion: autoscaling/v2, kind: HorizontalPodAutoscaler, "
+        "metadata: {name: h}, spec: {scaleTargetRef: {kind: Deployment, name: d}}}\n"
+    )
+    assert main(["check", "-f", str(f), "-o", "json"]) == 1
+    assert "missing-max-replicas" in capsys.readouterr().out
+
+
+def test_stdin_cannot_feed_both_inputs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "-f", "-", "--cluster-state", "-"]) == 2
+    assert "not both" in capsys.readouterr().err

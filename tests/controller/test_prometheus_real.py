@@ -179,13 +179,15 @@ async def test_controller_plans_from_real_prometheus(
     emu: Any, api: Any, generator: str
 ) -> None:
     with prometheus_server(generator) as prom:
-        promql = 'sum(rate(vllm:request_success_total{model_name="llama"}[10s]))'
+        # rate() over a window that is not yet full of samples underestimates: wait until
+        # the window holds a sample every scrape interval
+        promql = 'min(count_over_time(vllm:request_success_total{model_name="llama"}[6s]))'
 
-        async def has_rate() -> bool:
+        async def window_full() -> bool:
             rows = await query(prom, promql)
-            return bool(rows) and float(rows[0]["value"][1]) > 0
+            return bool(rows) and float(rows[0]["value"][1]) >= 6
 
-        await wait_for(has_rate, timeout=30, what="Prometheus to have request rates")
+        await wait_for(window_full, timeout=40, what="Prometheus to fill the rate window")
         for i in range(2):
             emu.create(node(f"a100-{i}", "A100", 8))
             emu.create(node(f"a40-{i}", "A40", 8))
@@ -195,7 +197,7 @@ async def test_controller_plans_from_real_prometheus(
             "prometheus": {
                 "url": prom,
                 "selector": 'model_name="llama"',
-                "windowSeconds": 10,
+                "windowSeconds": 6,
                 "stalenessSeconds": 30,
             }
         }

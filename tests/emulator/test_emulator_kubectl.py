@@ -198,3 +198,29 @@ async def test_module_entry_point_serves(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
+
+
+async def test_imperative_commands_send_protobuf(kubectl: Kubectl, emu: Emulator) -> None:
+    await kubectl("create", "namespace", "team")
+    await kubectl("create", "configmap", "cfg", "--from-literal=a=b", "-n", "team")
+    await kubectl("create", "secret", "generic", "pw", "--from-literal=p=q", "-n", "team")
+    await kubectl("create", "deployment", "web", "--image=nginx:1.27", "--replicas=0",
+                  "--port=80", "-n", "team")
+    await kubectl("autoscale", "deployment", "web", "--max=5", "-n", "team")
+    await kubectl("create", "serviceaccount", "bot", "-n", "team")
+    await kubectl("expose", "deployment", "web", "--port=8080", "--target-port=80",
+                  "--name=websvc", "-n", "team")
+    cfg = emu.get("configmaps", "cfg", "team")
+    assert cfg is not None and cfg["data"] == {"a": "b"}
+    secret = emu.get("secrets", "pw", "team")
+    assert secret is not None and secret["data"] == {"p": "cQ=="}
+    dep = emu.get("deployments", "web", "team")
+    assert dep is not None and dep["spec"]["replicas"] == 0
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "nginx:1.27"
+    assert container["ports"] == [{"containerPort": 80, "protocol": "TCP"}]
+    hpa = emu.get("hpa", "web", "team")
+    assert hpa is not None and hpa["spec"]["maxReplicas"] == 5
+    svc = emu.get("services", "websvc", "team")
+    assert svc is not None and svc["spec"]["ports"][0]["targetPort"] == 80
+    assert emu.get("serviceaccounts", "bot", "team") is not None

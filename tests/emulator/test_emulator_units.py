@@ -151,3 +151,13 @@ async def test_random_requests_never_500(method: str, path: str, ctype: str,
     assert resp.status < 500, resp.body
     if resp.status >= 400:
         assert resp.body["kind"] == "Status" and resp.body["code"] == resp.status
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=64))
+async def test_random_protobuf_bodies_never_500(data: bytes) -> None:
+    emu = Emulator()
+    for body in (data, b"k8s\x00" + data):
+        resp = await emu.request("POST", "/api/v1/namespaces/default/configmaps", body,
+                                 content_type="application/vnd.kubernetes.protobuf")
+        assert resp.status < 500, resp.body

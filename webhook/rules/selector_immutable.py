@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from gpumix.kube.objects import DeploymentView
+from gpumix.kube.selectors import canonical_selector
 from webhook.rules.base import Finding
 
 RULE = "selector-immutable"
 
 
-def check(old: DeploymentView, new: DeploymentView) -> list[Finding]:
-    if old.selector == new.selector and old.selector_error is None:
-        return []
-    if set(old.selector.requirements) == set(new.selector.requirements):
+def check(
+    old: DeploymentView, new: DeploymentView, *, old_selector: object, new_selector: object
+) -> list[Finding]:
+    """``old_selector``/``new_selector`` are the raw ``spec.selector`` values: the API
+    server compares them as written (``matchLabels`` rewritten as an equivalent
+    ``In`` expression, or reordered expressions, are changes too)."""
+    if canonical_selector(old_selector) == canonical_selector(new_selector):
         return []
     return [
         Finding(

@@ -90,12 +90,29 @@ def test_selector_that_does_not_select_its_own_template_is_invalid() -> None:
     assert "does not match" in got[0].message
 
 
+def immutable(old_sel: dict[str, Any], new_sel: dict[str, Any]) -> list[Any]:
+    return selector_immutable.check(
+        dep(old_sel), dep(new_sel), old_selector=old_sel, new_selector=new_sel
+    )
+
+
+def test_selector_immutable_compares_as_the_api_server_does() -> None:
+    base = {"matchLabels": {"app": "engine", "tier": "gpu"}}
+    assert immutable(base, {"matchLabels": {"tier": "gpu", "app": "engine"}}) == []
+    # an equivalent In expression is still a change of the field
+    as_expr = {"matchExpressions": [{"key": "app", "operator": "In", "values": ["engine"]}]}
+    assert immutable({"matchLabels": {"app": "engine"}}, as_expr) != []
+    two = [
+        {"key": "a", "operator": "Exists"},
+        {"key": "b", "operator": "In", "values": ["x", "y"]},
+    ]
+    assert immutable({"matchExpressions": two}, {"matchExpressions": two[::-1]}) != []
+
+
 def test_selector_immutable() -> None:
-    old = dep({"matchLabels": {"app": "engine"}})
-    same = dep({"matchLabels": {"app": "engine"}})
-    assert selector_immutable.check(old, same) == []
-    changed = dep({"matchLabels": {"app": "engine", "gpumix.io/deployment": "engine"}})
-    got = selector_immutable.check(old, changed)
+    old_sel = {"matchLabels": {"app": "engine"}}
+    assert immutable(old_sel, {"matchLabels": {"app": "engine"}}) == []
+    got = immutable(old_sel, {"matchLabels": {"app": "engine", "gpumix.io/deployment": "engine"}})
     assert [(f.rule, f.severity) for f in got] == [("selector-immutable", "error")]
     msg = got[0].message
     assert "immutable" in msg and "recreate" in msg

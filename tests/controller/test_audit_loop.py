@@ -1,0 +1,97 @@
+"""The audit loop: the webhook's rules over the whole cluster, Events, metric, PolicyReports."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from controller_helpers import deployment, hpa, node, running, settings, wait_for
+from prometheus_client import generate_latest
+
+POLICY_REPORT_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "policyreports.wgpolicyk8s.io"},
+    "spec": {
+        "group": "wgpolicyk8s.io",
+        "scope": "Namespaced",
+        "names": {
+            "kind": "PolicyReport",
+            "plural": "policyreports",
+            "singular": "policyreport",
+            "shortNames": ["polr"],
+        },
+        "versions": [
+            {
+                "name": "v1alpha2",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def racy_cluster(emu: Any) -> None:
+    """What admission cannot catch: an overlapping pair and a ceiling-less HPA (stored directly)."""
+    emu.create(node("a100-0", "A100", 8))
+    emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}})
+    emu.create(deployment("llama-a100", "A100", namespace="team-a", isolated=False))
+    emu.create(deployment("llama-a40", "A40", namespace="team-a", isolated=False))
+    emu.create(deployment("ok-a100", "A100", model="ok"))
+    bad = hpa("ok-a100", "ok-a100", 5)
+    del bad["spec"]["maxReplicas"]
+    emu.create(bad)
+
+
+async def test_audit_reports_events_metric_and_policy_reports(emu: Any, api: Any) -> None:
+    emu.create(POLICY_REPORT_CRD)
+    racy_cluster(emu)
+    async with running(api, settings(audit_interval_s=0.3)) as run:
+        auditor = run.controller.auditor
+        await wait_for(lambda: len(auditor.last_findings) >= 3, what="audit findings")
+        rules = {(f.rule, f.subject.name) for f in auditor.last_findings}
+        assert ("selector-overlap", "llama-a100") in rules
+        assert ("selector-overlap", "llama-a40") in rules
+        assert ("missing-max-replicas", "ok-a100") in rules
+
+        def reports() -> dict[str, Any]:
+            return {
+                r["metadata"]["namespace"]: r for r in emu.list("policyreports.wgpolicyk8s.io")
+            }
+
+        await wait_for(lambda: {"team-a", "default"} <= set(reports()), what="PolicyReports")
+        team = reports()["team-a"]
+        assert team["summary"]["fail"] == 2
+        assert {r["rule"] for r in team["results"]} == {"selector-overlap"}
+        assert team["results"][0]["resources"][0]["kind"] == "Deployment"
+        events = [e for e in emu.list("events", "team-a") if e["reason"] == "AuditFinding"]
+        assert {e["involvedObject"]["name"] for e in events} == {"llama-a100", "llama-a40"}
+        text = generate_latest(run.controller.metrics.registry).decode()
+        assert (
+            'gpumix_audit_findings{namespace="team-a",rule="selector-overlap",severity="error"} 2.0'
+            in text
+        )
+        # later audits do not repeat Events for the same findings
+        count = len(emu.list("events", "team-a"))
+        await asyncio.sleep(0.7)  # two more audits
+        assert len(emu.list("events", "team-a")) == count
+        emu.delete("deployments.apps", "llama-a40", "team-a")
+        await wait_for(
+            lambda: reports()["team-a"]["summary"]["fail"] == 0, what="the report to empty"
+        )
+        assert len(emu.list("events", "team-a")) == count
+        assert "selector-overlap" not in generate_latest(run.controller.metrics.registry).decode()
+
+
+async def test_audit_without_policy_report_crd(emu: Any, api: Any) -> None:
+    racy_cluster(emu)
+    async with running(api, settings(audit_interval_s=0.3)) as run:
+        await wait_for(lambda: len(run.controller.auditor.last_findings) >= 3, what="findings")
+        assert any(e["reason"] == "AuditFinding" for e in emu.list("events", "team-a"))
