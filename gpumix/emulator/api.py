@@ -199,7 +199,7 @@ class Api:
         if m == "GET":
             if not t.name:
                 if q.get("watch") in ("1", "true", "True"):
-                    return self._watch(t, q)
+                    return self._watch(t, q, req.accept)
                 return self._list(t, q, req.accept)
             if t.sub == "scale":
                 return Response(200, self._scale_of(t.rt, self._current(t)))
@@ -818,7 +818,7 @@ class Api:
         return Response(200, {"kind": t.rt.list_kind, "apiVersion": t.rt.api_version(t.version),
                               "metadata": list_meta, "items": out})
 
-    def _watch(self, t: Target, q: Mapping[str, str]) -> Response:
+    def _watch(self, t: Target, q: Mapping[str, str], accept: str = "") -> Response:
         rt = t.rt
         ns = None if (t.all_namespaces or not rt.namespaced) else t.namespace
         match = self._matcher(q)
@@ -841,8 +841,27 @@ class Api:
                 error = exc.status
         watcher = None if error else self.store.add_watcher(
             rt.key, ns, lambda o: ns is None or o["metadata"].get("namespace") == ns)
-        return Response(200, stream=self._stream(t, ns, match, initial, replay, error,
-                                                 watcher, bookmarks, timeout_s))
+        stream = self._stream(t, ns, match, initial, replay, error, watcher, bookmarks,
+                              timeout_s)
+        if "as=Table" in accept:
+            stream = self._tables(t, q, stream)
+        return Response(200, stream=stream)
+
+    async def _tables(self, t: Target, q: Mapping[str, str],
+                      events: AsyncIterator[Obj]) -> AsyncIterator[Obj]:
+        """Watch events for `kubectl get -w`: each object becomes a one-row Table."""
+        try:
+            async for event in events:
+                if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                    obj = event["object"]
+                    meta = {"resourceVersion": obj["metadata"].get("resourceVersion", "")}
+                    event = {"type": event["type"],
+                             "object": tables.table(t.rt, t.version, [obj], meta, q)}
+                yield event
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def _stream(self, t: Target, ns: str | None, match: Callable[[Obj], bool],
                       initial: list[Obj], replay: list[Change], error: Obj | None,
