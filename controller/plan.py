@@ -744,7 +744,7 @@ def _load_status(load: Load) -> LoadStatus:
         return out
     return {
         "source": load.source,
-        "requestsPerSecond": round(sum(x.rps for x in load.buckets), 6),
+        "requestsPerSecond": float(f"{sum(x.rps for x in load.buckets):.3g}"),
         "buckets": len(load.buckets),
         "observedTime": format_time(load.observed_at),
     }

@@ -688,7 +688,10 @@ def _selected(keys: set[Key], ns: str, name: str) -> bool:
 
 def _status_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
     def strip(s: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in s.items() if k not in VOLATILE_STATUS_KEYS}
+        out = {k: v for k, v in s.items() if k not in VOLATILE_STATUS_KEYS}
+        if isinstance(out.get("load"), dict):
+            out["load"] = {k: v for k, v in out["load"].items() if k != "observedTime"}
+        return out
 
     return strip(old) != strip(new)
 

@@ -154,7 +154,7 @@ class _Lp:
 
     def _solve_once(self, deadline: float, clock: Callable[[], float]) -> bool:
         remaining = max(deadline - clock(), 0.001)
-        self.s.SetTimeLimit(max(1, int(remaining * 1000)))
+        self.s.SetTimeLimit(max(1, int(min(remaining, 1e6) * 1000)))
         st = self.s.Solve()
         return bool(st == pywraplp.Solver.OPTIMAL)
 
@@ -312,7 +312,7 @@ def branch_and_bound(
     open_bound = math.inf
 
     def tol(v: float) -> float:
-        return 1e-9 * max(1.0, abs(v))
+        return 1e-9 * max(1.0, abs(v)) if math.isfinite(v) else 0.0
 
     while heap:
         bound, neg_depth, _, node = heap[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -38,6 +39,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="DIR",
         default=None,
         help="output directory (default: ./simulate-out/SCENARIO)",
+    )
+    p.add_argument(
+        "--plots",
+        metavar="DIR",
+        default=None,
+        help="write the PNG plots here instead of into --out (e.g. docs/img)",
     )
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the scenario's)")
     p.add_argument(
@@ -103,19 +110,21 @@ def run(
         stderr.write(f"error: {exc}\n")
         return EXIT_INPUT
     out = Path(args.out) if args.out else Path("simulate-out") / scenario.name
+    planner = optimizer_planner(profiles, clock=time.perf_counter) if profiles else None
     result = simulate(
         scenario,
         profiles,
-        optimizer_planner(),
+        planner,
         seed=args.seed,
         hours=args.hours,
         progress=_Progress(stderr, not args.quiet),
     )
     try:
-        written = write_report(result, out)
+        written = write_report(result, out, Path(args.plots) if args.plots else None)
     except OSError as exc:
         stderr.write(f"error: cannot write {out}: {exc.strerror or exc}\n")
         return EXIT_INPUT
     stdout.write(text_report(result))
-    stdout.write(f"\nwrote {len(written)} files to {out}/\n")
+    where = f"{out}/" + (f" and {args.plots}/" if args.plots else "")
+    stdout.write(f"\nwrote {len(written)} files to {where}\n")
     return EXIT_HEADLINE if result.headline.holds is False else EXIT_OK

@@ -39,6 +39,7 @@ DEFAULT_USER: Obj = {"username": "kubernetes-admin",
                      "groups": ["system:masters", "system:authenticated"]}
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 CRD_KEY = "customresourcedefinitions.apiextensions.k8s.io"
+ACCESS_REVIEW_KEY = "selfsubjectaccessreviews.authorization.k8s.io"
 # Types whose create keeps the status it was sent with (a kubelet registers a Node with
 # its capacity); other types with a status subresource start with an empty status.
 STATUS_KEPT_ON_CREATE = ("namespaces", "nodes")
@@ -193,9 +194,18 @@ class Api:
 
     async def _dispatch(self, req: Request, t: Target) -> Response:
         m = req.method.upper()
+        q = req.query
+        if not t.sub:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(m)
+            if m == "GET":
+                verb = "get" if t.name else (
+                    "watch" if q.get("watch") in ("1", "true", "True") else "list")
+            elif m == "DELETE":
+                verb = "delete" if t.name else "deletecollection"
+            if verb is not None and verb not in t.rt.verbs:
+                raise errors.method_not_allowed()
         if m in ("POST", "PUT") and req.body and "protobuf" in req.content_type:
             req.body = json.dumps(protobuf.decode(req.body, req.content_type)).encode()
-        q = req.query
         if m == "GET":
             if not t.name:
                 if q.get("watch") in ("1", "true", "True"):
@@ -360,6 +370,12 @@ class Api:
     async def _create(self, t: Target, body: Obj, q: Mapping[str, str], user: Obj,
                       obj: Obj | None = None) -> Response:
         rt = t.rt
+        if rt.key == ACCESS_REVIEW_KEY:
+            # There is no authorization: every user may do everything.
+            review = self._decode_object(t, body)
+            review["status"] = {"allowed": True,
+                                "reason": "the gpumix emulator does not authorize"}
+            return Response(201, review)
         if obj is None:
             obj = self._decode_object(t, body)
         meta = obj["metadata"]
@@ -788,9 +804,11 @@ class Api:
         return match
 
     def _select(self, t: Target, q: Mapping[str, str]) -> list[Obj]:
+        """Stored objects whose served form (at `t.version`) matches the selectors."""
         match = self._matcher(q)
         ns = None if (t.all_namespaces or not t.rt.namespaced) else t.namespace
-        return [o for o in self.store.items(t.rt.key, ns) if match(o)]
+        return [o for o in self.store.items(t.rt.key, ns)
+                if match(self._out(t.rt, o, t.version))]
 
     def _list(self, t: Target, q: Mapping[str, str], accept: str) -> Response:
         items = self._select(t, q)
@@ -825,11 +843,18 @@ class Api:
         rv_param = q.get("resourceVersion") or ""
         bookmarks = q.get("allowWatchBookmarks") in ("1", "true", "True")
         timeout_s = float(q.get("timeoutSeconds") or self.settings.default_watch_timeout_s)
-        initial: list[Obj] = []
+        initial: list[Obj] | None = None
         replay: list[Change] = []
         error: Obj | None = None
-        if rv_param in ("", "0"):
-            initial = [o for o in self.store.items(rt.key, ns) if match(o)]
+        send_initial = q.get("sendInitialEvents")
+        if send_initial in ("true", "True", "1") or (rv_param in ("", "0")
+                                                      and send_initial is None):
+            # The current state as synthetic ADDED events (a "streaming list" when
+            # sendInitialEvents=true: it ends with a marked BOOKMARK).
+            initial = [o for o in self.store.items(rt.key, ns)
+                       if match(self._out(rt, o, t.version))]
+        elif rv_param in ("", "0"):
+            pass
         else:
             try:
                 since = int(rv_param)
@@ -841,8 +866,9 @@ class Api:
                 error = exc.status
         watcher = None if error else self.store.add_watcher(
             rt.key, ns, lambda o: ns is None or o["metadata"].get("namespace") == ns)
-        stream = self._stream(t, ns, match, initial, replay, error, watcher, bookmarks,
-                              timeout_s)
+        end_marker = send_initial in ("true", "True", "1") and bookmarks
+        stream = self._stream(t, ns, match, initial or [], replay, error, watcher, bookmarks,
+                              timeout_s, end_marker)
         if "as=Table" in accept:
             stream = self._tables(t, q, stream)
         return Response(200, stream=stream)
@@ -865,8 +891,8 @@ class Api:
 
     async def _stream(self, t: Target, ns: str | None, match: Callable[[Obj], bool],
                       initial: list[Obj], replay: list[Change], error: Obj | None,
-                      watcher: Any, bookmarks: bool,
-                      timeout_s: float) -> AsyncIterator[Obj]:
+                      watcher: Any, bookmarks: bool, timeout_s: float,
+                      end_marker: bool = False) -> AsyncIterator[Obj]:
         rt, version = t.rt, t.version
         if error is not None:
             yield {"type": "ERROR", "object": error}
@@ -877,8 +903,13 @@ class Api:
         try:
             for obj in initial:
                 yield {"type": "ADDED", "object": self._out(rt, obj, version)}
+            if end_marker:
+                yield {"type": "BOOKMARK", "object": {
+                    "kind": rt.kind, "apiVersion": rt.api_version(version),
+                    "metadata": {"resourceVersion": str(self.store.rv), "annotations": {
+                        "k8s.io/initial-events-end": "true"}}}}
             for change in replay:
-                event = self._event(change, ns, match, version)
+                event = self._event(t, change, ns, match, version)
                 if event is not None:
                     yield event
             next_bookmark = loop.time() + self.settings.bookmark_interval_s
@@ -903,21 +934,19 @@ class Api:
                     if watcher.abort:
                         raise ConnectionAbortedError("watch dropped")
                     return
-                event = self._event(change, ns, match, version)
+                event = self._event(t, change, ns, match, version)
                 if event is not None:
                     yield event
         finally:
             self.store.remove_watcher(watcher)
 
-    def _event(self, change: Change, ns: str | None, match: Callable[[Obj], bool],
-               version: str) -> Obj | None:
-        rt = self.registry.by_key(change.key)
-        if rt is None:
-            return None
+    def _event(self, t: Target, change: Change, ns: str | None,
+               match: Callable[[Obj], bool], version: str) -> Obj | None:
+        rt = t.rt
         if ns is not None and change.obj["metadata"].get("namespace") != ns:
             return None
-        new_hit = match(change.obj)
-        old_hit = change.old is not None and match(change.old)
+        new_hit = match(self._out(rt, change.obj, version))
+        old_hit = change.old is not None and match(self._out(rt, change.old, version))
         kind = change.type
         if kind == "MODIFIED":
             if new_hit and not old_hit:

@@ -38,6 +38,7 @@ HPA_CURRENT_METRICS_ANNOTATION = "autoscaling.alpha.kubernetes.io/current-metric
 HPA_BEHAVIOR_ANNOTATION = "autoscaling.alpha.kubernetes.io/behavior"
 HPA_CONDITIONS_ANNOTATION = "autoscaling.alpha.kubernetes.io/conditions"
 HPA_KEY = "horizontalpodautoscalers.autoscaling"
+EVENTS_KEY = "events.events.k8s.io"
 
 
 # -- conversion -----------------------------------------------------------------------
@@ -48,6 +49,8 @@ def convert(rt: ResourceType, obj: Obj, version: str) -> Obj:
     target = rt.api_version(version)
     if obj.get("apiVersion") == target:
         return obj
+    if rt.key in ("events", EVENTS_KEY):
+        return _convert_event(obj, target)
     if rt.key == HPA_KEY:
         current = str(obj.get("apiVersion", "")).rpartition("/")[2]
         if current == "v2" and version == "v1":
@@ -56,6 +59,30 @@ def convert(rt: ResourceType, obj: Obj, version: str) -> Obj:
             return _hpa_v1_to_v2(obj)
     out = dict(obj)
     out["apiVersion"] = target
+    return out
+
+
+# core/v1 Event field <-> events.k8s.io/v1 Event field (one storage, two shapes).
+EVENT_FIELDS = (
+    ("involvedObject", "regarding"), ("message", "note"), ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"), ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"), ("reportingComponent", "reportingController"),
+)
+
+
+def _convert_event(obj: Obj, target: str) -> Obj:
+    current = obj.get("apiVersion")
+    if current == target:
+        return obj
+    out = {k: v for k, v in obj.items()}
+    to_group = target == "events.k8s.io/v1"
+    for core, group in EVENT_FIELDS:
+        src, dst = (core, group) if to_group else (group, core)
+        if src in out:
+            out[dst] = out.pop(src)
+    out["apiVersion"] = target
+    if not to_group and "source" not in out and out.get("reportingComponent"):
+        out["source"] = {"component": out["reportingComponent"]}
     return out
 
 

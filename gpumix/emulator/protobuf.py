@@ -104,6 +104,14 @@ TYPES: dict[tuple[str, str], Table] = {
     ("v1", "Pod"): {1: ("metadata", ("msg", META)), 2: ("spec", ("msg", POD_SPEC))},
     ("v1", "Service"): SERVICE,
     ("apps/v1", "Deployment"): DEPLOYMENT,
+    ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): {
+        1: ("metadata", ("msg", META)),
+        2: ("spec", ("msg", {
+            1: ("resourceAttributes", ("msg", {
+                1: ("namespace", "str"), 2: ("verb", "str"), 3: ("group", "str"),
+                4: ("version", "str"), 5: ("resource", "str"), 6: ("subresource", "str"),
+                7: ("name", "str")})),
+            2: ("nonResourceAttributes", ("msg", {1: ("path", "str"), 2: ("verb", "str")}))}))},
     ("autoscaling/v2", "HorizontalPodAutoscaler"): HPA_V2,
     ("autoscaling/v1", "HorizontalPodAutoscaler"): HPA_V1,
 }

@@ -116,6 +116,8 @@ BUILTINS: tuple[ResourceType, ...] = (
         "MutatingWebhookConfiguration", False, categories=("api-extensions",)),
     _rt("admissionregistration.k8s.io", ["v1"], "validatingwebhookconfigurations",
         "ValidatingWebhookConfiguration", False, categories=("api-extensions",)),
+    _rt("authorization.k8s.io", ["v1"], "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview", False, verbs=("create",), has_generation=False),
     _rt("apiextensions.k8s.io", ["v1"], "customresourcedefinitions",
         "CustomResourceDefinition", False, short_names=("crd", "crds"),
         categories=("api-extensions",), status=True),

@@ -230,7 +230,9 @@ class Emulator:
         finally:
             self._streams.discard(stream)
             await _aclose(resp.stream)
-        await stream.write_eof()
+        with contextlib.suppress(ConnectionResetError):
+            # the client may have gone away between the last event and the end of stream
+            await stream.write_eof()
         return stream
 
     # -- direct access (no HTTP, no admission) --------------------------------------------

@@ -87,14 +87,19 @@ class Store:
         self.floor = 0
         self.watchers: set[Watcher] = set()
         self.watch_queue_size = watch_queue_size
+        # Resource keys kept in another type's storage (served with conversion).
+        self.aliases: dict[str, str] = {"events.events.k8s.io": "events"}
 
     # -- reads ------------------------------------------------------------------------
 
+    def storage_key(self, key: str) -> str:
+        return self.aliases.get(key, key)
+
     def get(self, key: str, namespace: str, name: str) -> Obj | None:
-        return self._data.get(key, {}).get((namespace, name))
+        return self._data.get(self.storage_key(key), {}).get((namespace, name))
 
     def items(self, key: str, namespace: str | None = None) -> Iterator[Obj]:
-        bucket = self._data.get(key, {})
+        bucket = self._data.get(self.storage_key(key), {})
         if namespace is None:
             for k in sorted(bucket):
                 yield bucket[k]
@@ -103,7 +108,7 @@ class Store:
                 yield bucket[k]
 
     def count(self, key: str) -> int:
-        return len(self._data.get(key, {}))
+        return len(self._data.get(self.storage_key(key), {}))
 
     # -- writes -----------------------------------------------------------------------
 
@@ -115,20 +120,20 @@ class Store:
         """Store a new object; fills uid, creationTimestamp and resourceVersion."""
         meta = obj["metadata"]
         ns, name = meta.get("namespace", "") if rt.namespaced else "", meta["name"]
-        bucket = self._data.setdefault(rt.key, {})
+        bucket = self._data.setdefault(self.storage_key(rt.key), {})
         if (ns, name) in bucket:
             raise already_exists(rt.plural, rt.group, name)
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", timestamp(self.clock()))
         meta["resourceVersion"] = str(self._next_rv())
         bucket[(ns, name)] = obj
-        self._record(Change(self.rv, rt.key, "ADDED", obj, None))
+        self._record(Change(self.rv, self.storage_key(rt.key), "ADDED", obj, None))
         return obj
 
     def replace(self, rt: ResourceType, obj: Obj, expected_rv: str | None) -> Obj:
         meta = obj["metadata"]
         ns, name = meta.get("namespace", "") if rt.namespaced else "", meta["name"]
-        bucket = self._data.get(rt.key, {})
+        bucket = self._data.get(self.storage_key(rt.key), {})
         old = bucket.get((ns, name))
         if old is None:
             raise not_found(rt.plural, rt.group, name)
@@ -136,21 +141,21 @@ class Store:
             raise conflict(rt.plural, rt.group, name)
         meta["resourceVersion"] = str(self._next_rv())
         bucket[(ns, name)] = obj
-        self._record(Change(self.rv, rt.key, "MODIFIED", obj, old))
+        self._record(Change(self.rv, self.storage_key(rt.key), "MODIFIED", obj, old))
         return obj
 
     def remove(self, rt: ResourceType, namespace: str, name: str) -> Obj:
-        bucket = self._data.get(rt.key, {})
+        bucket = self._data.get(self.storage_key(rt.key), {})
         old = bucket.pop((namespace if rt.namespaced else "", name), None)
         if old is None:
             raise not_found(rt.plural, rt.group, name)
         gone_obj = copy.copy(old)
         gone_obj["metadata"] = dict(old["metadata"], resourceVersion=str(self._next_rv()))
-        self._record(Change(self.rv, rt.key, "DELETED", gone_obj, old))
+        self._record(Change(self.rv, self.storage_key(rt.key), "DELETED", gone_obj, old))
         return gone_obj
 
     def drop_type(self, key: str) -> None:
-        self._data.pop(key, None)
+        self._data.pop(self.storage_key(key), None)
 
     def _record(self, change: Change) -> None:
         self.history.append(change)
@@ -171,11 +176,13 @@ class Store:
         """Changes after `rv`; raises 410 when the window no longer reaches back that far."""
         if rv < self.floor:
             raise gone(f"too old resource version: {rv} ({self.floor + 1})")
+        key = self.storage_key(key)
         return [c for c in self.history if c.rv > rv and c.key == key]
 
     def add_watcher(self, key: str, namespace: str | None,
                     match: Callable[[Obj], bool]) -> Watcher:
-        w = Watcher(key, namespace, match, asyncio.Queue(self.watch_queue_size))
+        w = Watcher(self.storage_key(key), namespace, match,
+                    asyncio.Queue(self.watch_queue_size))
         self.watchers.add(w)
         return w
 

@@ -7,15 +7,17 @@ Each step (``stepSeconds``, one minute by default), in this order:
    histogram of the last ``controller.windowMinutes``, asks the optimizer for the
    cheapest mix that serves it (availability = free GPUs of each type plus the GPUs
    its own pods hold; ceilings = the Deployment's autoscaler ceiling when it has one),
-   and scales the per-GPU-type Deployments; when the plan fails it keeps the current
-   replicas (fail static);
+   and scales the per-GPU-type Deployments (down only to the highest plan of the last
+   ``controller.scaleDownStabilizationMinutes``); when the plan fails it keeps the
+   current replicas (fail static);
 3. each autoscaler runs its HPA-like rule on the utilisation measured in the previous
    step (see :class:`SimAutoscaler`);
 4. the ReplicaSet controller and the scheduler create, delete and place pods;
 5. the router sends this step's requests to the Ready pods (see
    :class:`gpumix.simulate.cluster.Router`) and the step is recorded.
 
-Before the first step the scenario's manifests are applied in order, optionally
+Before the first step the scenario's manifests are applied in order (their first
+pods are Ready when the run starts), optionally
 fixed first as ``gpumix check --fix`` fixes them and optionally through gpumix's
 admission review (the webhook's pure core) in enforce mode.
 """
@@ -265,6 +267,7 @@ class Trace:
     utilisation: dict[str, FloatArray]
     """Per GPU type: load / Ready capacity."""
     free_gpus: dict[str, FloatArray]
+    """Per node pool with GPUs."""
     free_cpus: dict[str, FloatArray]
     """Per node pool."""
     ceilings: dict[str, int | None]
@@ -354,7 +357,7 @@ def run_variant(
         ready={n: np.zeros(steps) for n in names},
         pending={n: np.zeros(steps) for n in names},
         utilisation={g: np.zeros(steps) for g in routed_types},
-        free_gpus={p.name: np.zeros(steps) for p in scenario.pools},
+        free_gpus={p.name: np.zeros(steps) for p in scenario.pools if p.gpus > 0},
         free_cpus={p.name: np.zeros(steps) for p in scenario.pools},
         ceilings={
             (s.view.target.name if s.view.target else s.view.name): s.ceiling for s in scalers
@@ -362,9 +365,12 @@ def run_variant(
         deployment_types={n: d.gpu_type or "cpu" for n, d in cluster.deployments.items()},
         admission=events,
     )
+    # the manifests were applied before the run: their first pods are already Ready
+    cluster.reconcile(-max((d.startup_s for d in cluster.deployments.values()), default=0.0))
     controller = scenario.controller
     interval = round(controller.interval_minutes / step_min) if controller else 0
     utilisation: dict[str, float] = dict.fromkeys(routed_types, 0.0)
+    plan_history: dict[str, deque[tuple[float, int]]] = {}
 
     for k in range(steps):
         now = float(minutes[k] * 60.0)
@@ -386,6 +392,7 @@ def run_variant(
                 seed,
                 trace,
                 capacity,
+                plan_history,
             )
         for scaler in scalers:
             want = scaler.desired(cluster, utilisation, now)
@@ -414,7 +421,8 @@ def run_variant(
             trace.pending[name][k] = sum(1 for p in dep.pods if p.pending)
         for pool in scenario.pools:
             gpus, cpus = cluster.pool_usage(pool)
-            trace.free_gpus[pool.name][k] = gpus
+            if pool.name in trace.free_gpus:
+                trace.free_gpus[pool.name][k] = gpus
             trace.free_cpus[pool.name][k] = cpus
         trace.cost_per_hour[k] = cluster.cost_per_hour()
         if progress is not None:
@@ -435,6 +443,7 @@ def _control(
     seed: int,
     trace: Trace,
     capacity: Mapping[str, FloatArray],
+    history: dict[str, deque[tuple[float, int]]],
 ) -> None:
     allowed = variant.controller_types or settings.types
     by_type: dict[str, SimDeployment] = {}
@@ -479,8 +488,17 @@ def _control(
     trace.plans.append((minute, outcome.status, outcome.cost_per_hour, outcome.message))
     if outcome.replicas is None:
         return  # fail static: keep the current replicas
+    window_s = settings.scale_down_stabilization_minutes * 60.0
+    now = minute * 60.0
     for g, dep in by_type.items():
-        cluster.scale(dep.name, int(outcome.replicas.get(g, 0)) if g in types else 0)
+        planned = int(outcome.replicas.get(g, 0)) if g in types else 0
+        past = history.setdefault(g, deque())
+        past.append((now, planned))
+        while past and past[0][0] < now - window_s:
+            past.popleft()
+        # scale down only to the highest plan of the stabilization window
+        applied = planned if g not in types else max(n for _, n in past)
+        cluster.scale(dep.name, applied)
 
 
 # -- summaries ------------------------------------------------------------------------------
@@ -500,6 +518,8 @@ class VariantSummary:
     minutes_without_free_gpus: Mapping[str, float]
     min_free_cpus: Mapping[str, float]
     replica_minutes: Mapping[str, float]
+    """Per Deployment: Ready replicas integrated over time."""
+    peak_pending_by_deployment: Mapping[str, int]
     plans: Mapping[str, int]
     admission: tuple[AdmissionEvent, ...]
 
@@ -517,6 +537,7 @@ class VariantSummary:
             "minutes_without_free_gpus": dict(self.minutes_without_free_gpus),
             "min_free_cpus": {k: round(v, 3) for k, v in self.min_free_cpus.items()},
             "replica_minutes": {k: round(v, 3) for k, v in self.replica_minutes.items()},
+            "peak_pending_by_deployment": dict(self.peak_pending_by_deployment),
             "plan_statuses": dict(self.plans),
             "admission": [
                 {"kind": e.kind, "name": e.name, "verdict": e.verdict, "message": e.message}
@@ -548,6 +569,7 @@ def summarise(trace: Trace) -> VariantSummary:
         },
         min_free_cpus={n: float(v.min(initial=math.inf)) for n, v in trace.free_cpus.items()},
         replica_minutes={n: float(v.sum() * step_min) for n, v in trace.ready.items()},
+        peak_pending_by_deployment={n: int(v.max(initial=0)) for n, v in trace.pending.items()},
         plans=statuses,
         admission=tuple(trace.admission),
     )

@@ -81,7 +81,15 @@ def _ceiling(without: VariantSummary, with_: VariantSummary) -> HeadlineResult:
             f"asked for up to {peak_without} replicas; with gpumix the webhook injected "
             f"maxReplicas={ceiling} and it peaked at {peak_with}"
         )
+    bystanders = [n for n in without.peak_pending_by_deployment if n not in with_.ceilings]
     for name, s in (("without gpumix", without), ("with gpumix", with_)):
+        starved = [
+            f"{n} {s.peak_pending_by_deployment[n]}"
+            for n in bystanders
+            if s.peak_pending_by_deployment.get(n, 0) > 0
+        ]
+        if starved:
+            lines.append(f"{name}: other workloads left Pending (peak pods): {', '.join(starved)}")
         gpu_pools = {k: v for k, v in s.minutes_without_free_gpus.items() if k in s.min_free_gpus}
         exhausted = ", ".join(f"{k} {v:g} min" for k, v in gpu_pools.items() if v > 0) or "never"
         lines.append(
@@ -96,6 +104,9 @@ def _ceiling(without: VariantSummary, with_: VariantSummary) -> HeadlineResult:
             "min_free_cpus": dict(s.min_free_cpus),
             "slo_attainment": s.slo_attainment,
             "cost": s.cost,
+            "other_workloads_peak_pending": {
+                n: s.peak_pending_by_deployment.get(n, 0) for n in bystanders
+            },
         }
     holds = holds_with and exceeded_without
     lines.insert(

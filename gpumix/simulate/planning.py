@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpumix.simulate.engine import PlanOutcome, PlanRequest, Planner, Profiles
+from gpumix.simulate.engine import Planner, PlanOutcome, PlanRequest, Profiles
 from gpumix.simulate.scenario import Scenario
 from optimizer import Bucket, GpuOption, Problem, solve
 
@@ -74,9 +74,7 @@ def read_profile_dir(path: Path) -> Profiles:
     return profiles_from_points(table)
 
 
-def optimizer_planner(
-    profiles: Profiles, *, clock: Clock = time.perf_counter
-) -> Planner:
+def optimizer_planner(profiles: Profiles, *, clock: Clock = time.perf_counter) -> Planner:
     """A planner that builds an optimizer :class:`~optimizer.Problem` and solves it."""
     buckets = buckets_of(profiles)
 

@@ -224,16 +224,19 @@ def text_report(result: ScenarioResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(result: ScenarioResult, out: Path) -> list[Path]:
-    """Write plots, ``summary.json`` and ``report.txt`` into ``out``; return the paths."""
+def write_report(result: ScenarioResult, out: Path, plots: Path | None = None) -> list[Path]:
+    """Write ``summary.json`` and ``report.txt`` into ``out`` and the plots into ``plots``
+    (default: ``out`` too); return the paths written."""
+    plots = out if plots is None else plots
     out.mkdir(parents=True, exist_ok=True)
+    plots.mkdir(parents=True, exist_ok=True)
     name = result.scenario.name
     written = [
-        plot_load(result, out / f"{name}-load.png"),
-        plot_replicas(result, out / f"{name}-replicas.png"),
-        plot_cost(result, out / f"{name}-cost.png"),
-        plot_slo(result, out / f"{name}-slo.png"),
-        plot_cluster(result, out / f"{name}-cluster.png"),
+        plot_load(result, plots / f"{name}-load.png"),
+        plot_replicas(result, plots / f"{name}-replicas.png"),
+        plot_cost(result, plots / f"{name}-cost.png"),
+        plot_slo(result, plots / f"{name}-slo.png"),
+        plot_cluster(result, plots / f"{name}-cluster.png"),
     ]
     summary = out / "summary.json"
     summary.write_text(json.dumps(summary_dict(result), indent=2) + "\n", encoding="utf-8")

@@ -86,6 +86,8 @@ class ControllerSettings:
     headroom: float = 0.1
     """Keep this share of each replica's capacity free (absorbs bursts between plans)."""
     churn_weight: float = 0.0
+    scale_down_stabilization_minutes: float = 0.0
+    """Scale down only to the highest plan of this many past minutes."""
     time_limit_s: float = 10.0
     min_replicas: int = 0
     max_replicas: int | None = None
@@ -339,6 +341,7 @@ def _controller(doc: Mapping[str, Any]) -> ControllerSettings | None:
             "windowMinutes",
             "headroom",
             "churnWeight",
+            "scaleDownStabilizationMinutes",
             "timeLimitSeconds",
             "minReplicas",
             "maxReplicas",
@@ -358,6 +361,9 @@ def _controller(doc: Mapping[str, Any]) -> ControllerSettings | None:
         window_minutes=_number(raw, "windowMinutes", where, base.window_minutes, minimum=1),
         headroom=headroom,
         churn_weight=_number(raw, "churnWeight", where, base.churn_weight),
+        scale_down_stabilization_minutes=_number(
+            raw, "scaleDownStabilizationMinutes", where, base.scale_down_stabilization_minutes
+        ),
         time_limit_s=_number(raw, "timeLimitSeconds", where, base.time_limit_s, minimum=0.01),
         min_replicas=_int(raw, "minReplicas", where, base.min_replicas),
         max_replicas=max_replicas,

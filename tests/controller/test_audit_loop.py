@@ -62,9 +62,7 @@ async def test_audit_reports_events_metric_and_policy_reports(emu: Any, api: Any
         assert ("missing-max-replicas", "ok-a100") in rules
 
         def reports() -> dict[str, Any]:
-            return {
-                r["metadata"]["namespace"]: r for r in emu.list("policyreports.wgpolicyk8s.io")
-            }
+            return {r["metadata"]["namespace"]: r for r in emu.list("policyreports.wgpolicyk8s.io")}
 
         await wait_for(lambda: {"team-a", "default"} <= set(reports()), what="PolicyReports")
         team = reports()["team-a"]

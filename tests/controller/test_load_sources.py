@@ -125,7 +125,10 @@ async def test_stale_load_keeps_replicas(
         )
         assert (replicas(emu, "llama-a100"), replicas(emu, "llama-a40")) == (3, 4)
         assert condition(gmx_status(emu), "Scaling")["reason"] == "LoadUnavailable"
-        assert any(e["reason"] == "LoadStale" for e in emu.list("events", "default"))
+        await wait_for(
+            lambda: any(e["reason"] == "LoadStale" for e in emu.list("events", "default")),
+            what="a LoadStale Event",
+        )
         # fresh data again: the plan applies (10 req/s of small requests: 2 A40, 0 A100)
         fake.newest = time.time()
         await wait_for(

@@ -175,9 +175,7 @@ async def query(url: str, promql: str) -> list[Any]:
     return list(body.get("data", {}).get("result", []))
 
 
-async def test_controller_plans_from_real_prometheus(
-    emu: Any, api: Any, generator: str
-) -> None:
+async def test_controller_plans_from_real_prometheus(emu: Any, api: Any, generator: str) -> None:
     with prometheus_server(generator) as prom:
         # rate() over a window that is not yet full of samples underestimates: wait until
         # the window holds a sample every scrape interval
@@ -205,8 +203,10 @@ async def test_controller_plans_from_real_prometheus(
         solver = GreedySolver()
         async with running(api, settings(), solver=solver):
             await wait_for(
-                lambda: condition(gmx_status(emu), "LoadAvailable").get("status") == "True"
-                and gmx_status(emu).get("solverStatus") == "OPTIMAL",
+                lambda: (
+                    condition(gmx_status(emu), "LoadAvailable").get("status") == "True"
+                    and gmx_status(emu).get("solverStatus") == "OPTIMAL"
+                ),
                 timeout=20,
                 what="a plan from Prometheus load",
             )
@@ -221,8 +221,10 @@ async def test_controller_plans_from_real_prometheus(
             assert abs(shares[(128.0, 64.0)] / total - 0.75 * 0.5) < 0.1
             assert abs(shares[(2048.0, 512.0)] / total - 0.25 * 0.5) < 0.1
             await wait_for(
-                lambda: replicas(emu, "llama-a100") == solver.calls[-1][1].replicas["A100"]
-                and replicas(emu, "llama-a40") == solver.calls[-1][1].replicas["A40"],
+                lambda: (
+                    replicas(emu, "llama-a100") == solver.calls[-1][1].replicas["A100"]
+                    and replicas(emu, "llama-a40") == solver.calls[-1][1].replicas["A40"]
+                ),
                 what="replicas of the plan",
             )
             assert solution.replicas["A40"] >= 1

@@ -34,15 +34,19 @@ async def test_static_load_ends_with_the_solvers_replicas(emu: Any, api: Any) ->
     solver = GreedySolver()
     async with running(api, settings(), solver=solver):
         status = await wait_for(
-            lambda: condition(gmx_status(emu), "Scaling").get("reason") == "Scaled"
-            or condition(gmx_status(emu), "Scaling").get("reason") == "Stable",
+            lambda: (
+                condition(gmx_status(emu), "Scaling").get("reason") == "Scaled"
+                or condition(gmx_status(emu), "Scaling").get("reason") == "Stable"
+            ),
             what="a plan",
         )
         assert status
         _, sol = solver.calls[-1]
         await wait_for(
-            lambda: replicas(emu, "llama-a100") == sol.replicas["A100"]
-            and replicas(emu, "llama-a40") == sol.replicas["A40"],
+            lambda: (
+                replicas(emu, "llama-a100") == sol.replicas["A100"]
+                and replicas(emu, "llama-a40") == sol.replicas["A40"]
+            ),
             what="replicas of the plan",
         )
         st = gmx_status(emu)
@@ -136,9 +140,7 @@ async def test_bad_specs_become_conditions_and_events(emu: Any, api: Any) -> Non
     emu.create(deployment("other-a40", "A40", model="shared", isolated=False))
     emu.create(gpumix("unknown-price", prices={"A100": 2.0, "A40": 0.8, "H200": 9.0}))
     emu.create(gpumix("overlap", model="shared"))
-    emu.create(
-        gpumix("no-profiles", profiles={"configMapRef": {"name": "missing-profiles"}})
-    )
+    emu.create(gpumix("no-profiles", profiles={"configMapRef": {"name": "missing-profiles"}}))
     # valid for the CRD schema, not for the parser: minReplicas above maxReplicas
     emu.create(
         gpumix("bad-field", extra={"gpuTypes": {"A100": {"minReplicas": 5, "maxReplicas": 2}}})
@@ -162,8 +164,7 @@ async def test_bad_specs_become_conditions_and_events(emu: Any, api: Any) -> Non
         assert "other-a100" in msg and "other-a40" in msg
         assert "missing-profiles" in condition(gmx_status(emu, "no-profiles"), "Ready")["message"]
         await wait_for(
-            lambda: {e["reason"] for e in emu.list("events", "default")}
-            >= set(expected.values()),
+            lambda: {e["reason"] for e in emu.list("events", "default")} >= set(expected.values()),
             what="one Warning Event per bad GPUMix",
         )
         warnings = [e for e in emu.list("events", "default") if e["type"] == "Warning"]
@@ -181,18 +182,15 @@ async def test_two_controllers_only_the_leader_writes(emu: Any) -> None:
     from controller.leader import LeaderElector
 
     cluster(emu)
-    emu.create(
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}}
-    )
+    emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}})
     emu.create(gpumix(load=[bucket(512, 128, 10.0)]))
-    lease = dict(leader_election=True, lease_duration_s=2.0, renew_deadline_s=1.5,
-                 retry_period_s=0.2)
+    lease = dict(
+        leader_election=True, lease_duration_s=2.0, renew_deadline_s=1.5, retry_period_s=0.2
+    )
     async with emu.api_client() as api_a, emu.api_client() as api_b:
         async with running(api_a, settings(identity="a", **lease), solver=GreedySolver()) as a:
             await wait_for(lambda: a.controller.can_write(), what="a leads")
-            async with running(
-                api_b, settings(identity="b", **lease), solver=GreedySolver()
-            ) as b:
+            async with running(api_b, settings(identity="b", **lease), solver=GreedySolver()) as b:
                 await wait_for(lambda: replicas(emu, "llama-a40") == 2, what="a scales")
                 set_load(emu, [bucket(512, 128, 20.0)])
                 await wait_for(lambda: replicas(emu, "llama-a40") == 4, what="a re-plans")
@@ -245,3 +243,36 @@ async def test_losing_the_lease_stops_writes_at_once(emu: Any, api: Any) -> None
     now[0] += 1
     assert not await b.try_acquire_or_renew()
     assert not b.is_leader()
+
+
+async def test_optimizer_plan_is_applied(emu: Any, api: Any) -> None:
+    """With the real optimizer (OR-Tools), the members end at the optimizer's replicas."""
+    from controller.optimize import solve_mix
+    from controller.plan import MixProblem, MixSolution
+
+    calls: list[tuple[MixProblem, MixSolution]] = []
+
+    def recording(problem: MixProblem) -> MixSolution:
+        solution = solve_mix(problem)
+        calls.append((problem, solution))
+        return solution
+
+    cluster(emu)
+    emu.create(gpumix(load=[bucket(512, 128, 30.0), bucket(2048, 512, 3.0)]))
+    async with running(api, settings(), solver=recording):
+        await wait_for(lambda: gmx_status(emu).get("solverStatus"), what="a solve")
+        _problem, solution = calls[-1]
+        assert solution.status == "OPTIMAL", solution.message
+        await wait_for(
+            lambda: (
+                replicas(emu, "llama-a100") == solution.replicas["A100"]
+                and replicas(emu, "llama-a40") == solution.replicas["A40"]
+            ),
+            what="the optimizer's replicas",
+        )
+        st = gmx_status(emu)
+        assert st["costPerHour"] == round(solution.cost_per_hour or 0, 4)
+        assert st["bestSingleTypeCostPerHour"] >= st["costPerHour"]
+        # capacity check against the profiles: every bucket is served
+        capacity = 10.0 * solution.replicas["A100"] + 5.0 * solution.replicas["A40"]
+        assert capacity >= 30.0

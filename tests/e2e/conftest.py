@@ -37,6 +37,7 @@ from pathlib import Path
 import pytest
 
 from .envtest import Envtest, EnvtestError, ensure_binaries, pinned_kubernetes_version
+from .gpumix_env import Obj, Webhook, install_prerequisites, render_manifests, start_webhook, stop_webhook
 
 _HERE = Path(__file__).resolve().parent
 _build_result: Path | EnvtestError | None = None
@@ -102,3 +103,27 @@ def namespace(apiserver: Envtest) -> str:
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     apiserver.kubectl("create", "namespace", name)
     return name
+
+
+# --------------------------------------------------------------------------- gpumix installed
+
+
+@pytest.fixture(scope="session")
+def gpumix_manifests(apiserver: Envtest) -> list[Obj]:
+    """The rendered ``manifests/overlays/enforce``, with its Namespace, CRD, ServiceAccounts
+    and RBAC applied (and the test CRDs of KEDA and AIBrix installed)."""
+    objects = render_manifests()
+    apiserver.install_crds()
+    install_prerequisites(apiserver, objects)
+    return objects
+
+
+@pytest.fixture(scope="module")
+def gpumix_webhook(apiserver: Envtest, gpumix_manifests: list[Obj]) -> Iterator[Webhook]:
+    """``gpumix webhook`` running and registered through the shipped configurations for
+    the tests of one module; unregistered afterwards, so other modules see a bare server."""
+    webhook = start_webhook(apiserver, gpumix_manifests)
+    try:
+        yield webhook
+    finally:
+        stop_webhook(webhook)

@@ -224,3 +224,32 @@ async def test_imperative_commands_send_protobuf(kubectl: Kubectl, emu: Emulator
     svc = emu.get("services", "websvc", "team")
     assert svc is not None and svc["spec"]["ports"][0]["targetPort"] == 80
     assert emu.get("serviceaccounts", "bot", "team") is not None
+
+
+async def test_get_watch(kubectl: Kubectl, emu: Emulator) -> None:
+    emu.create({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "first", "namespace": "default"}, "data": {"a": "1"}})
+
+    async def later() -> None:
+        await asyncio.sleep(1.0)
+        emu.create({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "second", "namespace": "default"}})
+
+    task = asyncio.create_task(later())
+    _, out, _ = await kubectl("get", "configmaps", "-w", "--output-watch-events",
+                              "--request-timeout=3s")
+    await task
+    rows = [line.split()[:3] for line in out.strip().splitlines()]
+    assert rows == [["EVENT", "NAME", "DATA"], ["ADDED", "first", "1"],
+                    ["ADDED", "second", "0"]]
+
+
+async def test_wait_and_auth(kubectl: Kubectl, emu: Emulator) -> None:
+    await kubectl("create", "deployment", "web", "--image=nginx:1.27")
+    _, out, _ = await kubectl("wait", "--for=jsonpath={.spec.replicas}=1", "deploy/web",
+                              "--timeout=5s")
+    assert "condition met" in out
+    _, out, _ = await kubectl("auth", "can-i", "create", "deployments")
+    assert out.strip() == "yes"
+    code, _, err = await kubectl("get", "selfsubjectaccessreviews", ok=False)
+    assert code != 0 and "MethodNotAllowed" in err

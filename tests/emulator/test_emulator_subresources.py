@@ -117,4 +117,29 @@ async def test_leases_and_events(api: Any) -> None:
         "regarding": {"kind": "Deployment", "name": "web", "namespace": "default"}})
     listed = await core.list_namespaced_event(
         "default", field_selector="involvedObject.name=web")
-    assert [e.reason for e in listed.items] == ["Scaled"]
+    # Both APIs write one storage: the events.k8s.io Event is listed here too.
+    assert [e.reason for e in listed.items] == ["Scaled", "Scaled"]
+
+
+async def test_both_event_apis_share_storage(api: Any, emu: Emulator) -> None:
+    events = client.EventsV1Api(api)
+    await events.create_namespaced_event("default", {
+        "metadata": {"name": "web.1"}, "reason": "Scaled", "note": "to 4", "type": "Normal",
+        "action": "Scale", "reportingController": "gpumix.io/controller",
+        "reportingInstance": "x", "eventTime": "2026-01-01T00:00:00.000000Z",
+        "regarding": {"kind": "Deployment", "name": "web", "namespace": "default"}})
+    core = client.CoreV1Api(api)
+    listed = await core.list_namespaced_event("default",
+                                              field_selector="involvedObject.name=web")
+    assert [(e.reason, e.message, e.involved_object.kind) for e in listed.items] == [
+        ("Scaled", "to 4", "Deployment")]
+    assert listed.items[0].reporting_component == "gpumix.io/controller"
+    await core.create_namespaced_event("default", {
+        "metadata": {"name": "web.2"}, "reason": "Planned", "message": "a100=2",
+        "type": "Normal", "involvedObject": {"kind": "Deployment", "name": "web"},
+        # kubernetes-asyncio's events.k8s.io model insists on eventTime.
+        "eventTime": "2026-01-01T00:00:01.000000Z"})
+    back = await events.list_namespaced_event("default", field_selector="regarding.name=web")
+    assert sorted(e.note for e in back.items) == ["a100=2", "to 4"]
+    await events.delete_namespaced_event("web.2", "default")
+    assert [e["metadata"]["name"] for e in emu.list("events", "default")] == ["web.1"]

@@ -164,3 +164,14 @@ async def test_client_watch_survives_dropped_connection(api: Any, emu: Emulator)
     emu.create(cm("b"))
     await asyncio.wait_for(task, 5)
     assert seen == ["a", "b"]  # resumed from the last resourceVersion: nothing lost or repeated
+
+
+async def test_streaming_list(emu: Emulator) -> None:
+    emu.create(cm("a"))
+    emu.create(cm("b"))
+    events = await _events(emu, "sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
+                                "&allowWatchBookmarks=true&timeoutSeconds=1", limit=3)
+    assert [e["type"] for e in events] == ["ADDED", "ADDED", "BOOKMARK"]
+    marker = events[2]["object"]["metadata"]
+    assert marker["annotations"] == {"k8s.io/initial-events-end": "true"}
+    assert marker["resourceVersion"] == str(emu.store.rv)

@@ -98,8 +98,8 @@ def parse(path: Path = DOCKERFILE) -> tuple[dict[str, str], list[Stage]]:
             base = re.sub(
                 r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)], words[0]
             )
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(base=base, name=name))
+            alias = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(base=base, name=alias))
             continue
         assert stages, f"line {number}: {keyword} before FROM"
         stages[-1].instructions.append(Instruction(keyword, tuple(flags), rest, number))

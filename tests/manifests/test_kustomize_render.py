@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import yaml
-from manifest_objects import IMAGE, NAMESPACE, OVERLAYS, Obj, Rendered, find, key, of_kind
+from manifest_objects import (
+    IMAGE,
+    MANIFESTS,
+    NAMESPACE,
+    OVERLAYS,
+    Obj,
+    Rendered,
+    find,
+    key,
+    of_kind,
+)
 
 from gpumix.kube.policy import policy_from_mapping
 
@@ -60,7 +72,8 @@ def policy_configmap(objects: list[Obj]) -> Obj:
 def container(deployment: Obj) -> Obj:
     containers = deployment["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
-    return containers[0]
+    first: Obj = containers[0]
+    return first
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -213,11 +226,30 @@ def test_container_args_are_accepted_by_the_cli(rendered: Rendered, name: str) -
     from gpumix.cli import build_parser
 
     parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    commands = set(sub.choices)
     for overlay in OVERLAYS:
         args = container(find(rendered[overlay], "Deployment", name))["args"]
         assert args[0] in commands, f"gpumix has no '{args[0]}' command yet"
         try:
-            parser.parse_args(args)
+            parsed = parser.parse_args(args)
         except SystemExit as exc:  # argparse reports unknown or bad flags this way
             pytest.fail(f"{overlay}: gpumix {' '.join(args)} is refused by the CLI ({exc})")
+        # Probes and scraping reach the pod's IP on 8080, the webhook's HTTPS is on 8443.
+        assert parsed.metrics_port == 8080
+        host = getattr(parsed, "metrics_host", None) or parsed.host
+        assert host in ("0.0.0.0", "::"), f"{args[0]} listens on {host} only"
+        if args[0] == "webhook":
+            assert parsed.port == 8443 and parsed.host in ("0.0.0.0", "::")
+
+
+def test_crd_folder_is_a_kustomization() -> None:
+    """base lists ../crds; kustomize only accepts a folder with its own kustomization."""
+    folder = MANIFESTS / "crds"
+    assert (folder / "gpumix.io_gpumixes.yaml").is_file()
+    kustomization = folder / "kustomization.yaml"
+    assert kustomization.is_file(), (
+        "manifests/crds/kustomization.yaml is missing; it should read:\n"
+        "resources:\n  - gpumix.io_gpumixes.yaml"
+    )
+    assert "gpumix.io_gpumixes.yaml" in yaml.safe_load(kustomization.read_text())["resources"]

@@ -68,7 +68,7 @@ CONTROLLER = (
     | perms(ALL, ["keda.sh"], ["scaledobjects"], ["get", "list", "watch"])
     | perms(ALL, ["autoscaling.aibrix.ai"], ["podautoscalers"], ["get", "list", "watch"])
     | perms(ALL, [""], ["configmaps"], ["get", "list", "watch"])
-    | perms(ALL, ["", "events.k8s.io"], ["events"], ["create", "patch"])
+    | perms(ALL, [""], ["events"], ["create", "patch"])
     | perms(
         ALL,
         ["wgpolicyk8s.io"],
@@ -161,7 +161,6 @@ def test_controller_changes_replicas_only_through_scale(rendered: Rendered, over
         ("gpumix.io", "gpumixes/status"),
         ("apps", "deployments/scale"),
         ("", "events"),
-        ("events.k8s.io", "events"),
         ("wgpolicyk8s.io", "policyreports"),
         ("coordination.k8s.io", "leases"),
     }

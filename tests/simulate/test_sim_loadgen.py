@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpumix.simulate.loadgen import (
     DAY_S,
@@ -155,3 +157,20 @@ def test_bad_parameters_name_the_field() -> None:
         LoadSpec(input_tokens=LengthDistribution(sigma=-1)).validate()
     with pytest.raises(LoadSpecError, match=r"load\.bursts\.multiplier"):
         LoadSpec(bursts=Bursts(multiplier=0.5)).validate()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    median=st.floats(1.0, 5000.0),
+    sigma=st.floats(0.05, 3.0),
+    maximum=st.integers(1, 100_000),
+    edges=st.lists(st.integers(1, 50_000), min_size=1, max_size=8, unique=True),
+)
+def test_bucket_probabilities_are_a_distribution(
+    median: float, sigma: float, maximum: int, edges: list[int]
+) -> None:
+    dist = LengthDistribution("lognormal", median=median, sigma=sigma, maximum=maximum)
+    p = dist.bucket_probabilities(sorted(float(e) for e in edges))
+    assert np.all(p >= 0)
+    assert p.sum() == pytest.approx(1.0)
+    assert dist.minimum <= dist.quantile(0.5) <= dist.maximum

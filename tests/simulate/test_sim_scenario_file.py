@@ -41,7 +41,7 @@ def test_resolve_names_and_files(tmp_path: Path) -> None:
     f = tmp_path / "mine.yaml"
     f.write_text("name: x\n", encoding="utf-8")
     assert resolve(str(f)) == f
-    with pytest.raises(ScenarioError, match="unknown scenario.*unbounded-ramp"):
+    with pytest.raises(ScenarioError, match=r"unknown scenario.*unbounded-ramp"):
         resolve("no-such-scenario")
 
 

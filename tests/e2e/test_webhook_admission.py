@@ -1,0 +1,313 @@
+"""gpumix's admission webhook on the real API server, registered through the shipped
+webhook configurations (only ``clientConfig`` changed) and driven with ``kubectl``.
+
+What is checked here is what a user sees: the object stored, kubectl's stderr and exit
+code. The design being tested is in docs/design.md (Decisions) and docs/install.md
+(failurePolicy).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .envtest import REPO_ROOT, Envtest
+from .gpumix_env import Obj, Recorder, Webhook, wait_until
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "aibrix"
+A100 = "simulator-llama2-7b-a100"
+A40 = "simulator-llama2-7b-a40"
+PRODUCT_KEY = "nvidia.com/gpu.product"
+PRODUCTS = {A100: "NVIDIA-A100-SXM4-80GB", A40: "NVIDIA-A40"}
+DENIED = 'admission webhook "validate.gpumix.io" denied the request'
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def aibrix(fixture: str, namespace: str, *, pin: str = "nodeSelector") -> dict[str, Obj]:
+    """The objects of ``tests/fixtures/aibrix/<fixture>.yaml`` moved to ``namespace``,
+    each Deployment pinned to its GPU type (``nodeSelector`` on nvidia.com/gpu.product,
+    or the ``gpumix.io/gpu-type`` pod label). Keyed by ``Kind/name``."""
+    out: dict[str, Obj] = {}
+    for doc in yaml.safe_load_all((FIXTURES / f"{fixture}.yaml").read_text()):
+        if not doc:
+            continue
+        doc["metadata"]["namespace"] = namespace
+        if doc["kind"] == "Deployment":
+            name = doc["metadata"]["name"]
+            template = doc["spec"]["template"]
+            if pin == "nodeSelector":
+                template["spec"]["nodeSelector"] = {PRODUCT_KEY: PRODUCTS[name]}
+            else:
+                template["metadata"]["labels"]["gpumix.io/gpu-type"] = PRODUCTS[name]
+        out[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    return out
+
+
+def as_list(*objects: Obj) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+
+
+def get(env: Envtest, kind: str, name: str, namespace: str) -> Obj | None:
+    proc = env.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    if proc.returncode != 0:
+        assert "NotFound" in proc.stderr, proc.stderr
+        return None
+    return json.loads(proc.stdout)
+
+
+def wait_cached(webhook: Webhook, kind: str, at_least: float) -> None:
+    """Until the webhook's cluster cache holds ``at_least`` objects of ``kind``."""
+    wait_until(
+        lambda: webhook.cached(kind) >= at_least,
+        timeout_s=15,
+        what=f"{at_least:.0f} {kind} objects in the webhook's cache",
+    )
+
+
+def create_and_wait_cached(
+    env: Envtest, webhook: Webhook, kind: str, *objects: Obj, apply_args: tuple[str, ...] = ()
+) -> None:
+    before = webhook.cached(kind)
+    env.kubectl("apply", *apply_args, "-f", "-", input=as_list(*objects))
+    wait_cached(webhook, kind, before + len(objects))
+
+
+def selector_labels(dep: Obj) -> dict[str, str]:
+    return dict(dep["spec"]["selector"].get("matchLabels") or {})
+
+
+def template_labels(dep: Obj) -> dict[str, str]:
+    return dict(dep["spec"]["template"]["metadata"].get("labels") or {})
+
+
+# --------------------------------------------------------------------------- the AIBrix pair
+
+
+APPLY_MODES = {
+    "apply": ("apply",),
+    "server-side": ("apply", "--server-side"),
+}
+
+
+@pytest.mark.parametrize("mode", list(APPLY_MODES))
+def test_aibrix_pair_with_broad_existing_selector_is_denied(
+    apiserver: Envtest, gpumix_webhook: Webhook, namespace: str, mode: str
+) -> None:
+    """Both broad (the "before" fixture): the first is admitted as written; the second
+    cannot be fixed by changing itself, so it is denied with what to do."""
+    objs = aibrix("heterogeneous-before", namespace)
+    a100, a40 = objs[f"Deployment/{A100}"], objs[f"Deployment/{A40}"]
+    before = gpumix_webhook.cached("Deployment")
+    apiserver.kubectl(*APPLY_MODES[mode], "-f", "-", input=as_list(a100))
+    wait_cached(gpumix_webhook, "Deployment", before + 1)
+
+    proc = apiserver.kubectl(*APPLY_MODES[mode], "-f", "-", input=as_list(a40), check=False)
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert DENIED in err, err
+    assert "[selector-overlap]" in err
+    assert f"Deployment {namespace}/{A100}" in err or f"{namespace}/{A100}" in err
+    assert "GPU types differ" in err
+    assert "selector is immutable" in err and "recreate" in err
+    assert get(apiserver, "deployment", A40, namespace) is None
+    stored = get(apiserver, "deployment", A100, namespace)
+    assert stored is not None
+    assert selector_labels(stored) == selector_labels(a100)  # admitted as written
+
+
+@pytest.mark.parametrize("pin", ["nodeSelector", "label"])
+@pytest.mark.parametrize("mode", list(APPLY_MODES))
+def test_aibrix_pair_is_fixed_when_the_existing_selector_is_narrow(
+    apiserver: Envtest, gpumix_webhook: Webhook, namespace: str, mode: str, pin: str
+) -> None:
+    """The A100 Deployment already has a distinct selector (the "after" fixture); the
+    broad A40 one selects its pods, so gpumix isolates the new one on CREATE."""
+    a100 = aibrix("heterogeneous-after", namespace, pin=pin)[f"Deployment/{A100}"]
+    a40 = aibrix("heterogeneous-before", namespace, pin=pin)[f"Deployment/{A40}"]
+    create_and_wait_cached(apiserver, gpumix_webhook, "Deployment", a100)
+
+    proc = apiserver.kubectl(*APPLY_MODES[mode], "-f", "-", input=as_list(a40))
+    assert f"gpumix fixed selector-overlap on Deployment {namespace}/{A40}" in proc.stderr, (
+        proc.stderr
+    )
+    stored = get(apiserver, "deployment", A40, namespace)
+    assert stored is not None
+    want = {**selector_labels(a40), "gpumix.io/deployment": A40}
+    assert selector_labels(stored) == want
+    assert template_labels(stored) == {**want, "gpumix.io/gpu-type": PRODUCTS[A40]}
+    # The existing Deployment is untouched.
+    assert selector_labels(get(apiserver, "deployment", A100, namespace) or {}) == (
+        selector_labels(a100)
+    )
+
+    # Applying the same manifest again (an UPDATE that leaves the selector out of the
+    # fix's way) keeps the fix and is admitted.
+    again = json.loads(json.dumps(a40))
+    again["spec"]["template"]["spec"]["containers"][0]["image"] = "aibrix/vllm-simulator-a40:v2"
+    proc = apiserver.kubectl(*APPLY_MODES[mode], "-f", "-", input=as_list(again), check=False)
+    assert proc.returncode == 0, proc.stderr
+    stored = get(apiserver, "deployment", A40, namespace) or {}
+    assert selector_labels(stored) == want
+    assert stored["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":v2")
+
+
+def test_dry_run_shows_the_fix_and_has_no_side_effect(
+    apiserver: Envtest, gpumix_webhook: Webhook, namespace: str
+) -> None:
+    """``kubectl create --dry-run=server``: gpumix is called with ``dryRun: true``, the
+    printed object carries the fix, and nothing is stored or changed."""
+    a100 = aibrix("heterogeneous-after", namespace)[f"Deployment/{A100}"]
+    a40 = aibrix("heterogeneous-before", namespace)[f"Deployment/{A40}"]
+    create_and_wait_cached(apiserver, gpumix_webhook, "Deployment", a100)
+    with Recorder(apiserver) as recorder:
+        recorder.register(
+            f"e2e-recorder-{namespace}",
+            namespace,
+            [
+                {
+                    "apiGroups": ["apps"],
+                    "apiVersions": ["v1"],
+                    "resources": ["deployments"],
+                    "operations": ["CREATE", "UPDATE"],
+                }
+            ],
+        )
+        try:
+            wait_until(
+                lambda: apiserver.kubectl(
+                    "create", "--dry-run=server", "-o", "name", "-f", "-",
+                    input=json.dumps(a100 | {"metadata": {"name": "probe", "namespace": namespace}}),
+                    check=False,
+                ).returncode == 0 and any(recorder.requests("Deployment", "probe")),
+                timeout_s=15,
+                what="the recorder to be called",
+            )
+            patched_before = gpumix_webhook.admissions(path="/mutate", verdict="patched")
+            cached_before = gpumix_webhook.cached("Deployment")
+            events_before = apiserver.kubectl("get", "events", "-A", "-o", "name").stdout
+            secret_before = apiserver.kubectl(
+                "get", "secret", "gpumix-webhook-tls", "-n", "gpumix-system",
+                "-o", "jsonpath={.metadata.resourceVersion}",
+            ).stdout
+
+            proc = apiserver.kubectl(
+                "create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(a40)
+            )
+        finally:
+            apiserver.kubectl(
+                "delete", "mutatingwebhookconfiguration", f"e2e-recorder-{namespace}",
+                "--ignore-not-found",
+            )
+    shown = json.loads(proc.stdout)
+    assert selector_labels(shown)["gpumix.io/deployment"] == A40
+    assert template_labels(shown)["gpumix.io/gpu-type"] == PRODUCTS[A40]
+    assert "gpumix fixed selector-overlap" in proc.stderr
+
+    seen = [r for r in recorder.requests("Deployment", A40)]
+    assert [r["dryRun"] for r in seen] == [True], seen
+    assert seen[0]["operation"] == "CREATE"
+    # gpumix answered it (a patch) ...
+    assert gpumix_webhook.admissions(path="/mutate", verdict="patched") == patched_before + 1
+    # ... and nothing happened: not stored, not cached, no Event, certificate untouched.
+    assert get(apiserver, "deployment", A40, namespace) is None
+    assert gpumix_webhook.cached("Deployment") == cached_before
+    assert apiserver.kubectl("get", "events", "-A", "-o", "name").stdout == events_before
+    assert apiserver.kubectl(
+        "get", "secret", "gpumix-webhook-tls", "-n", "gpumix-system",
+        "-o", "jsonpath={.metadata.resourceVersion}",
+    ).stdout == secret_before
+
+
+# --------------------------------------------------------------------------- ceilings
+
+
+HPA_RULE = {
+    "apiGroups": ["autoscaling"],
+    "apiVersions": ["v2"],
+    "resources": ["horizontalpodautoscalers"],
+    "operations": ["CREATE", "UPDATE"],
+}
+
+
+def hpa(version: str, name: str, namespace: str, max_replicas: int | None = None) -> Obj:
+    spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "llama"},
+        "minReplicas": 1,
+    }
+    if max_replicas is not None:
+        spec["maxReplicas"] = max_replicas
+    return {
+        "apiVersion": f"autoscaling/{version}",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def managed_spec_fields(obj: Obj) -> set[str]:
+    """The ``f:spec`` keys of every managedFields entry (``f:maxReplicas`` ...)."""
+    out: set[str] = set()
+    for entry in obj.get("metadata", {}).get("managedFields") or []:
+        out |= set((entry.get("fieldsV1") or {}).get("f:spec") or {})
+    return out
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_hpa_without_max_replicas_gets_the_default(
+    apiserver: Envtest, gpumix_webhook: Webhook, namespace: str, version: str
+) -> None:
+    """Without gpumix the API server refuses this HPA with 422 (test_apiserver_basics.py);
+    with gpumix the policy's default ceiling (10) is injected. A recorder called just
+    before gpumix shows what admission is handed."""
+    name = f"no-ceiling-{version}"
+    with Recorder(apiserver) as recorder:
+        config = f"e2e-recorder-{namespace}"
+        recorder.register(config, namespace, [HPA_RULE])
+        try:
+            wait_until(
+                lambda: apiserver.kubectl(
+                    "create", "--dry-run=server", "-o", "name", "-f", "-",
+                    input=json.dumps(hpa("v2", "probe", namespace, 1)), check=False,
+                ).returncode == 0 and any(recorder.requests(name="probe")),
+                timeout_s=15,
+                what="the recorder to be called",
+            )
+            proc = apiserver.kubectl("create", "-f", "-", input=json.dumps(hpa(version, name, namespace)))
+            for tool in ("create", "apply", "ssa"):
+                args = {"create": ("create",), "apply": ("apply",), "ssa": ("apply", "--server-side")}[tool]
+                apiserver.kubectl(*args, "-f", "-", input=json.dumps(hpa(version, f"zero-{tool}-{version}", namespace, 0)))
+                apiserver.kubectl(*args, "-f", "-", input=json.dumps(hpa(version, f"omit-{tool}-{version}", namespace)))
+        finally:
+            apiserver.kubectl("delete", "mutatingwebhookconfiguration", config, "--ignore-not-found")
+    assert "gpumix fixed missing-max-replicas" in proc.stderr, proc.stderr
+
+    stored = get(apiserver, f"horizontalpodautoscalers.{version}.autoscaling", name, namespace)
+    assert stored is not None and stored["spec"]["maxReplicas"] == 10
+    for r in recorder.requests("HorizontalPodAutoscaler"):
+        print(r["name"], r["object"]["spec"].get("maxReplicas"), sorted(managed_spec_fields(r["object"])), [e["manager"]+":"+e["operation"] for e in r["object"]["metadata"]["managedFields"]])
+    for n in ("zero-create", "zero-apply", "zero-ssa", "omit-ssa"):
+        o = get(apiserver, f"horizontalpodautoscalers.{version}.autoscaling", f"{n}-{version}", namespace)
+        print("stored", n, o["spec"]["maxReplicas"], sorted(managed_spec_fields(o)), [e["manager"]+":"+e["operation"] for e in o["metadata"]["managedFields"]])
+    assert 0
+    zero = get(apiserver, f"horizontalpodautoscalers.{version}.autoscaling", f"zero-{version}", namespace)
+    assert zero is not None and zero["spec"]["maxReplicas"] == 10  # 0 is missing too
+
+    # What admission was handed: matchPolicy Equivalent turns a v1 request into v2
+    # (requestKind says what was sent); the omitted field arrives as 0 ...
+    (request,) = list(recorder.requests("HorizontalPodAutoscaler", name))
+    assert request["kind"] == {"group": "autoscaling", "version": "v2", "kind": "HorizontalPodAutoscaler"}
+    assert request["requestKind"]["version"] == version
+    assert request["object"]["apiVersion"] == "autoscaling/v2"
+    assert request["object"]["spec"]["maxReplicas"] == 0
+    # ... and managedFields tell it from an explicit 0.
+    assert "f:maxReplicas" not in managed_spec_fields(request["object"])
+    (explicit_request,) = list(recorder.requests("HorizontalPodAutoscaler", f"zero-{version}"))
+    assert explicit_request["object"]["spec"]["maxReplicas"] == 0
+    assert "f:maxReplicas" in managed_spec_fields(explicit_request["object"])
+    print("MF", json.dumps(request["object"]["metadata"]["managedFields"]), json.dumps(stored["metadata"]["managedFields"]))
