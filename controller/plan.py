@@ -766,9 +766,7 @@ def _ceiling(m: Member, spec: GPUMixSpec, pools: Mapping[str, GpuPool]) -> tuple
         candidates.append((m.replicas, f"no schedulable Node with GPU type {gpu}: no growth"))
     else:
         fits = max(0, pool.free + m.used_gpus) // g
-        candidates.append(
-            (fits, f"free {gpu} GPUs ({pool.free} free + {m.used_gpus} held, {g} per replica)")
-        )
+        candidates.append((fits, f"free {gpu} GPUs plus those it holds, {g} per replica"))
     return min(candidates, key=lambda c: c[0])
 
 

@@ -372,6 +372,6 @@ def branch_and_bound(
     k = 0
     for blk in blocks:
         g_count = blk.cost.size
-        reps.append(tuple(int(round(x)) for x in best_n[k : k + g_count]))
+        reps.append(tuple(round(x) for x in best_n[k : k + g_count]))
         k += g_count
     return Outcome(status, tuple(reps), tuple(best_f), best_val, bound, nodes)

@@ -57,15 +57,16 @@ def validate(problem: Problem) -> list[str]:
             if not _finite_nonneg(r):
                 errs.append(f"{where}.rates[{i}]: must be a finite number >= 0, got {r!r}")
         if not _finite_nonneg(g.price_per_hour):
-            errs.append(f"{where}.price_per_hour: must be a finite number >= 0, got "
-                        f"{g.price_per_hour!r}")
+            errs.append(
+                f"{where}.price_per_hour: must be a finite number >= 0, got {g.price_per_hour!r}"
+            )
         if not _is_count(g.gpus_per_replica) or g.gpus_per_replica < 1:
-            errs.append(f"{where}.gpus_per_replica: must be an integer >= 1, got "
-                        f"{g.gpus_per_replica!r}")
+            errs.append(
+                f"{where}.gpus_per_replica: must be an integer >= 1, got {g.gpus_per_replica!r}"
+            )
         for fname in ("min_replicas", "current_replicas"):
             if not _is_count(getattr(g, fname)):
-                errs.append(f"{where}.{fname}: must be an integer >= 0, got "
-                            f"{getattr(g, fname)!r}")
+                errs.append(f"{where}.{fname}: must be an integer >= 0, got {getattr(g, fname)!r}")
         for fname in ("max_replicas", "available_gpus"):
             v = getattr(g, fname)
             if v is not None and not _is_count(v):
@@ -83,7 +84,8 @@ def _merge_buckets(problem: Problem) -> tuple[np.ndarray, list[list[int]]]:
     the original bucket indexes of each merged row.
     """
     rates = np.array([g.rates for g in problem.gpus], dtype=float).T.reshape(
-        len(problem.buckets), len(problem.gpus))
+        len(problem.buckets), len(problem.gpus)
+    )
     load = np.array(problem.load, dtype=float)
     groups: dict[tuple[float, ...], list[int]] = {}
     for i in np.nonzero(load > 0)[0]:
@@ -94,9 +96,9 @@ def _merge_buckets(problem: Problem) -> tuple[np.ndarray, list[list[int]]]:
     members = list(groups.values())
     need = np.zeros((len(members), len(problem.gpus)))
     for r, idx in enumerate(members):
-        for i in idx:
-            safe = np.where(rates[i] > 0, rates[i], 1.0)
-            need[r] += np.where(rates[i] > 0, load[i] / safe, np.inf)
+        for k in idx:
+            safe = np.where(rates[k] > 0, rates[k], 1.0)
+            need[r] += np.where(rates[k] > 0, load[k] / safe, np.inf)
     return need, members
 
 
@@ -139,8 +141,10 @@ def diagnose(problem: Problem, ub: Sequence[float] | None = None) -> str:
         if ub is not None:
             cap = int(min(ub[j], math.inf if cap is None else cap))
         if cap is not None and g.min_replicas > cap:
-            reasons.append(f"{g.name}: min_replicas {g.min_replicas} exceeds what "
-                           f"{_cap_text(g)} allows ({cap})")
+            reasons.append(
+                f"{g.name}: min_replicas {g.min_replicas} exceeds what "
+                f"{_cap_text(g)} allows ({cap})"
+            )
     no_type: list[str] = []
     no_room: list[str] = []
     for i, b in enumerate(problem.buckets):
@@ -157,8 +161,9 @@ def diagnose(problem: Problem, ub: Sequence[float] | None = None) -> str:
                 c = int(min(ub[j], math.inf if c is None else c))
             caps.append(c)
         if all(c == 0 for c in caps):
-            no_room.append(f"{b.label()} (only " + ", ".join(
-                _cap_text(problem.gpus[j]) for j in serving) + ")")
+            no_room.append(
+                f"{b.label()} (only " + ", ".join(_cap_text(problem.gpus[j]) for j in serving) + ")"
+            )
     if no_type:
         reasons.append(f"no GPU type can serve bucket(s) {'; '.join(no_type)} within the SLO")
     if no_room:
@@ -189,9 +194,16 @@ def _gap(obj: float, bound: float) -> float:
     return max(0.0, (obj - bound) / max(abs(obj), 1e-9))
 
 
-def _finish(problem: Problem, members: list[list[int]], reps: tuple[int, ...],
-            frac: np.ndarray, status: Status, bound: float, runtime: float,
-            nodes: int) -> Result:
+def _finish(
+    problem: Problem,
+    members: list[list[int]],
+    reps: tuple[int, ...],
+    frac: np.ndarray,
+    status: Status,
+    bound: float,
+    runtime: float,
+    nodes: int,
+) -> Result:
     nb, ng = len(problem.buckets), len(problem.gpus)
     assign = np.zeros((nb, ng))
     for r, idx in enumerate(members):
@@ -201,13 +213,17 @@ def _finish(problem: Problem, members: list[list[int]], reps: tuple[int, ...],
     # never truncate: a count below its load (numerical noise) is rounded up
     usable = 1.0 - problem.headroom
     for j, g in enumerate(problem.gpus):
-        load = sum(problem.load[i] * assign[i, j] / g.rates[i]
-                   for i in range(nb) if assign[i, j] > 0 and g.rates[i] > 0)
+        load = sum(
+            problem.load[i] * assign[i, j] / g.rates[i]
+            for i in range(nb)
+            if assign[i, j] > 0 and g.rates[i] > 0
+        )
         needed = math.ceil(load / usable * (1 - 1e-9) - 1e-9) if load > 0 else 0
         replicas[j] = max(replicas[j], needed, g.min_replicas)
     cost = sum(g.replica_cost * n for g, n in zip(problem.gpus, replicas, strict=True))
     churn = problem.churn_weight * sum(
-        abs(n - g.current_replicas) for g, n in zip(problem.gpus, replicas, strict=True))
+        abs(n - g.current_replicas) for g, n in zip(problem.gpus, replicas, strict=True)
+    )
     obj = cost + churn
     return Result(
         status=status,
@@ -223,22 +239,39 @@ def _finish(problem: Problem, members: list[list[int]], reps: tuple[int, ...],
     )
 
 
-def _fail(problem: Problem | None, status: Status, runtime: float, reason: str = "",
-          errors: Sequence[str] = (), bound: float = math.nan, nodes: int = 0) -> Result:
-    return Result(status=status, runtime_s=runtime, reason=reason, errors=tuple(errors),
-                  bound=bound, nodes=nodes,
-                  model=problem.model if isinstance(problem, Problem) else "")
+def _fail(
+    problem: Problem | None,
+    status: Status,
+    runtime: float,
+    reason: str = "",
+    errors: Sequence[str] = (),
+    bound: float = math.nan,
+    nodes: int = 0,
+) -> Result:
+    return Result(
+        status=status,
+        runtime_s=runtime,
+        reason=reason,
+        errors=tuple(errors),
+        bound=bound,
+        nodes=nodes,
+        model=problem.model if isinstance(problem, Problem) else "",
+    )
 
 
 def _limit_errors(time_limit_s: float) -> list[str]:
-    if not isinstance(time_limit_s, int | float) or not math.isfinite(time_limit_s) or \
-            time_limit_s <= 0:
+    if (
+        not isinstance(time_limit_s, int | float)
+        or not math.isfinite(time_limit_s)
+        or time_limit_s <= 0
+    ):
         return [f"time_limit_s: must be a finite number > 0, got {time_limit_s!r}"]
     return []
 
 
-def solve(problem: Problem, *, time_limit_s: float = 10.0, seed: int = 0,
-          clock: Clock = time.perf_counter) -> Result:
+def solve(
+    problem: Problem, *, time_limit_s: float = 10.0, seed: int = 0, clock: Clock = time.perf_counter
+) -> Result:
     """Cheapest replicas per GPU type that serve ``problem.load`` within the SLO.
 
     Never raises for a bad problem (INVALID with ``errors``); stops at ``time_limit_s``
@@ -261,22 +294,36 @@ def solve(problem: Problem, *, time_limit_s: float = 10.0, seed: int = 0,
     return _single(problem, members, out, clock() - start, None)
 
 
-def _single(problem: Problem, members: list[list[int]], out: Outcome, runtime: float,
-            pool: Pool | None) -> Result:
+def _single(
+    problem: Problem, members: list[list[int]], out: Outcome, runtime: float, pool: Pool | None
+) -> Result:
     if out.status == "infeasible":
-        return _fail(problem, Status.INFEASIBLE, runtime, _capacity_reason([problem], pool),
-                     nodes=out.nodes)
+        return _fail(
+            problem, Status.INFEASIBLE, runtime, _capacity_reason([problem], pool), nodes=out.nodes
+        )
     if out.status == "unknown":
-        return _fail(problem, Status.UNKNOWN, runtime,
-                     "time limit reached before any plan was found", bound=out.bound,
-                     nodes=out.nodes)
+        return _fail(
+            problem,
+            Status.UNKNOWN,
+            runtime,
+            "time limit reached before any plan was found",
+            bound=out.bound,
+            nodes=out.nodes,
+        )
     status = Status.OPTIMAL if out.status == "optimal" else Status.FEASIBLE
-    return _finish(problem, members, out.replicas[0], out.fractions[0], status, out.bound,
-                   runtime, out.nodes)
+    return _finish(
+        problem, members, out.replicas[0], out.fractions[0], status, out.bound, runtime, out.nodes
+    )
 
 
-def solve_joint(problems: Sequence[Problem], pool: Pool, *, time_limit_s: float = 30.0,
-                seed: int = 0, clock: Clock = time.perf_counter) -> JointResult:
+def solve_joint(
+    problems: Sequence[Problem],
+    pool: Pool,
+    *,
+    time_limit_s: float = 30.0,
+    seed: int = 0,
+    clock: Clock = time.perf_counter,
+) -> JointResult:
     """Plan several models at once against one shared pool of GPUs.
 
     ``pool.gpus[name]`` caps the GPUs of type ``name`` summed over all models (each model's
@@ -289,23 +336,27 @@ def solve_joint(problems: Sequence[Problem], pool: Pool, *, time_limit_s: float 
         errs.append("problems: no models")
     for k, p in enumerate(problems):
         try:
-            errs += [f"problems[{k}]{'(' + p.model + ')' if p.model else ''}.{e}"
-                     for e in validate(p)]
+            errs += [
+                f"problems[{k}]{'(' + p.model + ')' if p.model else ''}.{e}" for e in validate(p)
+            ]
         except Exception as exc:
             errs.append(f"problems[{k}]: {exc}")
     for name, v in pool.gpus.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             errs.append(f"pool[{name}]: must be an integer >= 0, got {v!r}")
     if errs:
-        return JointResult(Status.INVALID, runtime_s=clock() - start, reason="invalid problem",
-                           errors=tuple(errs))
+        return JointResult(
+            Status.INVALID, runtime_s=clock() - start, reason="invalid problem", errors=tuple(errs)
+        )
     # pool caps also bound each model on its own
     reasons = []
     blocks: list[Block] = []
     merged: list[list[list[int]]] = []
     for p in problems:
-        extra = [float(pool.gpus[g.name] // g.gpus_per_replica) if g.name in pool.gpus
-                 else math.inf for g in p.gpus]
+        extra = [
+            float(pool.gpus[g.name] // g.gpus_per_replica) if g.name in pool.gpus else math.inf
+            for g in p.gpus
+        ]
         why = diagnose(p, extra)
         if why:
             reasons.append(f"{p.model or 'model'}: {why}")
@@ -313,28 +364,43 @@ def solve_joint(problems: Sequence[Problem], pool: Pool, *, time_limit_s: float 
         blocks.append(_block(p, need, extra))
         merged.append(members)
     if reasons:
-        return JointResult(Status.INFEASIBLE, runtime_s=clock() - start,
-                           reason="; ".join(reasons))
+        return JointResult(Status.INFEASIBLE, runtime_s=clock() - start, reason="; ".join(reasons))
     rows = []
     for name in sorted(pool.gpus):
-        terms = tuple((m, j, float(g.gpus_per_replica)) for m, p in enumerate(problems)
-                      for j, g in enumerate(p.gpus) if g.name == name)
+        terms = tuple(
+            (m, j, float(g.gpus_per_replica))
+            for m, p in enumerate(problems)
+            for j, g in enumerate(p.gpus)
+            if g.name == name
+        )
         if terms:
             rows.append(PoolRow(float(pool.gpus[name]), terms))
     out = branch_and_bound(blocks, rows, time_limit_s=time_limit_s, seed=seed, clock=clock)
     runtime = clock() - start
     if out.status in ("infeasible", "unknown"):
         st = Status.INFEASIBLE if out.status == "infeasible" else Status.UNKNOWN
-        reason = (_capacity_reason(problems, pool) if st == Status.INFEASIBLE
-                  else "time limit reached before any plan was found")
-        return JointResult(st, runtime_s=runtime, reason=reason, bound=out.bound,
-                           nodes=out.nodes)
+        reason = (
+            _capacity_reason(problems, pool)
+            if st == Status.INFEASIBLE
+            else "time limit reached before any plan was found"
+        )
+        return JointResult(st, runtime_s=runtime, reason=reason, bound=out.bound, nodes=out.nodes)
     status = Status.OPTIMAL if out.status == "optimal" else Status.FEASIBLE
     results = tuple(
-        _finish(p, merged[m], out.replicas[m], out.fractions[m], status, math.inf, runtime,
-                out.nodes) for m, p in enumerate(problems))
+        _finish(
+            p, merged[m], out.replicas[m], out.fractions[m], status, math.inf, runtime, out.nodes
+        )
+        for m, p in enumerate(problems)
+    )
     obj = sum(r.objective for r in results)
     bound = min(out.bound, obj)
-    return JointResult(status, results, cost_per_hour=sum(r.cost_per_hour for r in results),
-                       objective=obj, bound=bound, gap=_gap(obj, bound), runtime_s=runtime,
-                       nodes=out.nodes)
+    return JointResult(
+        status,
+        results,
+        cost_per_hour=sum(r.cost_per_hour for r in results),
+        objective=obj,
+        bound=bound,
+        gap=_gap(obj, bound),
+        runtime_s=runtime,
+        nodes=out.nodes,
+    )

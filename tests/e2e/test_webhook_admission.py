@@ -54,7 +54,9 @@ def as_list(*objects: Obj) -> str:
 
 
 def get(env: Envtest, kind: str, name: str, namespace: str) -> Obj | None:
-    proc = env.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    proc = env.kubectl(
+        "get", kind, name, "-n", namespace, "-o", "json", "--show-managed-fields", check=False
+    )
     if proc.returncode != 0:
         assert "NotFound" in proc.stderr, proc.stderr
         return None
@@ -258,56 +260,74 @@ def managed_spec_fields(obj: Obj) -> set[str]:
     return out
 
 
+CLIENTS = {
+    "create": ("create",),
+    "apply": ("apply",),
+    "server-side": ("apply", "--server-side"),
+}
+
+
 @pytest.mark.parametrize("version", ["v2", "v1"])
 def test_hpa_without_max_replicas_gets_the_default(
     apiserver: Envtest, gpumix_webhook: Webhook, namespace: str, version: str
 ) -> None:
     """Without gpumix the API server refuses this HPA with 422 (test_apiserver_basics.py);
     with gpumix the policy's default ceiling (10) is injected. A recorder called just
-    before gpumix shows what admission is handed."""
-    name = f"no-ceiling-{version}"
+    before gpumix shows what admission is handed, for each way kubectl sends it."""
+    resource = f"horizontalpodautoscalers.{version}.autoscaling"
+    config = f"e2e-recorder-{namespace}"
     with Recorder(apiserver) as recorder:
-        config = f"e2e-recorder-{namespace}"
         recorder.register(config, namespace, [HPA_RULE])
         try:
             wait_until(
                 lambda: apiserver.kubectl(
                     "create", "--dry-run=server", "-o", "name", "-f", "-",
                     input=json.dumps(hpa("v2", "probe", namespace, 1)), check=False,
-                ).returncode == 0 and any(recorder.requests(name="probe")),
+                ).returncode == 0
+                and any(recorder.requests(name="probe")),
                 timeout_s=15,
                 what="the recorder to be called",
             )
-            proc = apiserver.kubectl("create", "-f", "-", input=json.dumps(hpa(version, name, namespace)))
-            for tool in ("create", "apply", "ssa"):
-                args = {"create": ("create",), "apply": ("apply",), "ssa": ("apply", "--server-side")}[tool]
-                apiserver.kubectl(*args, "-f", "-", input=json.dumps(hpa(version, f"zero-{tool}-{version}", namespace, 0)))
-                apiserver.kubectl(*args, "-f", "-", input=json.dumps(hpa(version, f"omit-{tool}-{version}", namespace)))
+            stderr = {}
+            for client, args in CLIENTS.items():
+                for ceiling, tag in ((None, "omitted"), (0, "zero")):
+                    obj = hpa(version, f"{tag}-{client}", namespace, ceiling)
+                    proc = apiserver.kubectl(*args, "-f", "-", input=json.dumps(obj))
+                    stderr[obj["metadata"]["name"]] = proc.stderr
         finally:
-            apiserver.kubectl("delete", "mutatingwebhookconfiguration", config, "--ignore-not-found")
-    assert "gpumix fixed missing-max-replicas" in proc.stderr, proc.stderr
+            apiserver.kubectl(
+                "delete", "mutatingwebhookconfiguration", config, "--ignore-not-found"
+            )
 
-    stored = get(apiserver, f"horizontalpodautoscalers.{version}.autoscaling", name, namespace)
-    assert stored is not None and stored["spec"]["maxReplicas"] == 10
-    for r in recorder.requests("HorizontalPodAutoscaler"):
-        print(r["name"], r["object"]["spec"].get("maxReplicas"), sorted(managed_spec_fields(r["object"])), [e["manager"]+":"+e["operation"] for e in r["object"]["metadata"]["managedFields"]])
-    for n in ("zero-create", "zero-apply", "zero-ssa", "omit-ssa"):
-        o = get(apiserver, f"horizontalpodautoscalers.{version}.autoscaling", f"{n}-{version}", namespace)
-        print("stored", n, o["spec"]["maxReplicas"], sorted(managed_spec_fields(o)), [e["manager"]+":"+e["operation"] for e in o["metadata"]["managedFields"]])
-    assert 0
-    zero = get(apiserver, f"horizontalpodautoscalers.{version}.autoscaling", f"zero-{version}", namespace)
-    assert zero is not None and zero["spec"]["maxReplicas"] == 10  # 0 is missing too
+    for name, err in stderr.items():
+        assert f"gpumix fixed missing-max-replicas on HorizontalPodAutoscaler {namespace}/{name}" in err, err
+        stored = get(apiserver, resource, name, namespace)
+        assert stored is not None and stored["spec"]["maxReplicas"] == 10, name
+        if name.startswith("omitted"):
+            # The injected value is owned by no field manager.
+            assert "f:maxReplicas" not in managed_spec_fields(stored), name
 
-    # What admission was handed: matchPolicy Equivalent turns a v1 request into v2
-    # (requestKind says what was sent); the omitted field arrives as 0 ...
-    (request,) = list(recorder.requests("HorizontalPodAutoscaler", name))
-    assert request["kind"] == {"group": "autoscaling", "version": "v2", "kind": "HorizontalPodAutoscaler"}
-    assert request["requestKind"]["version"] == version
-    assert request["object"]["apiVersion"] == "autoscaling/v2"
-    assert request["object"]["spec"]["maxReplicas"] == 0
-    # ... and managedFields tell it from an explicit 0.
-    assert "f:maxReplicas" not in managed_spec_fields(request["object"])
-    (explicit_request,) = list(recorder.requests("HorizontalPodAutoscaler", f"zero-{version}"))
-    assert explicit_request["object"]["spec"]["maxReplicas"] == 0
-    assert "f:maxReplicas" in managed_spec_fields(explicit_request["object"])
-    print("MF", json.dumps(request["object"]["metadata"]["managedFields"]), json.dumps(stored["metadata"]["managedFields"]))
+    seen = {r["name"]: r for r in recorder.requests("HorizontalPodAutoscaler") if r["name"] != "probe"}
+    assert set(seen) == set(stderr)
+    for name, request in seen.items():
+        # matchPolicy Equivalent: a v1 request reaches admission converted to v2, and
+        # requestKind says what was sent.
+        assert request["kind"] == {
+            "group": "autoscaling", "version": "v2", "kind": "HorizontalPodAutoscaler"
+        }
+        assert request["requestKind"]["version"] == version
+        assert request["object"]["apiVersion"] == "autoscaling/v2"
+        # An omitted maxReplicas arrives as 0, not absent.
+        assert request["object"]["spec"]["maxReplicas"] == 0, name
+    owned = {name: "f:maxReplicas" in managed_spec_fields(r["object"]) for name, r in seen.items()}
+    # managedFields never claim an omitted field; an explicit 0 is claimed only when it
+    # was sent with server-side apply (an Update manager does not own a field it set to
+    # the zero value on create), so only then do they tell omitted from an explicit 0.
+    assert owned == {
+        "omitted-create": False,
+        "zero-create": False,
+        "omitted-apply": False,
+        "zero-apply": False,
+        "omitted-server-side": False,
+        "zero-server-side": True,
+    }
