@@ -23,7 +23,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import random
 import re
 import ssl
@@ -175,9 +174,8 @@ async def start_webhook(kubeconfig: Path) -> Child:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gpumix", "webhook", "--kubeconfig", str(kubeconfig),
         "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-        "--extra-san", "127.0.0.1", "--log-level", "WARNING",
+        "--extra-san", "127.0.0.1", "--log-level", "INFO",
         cwd=str(REPO), stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "GPUMIX_LOG_READY": "1"},
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 60

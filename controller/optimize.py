@@ -28,7 +28,17 @@ from controller.plan import (
     ProfilesUnavailable,
     SolverStatus,
 )
-from controller.spec import GPUMixSpec, InlineProfile, ProfileBucket, SpecError, _Reader
+from controller.spec import (
+    GPUMixSpec,
+    InlineProfile,
+    ProfileBucket,
+    Slo,
+    SpecError,
+    _inline_profile,
+    _Reader,
+)
+from optimizer.profiles import ProfileError, apply_slo, parse_profile
+from optimizer.profiles import Slo as OptSlo
 
 ProfileResult = ProfileSet | ProfilesUnavailable
 
@@ -38,9 +48,9 @@ def inline_profile_set(profiles: tuple[InlineProfile, ...]) -> ProfileSet:
 
 
 def profiles_from_config_map(
-    config_map: Mapping[str, Any] | None, name: str, key: str | None
+    config_map: Mapping[str, Any] | None, name: str, key: str | None, slo: Slo | None = None
 ) -> ProfileResult:
-    """Profiles from a ConfigMap: every key (or ``key``) holds a profile document."""
+    """Profiles from a ConfigMap: every key (or ``key``) holds profile documents."""
     if config_map is None:
         return ProfilesUnavailable(f"ConfigMap {name} not found")
     data = config_map.get("data") or {}
@@ -52,18 +62,25 @@ def profiles_from_config_map(
     found: list[InlineProfile] = []
     for k in keys:
         try:
-            found.extend(parse_profile_document(str(data[k]), f"ConfigMap {name} key {k}"))
+            found.extend(parse_profile_document(str(data[k]), f"ConfigMap {name} key {k}", slo))
         except ValueError as exc:
             return ProfilesUnavailable(str(exc))
     if not found:
         return ProfilesUnavailable(f"ConfigMap {name} holds no profile")
+    seen: set[str] = set()
+    for prof in found:
+        if prof.gpu_type in seen:
+            return ProfilesUnavailable(f"ConfigMap {name}: GPU type {prof.gpu_type} profiled twice")
+        seen.add(prof.gpu_type)
     return inline_profile_set(tuple(found))
 
 
-def parse_profile_document(text: str, where: str) -> list[InlineProfile]:
-    """A profile document: the optimizer's readers when present, else the inline shape.
+def parse_profile_document(text: str, where: str, slo: Slo | None = None) -> list[InlineProfile]:
+    """Profiles in one document.
 
-    The inline shape is what ``spec.profiles.inline`` holds: a list of
+    Read with the optimizer's readers (an AIBrix profile JSON, or a gpumix
+    ``kind: GPUProfile`` document; latency tables are re-evaluated for the
+    GPUMix's SLO), or in the shape of ``spec.profiles.inline``: a list of
     ``{gpuType, buckets: [{inputTokens, outputTokens, maxRequestsPerSecond}]}``
     (or a mapping with that list under ``profiles``).
     """
@@ -71,28 +88,46 @@ def parse_profile_document(text: str, where: str) -> list[InlineProfile]:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"{where}: invalid YAML/JSON: {str(exc).splitlines()[0]}") from exc
-    converted = _from_optimizer_reader(text, where)
-    if converted is not None:
-        return converted
+    if isinstance(doc, Mapping) and ("tputs" in doc or doc.get("kind") == "GPUProfile"):
+        try:
+            prof = parse_profile(text, where)
+            targets = (slo.ttft_seconds, slo.tpot_seconds, slo.e2e_seconds) if slo else ()
+            if slo is not None and any(v is not None for v in targets):
+                prof = apply_slo(
+                    prof,
+                    OptSlo(
+                        percentile=round(slo.percentile),
+                        e2e=slo.e2e_seconds,
+                        ttft=slo.ttft_seconds,
+                        tpot=slo.tpot_seconds,
+                    ),
+                )
+        except ProfileError as exc:
+            raise ValueError(str(exc)) from exc
+        return [
+            InlineProfile(
+                prof.gpu,
+                tuple(
+                    ProfileBucket(i, o, float(prof.rates[a][b]))
+                    for a, i in enumerate(prof.input_tokens)
+                    for b, o in enumerate(prof.output_tokens)
+                ),
+            )
+        ]
     if isinstance(doc, Mapping) and "profiles" in doc:
         doc = doc["profiles"]
     if isinstance(doc, Mapping) and "gpuType" in doc:
         doc = [doc]
     if not isinstance(doc, list):
-        raise ValueError(f"{where}: expected a list of profiles (gpuType, buckets)")
+        raise ValueError(
+            f"{where}: not a profile (AIBrix JSON, kind: GPUProfile, or a list of "
+            "{gpuType, buckets})"
+        )
     r = _Reader()
-    from controller.spec import _inline_profile
-
     out = [p for i, item in enumerate(doc) if (p := _inline_profile(r, item, f"[{i}]")) is not None]
     if r.problems:
         raise ValueError(f"{where}: {SpecError(r.problems)}")
     return out
-
-
-def _from_optimizer_reader(text: str, where: str) -> list[InlineProfile] | None:
-    """Hook for the optimizer's profile readers (AIBrix JSON, its own YAML)."""
-    del text, where
-    return None
 
 
 def resolve_inline(spec: GPUMixSpec) -> ProfileResult | None:

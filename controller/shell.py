@@ -303,7 +303,7 @@ class Controller:
             cache[(ns, ref.name)] = await self.kube.get(
                 resource_path("", "v1", "configmaps", ns, ref.name)
             )
-        return profiles_from_config_map(cache[(ns, ref.name)], ref.name, ref.key)
+        return profiles_from_config_map(cache[(ns, ref.name)], ref.name, ref.key, spec.slo)
 
     # -- writes ---------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from optimizer.model import (
     Result,
     Status,
 )
-from optimizer.solve import solve, solve_joint, validate
+from optimizer.solve import single_type_plans, solve, solve_joint, validate
 
 __all__ = [
     "Bucket",
@@ -20,6 +20,7 @@ __all__ = [
     "Problem",
     "Result",
     "Status",
+    "single_type_plans",
     "solve",
     "solve_joint",
     "validate",

@@ -404,3 +404,45 @@ def solve_joint(
         runtime_s=runtime,
         nodes=out.nodes,
     )
+
+
+def single_type_plans(problem: Problem) -> dict[str, Result]:
+    """For each GPU type, the plan that serves all load on that type alone.
+
+    The other types stay at their minimum replicas. INFEASIBLE when the type cannot serve
+    some loaded bucket or its caps are too low. Assumes a valid problem.
+    """
+    out: dict[str, Result] = {}
+    usable = 1.0 - problem.headroom
+    for j, g in enumerate(problem.gpus):
+        loaded = [i for i, r in enumerate(problem.load) if r > 0]
+        bad = [problem.buckets[i].label() for i in loaded if g.rates[i] <= 0]
+        if bad:
+            out[g.name] = _fail(
+                problem, Status.INFEASIBLE, 0.0, f"{g.name} cannot serve bucket(s) {'; '.join(bad)}"
+            )
+            continue
+        need = sum(problem.load[i] / g.rates[i] for i in loaded)
+        n = max(g.min_replicas, math.ceil(need / usable * (1 - 1e-9) - 1e-9) if need else 0)
+        cap = g.replica_cap()
+        if cap is not None and n > cap:
+            out[g.name] = _fail(
+                problem,
+                Status.INFEASIBLE,
+                0.0,
+                f"{g.name} alone needs {n} replicas, {_cap_text(g)} allows {cap}",
+            )
+            continue
+        reps = [n if k == j else o.min_replicas for k, o in enumerate(problem.gpus)]
+        if any(
+            o.replica_cap() is not None and reps[k] > (o.replica_cap() or 0)
+            for k, o in enumerate(problem.gpus)
+        ):
+            out[g.name] = _fail(problem, Status.INFEASIBLE, 0.0, "minimums exceed caps")
+            continue
+        frac = np.zeros((len(problem.buckets), len(problem.gpus)))
+        for i in loaded:
+            frac[i, j] = 1.0
+        members = [[i] for i in range(len(problem.buckets))]
+        out[g.name] = _finish(problem, members, tuple(reps), frac, Status.OPTIMAL, math.inf, 0.0, 0)
+    return out

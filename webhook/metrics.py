@@ -74,15 +74,25 @@ class WebhookMetrics:
         )
         for kind in CACHE_KINDS:
             self.cache_objects.labels(kind=kind).set(0)
+        self._children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
 
     def observe(
         self, path: str, kind: str, operation: str, verdict: str, seconds: float
     ) -> None:
-        k = kind_label(kind)
-        self.requests.labels(
-            path=path, kind=k, operation=operation_label(operation), verdict=verdict
-        ).inc()
-        self.duration.labels(path=path, kind=k, verdict=verdict).observe(seconds)
+        key = (path, kind, operation, verdict)
+        children = self._children.get(key)
+        if children is None:
+            k = kind_label(kind)
+            children = (
+                self.requests.labels(
+                    path=path, kind=k, operation=operation_label(operation), verdict=verdict
+                ),
+                self.duration.labels(path=path, kind=k, verdict=verdict),
+            )
+            if len(self._children) < 1024:  # label values are bounded; the key may not be
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def finding(self, rule: str, severity: str, mode: str) -> None:
         self.findings.labels(rule=rule, severity=severity, mode=mode).inc()

@@ -254,7 +254,7 @@ def _validate(
     if mode == "warn" or not errors:
         extra = tuple(f"{f.rule}: {f.message}" for f in errors)
         return Verdict("allowed", warnings=extra + warnings, findings=tuple(findings), mode=mode)
-    message = "gpumix denied the request: " + " | ".join(f"[{f.rule}] {f.message}" for f in errors)
+    message = " | ".join(f"[{f.rule}] {f.message}" for f in errors)
     broad = sorted(
         {
             str(r)

@@ -139,10 +139,10 @@ def webhook_configurations(objects: list[Obj], port: int) -> list[Obj]:
 
 
 def apply_webhook_configurations(env: Envtest, configs: list[Obj]) -> None:
-    """Create them afresh (``kubectl replace --force`` semantics: no caBundle left over)."""
+    """Install them afresh with ``kubectl apply`` (deleted first: no caBundle left over)."""
     delete_webhook_configurations(env)
     env.kubectl(
-        "create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": configs})
+        "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": configs})
     )
 
 

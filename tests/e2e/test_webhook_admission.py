@@ -331,3 +331,221 @@ def test_hpa_without_max_replicas_gets_the_default(
         "omitted-server-side": False,
         "zero-server-side": True,
     }
+
+
+def gpu_node(name: str, product: str, gpus: int) -> Obj:
+    """A Node as a kubelet registers it (status set on create): ``gpus`` allocatable GPUs."""
+    resources = {"nvidia.com/gpu": str(gpus), "cpu": "64", "memory": "512Gi", "pods": "110"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {PRODUCT_KEY: product}},
+        "status": {"capacity": resources, "allocatable": resources},
+    }
+
+
+def gpu_deployment(name: str, namespace: str, product: str, gpus: int = 1) -> Obj:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": {PRODUCT_KEY: product},
+                    "containers": [
+                        {
+                            "name": "vllm",
+                            "image": "vllm/vllm-openai:v0.6.0",
+                            "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def scaled_object(name: str, namespace: str, target: str, ceiling: int | None = None) -> Obj:
+    spec: dict[str, Any] = {
+        "scaleTargetRef": {"name": target},
+        "minReplicaCount": 1,
+        "triggers": [{"type": "prometheus", "metadata": {"query": "sum(rate(x[1m]))"}}],
+    }
+    if ceiling is not None:
+        spec["maxReplicaCount"] = ceiling
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def pod_autoscaler(name: str, namespace: str, target: str, ceiling: int | None = None) -> Obj:
+    spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+        "minReplicas": 1,
+        "targetMetric": "avg_prompt_throughput_toks_per_s",
+        "targetValue": "20",
+        "scalingStrategy": "KPA",
+    }
+    if ceiling is not None:
+        spec["maxReplicas"] = ceiling
+    return {
+        "apiVersion": "autoscaling.aibrix.ai/v1alpha1",
+        "kind": "PodAutoscaler",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+@pytest.fixture
+def four_gpu_type(apiserver: Envtest, gpumix_webhook: Webhook, namespace: str) -> str:
+    """A GPU type of its own (one Node with 4 GPUs) and a Deployment ``llama`` pinned to
+    it at 1 GPU per replica, both in the webhook's cache."""
+    product = f"E2E-{namespace}"
+    nodes = gpumix_webhook.cached("Node")
+    apiserver.kubectl("create", "-f", "-", input=json.dumps(gpu_node(namespace, product, 4)))
+    wait_cached(gpumix_webhook, "Node", nodes + 1)
+    create_and_wait_cached(
+        apiserver, gpumix_webhook, "Deployment", gpu_deployment("llama", namespace, product)
+    )
+    return product
+
+
+def test_keda_and_aibrix_autoscalers_without_a_ceiling_get_one(
+    apiserver: Envtest, gpumix_webhook: Webhook, namespace: str, four_gpu_type: str
+) -> None:
+    proc = apiserver.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=as_list(
+            scaled_object("llama", namespace, "llama"),
+            pod_autoscaler("cpu-app", namespace, "cpu-app"),
+        ),
+    )
+    assert f"gpumix fixed missing-max-replicas on ScaledObject {namespace}/llama" in proc.stderr
+    assert f"gpumix fixed missing-max-replicas on PodAutoscaler {namespace}/cpu-app" in proc.stderr
+    keda = get(apiserver, "scaledobjects.keda.sh", "llama", namespace) or {}
+    aibrix_pa = get(apiserver, "podautoscalers.autoscaling.aibrix.ai", "cpu-app", namespace) or {}
+    # The policy default is 10; the ScaledObject's target fits only 4 replicas on the 4
+    # GPUs of its type, so it gets 4.
+    assert keda["spec"]["maxReplicaCount"] == 4
+    assert aibrix_pa["spec"]["maxReplicas"] == 10
+
+
+def test_autoscalers_over_the_ceiling_are_denied_with_the_reason(
+    apiserver: Envtest, gpumix_webhook: Webhook, namespace: str, four_gpu_type: str
+) -> None:
+    proc = apiserver.kubectl(
+        "apply", "-f", "-", input=json.dumps(pod_autoscaler("huge", namespace, "x", 500)),
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert DENIED in proc.stderr, proc.stderr
+    assert (
+        f"[max-replicas-above-ceiling] PodAutoscaler {namespace}/huge sets spec.maxReplicas=500, "
+        "above the policy's hard limit of 100. Fix: lower it to at most 100"
+    ) in proc.stderr
+
+    proc = apiserver.kubectl(
+        "create", "-f", "-", input=json.dumps(scaled_object("llama", namespace, "llama", 8)),
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert DENIED in proc.stderr, proc.stderr
+    assert (
+        f"sets spec.maxReplicaCount=8, but the cluster has 4 allocatable {four_gpu_type} GPUs, "
+        f"room for 4 replicas of Deployment {namespace}/llama at 1 GPU(s) each. "
+        "Fix: lower it to at most 4"
+    ) in proc.stderr
+    assert get(apiserver, "podautoscalers.autoscaling.aibrix.ai", "huge", namespace) is None
+    assert get(apiserver, "scaledobjects.keda.sh", "llama", namespace) is None
+
+    # At the ceiling is fine.
+    apiserver.kubectl(
+        "create", "-f", "-", input=json.dumps(scaled_object("llama", namespace, "llama", 4))
+    )
+
+
+# --------------------------------------------------------------------------- updates
+
+
+def test_selector_change_on_update_is_denied_with_a_helpful_message(
+    apiserver: Envtest, gpumix_webhook: Webhook, namespace: str
+) -> None:
+    a100 = aibrix("heterogeneous-after", namespace)[f"Deployment/{A100}"]
+    apiserver.kubectl("apply", "-f", "-", input=json.dumps(a100))
+    changed = json.loads(json.dumps(a100))
+    changed["spec"]["selector"]["matchLabels"]["tier"] = "gold"
+    changed["spec"]["template"]["metadata"]["labels"]["tier"] = "gold"
+
+    proc = apiserver.kubectl("apply", "-f", "-", input=json.dumps(changed), check=False)
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert "gpumix" in err and "[selector-immutable]" in err, err
+    assert "recreate the Deployment" in err
+    assert f"kubectl delete deployment {A100} -n {namespace}" in err
+    stored = get(apiserver, "deployment", A100, namespace) or {}
+    assert "tier" not in selector_labels(stored)
+
+
+# --------------------------------------------------------------------------- outage
+
+
+def test_webhook_down_with_the_shipped_failure_policy(
+    apiserver: Envtest, gpumix_webhook: Webhook, namespace: str
+) -> None:
+    """docs/install.md (enforce: failurePolicy Fail): while no webhook answers, creates and
+    updates of the matched kinds are refused; gpumix-system and kube-system are not
+    sent; /scale is never matched, so scaling goes on. Runs last in this module: it
+    stops the webhook and starts it again."""
+    assert {h["failurePolicy"] for c in gpumix_webhook.configs for h in c["webhooks"]} == {"Fail"}
+    dep = gpu_deployment("web", namespace, "NVIDIA-L4")
+    create_and_wait_cached(apiserver, gpumix_webhook, "Deployment", dep)
+    system_dep = gpu_deployment("e2e-system-probe", "gpumix-system", "NVIDIA-L4")
+
+    gpumix_webhook.process.stop()
+    try:
+        refused = apiserver.kubectl(
+            "create", "-f", "-", input=json.dumps(gpu_deployment("new", namespace, "NVIDIA-L4")),
+            check=False,
+        )
+        assert refused.returncode != 0
+        assert 'failed calling webhook "mutate.gpumix.io"' in refused.stderr, refused.stderr
+        assert "connection refused" in refused.stderr
+        assert get(apiserver, "deployment", "new", namespace) is None
+
+        changed = json.loads(json.dumps(dep))
+        changed["spec"]["template"]["spec"]["containers"][0]["image"] = "vllm/vllm-openai:v0.7.0"
+        update = apiserver.kubectl("apply", "-f", "-", input=json.dumps(changed), check=False)
+        assert update.returncode != 0
+        assert 'failed calling webhook "mutate.gpumix.io"' in update.stderr, update.stderr
+
+        hpa_refused = apiserver.kubectl(
+            "create", "-f", "-", input=json.dumps(hpa("v2", "web", namespace, 3)), check=False
+        )
+        assert hpa_refused.returncode != 0
+        assert "failed calling webhook" in hpa_refused.stderr
+
+        # Never sent: the /scale subresource, other kinds, the exempt namespaces.
+        apiserver.kubectl("scale", "deployment", "web", "-n", namespace, "--replicas=3")
+        assert (get(apiserver, "deployment", "web", namespace) or {})["spec"]["replicas"] == 3
+        apiserver.kubectl("create", "configmap", "still-fine", "-n", namespace)
+        apiserver.kubectl("apply", "-f", "-", input=json.dumps(system_dep))
+    finally:
+        gpumix_webhook.restart()
+        apiserver.kubectl(
+            "delete", "deployment", "e2e-system-probe", "-n", "gpumix-system", "--ignore-not-found"
+        )
+
+    # Back up: the same create goes through.
+    apiserver.kubectl(
+        "create", "-f", "-", input=json.dumps(gpu_deployment("new", namespace, "NVIDIA-L4"))
+    )

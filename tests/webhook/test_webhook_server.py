@@ -199,7 +199,7 @@ BAD_BODIES = [
     pytest.param(b"{not json", "application/json", 400, "not valid JSON", id="not-json"),
     pytest.param(b"\xff\xfe{}", "application/json", 400, "not valid JSON", id="not-utf8"),
     pytest.param(b"[1, 2]", "application/json", 400, "JSON object", id="array"),
-    pytest.param(b"[" * 5000 + b"]" * 5000, "application/json", 400, "nests deeper",
+    pytest.param(b"[" * 5000 + b"]" * 5000, "application/json", 400, "nests too deeply",
                  id="deep-nesting"),
     pytest.param(b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", '
                  b'"request": {"operation": "CREATE", "object": {}}}', "application/json", 400,
@@ -277,6 +277,28 @@ async def test_bad_review_with_uid_echoes_uid(
     assert response["uid"] == "uid-42"
     assert response["allowed"] is False
     assert response["status"]["code"] == 400 and needle in response["status"]["message"]
+
+
+async def test_deeply_nested_object_with_uid_is_a_400_review(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = review_body(deployment("deep", "solo", model="solo"), uid="deep-1")
+    nested: dict[str, Any] = {}
+    body["request"]["object"]["spec"]["template"]["spec"]["extra"] = nested
+    for _ in range(600):
+        nested["x"] = {}
+        nested = nested["x"]
+    answers = []
+    for path in ("/mutate", "/validate"):
+        status, out = await served.post(path, body)
+        assert status == 200 and out["response"]["uid"] == "deep-1"
+        answers.append(out["response"])
+    # reading it needs no recursion (validate allows); copying it for a fix does (mutate)
+    assert answers[1]["allowed"] is True
+    if not answers[0]["allowed"]:
+        assert answers[0]["status"]["code"] == 400
+        assert "nests too deeply" in answers[0]["status"]["message"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 # --------------------------------------------------------------------------- probes, metrics
