@@ -60,7 +60,7 @@ from controller.spec import (
     SpecError,
     parse_spec,
 )
-from gpumix.kube.objects import ObjectRef
+from gpumix.kube.objects import ObjectRef, node_view
 
 log = logging.getLogger("gpumix.controller")
 
@@ -144,6 +144,7 @@ class Controller:
         self._backoff: dict[tuple[str, str], float] = {}
         self._own_rv: dict[tuple[str, str], str] = {}
         self._label_keys: set[str] = set(settings.policy.model_label_keys)
+        self._signatures: dict[str, object] = {}
         self._gpumix_namespaces: set[str] | None = None
         self.synced = False
         self.metrics_url: str | None = None
@@ -257,11 +258,13 @@ class Controller:
             load = await self.loads.read(spec, now)
         else:
             load = LoadUnavailable("missing", "spec is invalid")
-        actions = plan(snapshot, load, self.policy, now)
+        # the solve is CPU-bound: a worker thread keeps the event loop (lease renewals,
+        # probes, watches) responsive while it runs
+        actions = await asyncio.to_thread(plan, snapshot, load, self.policy, now)
         if actions.solve_seconds is not None:
             self.metrics.solve_duration.observe(actions.solve_seconds)
-        await self._apply(obj, actions, state, ledger, stats)
         self._publish(ns, name, actions)
+        await self._apply(obj, actions, state, ledger, stats)
         interval = spec.interval_seconds if isinstance(spec, GPUMixSpec) else 60
         self._due[(ns, name)] = now + min(
             actions.requeue_after, float(interval), self.settings.resync_interval_s
@@ -555,25 +558,51 @@ class Controller:
     # -- watches ---------------------------------------------------------------------------
 
     def _on_event(self, kind: str, event: Obj) -> None:
+        """Queue work for a watch event, skipping changes that cannot affect a plan.
+
+        Status-only updates (Node heartbeats, Deployment rollout progress, our own
+        GPUMix status writes) are dropped: Nodes by a signature of their GPU fields,
+        Deployments by ``metadata.generation`` and labels.
+        """
         obj = event.get("object") or {}
         meta = obj.get("metadata") or {}
         ns = str(meta.get("namespace") or "")
+        name = str(meta.get("name") or "")
+        etype = event.get("type")
         if kind == "gpumix":
-            name = str(meta.get("name") or "")
-            if event.get("type") == "MODIFIED" and self._own_rv.get((ns, name)) == str(
+            if etype == "MODIFIED" and self._own_rv.get((ns, name)) == str(
                 meta.get("resourceVersion")
             ):
                 return  # our own status write
             self.queue.add((ns, name))
-        elif kind == "deployment":
+            return
+        if kind == "deployment":
             labels = labels_of(obj)
-            if not any(k in labels for k in self._label_keys):
+            sig: object = (meta.get("generation"), tuple(sorted(labels.items())))
+            key = f"{ns}/{name}"
+            if etype == "DELETED":
+                known = self._signatures.pop(key, None) is not None
+            else:
+                known = self._signatures.get(key) is not None
+                if self._signatures.get(key) == sig:
+                    return
+                self._signatures[key] = sig
+            if not any(k in labels for k in self._label_keys) and not known:
                 return
             if self._gpumix_namespaces is not None and ns not in self._gpumix_namespaces:
                 return
             self.queue.add((ns, None))
+            return
+        view = node_view(obj, self.settings.policy)
+        key = f"node/{name}"
+        if etype == "DELETED":
+            self._signatures.pop(key, None)
         else:
-            self.queue.add(ALL)
+            sig = (view.gpu_names, view.allocatable_gpus, view.unschedulable)
+            if self._signatures.get(key) == sig:
+                return
+            self._signatures[key] = sig
+        self.queue.add(ALL)
 
     async def watch_loop(self, kind: str, path: str, stop: asyncio.Event) -> None:
         """List for a resourceVersion, then watch; on errors or 410 start over (with backoff)."""
@@ -585,6 +614,10 @@ class Controller:
                     .get("metadata", {})
                     .get("resourceVersion", "")
                 )
+                if backoff > 0.5:
+                    # Listed again after a failure: whatever changed since the pass queued
+                    # at the failure was not seen by any watch, so look at everything again.
+                    self.queue.add(ALL)
                 while not stop.is_set():
                     async for event in self.kube.watch(
                         path, str(rv), timeout_s=self.settings.watch_timeout_s

@@ -75,6 +75,7 @@ class _Lp:
         self.s = s
         inf = s.infinity()
         self.big_m = 1.0
+        self.infeasible = False
         obj = s.Objective()
         obj.SetMinimization()
         self.obj = obj
@@ -131,7 +132,7 @@ class _Lp:
             unit = np.where(blk.ub[None, :] > 0, unit, unit * 1e6)
             order = np.argsort(unit, axis=1, kind="stable")
             for b in range(blk.need.shape[0]):
-                for g in order[b, :2]:
+                for g in order[b, :1]:
                     if math.isfinite(blk.need[b, g]):
                         self._add(m, b, int(g))
 
@@ -139,7 +140,7 @@ class _Lp:
         blk = self.blocks[m]
         v = self.s.NumVar(0.0, 1.0, "")
         self.bucket_rows[m][b].SetCoefficient(v, 1.0)
-        self.cap_rows[m][g].SetCoefficient(v, float(blk.need[b, g]) / 1.0)
+        self.cap_rows[m][g].SetCoefficient(v, float(blk.need[b, g]))
         self.cols[m][(b, g)] = v
         self.in_lp[m][b, g] = True
 
@@ -156,11 +157,17 @@ class _Lp:
         remaining = max(deadline - clock(), 0.001)
         self.s.SetTimeLimit(max(1, int(min(remaining, 1e6) * 1000)))
         st = self.s.Solve()
+        # With slack on every capacity row and a column in every bucket row, only the
+        # replica bounds and the pool rows can conflict: no column can repair that.
+        self.infeasible = bool(st == pywraplp.Solver.INFEASIBLE)
         return bool(st == pywraplp.Solver.OPTIMAL)
 
-    def _price(self, phase1: bool) -> int:
-        """Add entering columns; return how many were added."""
-        added = 0
+    def _price(self) -> int:
+        """Add, per bucket, its most negative reduced-cost column; return how many.
+
+        The same rule serves both phases: columns cost 0 in either objective. All duals
+        are read before any column is added (adding one invalidates the solution)."""
+        entering: list[tuple[int, int, int]] = []
         for m, blk in enumerate(self.blocks):
             if blk.need.size == 0:
                 continue
@@ -169,15 +176,15 @@ class _Lp:
             with np.errstate(invalid="ignore"):
                 rc = -u[:, None] - y[None, :] * blk.need
             rc = np.where(np.isfinite(blk.need) & ~self.in_lp[m], rc, np.inf)
-            if not phase1:
-                pass
             best = np.argmin(rc, axis=1)
             vals = rc[np.arange(rc.shape[0]), best]
             scale = 1.0 + np.abs(u)
-            for b in np.nonzero(vals < -PRICE_TOL * scale)[0]:
-                self._add(m, int(b), int(best[b]))
-                added += 1
-        return added
+            entering.extend(
+                (m, int(b), int(best[b])) for b in np.nonzero(vals < -PRICE_TOL * scale)[0]
+            )
+        for m, b, g in entering:
+            self._add(m, b, g)
+        return len(entering)
 
     def slack_sum(self) -> float:
         return float(sum(v.solution_value() for sl in self.slack for v in sl))
@@ -188,8 +195,10 @@ class _Lp:
             if clock() > deadline:
                 return "timeout", math.nan
             if not self._solve_once(deadline, clock):
+                if self.infeasible:
+                    return "infeasible", math.nan
                 return "timeout" if clock() > deadline else "error", math.nan
-            if self._price(False) == 0:
+            if self._price() == 0:
                 break
         else:  # pragma: no cover - bounded loop guard
             return "error", math.nan
@@ -207,7 +216,7 @@ class _Lp:
             if clock() > deadline or not self._solve_once(deadline, clock):
                 state = "timeout"
                 break
-            if self._price(True) == 0:
+            if self._price() == 0:
                 break
         phase1 = self.slack_sum() if state != "timeout" else math.inf
         for v, c in saved:
@@ -228,7 +237,7 @@ class _Lp:
             for _ in range(MAX_PRICING_ROUNDS):
                 if clock() > deadline or not self._solve_once(deadline, clock):
                     return "timeout", math.nan
-                if self._price(False) == 0:
+                if self._price() == 0:
                     break
             if self.slack_sum() <= 1e-9:
                 return "ok", float(self.obj.Value())
@@ -294,6 +303,7 @@ def branch_and_bound(
     seed: int,
     clock: Callable[[], float],
     max_nodes: int = 200_000,
+    incumbent: Outcome | None = None,
 ) -> Outcome:
     start = clock()
     deadline = start + max(time_limit_s, 0.0)
@@ -303,6 +313,10 @@ def branch_and_bound(
     best_val = math.inf
     best_n: FloatArray | None = None
     best_f: list[FloatArray] = []
+    if incumbent is not None and incumbent.replicas:
+        best_val = incumbent.objective
+        best_n = np.array([x for r in incumbent.replicas for x in r], dtype=float)
+        best_f = list(incumbent.fractions)
     heap: list[tuple[float, int, int, _Node]] = []
     counter = 0
     heapq.heappush(heap, (-math.inf, 0, counter, _Node(lb0, ub0)))
@@ -327,6 +341,7 @@ def branch_and_bound(
         lp.set_bounds(node)
         state, value = lp.solve(deadline, clock)
         if state == "timeout" or state == "error":
+            counter += 1
             heapq.heappush(heap, (bound, neg_depth, counter, node))
             timed_out = True
             break
@@ -337,13 +352,13 @@ def branch_and_bound(
         if value >= best_val - tol(best_val):
             continue
         n = lp.replicas()
-        fr = lp.fractions()
         # incumbent heuristic: round every replica count up (the same split still fits)
         up = np.minimum(np.ceil(n - INT_TOL), node.ub)
         up = np.maximum(up, node.lb)
-        if _fits(blocks, pools, up, fr):
-            val = _plan_value(blocks, up)
-            if val < best_val - tol(best_val):
+        val = _plan_value(blocks, up)
+        if val < best_val - tol(best_val):
+            fr = lp.fractions()
+            if _fits(blocks, pools, up, fr):
                 best_val, best_n, best_f = val, up, fr
         frac = np.abs(n - np.round(n))
         if np.all(frac <= INT_TOL):
@@ -375,3 +390,145 @@ def branch_and_bound(
         reps.append(tuple(round(x) for x in best_n[k : k + g_count]))
         k += g_count
     return Outcome(status, tuple(reps), tuple(best_f), best_val, bound, nodes)
+
+
+def full_mip(
+    blocks: Sequence[Block],
+    pools: Sequence[PoolRow],
+    *,
+    time_limit_s: float,
+    hint: Outcome | None,
+) -> Outcome:
+    """The same model as one MIP on HiGHS (all columns at once), used for large instances
+    where its cuts close the gap faster than the column-generation search."""
+    s = pywraplp.Solver.CreateSolver("HIGHS")
+    if s is None:  # pragma: no cover - HiGHS ships with OR-Tools
+        return Outcome("unknown", (), (), math.nan, -math.inf, 0)
+    s.SuppressOutput()
+    # keeps HiGHS from printing its banner on stdout (the call reports False all the same)
+    s.SetSolverSpecificParametersAsString("output_flag=false")
+    inf = s.infinity()
+    obj = s.Objective()
+    obj.SetMinimization()
+    ns: list[list[pywraplp.Variable]] = []
+    cols: list[list[tuple[int, int, pywraplp.Variable]]] = []
+    for blk in blocks:
+        g_count = blk.cost.size
+        n = []
+        for g in range(g_count):
+            ub = float(blk.ub[g]) if math.isfinite(blk.ub[g]) else inf
+            v = s.IntVar(float(blk.lb[g]), ub, "")
+            obj.SetCoefficient(v, float(blk.cost[g]))
+            n.append(v)
+            if blk.churn > 0:
+                d = s.NumVar(0.0, inf, "")
+                obj.SetCoefficient(d, blk.churn)
+                up = s.Constraint(-float(blk.cur[g]), inf)
+                up.SetCoefficient(d, 1.0)
+                up.SetCoefficient(v, -1.0)
+                down = s.Constraint(float(blk.cur[g]), inf)
+                down.SetCoefficient(d, 1.0)
+                down.SetCoefficient(v, 1.0)
+        caps = []
+        for g in range(g_count):
+            row = s.Constraint(-inf, 0.0)
+            row.SetCoefficient(n[g], -blk.usable)
+            caps.append(row)
+        block_cols: list[tuple[int, int, pywraplp.Variable]] = []
+        for b in range(blk.need.shape[0]):
+            row = s.Constraint(1.0, 1.0)
+            for gi in np.nonzero(np.isfinite(blk.need[b]))[0].tolist():
+                f = s.NumVar(0.0, 1.0, "")
+                row.SetCoefficient(f, 1.0)
+                caps[gi].SetCoefficient(f, float(blk.need[b, gi]))
+                block_cols.append((b, gi, f))
+        ns.append(n)
+        cols.append(block_cols)
+    for pool in pools:
+        row = s.Constraint(-inf, pool.capacity)
+        for m, g, gpr in pool.terms:
+            row.SetCoefficient(ns[m][g], gpr)
+    # (no SetHint: it crashes the HiGHS wrapper of this OR-Tools release)
+    if hint is not None and hint.replicas and math.isfinite(hint.objective):
+        # any better plan must beat the incumbent: a valid objective cut
+        cut = s.Constraint(-inf, hint.objective)
+        for v, c in ((v, obj.GetCoefficient(v)) for v in s.variables()):
+            if c:
+                cut.SetCoefficient(v, c)
+    params = pywraplp.MPSolverParameters()
+    params.SetDoubleParam(params.RELATIVE_MIP_GAP, 1e-9)
+    s.SetTimeLimit(max(1, int(min(max(time_limit_s, 0.0), 1e6) * 1000)))
+    st = s.Solve(params)
+    if st not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
+        state = "infeasible" if st == pywraplp.Solver.INFEASIBLE else "unknown"
+        return Outcome(state, (), (), math.nan, -math.inf, 0)
+    reps = tuple(tuple(math.ceil(v.solution_value() - INT_TOL) for v in n) for n in ns)
+    fracs: list[FloatArray] = []
+    for m, blk in enumerate(blocks):
+        f = np.zeros(blk.need.shape)
+        for b, g, v in cols[m]:
+            f[b, g] = max(v.solution_value(), 0.0)
+        sums = f.sum(axis=1, keepdims=True)
+        fracs.append(np.divide(f, sums, out=np.zeros_like(f), where=sums > 0))
+    value = _plan_value(blocks, np.array([x for r in reps for x in r], dtype=float))
+    bound = float(obj.BestBound())
+    status = "optimal" if st == pywraplp.Solver.OPTIMAL else "feasible"
+    if status == "optimal":
+        bound = min(bound, value)
+    return Outcome(status, reps, tuple(fracs), value, bound, int(s.nodes()))
+
+
+def search(
+    blocks: Sequence[Block],
+    pools: Sequence[PoolRow],
+    *,
+    time_limit_s: float,
+    seed: int,
+    clock: Callable[[], float],
+    columns_for_full_mip: int = 4000,
+    incumbent: Outcome | None = None,
+) -> Outcome:
+    """Column-generation branch-and-bound; on large instances it gets a short node budget
+    and, if unfinished, HiGHS solves the full MIP in the remaining time (with the
+    incumbent's objective as a cut). The better plan and the larger proven bound are kept."""
+    columns = sum(int(np.isfinite(b.need).sum()) for b in blocks)
+    ints = sum(b.cost.size for b in blocks)
+    large = columns > columns_for_full_mip or ints > 64
+    start = clock()
+    # the first search's budget is counted in nodes, not seconds, so the hand-over point
+    # (and the result) does not depend on the machine's speed
+    nodes = 200_000 if not large else (150 if columns <= 4 * columns_for_full_mip else 5)
+    if ints > 64:
+        nodes = 5
+    out = branch_and_bound(
+        blocks,
+        pools,
+        time_limit_s=time_limit_s,
+        seed=seed,
+        clock=clock,
+        max_nodes=nodes,
+        incumbent=incumbent,
+    )
+    if not large or out.status in ("optimal", "infeasible"):
+        return out
+    rest = time_limit_s - (clock() - start)
+    if rest <= 0.01:
+        return out
+    mip = full_mip(blocks, pools, time_limit_s=rest, hint=out)
+    if mip.status == "unknown" or (mip.status == "infeasible" and out.replicas):
+        return out
+    if mip.status == "infeasible":
+        return mip
+    bound = max(mip.bound, out.bound if math.isfinite(out.bound) else -math.inf)
+    best = mip if (not out.replicas or mip.objective <= out.objective) else out
+    status = (
+        "optimal" if bound >= best.objective - 1e-9 * max(1.0, abs(best.objective)) else "feasible"
+    )
+    return Outcome(
+        status,
+        best.replicas,
+        best.fractions,
+        best.objective,
+        min(bound, best.objective),
+        out.nodes + mip.nodes,
+    )

@@ -8,11 +8,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from optimizer._engine import Block, Outcome, PoolRow, branch_and_bound
+from optimizer._engine import Block, Outcome, PoolRow, branch_and_bound, search
 from optimizer.model import GpuOption, JointResult, Pool, Problem, Result, Status
 
 Clock = Callable[[], float]
-LOAD_TOL = 1e-6  # relative tolerance of the capacity check
+JOINT_NODES = 300  # node budget of the last joint step (nodes, not seconds: deterministic)
+LOAD_TOL = 1e-6  # a replica may carry its capacity times (1 + LOAD_TOL): float noise only
 
 
 # ---------------------------------------------------------------- validation
@@ -133,13 +134,18 @@ def _cap_text(g: GpuOption) -> str:
     return f"{g.name} ({', '.join(parts) or 'unlimited'})"
 
 
+def _cap(g: GpuOption, extra: float | None) -> int | None:
+    cap = g.replica_cap()
+    if extra is None or not math.isfinite(extra):
+        return cap
+    return int(extra) if cap is None else min(cap, int(extra))
+
+
 def diagnose(problem: Problem, ub: Sequence[float] | None = None) -> str:
     """Why no plan exists, before solving: bounds and unservable buckets ('' when none)."""
     reasons: list[str] = []
     for j, g in enumerate(problem.gpus):
-        cap = g.replica_cap()
-        if ub is not None:
-            cap = int(min(ub[j], math.inf if cap is None else cap))
+        cap = _cap(g, None if ub is None else ub[j])
         if cap is not None and g.min_replicas > cap:
             reasons.append(
                 f"{g.name}: min_replicas {g.min_replicas} exceeds what "
@@ -156,10 +162,7 @@ def diagnose(problem: Problem, ub: Sequence[float] | None = None) -> str:
             continue
         caps = []
         for j in serving:
-            c = problem.gpus[j].replica_cap()
-            if ub is not None:
-                c = int(min(ub[j], math.inf if c is None else c))
-            caps.append(c)
+            caps.append(_cap(problem.gpus[j], None if ub is None else ub[j]))
         if all(c == 0 for c in caps):
             no_room.append(
                 f"{b.label()} (only " + ", ".join(_cap_text(problem.gpus[j]) for j in serving) + ")"
@@ -218,7 +221,7 @@ def _finish(
             for i in range(nb)
             if assign[i, j] > 0 and g.rates[i] > 0
         )
-        needed = math.ceil(load / usable * (1 - 1e-9) - 1e-9) if load > 0 else 0
+        needed = math.ceil(load / (usable * (1 + LOAD_TOL))) if load > 0 else 0
         replicas[j] = max(replicas[j], needed, g.min_replicas)
     cost = sum(g.replica_cost * n for g, n in zip(problem.gpus, replicas, strict=True))
     churn = problem.churn_weight * sum(
@@ -290,7 +293,7 @@ def solve(
         return _fail(problem, Status.INFEASIBLE, clock() - start, why)
     need, members = _merge_buckets(problem)
     blk = _block(problem, need, None)
-    out = branch_and_bound([blk], [], time_limit_s=time_limit_s, seed=seed, clock=clock)
+    out = search([blk], [], time_limit_s=time_limit_s, seed=seed, clock=clock)
     return _single(problem, members, out, clock() - start, None)
 
 
@@ -314,6 +317,128 @@ def _single(
     return _finish(
         problem, members, out.replicas[0], out.fractions[0], status, out.bound, runtime, out.nodes
     )
+
+
+def _combine(outs: Sequence[Outcome]) -> Outcome:
+    return Outcome(
+        "feasible",
+        tuple(o.replicas[0] for o in outs),
+        tuple(o.fractions[0] for o in outs),
+        sum(o.objective for o in outs),
+        -math.inf,
+        sum(o.nodes for o in outs),
+    )
+
+
+def _pool_ok(blocks: Sequence[Block], rows: Sequence[PoolRow], plan: Outcome) -> bool:
+    return all(
+        sum(gpr * plan.replicas[m][g] for m, g, gpr in row.terms) <= row.capacity + 1e-9
+        for row in rows
+    )
+
+
+def _sequential(
+    blocks: Sequence[Block], rows: Sequence[PoolRow], deadline: float, seed: int, clock: Clock
+) -> Outcome | None:
+    """Plan model after model within what the pool has left (a heuristic incumbent)."""
+    left = [row.capacity for row in rows]
+    outs: list[Outcome] = []
+    for m, blk in enumerate(blocks):
+        ub = blk.ub.copy()
+        for k, row in enumerate(rows):
+            for mm, g, gpr in row.terms:
+                if mm == m:
+                    ub[g] = min(ub[g], math.floor(left[k] / gpr + 1e-9))
+        if np.any(blk.lb > ub):
+            return None
+        capped = Block(blk.need, blk.cost, blk.lb, ub, blk.cur, blk.churn, blk.usable)
+        rest = max(deadline - clock(), 0.01)
+        out = search([capped], [], time_limit_s=rest, seed=seed, clock=clock)
+        if not out.replicas:
+            return None
+        for k, row in enumerate(rows):
+            for mm, g, gpr in row.terms:
+                if mm == m:
+                    left[k] -= gpr * out.replicas[0][g]
+        outs.append(out)
+    return _combine(outs)
+
+
+def _lagrangian(
+    blocks: Sequence[Block],
+    rows: Sequence[PoolRow],
+    incumbent: Outcome | None,
+    deadline: float,
+    seed: int,
+    clock: Clock,
+    max_rounds: int = 15,
+) -> tuple[float, Outcome | None]:
+    """Subgradient ascent on prices of the pooled GPUs.
+
+    For prices mu >= 0 every model is planned alone with its replica cost raised by
+    mu_g * gpus_per_replica; the sum of those optima minus mu . pool is a valid lower
+    bound on the joint objective (any joint plan pays at most that extra). Returns the
+    best bound and the cheapest plan seen that fits the pool."""
+    mu = np.zeros(len(rows))
+    best_bound = -math.inf
+    best_plan: Outcome | None = None
+    upper = incumbent.objective if incumbent is not None else math.inf
+    theta = 1.0
+    stall = 0
+    caps = np.array([row.capacity for row in rows])
+    for _ in range(max_rounds):
+        if clock() > deadline:
+            break
+        outs: list[Outcome] = []
+        for m, blk in enumerate(blocks):
+            extra = np.zeros(blk.cost.size)
+            for k, row in enumerate(rows):
+                for mm, g, gpr in row.terms:
+                    if mm == m:
+                        extra[g] += mu[k] * gpr
+            priced = Block(
+                blk.need, blk.cost + extra, blk.lb, blk.ub, blk.cur, blk.churn, blk.usable
+            )
+            rest = max(deadline - clock(), 0.01)
+            out = search([priced], [], time_limit_s=rest, seed=seed, clock=clock)
+            if not out.replicas or not math.isfinite(out.bound):
+                return best_bound, best_plan
+            outs.append(out)
+        usage = np.array(
+            [sum(gpr * outs[m].replicas[0][g] for m, g, gpr in row.terms) for row in rows]
+        )
+        value = sum(o.bound for o in outs) - float(mu @ caps)
+        if value > best_bound + 1e-9 * max(1.0, abs(value)):
+            best_bound = value
+            stall = 0
+        else:
+            stall += 1
+            if stall >= 2:
+                theta /= 2
+                stall = 0
+        plan = _combine(outs)
+        true_obj = _plan_value_of(blocks, plan)
+        plan = Outcome("feasible", plan.replicas, plan.fractions, true_obj, -math.inf, 0)
+        if _pool_ok(blocks, rows, plan) and true_obj < upper:
+            upper = true_obj
+            best_plan = plan
+        grad = usage - caps
+        if math.isfinite(upper) and best_bound >= upper - 1e-9 * max(1.0, abs(upper)):
+            break
+        norm = float(grad @ grad)
+        if norm == 0:
+            break
+        gap = (upper - value) if math.isfinite(upper) else max(abs(value), 1.0) * 0.1
+        mu = np.maximum(0.0, mu + theta * max(gap, 1e-9) / norm * grad)
+    return best_bound, best_plan
+
+
+def _plan_value_of(blocks: Sequence[Block], plan: Outcome) -> float:
+    total = 0.0
+    for blk, reps in zip(blocks, plan.replicas, strict=True):
+        n = np.array(reps, dtype=float)
+        total += float(blk.cost @ n) + blk.churn * float(np.abs(n - blk.cur).sum())
+    return total
 
 
 def solve_joint(
@@ -375,7 +500,81 @@ def solve_joint(
         )
         if terms:
             rows.append(PoolRow(float(pool.gpus[name]), terms))
-    out = branch_and_bound(blocks, rows, time_limit_s=time_limit_s, seed=seed, clock=clock)
+    deadline = start + time_limit_s
+    # 1. each model alone (the pool only as a per-model cap): a relaxation, so the sum of
+    #    their bounds is a valid bound, and if their plans fit the pool they are optimal
+    alone = []
+    for blk in blocks:
+        rest = max(deadline - clock(), 0.01)
+        alone.append(search([blk], [], time_limit_s=rest, seed=seed, clock=clock))
+    if any(o.status == "infeasible" for o in alone):
+        bad = [
+            problems[m].model or f"problems[{m}]"
+            for m, o in enumerate(alone)
+            if o.status == "infeasible"
+        ]
+        return JointResult(
+            Status.INFEASIBLE,
+            runtime_s=clock() - start,
+            reason=f"{', '.join(bad)}: "
+            + _capacity_reason(
+                [problems[m] for m, o in enumerate(alone) if o.status == "infeasible"], pool
+            ),
+        )
+    lower = sum(o.bound for o in alone) if all(math.isfinite(o.bound) for o in alone) else -math.inf
+    incumbent = _combine(alone) if all(o.replicas for o in alone) else None
+    if incumbent is not None and not _pool_ok(blocks, rows, incumbent):
+        # 2. repair: plan the models one after another within what the pool has left
+        incumbent = _sequential(blocks, rows, deadline, seed, clock)
+        # 3. price the pooled GPUs (Lagrangian relaxation of the pool rows): a better
+        #    bound, and plans that may fit the pool more cheaply
+        budget = start + 0.5 * time_limit_s
+        lag_bound, lag_plan = _lagrangian(blocks, rows, incumbent, budget, seed, clock)
+        lower = max(lower, lag_bound)
+        if lag_plan is not None and (incumbent is None or lag_plan.objective < incumbent.objective):
+            incumbent = lag_plan
+    if (
+        incumbent is not None
+        and _pool_ok(blocks, rows, incumbent)
+        and incumbent.objective <= lower + 1e-9 * max(1.0, abs(lower))
+    ):
+        out = Outcome(
+            "optimal",
+            incumbent.replicas,
+            incumbent.fractions,
+            incumbent.objective,
+            incumbent.objective,
+            sum(o.nodes for o in alone),
+        )
+    else:
+        # 4. the joint search from the best plan so far: a bounded column-generation
+        #    search when there is one (a full MIP rarely finds a better pooled plan), the
+        #    full search otherwise
+        rest = max(deadline - clock(), 0.01)
+        if incumbent is not None:
+            out = branch_and_bound(
+                blocks,
+                rows,
+                time_limit_s=rest,
+                seed=seed,
+                clock=clock,
+                max_nodes=JOINT_NODES,
+                incumbent=incumbent,
+            )
+        else:
+            out = search(blocks, rows, time_limit_s=rest, seed=seed, clock=clock)
+        if out.replicas and math.isfinite(lower) and out.status == "feasible":
+            bound = max(out.bound, lower)
+            st = (
+                "optimal"
+                if bound >= out.objective - 1e-9 * max(1.0, abs(out.objective))
+                else "feasible"
+            )
+            out = Outcome(
+                st, out.replicas, out.fractions, out.objective, min(bound, out.objective), out.nodes
+            )
+        elif not out.replicas and out.status == "unknown":
+            out = Outcome("unknown", (), (), math.nan, max(out.bound, lower), out.nodes)
     runtime = clock() - start
     if out.status in ("infeasible", "unknown"):
         st = Status.INFEASIBLE if out.status == "infeasible" else Status.UNKNOWN
@@ -423,7 +622,7 @@ def single_type_plans(problem: Problem) -> dict[str, Result]:
             )
             continue
         need = sum(problem.load[i] / g.rates[i] for i in loaded)
-        n = max(g.min_replicas, math.ceil(need / usable * (1 - 1e-9) - 1e-9) if need else 0)
+        n = max(g.min_replicas, math.ceil(need / (usable * (1 + LOAD_TOL))) if need else 0)
         cap = g.replica_cap()
         if cap is not None and n > cap:
             out[g.name] = _fail(

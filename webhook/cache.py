@@ -14,6 +14,7 @@ picked up; a CRD that disappears takes its objects with it.
 
 The cache is ``synced`` when discovery has run and every reflector has listed
 and is connected; a failing list or watch makes it unsynced until it recovers.
+A CRD that appears later does not make it unsynced before its first list.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpumix.kube.objects import namespace_of, view_of
+from gpumix.kube.objects import View, namespace_of, view_of
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
 from webhook.kubeapi import ApiError, KubeClient
@@ -95,6 +97,9 @@ class Reflector:
         self.relists = 0
         self.gone = False
         """True once an optional resource has disappeared (404); the reflector stops."""
+        self.late = False
+        """Started for a CRD installed after the cache had synced: it does not make the
+        cache unready before its first list (all replicas would turn unready at once)."""
 
     # -- applying ----------------------------------------------------------------
     def _key(self, obj: dict[str, Any]) -> tuple[str, str]:
@@ -102,15 +107,17 @@ class Reflector:
         ns = namespace_of(obj) if self.resource.namespaced else ""
         return ns, name if isinstance(name, str) else ""
 
-    def _put(self, obj: dict[str, Any]) -> None:
+    def _view(self, obj: dict[str, Any]) -> View | None:
         # List items carry no apiVersion/kind; watch events do: set both the same way.
         obj["apiVersion"] = self.resource.api_version
         obj["kind"] = self.resource.kind
-        view = view_of(obj, self.policy)
-        if view is None:
-            return
-        self.snapshot.put(view)
-        self.keys.add(self._key(obj))
+        return view_of(obj, self.policy)
+
+    def _put(self, obj: dict[str, Any]) -> None:
+        view = self._view(obj)
+        if view is not None:
+            self.snapshot.put(view)
+            self.keys.add(self._key(obj))
 
     def _remove(self, key: tuple[str, str]) -> None:
         self.snapshot.remove(self.resource.kind, key[0], key[1])
@@ -121,8 +128,12 @@ class Reflector:
             self._remove(key)
 
     async def relist(self) -> str:
-        """List every page, then replace this resource's objects; return the list's version."""
-        items: list[dict[str, Any]] = []
+        """List every page, then replace this resource's objects; return the list's version.
+
+        Each page is turned into views at once, so only views (not 10,000 whole
+        objects) are held until the list is complete and applied.
+        """
+        views: dict[tuple[str, str], View] = {}
         cont = ""
         version = ""
         for _ in range(MAX_PAGES):
@@ -132,18 +143,20 @@ class Reflector:
             page = await self.client.get(self.resource.path, query)
             for item in page.get("items") or []:
                 if isinstance(item, dict):
-                    items.append(item)
+                    view = self._view(item)
+                    if view is not None:
+                        views[self._key(item)] = view
             meta = _obj_meta(page)
             cont = str(meta.get("continue") or "")
             version = str(meta.get("resourceVersion") or version)
+            del page
             if not cont:
                 break
-        stale = set(self.keys)
-        for item in items:
-            self._put(item)
-            stale.discard(self._key(item))
-        for key in stale:
+        for key in self.keys - views.keys():
             self._remove(key)
+        for key, view in views.items():
+            self.snapshot.put(view)
+            self.keys.add(key)
         self.relists += 1
         self.on_change()
         return version
@@ -183,16 +196,19 @@ class Reflector:
                     "allowWatchBookmarks": "true",
                     "timeoutSeconds": str(self.settings.watch_timeout_s),
                 }
+                started = time.monotonic()
                 async for event in self.client.watch(
                     self.resource.path, query, self.settings.watch_timeout_s
                 ):
                     if event.get("type") == "OPENED":
                         opened = True
                         self._set_synced(True)
-                        backoff = self.settings.backoff_initial_s
                         continue
                     self.apply(event)
-                continue  # the server closed the watch: resume from resource_version
+                if time.monotonic() - started > 1.0:
+                    backoff = self.settings.backoff_initial_s
+                    continue  # the server ended the watch: resume from resource_version
+                # A watch that ends at once, again and again, must not spin: back off.
             except ApiError as exc:
                 if exc.code == 410:
                     log.info("%s: %s; listing again", self.resource.path, exc.message)
@@ -204,8 +220,9 @@ class Reflector:
                     self._set_synced(True)
                     return
                 elif opened and exc.unreachable:
-                    # An established watch broke: resume at once; readiness changes only
-                    # if the API server cannot be reached again (no flapping on a reset).
+                    # An established watch broke: resume after the shortest pause;
+                    # readiness changes only if the API server cannot be reached again
+                    # (no flapping on a connection reset).
                     log.info("%s: %s; resuming", self.resource.path, exc.message)
                     backoff = self.settings.backoff_initial_s
                 else:
@@ -245,7 +262,9 @@ class ClusterCache:
     @property
     def synced(self) -> bool:
         return self._discovered and all(
-            r.synced for r in self.reflectors.values() if not r.gone
+            r.synced
+            for r in self.reflectors.values()
+            if not r.gone and not (r.late and r.relists == 0)
         )
 
     def _changed(self) -> None:
@@ -326,6 +345,7 @@ class ClusterCache:
                 if current is None or current.gone:
                     log.info("watching %s", resource.path)
                     self._start(resource)
+                    self.reflectors[resource].late = self._discovered
             self._discovered = True
             self._changed()
             await self._sleep(self.settings.discovery_interval_s)

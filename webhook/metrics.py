@@ -75,6 +75,7 @@ class WebhookMetrics:
         for kind in CACHE_KINDS:
             self.cache_objects.labels(kind=kind).set(0)
         self._children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
+        self._finding_children: dict[tuple[str, str, str], Counter] = {}
 
     def observe(
         self, path: str, kind: str, operation: str, verdict: str, seconds: float
@@ -95,7 +96,12 @@ class WebhookMetrics:
         children[1].observe(seconds)
 
     def finding(self, rule: str, severity: str, mode: str) -> None:
-        self.findings.labels(rule=rule, severity=severity, mode=mode).inc()
+        key = (rule, severity, mode)
+        child = self._finding_children.get(key)
+        if child is None:  # rules, severities and modes are a small fixed set
+            child = self.findings.labels(rule=rule, severity=severity, mode=mode)
+            self._finding_children[key] = child
+        child.inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

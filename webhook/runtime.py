@@ -122,10 +122,16 @@ async def serve(
             on_ready(ports[0], ports[1])
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
+        handled = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+                handled.append(sig)
+        try:
+            await stop.wait()
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
     finally:
         await probes.cleanup()
         await https.cleanup()

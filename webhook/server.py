@@ -90,8 +90,8 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 # --------------------------------------------------------------------------- responses
 
 
-def _dumps(data: object) -> str:
-    return json.dumps(data, separators=(",", ":"))
+def _dumps(data: object) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 def status_response(code: int, message: str, reason: str) -> web.Response:
@@ -104,11 +104,11 @@ def status_response(code: int, message: str, reason: str) -> web.Response:
         "reason": reason,
         "code": code,
     }
-    return web.Response(status=code, text=_dumps(body), content_type="application/json")
+    return web.Response(status=code, body=_dumps(body), content_type="application/json")
 
 
 def review_response(review_body: AdmissionReviewResponse) -> web.Response:
-    return web.Response(text=_dumps(review_body), content_type="application/json")
+    return web.Response(body=_dumps(review_body), content_type="application/json")
 
 
 class BadBody(Exception):
@@ -154,7 +154,6 @@ async def _admit(request: web.Request, phase: Phase) -> web.Response:
     state = request.app[STATE]
     path = f"/{phase}"
     started = time.perf_counter()
-    kind = operation = ""
     try:
         body = await read_json(request)
         try:
@@ -163,11 +162,12 @@ async def _admit(request: web.Request, phase: Phase) -> web.Response:
             raise BadBody(400, str(exc), exc.uid) from None
     except BadBody as bad:
         state.metrics.observe(path, "", "", "errored", time.perf_counter() - started)
-        log.info("bad admission request on %s: %s", path, bad.message)
+        message = _clip(bad.message)
+        log.info("bad admission request on %s: %s", path, message)
         if bad.uid:
-            return review_response(to_response(bad.uid, errored(bad.message, bad.code)))
+            return review_response(to_response(bad.uid, errored(message, bad.code)))
         reason = "RequestEntityTooLarge" if bad.code == 413 else "BadRequest"
-        response = status_response(bad.code, bad.message, reason)
+        response = status_response(bad.code, message, reason)
         if not request.content.at_eof():
             response.force_close()  # the unread rest of the body must not be taken as a request
         return response
@@ -189,6 +189,11 @@ async def _admit(request: web.Request, phase: Phase) -> web.Response:
     state.metrics.observe(path, kind, operation, verdict.shape, time.perf_counter() - started)
     _count_findings(state.metrics, phase, verdict)
     return review_response(payload)
+
+
+def _clip(message: str, limit: int = 1000) -> str:
+    """Error messages quote parts of the request: keep them (and the log) short."""
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 def _count_findings(metrics: WebhookMetrics, phase: Phase, verdict: Verdict) -> None:

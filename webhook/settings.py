@@ -33,6 +33,9 @@ class TLSSettings:
     """Replace the certificate once this fraction of its lifetime has passed."""
     check_interval_s: float = 60.0
     """How often the Secret (or the files) are re-read and the expiry checked."""
+    reload_grace_s: float = 30.0
+    """After a rotation, keep serving the previous certificate (while it is valid) this
+    long, so that API servers have seen the new ``caBundle`` before it is presented."""
     ca_out_file: str | None = None
     """Without a cluster (``--state``): write the generated CA bundle to this file."""
 

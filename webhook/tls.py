@@ -11,6 +11,8 @@ Three sources, one interface (``context``, ``loaded``, ``start``/``stop``):
   409 Conflict adopt the winner's); keep ``caBundle`` of every webhook in the
   ``gpumix`` Mutating/ValidatingWebhookConfiguration equal to the Secret's
   ``ca.crt``.  Replicas therefore never fight: the Secret is the only truth.
+  A rotated certificate is presented only ``reload_grace_s`` after the new
+  ``caBundle`` was written (the previous one is still valid meanwhile).
 - ``EphemeralCerts``: generated in memory (``--state`` mode, no cluster).
 
 Rotation makes a new CA and serving certificate; ``ca.crt`` carries the new CA
@@ -304,9 +306,12 @@ class CertSource:
             await self._sleep(min(0.2 * 2**attempt, 1.0))
         self._task = asyncio.create_task(self._loop(), name="gpumix-tls-refresh")
 
+    def _next_check_s(self) -> float:
+        return self.settings.check_interval_s if self.loaded else 1.0
+
     async def _loop(self) -> None:
         while True:
-            await self._sleep(self.settings.check_interval_s if self.loaded else 1.0)
+            await self._sleep(self._next_check_s())
             await self.refresh_safely()
 
     async def stop(self) -> None:
@@ -409,6 +414,8 @@ class BootstrapCerts(CertSource):
     ) -> None:
         super().__init__(settings, holder, clock, sleep)
         self.client = client
+        self._pending = b""
+        self._pending_since = 0.0
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -497,9 +504,11 @@ class BootstrapCerts(CertSource):
             return bundle
         raise CertError("the certificate Secret keeps changing under us; will retry")
 
-    async def sync_ca_bundle(self, ca_pem: bytes) -> None:
-        """Set ``caBundle`` of every webhook in the gpumix configurations to ``ca_pem``."""
+    async def sync_ca_bundle(self, ca_pem: bytes) -> bool:
+        """Set ``caBundle`` of every webhook in the gpumix configurations to ``ca_pem``;
+        True when something had to be changed."""
         want = _b64(ca_pem)
+        updated = False
         name = self.settings.webhook_config_name
         for plural in WEBHOOK_CONFIG_KINDS:
             path = f"/apis/admissionregistration.k8s.io/v1/{plural}/{name}"
@@ -531,9 +540,33 @@ class BootstrapCerts(CertSource):
                         continue
                     raise
                 log.info("caBundle of %s %s updated", plural, name)
+                updated = True
                 break
+        return updated
 
     async def refresh(self) -> None:
         bundle = await self.ensure_secret()
-        await self.sync_ca_bundle(bundle.ca_pem)
+        ca_changed = await self.sync_ca_bundle(bundle.ca_pem)
+        now = self.clock()
+        if (
+            self.holder.loaded
+            and bundle.cert_pem != self.holder.cert_pem
+            and self.holder.not_after is not None
+            and now < self.holder.not_after
+        ):
+            # The caBundle (old and new CA) was just written; API servers pick it up
+            # within moments. Until the grace has passed, the previous certificate is
+            # still trusted everywhere and still valid: keep presenting it.
+            # If the caBundle had to be written now (it was missing the new CA, e.g. a
+            # replica with an older Secret overwrote it), the grace starts again.
+            if self._pending != bundle.cert_pem or ca_changed:
+                self._pending, self._pending_since = bundle.cert_pem, now
+            if now - self._pending_since < self.settings.reload_grace_s:
+                return
         self.holder.load(bundle.cert_pem, bundle.key_pem)
+        self._pending = b""
+
+    def _next_check_s(self) -> float:
+        if self._pending:
+            return min(self.settings.check_interval_s, self.settings.reload_grace_s)
+        return super()._next_check_s()

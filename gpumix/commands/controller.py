@@ -120,7 +120,7 @@ async def _api_client(args: argparse.Namespace) -> Any:
 
     if args.kubeconfig is None:
         try:
-            config.load_incluster_config()
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
             return client.ApiClient()
         except config.ConfigException:
             pass

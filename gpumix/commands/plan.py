@@ -264,6 +264,12 @@ def to_table(problem: Problem, result: Result, singles: dict[str, Result]) -> st
 
 
 def run(args: argparse.Namespace) -> int:
+    if not (math.isfinite(args.time_limit) and args.time_limit > 0):
+        print(
+            f"gpumix plan: --time-limit: must be a number > 0, got {args.time_limit}",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT
     try:
         problem = load_problem(args)
     except (InputError, ProfileError) as exc:

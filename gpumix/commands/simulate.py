@@ -90,7 +90,7 @@ def run(
 ) -> int:
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    from gpumix.simulate.planning import ProfileError, load_profiles, optimizer_planner
+    from gpumix.simulate.planning import ProfileError, load_inputs, optimizer_planner
     from gpumix.simulate.report import text_report, write_report
     from gpumix.simulate.runner import MAX_HOURS, simulate
     from gpumix.simulate.scenario import ScenarioError, read_scenario, resolve
@@ -104,8 +104,7 @@ def run(
         stderr.write(f"error: --hours must be in (0, {MAX_HOURS:g}]\n")
         return EXIT_INPUT
     try:
-        scenario = read_scenario(resolve(args.scenario))
-        profiles = load_profiles(scenario)
+        scenario, profiles = load_inputs(read_scenario(resolve(args.scenario)))
     except (ScenarioError, ProfileError) as exc:
         stderr.write(f"error: {exc}\n")
         return EXIT_INPUT

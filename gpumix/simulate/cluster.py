@@ -27,7 +27,6 @@ Modelled
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +36,7 @@ import numpy.typing as npt
 from ortools.linear_solver import pywraplp
 
 from gpumix.kube.objects import DeploymentView, deployment_view
-from gpumix.kube.policy import GPU_TYPE_LABEL, Policy
+from gpumix.kube.policy import Policy
 from gpumix.kube.selectors import Selector
 
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -54,7 +53,13 @@ class NodePool:
     nodes: int
     gpus_per_node: int
     cpus_per_node: float
-    price_per_gpu_hour: float
+    price_per_gpu_hour: float | None = None
+    """None until filled from the scenario's prices file."""
+
+    @property
+    def gpu_price(self) -> float:
+        """Price per GPU-hour (0 when unknown)."""
+        return self.price_per_gpu_hour or 0.0
 
     @property
     def gpus(self) -> int:
@@ -264,15 +269,11 @@ class Cluster:
 
     def cost_per_hour(self) -> float:
         return sum(
-            pod.gpus * pod.node.pool.price_per_gpu_hour
+            pod.gpus * pod.node.pool.gpu_price
             for dep in self.deployments.values()
             for pod in dep.pods
             if pod.node is not None
         )
-
-
-def gpu_type_label(dep: SimDeployment) -> str:
-    return dep.view.template_labels.get(GPU_TYPE_LABEL) or (dep.gpu_type or "cpu")
 
 
 # -- routing ---------------------------------------------------------------------------
@@ -373,7 +374,3 @@ class Router:
                 util[g] = work / replicas[g]
         served = float(routable.sum() * step_s) * (1.0 if peak <= 1.0 else 1.0 / peak)
         return Routing(util, requests, min(served, requests))
-
-
-def ceil_div(a: float, b: float) -> int:
-    return math.ceil(a / b - 1e-9)

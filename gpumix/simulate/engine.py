@@ -4,22 +4,24 @@ Each step (``stepSeconds``, one minute by default), in this order:
 
 1. workloads driven from outside (``workloads.NAME.replicasAt``) get their replica count;
 2. the gpumix controller, every ``controller.intervalMinutes``, observes the mean load
-   histogram of the last ``controller.windowMinutes``, asks the optimizer for the
-   cheapest mix that serves it (availability = free GPUs of each type plus the GPUs
-   its own pods hold; ceilings = the Deployment's autoscaler ceiling when it has one),
-   and scales the per-GPU-type Deployments (down only to the highest plan of the last
-   ``controller.scaleDownStabilizationMinutes``); when the plan fails it keeps the
-   current replicas (fail static);
-3. each autoscaler runs its HPA-like rule on the utilisation measured in the previous
-   step (see :class:`SimAutoscaler`);
+   histogram of the last ``controller.windowMinutes`` (per bucket, the highest such
+   mean seen at its decisions of the last ``controller.scaleDownStabilizationMinutes``,
+   less the buckets none of its GPU types can serve within the SLO), asks the
+   optimizer for the cheapest mix that serves it (availability = free GPUs of each
+   type plus the GPUs its own pods hold; ceilings = the Deployment's autoscaler
+   ceiling when it has one), and scales the per-GPU-type Deployments: up at once,
+   down only when the plan scales nothing up and none of the model's pods is starting
+   (make before break); when the plan fails it keeps the current replicas (fail static);
+3. each autoscaler runs its HPA-like rule on the load measured in the previous step,
+   spread over the pods Ready now (see :class:`SimAutoscaler`);
 4. the ReplicaSet controller and the scheduler create, delete and place pods;
 5. the router sends this step's requests to the Ready pods (see
    :class:`gpumix.simulate.cluster.Router`) and the step is recorded.
 
 Before the first step the scenario's manifests are applied in order (their first
-pods are Ready when the run starts), optionally
-fixed first as ``gpumix check --fix`` fixes them and optionally through gpumix's
-admission review (the webhook's pure core) in enforce mode.
+pods are Ready when the run starts), optionally fixed first as ``gpumix check --fix``
+fixes them and optionally through gpumix's admission review (the webhook's pure
+core) in enforce mode.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ class SimAutoscaler:
         return self.view.ceiling
 
     def desired(self, cluster: Cluster, utilisation: Mapping[str, float], now: float) -> int | None:
+        """``utilisation``: per GPU type, the utilisation of each of its Ready pods."""
         if self.view.target is None or self.view.target.name not in cluster.deployments:
             return None
         dep = cluster.deployments[self.view.target.name]
@@ -370,7 +373,7 @@ def run_variant(
     controller = scenario.controller
     interval = round(controller.interval_minutes / step_min) if controller else 0
     utilisation: dict[str, float] = dict.fromkeys(routed_types, 0.0)
-    plan_history: dict[str, deque[tuple[float, int]]] = {}
+    work: dict[str, float] = dict.fromkeys(routed_types, 0.0)
 
     for k in range(steps):
         now = float(minutes[k] * 60.0)
@@ -392,23 +395,23 @@ def run_variant(
                 seed,
                 trace,
                 capacity,
-                plan_history,
             )
+        # Metrics lag one step: the busy replica-equivalents measured last step, spread
+        # over the pods Ready now (a pod that just became Ready dilutes, not repeats, it).
+        ready_now = _ready_by_type(model_deps, capacity, now)
+        per_pod = {g: work[g] / ready_now[g] for g in work if ready_now.get(g, 0) > 0}
         for scaler in scalers:
-            want = scaler.desired(cluster, utilisation, now)
+            want = scaler.desired(cluster, per_pod, now)
             if want is not None and scaler.view.target is not None:
                 cluster.scale(scaler.view.target.name, want)
         cluster.reconcile(now)
 
-        ready_by_type: dict[str, int] = {}
-        for dep in model_deps:
-            if dep.type_name in capacity:
-                n = sum(1 for p in dep.pods if p.is_ready(now))
-                ready_by_type[dep.type_name] = ready_by_type.get(dep.type_name, 0) + n
+        ready_by_type = _ready_by_type(model_deps, capacity, now)
         rates = load.counts[k].astype(float) / scenario.step_s
         if router is not None:
             routing = router.route(rates, ready_by_type, scenario.step_s)
             utilisation = {g: routing.utilisation.get(g, 0.0) for g in routed_types}
+            work = {g: utilisation[g] * ready_by_type.get(g, 0) for g in routed_types}
             trace.requests[k] = routing.requests
             trace.served[k] = routing.served
         else:
@@ -430,6 +433,18 @@ def run_variant(
     return trace
 
 
+def _ready_by_type(
+    deps: Sequence[SimDeployment], capacity: Mapping[str, FloatArray], now: float
+) -> dict[str, int]:
+    """Ready pods per profiled GPU type, over the model's Deployments."""
+    out: dict[str, int] = {}
+    for dep in deps:
+        if dep.type_name in capacity:
+            n = sum(1 for p in dep.pods if p.is_ready(now))
+            out[dep.type_name] = out.get(dep.type_name, 0) + n
+    return out
+
+
 def _control(
     scenario: Scenario,
     variant: Variant,
@@ -443,7 +458,6 @@ def _control(
     seed: int,
     trace: Trace,
     capacity: Mapping[str, FloatArray],
-    history: dict[str, deque[tuple[float, int]]],
 ) -> None:
     allowed = variant.controller_types or settings.types
     by_type: dict[str, SimDeployment] = {}
@@ -454,8 +468,23 @@ def _control(
     step_min = scenario.step_s / 60.0
     window = max(round(settings.window_minutes / step_min), 1)
     minute = float(trace.minutes[k])
-    # no history before the first step: the first plan sees the first step's load
-    rates = load.rate(0, 1) if k == 0 else load.rate(k - window, k)
+    if k == 0:
+        # no history before the first step: the first plan sees the first step's load
+        rates = load.rate(0, 1)
+    else:
+        # the highest load (per bucket) observed at the decisions of the stabilization
+        # period: the plan shrinks only once the load has stayed lower that long
+        every = max(round(settings.interval_minutes / step_min), 1)
+        hold = round(settings.scale_down_stabilization_minutes / step_min)
+        ends = [k - j for j in range(0, hold + 1, every) if k - j > 0]
+        rates = np.max([load.rate(end - window, end) for end in ends], axis=0)
+    # Load that none of the allowed types can serve within the SLO is left out of the
+    # plan (it cannot be served whatever the plan) and said so in the plan's record.
+    servable = np.zeros(np.shape(rates), dtype=bool)
+    for g in types:
+        servable |= np.asarray(capacity[g]).reshape(np.shape(rates)) > 0
+    dropped = float(np.where(servable, 0.0, rates).sum())
+    rates = np.where(servable, rates, 0.0)
     ceilings = {
         s.view.target.name: s.ceiling for s in scalers if s.view.target and s.ceiling is not None
     }
@@ -463,7 +492,7 @@ def _control(
     available: dict[str, int] = {}
     for g in types:
         pools = [p for p in cluster.pools if p.gpu_type == g]
-        price[g] = min((p.price_per_gpu_hour for p in pools), default=0.0)
+        price[g] = min((p.gpu_price for p in pools), default=0.0)
         free = sum(cluster.pool_usage(p)[0] for p in pools)
         own = sum(p.gpus for p in by_type[g].pods if p.node is not None)
         available[g] = free + own
@@ -485,20 +514,26 @@ def _control(
         settings=settings,
     )
     outcome = planner(request, seed=seed) if types else PlanOutcome("NO_TYPES", None, 0.0)
-    trace.plans.append((minute, outcome.status, outcome.cost_per_hour, outcome.message))
+    message = outcome.message
+    if dropped > 0:
+        message = f"{dropped:.3g} req/s no allowed GPU type can serve left out; " + message
+    trace.plans.append((minute, outcome.status, outcome.cost_per_hour, message.strip("; ")))
     if outcome.replicas is None:
         return  # fail static: keep the current replicas
-    window_s = settings.scale_down_stabilization_minutes * 60.0
+    # Make before break: scale-ups apply at once; scale-downs wait while the plan also
+    # scales up or any pod of the model is starting (scheduled, not Ready), so capacity
+    # is not removed while its replacement warms up.  Pending pods (no room) do not hold
+    # them back.
     now = minute * 60.0
+    starting = any(
+        p.node is not None and not p.is_ready(now) for dep in by_type.values() for p in dep.pods
+    )
+    planned = {g: int(outcome.replicas.get(g, 0)) if g in types else 0 for g in by_type}
+    growing = any(planned[g] > dep.replicas for g, dep in by_type.items())
     for g, dep in by_type.items():
-        planned = int(outcome.replicas.get(g, 0)) if g in types else 0
-        past = history.setdefault(g, deque())
-        past.append((now, planned))
-        while past and past[0][0] < now - window_s:
-            past.popleft()
-        # scale down only to the highest plan of the stabilization window
-        applied = planned if g not in types else max(n for _, n in past)
-        cluster.scale(dep.name, applied)
+        if planned[g] < dep.replicas and (starting or growing):
+            continue
+        cluster.scale(dep.name, planned[g])
 
 
 # -- summaries ------------------------------------------------------------------------------

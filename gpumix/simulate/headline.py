@@ -131,7 +131,7 @@ def _overlap(
 ) -> HeadlineResult:
     overlapping, fixed = summaries[0], summaries[1]
     types = traces[0].deployment_types
-    price = {p.gpu_type: p.price_per_gpu_hour for p in scenario.pools if p.gpu_type}
+    price = {p.gpu_type: p.gpu_price for p in scenario.pools if p.gpu_type}
     wrong = [n for n, g in types.items() if g not in routed_types and g in price]
     lines: list[str] = []
     numbers: dict[str, Any] = {}
@@ -205,6 +205,13 @@ def _mix(scenario: Scenario, summaries: Sequence[VariantSummary]) -> HeadlineRes
             lines.append(
                 f"no single type reaches the mix's SLO attainment (best: {best_slo.name} at "
                 f"{best_slo.slo_attainment:.2%})"
+            )
+    for s in singles:
+        if s.cost < mix.cost and s not in cheaper:
+            lines.append(
+                f"{s.name} costs ${mix.cost - s.cost:,.2f} less but serves "
+                f"{100 * (mix.slo_attainment - s.slo_attainment):.2f} percentage points fewer "
+                "requests within the SLO"
             )
     holds = not cheaper
     lines.insert(

@@ -1,13 +1,12 @@
 """The simulation's two links to the optimizer: throughput profiles and the planner.
 
-Profiles are read with the optimizer's own readers and turned into the grid the
-load generator bins into.  A profile gives, per GPU type, the request rate one
-replica sustains within the SLO at bucket points ``(input tokens, output
-tokens)``.  The simulation takes the distinct input values and the distinct
-output values as bucket *upper bounds*: a request is counted in the first bucket
-whose input bound is at least its input length and whose output bound is at
-least its output length (longer ones in the last), so each request is served at
-the rate measured for a request at least as long: a conservative reading.
+Profiles are parsed with the optimizer's own readers (this module reads the
+files) and turned into the grid the load generator bins into.  A profile gives,
+per GPU type, the request rate one replica sustains within the SLO for requests
+of *up to* ``input_tokens[i]`` input and ``output_tokens[j]`` output tokens.  The
+grid is the union of the profiles' ticks, used as bucket upper bounds; each cell
+gets :meth:`GpuProfile.rate_for` of its corner (the smallest profiled cell that
+covers it).  A request longer than the last tick is counted in the last bucket.
 
 The planner calls :func:`optimizer.solve` with the controller's observations.
 The clock is passed in (it only bounds the solve's running time).
@@ -15,38 +14,38 @@ The clock is passed in (it only bounds the solve's running time).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from gpumix.simulate.engine import Planner, PlanOutcome, PlanRequest, Profiles
+from gpumix.simulate.engine import FloatArray, Planner, PlanOutcome, PlanRequest, Profiles
 from gpumix.simulate.scenario import Scenario
 from optimizer import Bucket, GpuOption, Problem, solve
+from optimizer.profiles import GpuProfile, ProfileError, parse_prices, parse_profile
+
+__all__ = ["ProfileError", "load_inputs", "optimizer_planner", "read_profile_dir"]
+
+PROFILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 Clock = Callable[[], float]
 
 
-class ProfileError(ValueError):
-    """Profiles that cannot be used; the message names the file."""
-
-
-def profiles_from_points(points: Mapping[str, Mapping[tuple[int, int], float]]) -> Profiles:
-    """A grid of per-replica rates from per-type ``{(input, output): rate}`` points.
-
-    Grid cells a type has no point for get rate 0 (cannot serve within the SLO).
-    """
-    ins = sorted({i for table in points.values() for i, _ in table})
-    outs = sorted({o for table in points.values() for _, o in table})
-    if not ins or not outs:
-        raise ProfileError("profiles have no buckets")
-    capacity: dict[str, np.ndarray] = {}
-    for gpu, table in points.items():
-        grid = np.zeros((len(ins), len(outs)))
-        for (i, o), rate in table.items():
-            grid[ins.index(i), outs.index(o)] = max(float(rate), 0.0)
-        capacity[gpu] = grid
+def profiles_from(readings: Sequence[GpuProfile]) -> Profiles:
+    """The grid of per-replica rates: the union of the profiles' token ticks, each cell
+    at the rate of the smallest profiled cell that covers it (the optimizer's rule)."""
+    if not readings:
+        raise ProfileError("profiles", "", "no GPU profiles")
+    ins = sorted({i for p in readings for i in p.input_tokens})
+    outs = sorted({o for p in readings for o in p.output_tokens})
+    capacity: dict[str, FloatArray] = {}
+    for prof in readings:
+        if prof.gpu in capacity:
+            raise ProfileError(prof.source or prof.gpu, "gpu", f"GPU type {prof.gpu!r} twice")
+        capacity[prof.gpu] = np.array(
+            [[prof.rate_for(Bucket(i, o)) for o in outs] for i in ins], dtype=float
+        )
     return Profiles(tuple(float(x) for x in ins), tuple(float(x) for x in outs), capacity)
 
 
@@ -57,25 +56,62 @@ def buckets_of(profiles: Profiles) -> tuple[Bucket, ...]:
     )
 
 
-def load_profiles(scenario: Scenario) -> Profiles | None:
-    """Read the scenario's profiles with the optimizer's readers."""
-    if scenario.profiles is None:
-        return None
-    return read_profile_dir(scenario.profiles)
-
-
 def read_profile_dir(path: Path) -> Profiles:
-    from optimizer import profiles as readers  # the optimizer's profile readers
+    """Every ``*.yaml``/``*.yml``/``*.json`` profile in ``path`` (or the one file ``path``)."""
+    if not path.exists():
+        raise ProfileError(str(path), "", "not found")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in PROFILE_SUFFIXES)
+    else:
+        files = [path]
+    if not files:
+        raise ProfileError(str(path), "", "no profile files (*.yaml, *.yml, *.json)")
+    readings: list[GpuProfile] = []
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ProfileError(str(file), "", f"cannot read: {exc}") from exc
+        readings.append(parse_profile(text, str(file)))
+    return profiles_from(readings)
 
+
+def read_prices(path: Path) -> dict[str, float]:
+    if not path.exists():
+        raise ProfileError(str(path), "", "not found")
     try:
-        table = readers.read_profiles(path)
-    except (OSError, ValueError) as exc:
-        raise ProfileError(f"{path}: {exc}") from exc
-    return profiles_from_points(table)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(str(path), "", f"cannot read: {exc}") from exc
+    return parse_prices(text, str(path))
 
 
-def optimizer_planner(profiles: Profiles, *, clock: Clock = time.perf_counter) -> Planner:
-    """A planner that builds an optimizer :class:`~optimizer.Problem` and solves it."""
+def load_inputs(scenario: Scenario) -> tuple[Scenario, Profiles | None]:
+    """Read the scenario's profiles and prices; pools without ``pricePerGpuHour`` get the
+    price of their GPU type from the prices file."""
+    profiles = read_profile_dir(scenario.profiles) if scenario.profiles is not None else None
+    if scenario.prices is None:
+        return scenario, profiles
+    prices = read_prices(scenario.prices)
+    pools = []
+    for i, pool in enumerate(scenario.pools):
+        if pool.price_per_gpu_hour is None and pool.gpu_type is not None:
+            if pool.gpu_type not in prices:
+                raise ProfileError(
+                    str(scenario.prices),
+                    f"spec.gpus.{pool.gpu_type}",
+                    f"no price for GPU type {pool.gpu_type!r} (cluster.pools[{i}])",
+                )
+            pool = replace(pool, price_per_gpu_hour=prices[pool.gpu_type])
+        pools.append(pool)
+    return replace(scenario, pools=tuple(pools)), profiles
+
+
+def optimizer_planner(profiles: Profiles, *, clock: Clock) -> Planner:
+    """A planner that builds an optimizer :class:`~optimizer.Problem` and solves it.
+
+    ``clock`` only bounds each solve's running time (``controller.timeLimitSeconds``);
+    tests pass a frozen clock so that results never depend on the machine's load."""
     buckets = buckets_of(profiles)
 
     def plan(request: PlanRequest, *, seed: int) -> PlanOutcome:

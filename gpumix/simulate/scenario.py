@@ -11,6 +11,7 @@ A scenario is a YAML mapping (the fields are documented in ``docs/simulate.md``)
     model: llama2-7b             # model group whose traffic the load is
     profiles: ../profiles        # throughput profiles (relative to this file)
     profileTypes: [A100]         # optional: only these profiles are known
+    prices: ../prices.yaml       # optional: price per GPU-hour of pools that give none
     cluster: {pools: [...]}
     load: {...}                  # see gpumix.simulate.loadgen
     workloads: {NAME: {startupMinutes: 3, replicasAt: [[0, 2], [120, 6]]}}
@@ -87,7 +88,7 @@ class ControllerSettings:
     """Keep this share of each replica's capacity free (absorbs bursts between plans)."""
     churn_weight: float = 0.0
     scale_down_stabilization_minutes: float = 0.0
-    """Scale down only to the highest plan of this many past minutes."""
+    """Plan for the highest load (per bucket) observed over this many past minutes."""
     time_limit_s: float = 10.0
     min_replicas: int = 0
     max_replicas: int | None = None
@@ -118,6 +119,8 @@ class Scenario:
     seed: int
     model: str
     profiles: Path | None
+    prices: Path | None
+    """Prices file (optimizer format): price per GPU-hour of pools that give none."""
     profile_types: tuple[str, ...] | None
     """GPU types the router and the controller have profiles for (None: all in ``profiles``)."""
     pools: tuple[NodePool, ...]
@@ -145,6 +148,14 @@ def _mapping(doc: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
 
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
+
+
+def _path(doc: Mapping[str, Any], key: str, base_dir: Path | None) -> Path | None:
+    """A path field, relative to the scenario file's directory."""
+    if doc.get(key) is None:
+        return None
+    p = Path(_str(doc, key, ""))
+    return p if p.is_absolute() or base_dir is None else base_dir / p
 
 
 def _known(doc: Mapping[str, Any], keys: set[str], where: str) -> None:
@@ -259,7 +270,7 @@ def load_spec_from_mapping(doc: Mapping[str, Any], where: str = "load") -> tuple
     return spec, start_hour
 
 
-def _pools(doc: Mapping[str, Any]) -> tuple[NodePool, ...]:
+def _pools(doc: Mapping[str, Any], has_prices: bool) -> tuple[NodePool, ...]:
     cluster = _mapping(doc, "cluster", "")
     _known(cluster, {"pools"}, "cluster")
     raw = cluster.get("pools")
@@ -278,6 +289,13 @@ def _pools(doc: Mapping[str, Any]) -> tuple[NodePool, ...]:
         gpu_type = item.get("gpuType")
         if gpu_type is not None and (not isinstance(gpu_type, str) or not gpu_type):
             raise _FieldError(f"{where}.gpuType", "must be a non-empty string or absent")
+        price: float | None = None
+        if "pricePerGpuHour" in item:
+            price = _number(item, "pricePerGpuHour", where, 0.0)
+        elif gpu_type is not None and not has_prices:
+            raise _FieldError(
+                f"{where}.pricePerGpuHour", "required when the scenario has no prices file"
+            )
         pools.append(
             NodePool(
                 name=_str(item, "name", where, default=str(gpu_type or f"pool{i}").lower()),
@@ -285,7 +303,7 @@ def _pools(doc: Mapping[str, Any]) -> tuple[NodePool, ...]:
                 nodes=_int(item, "nodes", where, 1, minimum=1),
                 gpus_per_node=_int(item, "gpusPerNode", where, 8 if gpu_type else 0),
                 cpus_per_node=_number(item, "cpusPerNode", where, 64.0),
-                price_per_gpu_hour=_number(item, "pricePerGpuHour", where, 0.0),
+                price_per_gpu_hour=price,
             )
         )
     names = [p.name for p in pools]
@@ -431,6 +449,7 @@ _TOP = {
     "model",
     "profiles",
     "profileTypes",
+    "prices",
     "cluster",
     "load",
     "workloads",
@@ -460,10 +479,6 @@ def _scenario(doc: object, source: str, base_dir: Path | None) -> Scenario:
     hours = _number(doc, "hours", "", 24.0, minimum=0.0)
     if hours * 3600 < step_s:
         raise _FieldError("hours", "must cover at least one step")
-    profiles: Path | None = None
-    if doc.get("profiles") is not None:
-        p = Path(_str(doc, "profiles", ""))
-        profiles = p if p.is_absolute() or base_dir is None else (base_dir / p)
     load, start_hour = load_spec_from_mapping(_mapping(doc, "load", ""))
     try:
         policy = policy_from_mapping(doc.get("policy"))
@@ -477,9 +492,10 @@ def _scenario(doc: object, source: str, base_dir: Path | None) -> Scenario:
         step_s=step_s,
         seed=_int(doc, "seed", "", 0),
         model=_str(doc, "model", "", default="model"),
-        profiles=profiles,
+        profiles=_path(doc, "profiles", base_dir),
         profile_types=_str_list(doc, "profileTypes", ""),
-        pools=_pools(doc),
+        prices=_path(doc, "prices", base_dir),
+        pools=_pools(doc, doc.get("prices") is not None),
         load=load,
         start_hour=start_hour,
         manifests=_manifests(doc),

@@ -69,8 +69,15 @@ async def test_audit_reports_events_metric_and_policy_reports(emu: Any, api: Any
         assert team["summary"]["fail"] == 2
         assert {r["rule"] for r in team["results"]} == {"selector-overlap"}
         assert team["results"][0]["resources"][0]["kind"] == "Deployment"
-        events = [e for e in emu.list("events", "team-a") if e["reason"] == "AuditFinding"]
-        assert {e["involvedObject"]["name"] for e in events} == {"llama-a100", "llama-a40"}
+
+        def finding_events() -> set[str]:
+            return {
+                e["involvedObject"]["name"]
+                for e in emu.list("events", "team-a")
+                if e["reason"] == "AuditFinding"
+            }
+
+        await wait_for(lambda: finding_events() == {"llama-a100", "llama-a40"}, what="Events")
         text = generate_latest(run.controller.metrics.registry).decode()
         assert (
             'gpumix_audit_findings{namespace="team-a",rule="selector-overlap",severity="error"} 2.0'
@@ -92,4 +99,7 @@ async def test_audit_without_policy_report_crd(emu: Any, api: Any) -> None:
     racy_cluster(emu)
     async with running(api, settings(audit_interval_s=0.3)) as run:
         await wait_for(lambda: len(run.controller.auditor.last_findings) >= 3, what="findings")
-        assert any(e["reason"] == "AuditFinding" for e in emu.list("events", "team-a"))
+        await wait_for(
+            lambda: any(e["reason"] == "AuditFinding" for e in emu.list("events", "team-a")),
+            what="AuditFinding Events",
+        )

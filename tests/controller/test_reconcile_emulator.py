@@ -53,8 +53,10 @@ async def test_static_load_ends_with_the_solvers_replicas(emu: Any, api: Any) ->
         assert condition(st, "Ready")["status"] == "True"
         assert condition(st, "LoadAvailable")["status"] == "True"
         assert st["solverStatus"] == "OPTIMAL"
-        kinds = {e["reason"] for e in emu.list("events", "default")}
-        assert "ScaledUp" in kinds
+        await wait_for(
+            lambda: "ScaledUp" in {e["reason"] for e in emu.list("events", "default")},
+            what="a ScaledUp Event",
+        )
 
 
 def set_load(emu: Any, buckets: list[dict[str, Any]], name: str = "llama") -> None:
@@ -74,7 +76,9 @@ async def test_load_change_replans(emu: Any, api: Any) -> None:
             lambda: replicas(emu, "llama-a40") == 8 and replicas(emu, "llama-a100") == 2,
             what="re-plan after the load change",
         )
-        assert gmx_status(emu)["load"]["requestsPerSecond"] == 44.0
+        await wait_for(
+            lambda: gmx_status(emu)["load"]["requestsPerSecond"] == 44.0, what="load in status"
+        )
 
 
 async def test_capacity_drop_scales_within_what_exists(emu: Any, api: Any) -> None:
@@ -84,8 +88,12 @@ async def test_capacity_drop_scales_within_what_exists(emu: Any, api: Any) -> No
         await wait_for(lambda: replicas(emu, "llama-a40") == 12, what="12 A40 replicas")
         emu.delete("nodes", "a40-1")  # 8 A40 GPUs left
         await wait_for(lambda: replicas(emu, "llama-a40") == 8, what="A40 within 8 GPUs")
-        entry = next(e for e in gmx_status(emu)["plan"] if e["deployment"] == "llama-a40")
-        assert entry["ceiling"] == 8 and "free A40 GPUs" in entry["ceilingReason"]
+
+        def a40_entry() -> dict[str, Any]:
+            return next(e for e in gmx_status(emu)["plan"] if e["deployment"] == "llama-a40")
+
+        await wait_for(lambda: a40_entry()["ceiling"] == 8, what="the ceiling in the status")
+        assert "free A40 GPUs" in a40_entry()["ceilingReason"]
         assert replicas(emu, "llama-a100") <= 8
 
 

@@ -37,7 +37,14 @@ from pathlib import Path
 import pytest
 
 from .envtest import Envtest, EnvtestError, ensure_binaries, pinned_kubernetes_version
-from .gpumix_env import Obj, Webhook, install_prerequisites, render_manifests, start_webhook, stop_webhook
+from .gpumix_env import (
+    Obj,
+    Webhook,
+    install_prerequisites,
+    render_manifests,
+    start_webhook,
+    stop_webhook,
+)
 
 _HERE = Path(__file__).resolve().parent
 _build_result: Path | EnvtestError | None = None

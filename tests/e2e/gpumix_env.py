@@ -20,9 +20,7 @@ import base64
 import copy
 import http.server
 import json
-import os
 import re
-import signal
 import ssl
 import subprocess
 import sys
@@ -40,7 +38,7 @@ import yaml
 from .envtest import REPO_ROOT, Envtest, _Proc, find_kubectl, free_port
 
 MANIFESTS = REPO_ROOT / "manifests"
-OVERLAY = Path(os.environ.get("GPUMIX_E2E_OVERLAY_DEV") or MANIFESTS / "overlays" / "enforce")
+OVERLAY = MANIFESTS / "overlays" / "enforce"
 POLICY_FILE = MANIFESTS / "base" / "policy.yaml"
 SYSTEM_NS = "gpumix-system"
 CONFIG_NAME = "gpumix"
@@ -78,6 +76,8 @@ def wait_until(
     while True:
         try:
             last = probe()
+        except E2EError:
+            raise
         except (OSError, AssertionError, KeyError, ValueError) as exc:
             last = exc
         else:
@@ -198,10 +198,16 @@ def service_account_kubeconfig(env: Envtest, name: str, namespace: str = SYSTEM_
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
-            {"name": "e2e", "cluster": {"server": env.server, "certificate-authority": str(env.ca_file)}}
+            {
+                "name": "e2e",
+                "cluster": {"server": env.server, "certificate-authority": str(env.ca_file)},
+            }
         ],
         "users": [
-            {"name": name, "user": {"client-certificate": str(cert_path), "client-key": str(key_path)}}
+            {
+                "name": name,
+                "user": {"client-certificate": str(cert_path), "client-key": str(key_path)},
+            }
         ],
         "contexts": [{"name": name, "context": {"cluster": "e2e", "user": name}}],
         "current-context": name,
@@ -399,8 +405,14 @@ def wait_admitting(env: Envtest, timeout_s: float = 30.0) -> None:
 
     def admitted() -> bool:
         proc = env.kubectl(
-            "create", "--dry-run=server", "-o", "name", "-f", "-",
-            input=json.dumps(probe), check=False,
+            "create",
+            "--dry-run=server",
+            "-o",
+            "name",
+            "-f",
+            "-",
+            input=json.dumps(probe),
+            check=False,
         )
         return proc.returncode == 0
 
@@ -456,7 +468,7 @@ class Recorder:
         recorder = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with recorder._lock:
@@ -475,7 +487,7 @@ class Recorder:
                 self.end_headers()
                 self.wfile.write(answer)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)

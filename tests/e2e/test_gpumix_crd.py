@@ -52,7 +52,7 @@ def gpumix(namespace: str, name: str = "llama", **spec: Any) -> Obj:
 
 
 INVALID = {
-    "no-model": ({"model": None}, 'spec.model: Required value'),
+    "no-model": ({"model": None}, "spec.model: Required value"),
     "both-profile-sources": (
         {"profiles": {**VALID["spec"]["profiles"], "configMapRef": {"name": "p"}}},
         "set exactly one of inline and configMapRef",
@@ -120,7 +120,9 @@ def test_status_goes_through_the_status_subresource(
 
     # Through /status it is stored, and the spec and generation stay.
     code, body = apiserver.request(
-        "PATCH", base + "/status", {"status": status, "spec": {"model": "other"}},
+        "PATCH",
+        base + "/status",
+        {"status": status, "spec": {"model": "other"}},
         content_type=merge,
     )
     assert code == 200, body
@@ -130,7 +132,8 @@ def test_status_goes_through_the_status_subresource(
 
     # The status schema is enforced too.
     code, body = apiserver.request(
-        "PATCH", base + "/status",
+        "PATCH",
+        base + "/status",
         {"status": {"conditions": [{"type": "Ready", "status": "Maybe"}]}},
         content_type=merge,
     )
@@ -165,8 +168,15 @@ def test_controller_rbac_writes_status_and_scale_only(
 ) -> None:
     """The shipped RBAC of the controller's ServiceAccount, as the real authorizer sees it."""
     name, _, sub = resource.partition("/")
-    args = ["auth", "can-i", verb, name, "-n", "default",
-            "--as=system:serviceaccount:gpumix-system:gpumix-controller"]
+    args = [
+        "auth",
+        "can-i",
+        verb,
+        name,
+        "-n",
+        "default",
+        "--as=system:serviceaccount:gpumix-system:gpumix-controller",
+    ]
     if sub:
         args.append(f"--subresource={sub}")
     proc = apiserver.kubectl(*args, check=False)

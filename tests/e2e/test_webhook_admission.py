@@ -9,14 +9,14 @@ code. The design being tested is in docs/design.md (Decisions) and docs/install.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import uuid
 from typing import Any
 
 import pytest
 import yaml
 
 from .envtest import REPO_ROOT, Envtest
-from .gpumix_env import Obj, Recorder, Webhook, wait_until
+from .gpumix_env import Obj, Recorder, Webhook, wait_admitting, wait_until
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "aibrix"
 A100 = "simulator-llama2-7b-a100"
@@ -73,11 +73,27 @@ def wait_cached(webhook: Webhook, kind: str, at_least: float) -> None:
 
 
 def create_and_wait_cached(
-    env: Envtest, webhook: Webhook, kind: str, *objects: Obj, apply_args: tuple[str, ...] = ()
+    env: Envtest, webhook: Webhook, kind: str, *objects: Obj, args: tuple[str, ...] = ("apply",)
 ) -> None:
+    """Create ``objects`` (all of ``kind``) and wait until the webhook's cache has them."""
     before = webhook.cached(kind)
-    env.kubectl("apply", *apply_args, "-f", "-", input=as_list(*objects))
+    env.kubectl(*args, "-f", "-", input=as_list(*objects))
     wait_cached(webhook, kind, before + len(objects))
+
+
+def new_namespace(
+    env: Envtest,
+    webhook: Webhook,
+    *,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> str:
+    """A namespace created with these labels/annotations, once the webhook has seen it."""
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    metadata = {"name": name, "labels": labels or {}, "annotations": annotations or {}}
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
+    create_and_wait_cached(env, webhook, "Namespace", ns, args=("create",))
+    return name
 
 
 def selector_labels(dep: Obj) -> dict[str, str]:
@@ -105,16 +121,18 @@ def test_aibrix_pair_with_broad_existing_selector_is_denied(
     cannot be fixed by changing itself, so it is denied with what to do."""
     objs = aibrix("heterogeneous-before", namespace)
     a100, a40 = objs[f"Deployment/{A100}"], objs[f"Deployment/{A40}"]
-    before = gpumix_webhook.cached("Deployment")
-    apiserver.kubectl(*APPLY_MODES[mode], "-f", "-", input=as_list(a100))
-    wait_cached(gpumix_webhook, "Deployment", before + 1)
+    create_and_wait_cached(apiserver, gpumix_webhook, "Deployment", a100, args=APPLY_MODES[mode])
 
     proc = apiserver.kubectl(*APPLY_MODES[mode], "-f", "-", input=as_list(a40), check=False)
     assert proc.returncode != 0
     err = proc.stderr
     assert DENIED in err, err
+    assert "Error from server (Forbidden)" in err  # HTTP 403, as docs/design.md says
     assert "[selector-overlap]" in err
-    assert f"Deployment {namespace}/{A100}" in err or f"{namespace}/{A100}" in err
+    assert (
+        f"Deployment {namespace}/{A100} already exist(s) with a broad selector, so fixing "
+        "this object alone cannot remove the overlap"
+    ) in err
     assert "GPU types differ" in err
     assert "selector is immutable" in err and "recreate" in err
     assert get(apiserver, "deployment", A40, namespace) is None
@@ -182,11 +200,22 @@ def test_dry_run_shows_the_fix_and_has_no_side_effect(
         )
         try:
             wait_until(
-                lambda: apiserver.kubectl(
-                    "create", "--dry-run=server", "-o", "name", "-f", "-",
-                    input=json.dumps(a100 | {"metadata": {"name": "probe", "namespace": namespace}}),
-                    check=False,
-                ).returncode == 0 and any(recorder.requests("Deployment", "probe")),
+                lambda: (
+                    apiserver.kubectl(
+                        "create",
+                        "--dry-run=server",
+                        "-o",
+                        "name",
+                        "-f",
+                        "-",
+                        input=json.dumps(
+                            a100 | {"metadata": {"name": "probe", "namespace": namespace}}
+                        ),
+                        check=False,
+                    ).returncode
+                    == 0
+                    and any(recorder.requests("Deployment", "probe"))
+                ),
                 timeout_s=15,
                 what="the recorder to be called",
             )
@@ -194,8 +223,13 @@ def test_dry_run_shows_the_fix_and_has_no_side_effect(
             cached_before = gpumix_webhook.cached("Deployment")
             events_before = apiserver.kubectl("get", "events", "-A", "-o", "name").stdout
             secret_before = apiserver.kubectl(
-                "get", "secret", "gpumix-webhook-tls", "-n", "gpumix-system",
-                "-o", "jsonpath={.metadata.resourceVersion}",
+                "get",
+                "secret",
+                "gpumix-webhook-tls",
+                "-n",
+                "gpumix-system",
+                "-o",
+                "jsonpath={.metadata.resourceVersion}",
             ).stdout
 
             proc = apiserver.kubectl(
@@ -203,7 +237,9 @@ def test_dry_run_shows_the_fix_and_has_no_side_effect(
             )
         finally:
             apiserver.kubectl(
-                "delete", "mutatingwebhookconfiguration", f"e2e-recorder-{namespace}",
+                "delete",
+                "mutatingwebhookconfiguration",
+                f"e2e-recorder-{namespace}",
                 "--ignore-not-found",
             )
     shown = json.loads(proc.stdout)
@@ -220,10 +256,18 @@ def test_dry_run_shows_the_fix_and_has_no_side_effect(
     assert get(apiserver, "deployment", A40, namespace) is None
     assert gpumix_webhook.cached("Deployment") == cached_before
     assert apiserver.kubectl("get", "events", "-A", "-o", "name").stdout == events_before
-    assert apiserver.kubectl(
-        "get", "secret", "gpumix-webhook-tls", "-n", "gpumix-system",
-        "-o", "jsonpath={.metadata.resourceVersion}",
-    ).stdout == secret_before
+    assert (
+        apiserver.kubectl(
+            "get",
+            "secret",
+            "gpumix-webhook-tls",
+            "-n",
+            "gpumix-system",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ).stdout
+        == secret_before
+    )
 
 
 # --------------------------------------------------------------------------- ceilings
@@ -280,11 +324,20 @@ def test_hpa_without_max_replicas_gets_the_default(
         recorder.register(config, namespace, [HPA_RULE])
         try:
             wait_until(
-                lambda: apiserver.kubectl(
-                    "create", "--dry-run=server", "-o", "name", "-f", "-",
-                    input=json.dumps(hpa("v2", "probe", namespace, 1)), check=False,
-                ).returncode == 0
-                and any(recorder.requests(name="probe")),
+                lambda: (
+                    apiserver.kubectl(
+                        "create",
+                        "--dry-run=server",
+                        "-o",
+                        "name",
+                        "-f",
+                        "-",
+                        input=json.dumps(hpa("v2", "probe", namespace, 1)),
+                        check=False,
+                    ).returncode
+                    == 0
+                    and any(recorder.requests(name="probe"))
+                ),
                 timeout_s=15,
                 what="the recorder to be called",
             )
@@ -300,20 +353,27 @@ def test_hpa_without_max_replicas_gets_the_default(
             )
 
     for name, err in stderr.items():
-        assert f"gpumix fixed missing-max-replicas on HorizontalPodAutoscaler {namespace}/{name}" in err, err
+        assert (
+            f"gpumix fixed missing-max-replicas on HorizontalPodAutoscaler {namespace}/{name}"
+            in err
+        ), err
         stored = get(apiserver, resource, name, namespace)
         assert stored is not None and stored["spec"]["maxReplicas"] == 10, name
         if name.startswith("omitted"):
             # The injected value is owned by no field manager.
             assert "f:maxReplicas" not in managed_spec_fields(stored), name
 
-    seen = {r["name"]: r for r in recorder.requests("HorizontalPodAutoscaler") if r["name"] != "probe"}
+    seen = {
+        r["name"]: r for r in recorder.requests("HorizontalPodAutoscaler") if r["name"] != "probe"
+    }
     assert set(seen) == set(stderr)
     for name, request in seen.items():
         # matchPolicy Equivalent: a v1 request reaches admission converted to v2, and
         # requestKind says what was sent.
         assert request["kind"] == {
-            "group": "autoscaling", "version": "v2", "kind": "HorizontalPodAutoscaler"
+            "group": "autoscaling",
+            "version": "v2",
+            "kind": "HorizontalPodAutoscaler",
         }
         assert request["requestKind"]["version"] == version
         assert request["object"]["apiVersion"] == "autoscaling/v2"
@@ -444,7 +504,10 @@ def test_autoscalers_over_the_ceiling_are_denied_with_the_reason(
     apiserver: Envtest, gpumix_webhook: Webhook, namespace: str, four_gpu_type: str
 ) -> None:
     proc = apiserver.kubectl(
-        "apply", "-f", "-", input=json.dumps(pod_autoscaler("huge", namespace, "x", 500)),
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(pod_autoscaler("huge", namespace, "x", 500)),
         check=False,
     )
     assert proc.returncode != 0
@@ -455,7 +518,10 @@ def test_autoscalers_over_the_ceiling_are_denied_with_the_reason(
     ) in proc.stderr
 
     proc = apiserver.kubectl(
-        "create", "-f", "-", input=json.dumps(scaled_object("llama", namespace, "llama", 8)),
+        "create",
+        "-f",
+        "-",
+        input=json.dumps(scaled_object("llama", namespace, "llama", 8)),
         check=False,
     )
     assert proc.returncode != 0
@@ -472,6 +538,43 @@ def test_autoscalers_over_the_ceiling_are_denied_with_the_reason(
     apiserver.kubectl(
         "create", "-f", "-", input=json.dumps(scaled_object("llama", namespace, "llama", 4))
     )
+
+
+def test_namespace_annotation_sets_the_injected_ceiling(
+    apiserver: Envtest, gpumix_webhook: Webhook
+) -> None:
+    ns = new_namespace(
+        apiserver, gpumix_webhook, annotations={"gpumix.io/default-max-replicas": "3"}
+    )
+    apiserver.kubectl("create", "-f", "-", input=json.dumps(hpa("v2", "small", ns)))
+    assert (get(apiserver, "hpa", "small", ns) or {})["spec"]["maxReplicas"] == 3
+
+
+def test_warn_mode_namespace_is_neither_fixed_nor_denied(
+    apiserver: Envtest, gpumix_webhook: Webhook
+) -> None:
+    """``gpumix.io/mode: warn``: findings come back as kubectl warnings; nothing is fixed,
+    so the HPA without a ceiling meets the API server's own 422."""
+    ns = new_namespace(apiserver, gpumix_webhook, labels={"gpumix.io/mode": "warn"})
+    objs = aibrix("heterogeneous-before", ns)
+    create_and_wait_cached(apiserver, gpumix_webhook, "Deployment", objs[f"Deployment/{A100}"])
+    proc = apiserver.kubectl("apply", "-f", "-", input=as_list(objs[f"Deployment/{A40}"]))
+    assert "Warning: selector-overlap: selector of Deployment" in proc.stderr, proc.stderr
+    stored = get(apiserver, "deployment", A40, ns) or {}
+    assert "gpumix.io/deployment" not in selector_labels(stored)
+
+    proc = apiserver.kubectl(
+        "apply", "-f", "-", input=json.dumps(pod_autoscaler("huge", ns, "x", 500))
+    )
+    assert "Warning: max-replicas-above-ceiling:" in proc.stderr, proc.stderr
+
+    proc = apiserver.kubectl(
+        "create", "-f", "-", input=json.dumps(hpa("v2", "no-ceiling", ns)), check=False
+    )
+    assert proc.returncode != 0
+    assert "spec.maxReplicas: Required value: must be set and greater than 0" in proc.stderr
+    # Built-in validation refuses it before the validating webhook would add a warning.
+    assert "Warning: missing-max-replicas" not in proc.stderr
 
 
 # --------------------------------------------------------------------------- updates
@@ -496,6 +599,28 @@ def test_selector_change_on_update_is_denied_with_a_helpful_message(
     assert "tier" not in selector_labels(stored)
 
 
+def test_cache_resumes_after_an_apiserver_restart(
+    apiserver: Envtest, gpumix_webhook: Webhook, namespace: str
+) -> None:
+    """kube-apiserver is killed and started again (etcd keeps the data): the webhook keeps
+    running, its cache reconnects, and a Deployment created afterwards is known to the
+    rules (the broad one created next is fixed against it)."""
+    apiserver.restart_apiserver(downtime_s=2.0, kill=True)
+    assert gpumix_webhook.process.running(), gpumix_webhook.process.log()[-2000:]
+    wait_until(
+        lambda: gpumix_webhook.process.get("/readyz")[0] == 200,
+        timeout_s=30,
+        what="the webhook ready again",
+    )
+    wait_admitting(apiserver)
+    a100 = aibrix("heterogeneous-after", namespace)[f"Deployment/{A100}"]
+    a40 = aibrix("heterogeneous-before", namespace)[f"Deployment/{A40}"]
+    create_and_wait_cached(apiserver, gpumix_webhook, "Deployment", a100)
+    apiserver.kubectl("apply", "-f", "-", input=json.dumps(a40))
+    stored = get(apiserver, "deployment", A40, namespace) or {}
+    assert selector_labels(stored).get("gpumix.io/deployment") == A40
+
+
 # --------------------------------------------------------------------------- outage
 
 
@@ -514,7 +639,10 @@ def test_webhook_down_with_the_shipped_failure_policy(
     gpumix_webhook.process.stop()
     try:
         refused = apiserver.kubectl(
-            "create", "-f", "-", input=json.dumps(gpu_deployment("new", namespace, "NVIDIA-L4")),
+            "create",
+            "-f",
+            "-",
+            input=json.dumps(gpu_deployment("new", namespace, "NVIDIA-L4")),
             check=False,
         )
         assert refused.returncode != 0

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
-import ssl
 import socket
+import ssl
 
 from cryptography import x509
 
@@ -20,6 +20,7 @@ from .gpumix_env import (
     apply_webhook_configurations,
     ca_bundles,
     delete_webhook_configurations,
+    metric_sum,
     read_secret,
     secret_bytes,
     service_account_kubeconfig,
@@ -34,9 +35,11 @@ def served_certificate(port: int, ca_pem: bytes) -> x509.Certificate:
     """Handshake with the webhook trusting only ``ca_pem`` and checking the address
     127.0.0.1, as kube-apiserver does with a ``url`` client config."""
     ctx = ssl.create_default_context(cadata=ca_pem.decode())
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            der = tls.getpeercert(binary_form=True)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der)
 
@@ -88,12 +91,13 @@ def test_webhook_bootstraps_its_certificate_and_is_trusted(
         wait_admitting(apiserver)
         after = process.metrics()
         for path in ("/mutate", "/validate"):
-            key = f'gpumix_admission_requests_total{{kind="Deployment",operation="CREATE",path="{path}",verdict="allowed"}}'
-            assert after.get(key, 0) > before.get(key, 0), (path, after)
+            labels = dict(kind="Deployment", operation="CREATE", path=path, verdict="allowed")
+            total = "gpumix_admission_requests_total"
+            assert metric_sum(after, total, **labels) > metric_sum(before, total, **labels), path
 
         # A second start (a restart, another replica) adopts the Secret: nothing changes.
         rv = secret["metadata"]["resourceVersion"]
-        process.stop()
+        assert process.stop() == 0  # SIGTERM: a clean stop
         process = webhook_process(apiserver, kubeconfig, port=port).start()
         process.wait_ready()
         assert (read_secret(apiserver) or {})["metadata"]["resourceVersion"] == rv

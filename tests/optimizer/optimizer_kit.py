@@ -19,8 +19,16 @@ def make_problem(load, rates, prices, **kw) -> Problem:
     maxs = kw.pop("maxs", [None] * ng)
     cur = kw.pop("cur", [0] * ng)
     gpus = tuple(
-        GpuOption(f"g{j}", tuple(float(x) for x in rates[j]), float(prices[j]), gpr[j], avail[j],
-                  mins[j], maxs[j], cur[j])
+        GpuOption(
+            f"g{j}",
+            tuple(float(x) for x in rates[j]),
+            float(prices[j]),
+            gpr[j],
+            avail[j],
+            mins[j],
+            maxs[j],
+            cur[j],
+        )
         for j in range(ng)
     )
     buckets = tuple(Bucket(16 * (i + 1), 8 * (i + 1)) for i in range(nb))
@@ -118,9 +126,11 @@ def fits(need: list[list[float]], caps: list[float]) -> bool:
 
 
 def _det3(m: list[list[float]]) -> float:
-    return (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
-            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
+    return (
+        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+    )
 
 
 def _solve3(m: list[list[float]], rhs: list[float], det: float) -> list[float]:
@@ -147,8 +157,10 @@ def brute_force(problem: Problem) -> float | None:
         ranges.append(range(g.min_replicas, hi + 1))
     best: float | None = None
     for ns in itertools.product(*ranges):
-        obj = sum(n * g.replica_cost + problem.churn_weight * abs(n - g.current_replicas)
-                  for n, g in zip(ns, problem.gpus, strict=True))
+        obj = sum(
+            n * g.replica_cost + problem.churn_weight * abs(n - g.current_replicas)
+            for n, g in zip(ns, problem.gpus, strict=True)
+        )
         if best is not None and obj >= best - 1e-12:
             continue
         if fits(need, [n * usable for n in ns]):

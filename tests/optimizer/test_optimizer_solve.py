@@ -7,8 +7,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from optimizer_kit import brute_force, check_plan, fits, make_problem
 
-from optimizer import Bucket, GpuOption, Pool, Problem, Status, single_type_plans, solve
-from optimizer import solve_joint
+from optimizer import (
+    Bucket,
+    GpuOption,
+    Pool,
+    Problem,
+    Status,
+    single_type_plans,
+    solve,
+    solve_joint,
+)
 
 LIMIT = 10.0
 
@@ -19,14 +27,16 @@ def tiny_problems(draw, max_types=3, max_buckets=4, churn=True):
     nb = draw(st.integers(1, max_buckets))
     grid = st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.5, 6.0, 8.0])
     load = draw(st.lists(grid, min_size=nb, max_size=nb))
-    rates = [draw(st.lists(st.sampled_from([0.0, 1.0, 2.0, 3.0, 5.0, 8.0]), min_size=nb,
-                           max_size=nb)) for _ in range(ng)]
-    prices = draw(st.lists(st.sampled_from([0.5, 1.0, 1.3, 2.0, 3.1]), min_size=ng,
-                           max_size=ng))
+    rates = [
+        draw(st.lists(st.sampled_from([0.0, 1.0, 2.0, 3.0, 5.0, 8.0]), min_size=nb, max_size=nb))
+        for _ in range(ng)
+    ]
+    prices = draw(st.lists(st.sampled_from([0.5, 1.0, 1.3, 2.0, 3.1]), min_size=ng, max_size=ng))
     kw = {
         "gpr": draw(st.lists(st.sampled_from([1, 1, 2]), min_size=ng, max_size=ng)),
-        "avail": draw(st.lists(st.sampled_from([None, None, 0, 2, 3, 6]), min_size=ng,
-                               max_size=ng)),
+        "avail": draw(
+            st.lists(st.sampled_from([None, None, 0, 2, 3, 6]), min_size=ng, max_size=ng)
+        ),
         "mins": draw(st.lists(st.sampled_from([0, 0, 1]), min_size=ng, max_size=ng)),
         "maxs": draw(st.lists(st.sampled_from([None, None, 1, 3]), min_size=ng, max_size=ng)),
         "cur": draw(st.lists(st.integers(0, 3), min_size=ng, max_size=ng)),
@@ -106,8 +116,12 @@ def test_zero_load_gives_minimums() -> None:
     p = make_problem([0.0, 0.0], [[1.0, 1.0], [2.0, 0.0]], [1.0, 2.0], mins=[2, 1])
     res = solve(p, time_limit_s=LIMIT)
     assert res.status == Status.OPTIMAL and res.replicas == {"g0": 2, "g1": 1}
-    empty = Problem((), (), p.gpus[:1] and tuple(
-        GpuOption(g.name, (), g.price_per_hour, min_replicas=1) for g in p.gpus))
+    empty = Problem(
+        (),
+        (),
+        p.gpus[:1]
+        and tuple(GpuOption(g.name, (), g.price_per_hour, min_replicas=1) for g in p.gpus),
+    )
     assert solve(empty, time_limit_s=LIMIT).replicas == {"g0": 1, "g1": 1}
 
 
@@ -148,7 +162,11 @@ def test_deterministic_for_a_fixed_seed() -> None:
     b = solve(p, time_limit_s=LIMIT, seed=3)
     assert a.status == Status.OPTIMAL
     assert (a.replicas, a.assignment, a.objective, a.nodes) == (
-        b.replicas, b.assignment, b.objective, b.nodes)
+        b.replicas,
+        b.assignment,
+        b.objective,
+        b.nodes,
+    )
     check_plan(p, a)
 
 
@@ -199,7 +217,8 @@ def test_more_invalid_shapes() -> None:
     g = GpuOption("a", (1.0, 2.0), 1.0)
     assert solve(Problem((Bucket(1, 1),), (1.0,), (g,)), time_limit_s=1).status == Status.INVALID
     assert solve(Problem((Bucket(1, 1),), (1.0,), ()), time_limit_s=1).errors == (
-        "gpus: no GPU types",)
+        "gpus: no GPU types",
+    )
     dup = Problem((), (), (GpuOption("a", (), 1.0), GpuOption("a", (), 2.0)))
     assert "duplicate" in solve(dup, time_limit_s=1).errors[0]
     ok = make_problem([1.0], [[1.0]], [1.0])
@@ -241,8 +260,9 @@ def test_joint_respects_the_shared_pool() -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(tiny_problems(max_types=2, max_buckets=2), min_size=2, max_size=2),
-       st.integers(0, 6))
+@given(
+    st.lists(tiny_problems(max_types=2, max_buckets=2), min_size=2, max_size=2), st.integers(0, 6)
+)
 def test_joint_equals_brute_force_on_tiny_pools(problems, pool_g0) -> None:
     import itertools
 
@@ -265,10 +285,15 @@ def test_joint_equals_brute_force_on_tiny_pools(problems, pool_g0) -> None:
             ranges.append(range(g.min_replicas, (hi if cap is None else min(hi, cap)) + 1))
         for ns in itertools.product(*ranges):
             if fits(need, [n * usable for n in ns]):
-                obj = sum(n * g.replica_cost + p.churn_weight * abs(n - g.current_replicas)
-                          for n, g in zip(ns, p.gpus, strict=True))
-                g0 = sum(n * g.gpus_per_replica for n, g in zip(ns, p.gpus, strict=True)
-                         if g.name == "g0")
+                obj = sum(
+                    n * g.replica_cost + p.churn_weight * abs(n - g.current_replicas)
+                    for n, g in zip(ns, p.gpus, strict=True)
+                )
+                g0 = sum(
+                    n * g.gpus_per_replica
+                    for n, g in zip(ns, p.gpus, strict=True)
+                    if g.name == "g0"
+                )
                 opts.append((obj, g0))
         per_model.append(opts)
     for (o1, u1), (o2, u2) in itertools.product(*per_model):
@@ -281,5 +306,61 @@ def test_joint_equals_brute_force_on_tiny_pools(problems, pool_g0) -> None:
         assert math.isclose(jr.objective, best, rel_tol=1e-9, abs_tol=1e-9)
         for p, r in zip(problems, jr.results, strict=True):
             check_plan(p, r)
-        assert sum(r.replicas.get("g0", 0) * p.gpus[0].gpus_per_replica
-                   for p, r in zip(problems, jr.results, strict=True)) <= pool_g0
+        assert (
+            sum(
+                r.replicas.get("g0", 0) * p.gpus[0].gpus_per_replica
+                for p, r in zip(problems, jr.results, strict=True)
+            )
+            <= pool_g0
+        )
+
+
+@settings(max_examples=60, deadline=None)
+@given(tiny_problems())
+def test_full_mip_path_equals_brute_force(problem: Problem) -> None:
+    """The HiGHS path used for large instances agrees with brute force too."""
+    from optimizer._engine import full_mip
+    from optimizer.solve import _block, _merge_buckets, diagnose
+
+    expected = brute_force(problem)
+    if diagnose(problem):
+        assert expected is None
+        return
+    need, _ = _merge_buckets(problem)
+    out = full_mip([_block(problem, need, None)], [], time_limit_s=LIMIT, hint=None)
+    if expected is None:
+        assert out.status == "infeasible"
+    else:
+        assert out.status == "optimal"
+        assert math.isclose(out.objective, expected, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_large_instance_goes_through_both_searches() -> None:
+    import random
+
+    rng = random.Random(11)
+    nb, ng = 700, 8  # > 4000 columns: short column-generation search, then the full MIP
+    load = [rng.uniform(0, 0.3) for _ in range(nb)]
+    rates = [[rng.uniform(0.2, 4) for _ in range(nb)] for _ in range(ng)]
+    prices = [rng.uniform(0.5, 3) for _ in range(ng)]
+    p = make_problem(load, rates, prices)
+    res = solve(p, time_limit_s=20)
+    assert res.ok
+    check_plan(p, res)
+    singles = [r.cost_per_hour for r in single_type_plans(p).values() if r.ok]
+    assert res.cost_per_hour <= min(singles) + 1e-9
+
+
+def test_joint_minimums_above_the_pool_are_infeasible_and_branching_survives_pools() -> None:
+    a = make_problem([0.0], [[1.0]], [1.0], mins=[3], model="a")
+    b = make_problem([0.0], [[1.0]], [1.0], mins=[2], model="b")
+    jr = solve_joint([a, b], Pool({"g0": 4}), time_limit_s=LIMIT)
+    assert jr.status == Status.INFEASIBLE and jr.reason
+    # fractional loads whose rounding must respect a tight pool: branches hit the pool row
+    c = make_problem([1.5, 1.5], [[1.0, 1.0], [1.0, 1.0]], [1.0, 1.1], model="c")
+    d = make_problem([1.5, 0.7], [[1.0, 1.0], [1.0, 1.0]], [1.0, 1.1], model="d")
+    jr2 = solve_joint([c, d], Pool({"g0": 4, "g1": 2}), time_limit_s=LIMIT)
+    assert jr2.status == Status.OPTIMAL
+    assert sum(r.replicas["g0"] for r in jr2.results) <= 4
+    for p, r in zip([c, d], jr2.results, strict=True):
+        check_plan(p, r)

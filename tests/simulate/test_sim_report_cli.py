@@ -12,10 +12,16 @@ from PIL import Image
 
 from gpumix.cli import build_parser, main
 from gpumix.commands import simulate as command
-from gpumix.simulate.planning import load_profiles, optimizer_planner
+from gpumix.simulate.planning import load_inputs, optimizer_planner
 from gpumix.simulate.report import write_report
 from gpumix.simulate.runner import simulate
 from gpumix.simulate.scenario import builtin_scenarios, read_scenario
+
+
+def frozen_clock() -> float:
+    """Solves are bounded by the optimizer's node limit, not by the machine's speed."""
+    return 0.0
+
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -28,9 +34,8 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
 
 
 def test_plots_are_valid_pngs_and_deterministic(tmp_path: Path) -> None:
-    scenario = read_scenario(builtin_scenarios()["selector-overlap"])
-    profiles = load_profiles(scenario)
-    planner = optimizer_planner(profiles) if profiles else None
+    scenario, profiles = load_inputs(read_scenario(builtin_scenarios()["selector-overlap"]))
+    planner = optimizer_planner(profiles, clock=frozen_clock) if profiles else None
     result = simulate(scenario, profiles, planner, hours=2.0)
     first = write_report(result, tmp_path / "a")
     second = write_report(simulate(scenario, profiles, planner, hours=2.0), tmp_path / "b")
@@ -86,13 +91,24 @@ def test_cli_unknown_scenario_exits_2() -> None:
 
 
 def test_cli_bad_scenario_file_names_the_field(tmp_path: Path) -> None:
-    source = builtin_scenarios()["unbounded-ramp"].read_text(encoding="utf-8")
+    named = builtin_scenarios()["unbounded-ramp"]
+    source = named.read_text(encoding="utf-8").replace("../", f"{named.parent.parent}/")
+    assert "endRate: 150" in source
     bad = tmp_path / "bad.yaml"
-    bad.write_text(source.replace("endRate: 80", "endRate: -3"), encoding="utf-8")
+    bad.write_text(source.replace("endRate: 150", "endRate: -3"), encoding="utf-8")
     code, _, err = _run([str(bad), "--out", str(tmp_path / "out")])
     assert code == 2
     assert err == f"error: {bad}: load.ramp.endRate: must be >= 0, got -3\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_missing_profiles_exit_2(tmp_path: Path) -> None:
+    source = builtin_scenarios()["unbounded-ramp"].read_text(encoding="utf-8")
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(source, encoding="utf-8")  # ../profiles no longer resolves
+    code, _, err = _run([str(moved), "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert err.startswith(f"error: {tmp_path}/../profiles: ") and "not found" in err
 
 
 @pytest.mark.parametrize("argv", [[], ["unbounded-ramp", "--hours", "0"]])

@@ -155,6 +155,8 @@ async def test_api_outage_makes_cache_unready_then_recovers(
 
 async def test_crds_found_later_are_watched(emu: Emulator, cache: ClusterCache) -> None:
     assert not any(r.resource.optional for r in cache.reflectors.values())
+    ready: list[bool] = []
+    watcher = asyncio.create_task(_record_readiness(cache, ready))
     emu.create(crd("keda-scaledobject.yaml"))
     emu.create(crd("aibrix-podautoscaler.yaml"))
     await asyncio.sleep(0.05)
@@ -163,12 +165,20 @@ async def test_crds_found_later_are_watched(emu: Emulator, cache: ClusterCache) 
     snap = cache.snapshot
     await until(lambda: ObjectRef("ScaledObject", "team", "so") in snap.autoscalers)
     await until(lambda: ObjectRef("PodAutoscaler", "team", "pa") in snap.autoscalers)
+    assert all(r.late for r in cache.reflectors.values() if r.resource.optional)
     assert snap.autoscalers[ObjectRef("ScaledObject", "team", "so")].ceiling is None
-    assert cache.synced
+    watcher.cancel()
+    assert cache.synced and all(ready)  # a new CRD never made the cache unready
     # a CRD that goes away takes its objects with it
     emu.delete("customresourcedefinitions", "scaledobjects.keda.sh")
     await until(lambda: ObjectRef("ScaledObject", "team", "so") not in snap.autoscalers)
     await until(lambda: cache.synced)
+
+
+async def _record_readiness(cache: ClusterCache, out: list[bool]) -> None:
+    for _ in range(10_000):
+        out.append(cache.synced)
+        await asyncio.sleep(0.005)
 
 
 async def test_not_synced_before_the_first_list(emu: Emulator) -> None:
@@ -184,3 +194,39 @@ async def test_not_synced_before_the_first_list(emu: Emulator) -> None:
     finally:
         await c.stop()
         await client.close()
+
+
+class _ClosingServer:
+    """A fake API whose watches end as soon as they open."""
+
+    def __init__(self) -> None:
+        self.watches = 0
+
+    async def get(self, path: str, query: dict[str, str] | None = None) -> dict[str, Any]:
+        return {"metadata": {"resourceVersion": "5"}, "items": []}
+
+    async def watch(
+        self, path: str, query: dict[str, str], timeout_s: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        self.watches += 1
+        yield {"type": "OPENED"}
+
+
+async def test_watches_that_end_at_once_are_backed_off() -> None:
+    from gpumix.kube.snapshot import Snapshot
+    from webhook.cache import BUILTIN_RESOURCES, Reflector
+
+    pauses: list[float] = []
+
+    async def sleep(s: float) -> None:
+        pauses.append(s)
+        if len(pauses) >= 6:
+            raise asyncio.CancelledError
+
+    server = _ClosingServer()
+    reflector = Reflector(BUILTIN_RESOURCES[2], server, Snapshot(), Policy(),  # type: ignore[arg-type]
+                          FAST, lambda: None, sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await reflector.run()
+    assert server.watches == 6 and reflector.relists == 1 and reflector.synced
+    assert pauses == sorted(pauses) and pauses[-1] == FAST.backoff_max_s

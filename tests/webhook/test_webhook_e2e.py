@@ -84,7 +84,12 @@ class Stack:
 
 
 @pytest.fixture
-async def stack() -> AsyncIterator[Stack]:
+def tls_settings() -> TLSSettings:
+    return TLSSettings(extra_sans=("127.0.0.1",))
+
+
+@pytest.fixture
+async def stack(tls_settings: TLSSettings) -> AsyncIterator[Stack]:
     emu = Emulator(bookmark_interval_s=0.2)
     emu.create(namespace("gpumix-system"))
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
@@ -101,7 +106,7 @@ async def stack() -> AsyncIterator[Stack]:
     await emu.start()
     client = await KubeClient.connect(str(emu.kubeconfig()))
     settings = WebhookSettings(
-        tls=TLSSettings(extra_sans=("127.0.0.1",)),
+        tls=tls_settings,
         cache=CacheSettings(backoff_initial_s=0.05, backoff_max_s=0.5, discovery_interval_s=1),
     )
     built = await build(settings, client=client)
@@ -314,3 +319,42 @@ async def test_ca_bundle_and_secret_are_in_place(stack: Stack) -> None:
         assert config is not None
         for hook in config["webhooks"]:
             assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+
+
+# --------------------------------------------------------------------------- rotation
+
+
+# A lifetime of 302 s with a 300 s backdated start makes a rotation due every ~1 s.
+FAST_ROTATION = TLSSettings(extra_sans=("127.0.0.1",), lifetime_s=302, rotate_fraction=0.5,
+                            check_interval_s=3600, reload_grace_s=0.3)
+
+
+@pytest.mark.parametrize("tls_settings", [FAST_ROTATION])
+async def test_rotation_through_the_admission_chain_loses_no_request(stack: Stack) -> None:
+    """The API server side (the emulator) reads caBundle from the configuration on each
+    call; the webhook rotates several times while requests keep coming."""
+    certs = stack.built.certs
+    served: set[bytes] = set()
+    statuses: list[int] = []
+    done = asyncio.Event()
+
+    async def client(i: int) -> None:
+        for n in range(1000):  # bounded; stops when rotation is over
+            if done.is_set():
+                return
+            status, body, _ = await stack.create(hpa(f"h{i}-{n}", "x"), dry_run=True)
+            statuses.append(status)
+            assert status == 201, body
+            assert body["spec"]["maxReplicas"] == 10
+
+    clients = [asyncio.create_task(client(i)) for i in range(8)]
+    for _ in range(150):  # about 4.5 s
+        await certs.refresh()
+        served.add(certs.holder.cert_pem)
+        if len(served) >= 4:
+            break
+        await asyncio.sleep(0.03)
+    done.set()
+    await asyncio.wait_for(asyncio.gather(*clients), 30)
+    assert len(served) >= 3, "the certificate did not rotate"
+    assert statuses and all(s == 201 for s in statuses)

@@ -301,6 +301,15 @@ async def test_deeply_nested_object_with_uid_is_a_400_review(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+async def test_error_messages_quoting_the_request_are_clipped(served: Served) -> None:
+    body = review_body(deployment("d"), uid="big")
+    body["apiVersion"] = "x" * 100_000
+    status, out = await served.post("/validate", body)
+    assert status == 200 and out["response"]["uid"] == "big"
+    message = out["response"]["status"]["message"]
+    assert message.startswith("apiVersion must be") and len(message) <= 1000
+
+
 # --------------------------------------------------------------------------- probes, metrics
 
 

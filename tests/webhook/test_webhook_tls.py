@@ -90,6 +90,7 @@ def test_server_context_is_tls12_minimum() -> None:
     assert not holder.loaded
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 async def test_tls11_client_is_refused() -> None:
     bundle = new_bundle(("127.0.0.1",), time.time(), DAY_S)
     holder = CertHolder()
@@ -277,9 +278,19 @@ async def test_two_bootstraps_racing_agree_on_one_secret(emu: Emulator) -> None:
         await asyncio.gather(*(r.refresh() for r in replicas))
         rotated = secret_bundle(emu)
         assert rotated.cert_pem != stored.cert_pem
-        assert holders[0].cert_pem == holders[1].cert_pem == rotated.cert_pem
         assert ca_bundles(emu) == {rotated.ca_pem}
         assert rotated.ca_pem.endswith(stored.ca_pem)  # the old CA is still trusted
+        # the new certificate is presented only after the grace (caBundle first)
+        assert holders[0].cert_pem == holders[1].cert_pem == stored.cert_pem
+        # a stale writer puts the old caBundle back: the grace starts again
+        await replicas[0].sync_ca_bundle(stored.ca_pem)
+        clock.t += settings.reload_grace_s + 1
+        await replicas[1].refresh()
+        assert ca_bundles(emu) == {rotated.ca_pem}
+        assert holders[1].cert_pem == stored.cert_pem
+        clock.t += settings.reload_grace_s + 1
+        await asyncio.gather(*(r.refresh() for r in replicas))
+        assert holders[0].cert_pem == holders[1].cert_pem == rotated.cert_pem
 
         # a replica started later adopts the Secret instead of making its own
         late = BootstrapCerts(clients[0], settings, CertHolder(), clock, no_sleep)
