@@ -182,7 +182,7 @@ def review(request: AdmissionRequest, snapshot: Snapshot, policy: Policy, phase:
     old_obj = request.get("oldObject")
     old_view = view_of(old_obj, policy) if old_obj else None
     if phase == "mutate":
-        return _mutate(obj, view, snapshot, policy, mode)
+        return _mutate(obj, view, snapshot, policy, mode, request.get("operation", ""))
     immutable: list[Finding] = []
     if isinstance(view, DeploymentView) and isinstance(old_view, DeploymentView) and old_obj:
         immutable = selector_immutable.check(
@@ -195,16 +195,23 @@ def review(request: AdmissionRequest, snapshot: Snapshot, policy: Policy, phase:
 
 
 def _mutate(
-    obj: dict[str, Any], view: View, snapshot: Snapshot, policy: Policy, mode: Mode
+    obj: dict[str, Any],
+    view: View,
+    snapshot: Snapshot,
+    policy: Policy,
+    mode: Mode,
+    operation: str,
 ) -> Verdict:
     if mode != "enforce":
         return Verdict("allowed", mode=mode)
-    fixed = copy.deepcopy(obj)
     applied: list[Finding] = []
     if isinstance(view, DeploymentView):
+        if operation != "CREATE":
+            return Verdict("allowed", mode=mode)  # a live selector is immutable: never fix it
         findings = [f for f in selector_overlap.check(view, snapshot) if f.severity == "error"]
         if not findings:
             return Verdict("allowed", mode=mode)
+        fixed = copy.deepcopy(obj)
         isolate_deployment(fixed, view.gpu_type)
         fixed_view = view_of(fixed, policy)
         assert isinstance(fixed_view, DeploymentView)
@@ -218,9 +225,12 @@ def _mutate(
         applied = missing_max_replicas.check(view, snapshot, policy)
         if not applied:
             return Verdict("allowed", mode=mode)
+        fixed = copy.deepcopy(obj)
         set_ceiling(
             fixed, view.ceiling_field, missing_max_replicas.default_ceiling(view, snapshot, policy)
         )
+    else:
+        return Verdict("allowed", mode=mode)
     patch = jsonpatch.make_patch(obj, fixed).patch
     if not patch:
         return Verdict("allowed", mode=mode)
@@ -241,9 +251,15 @@ def _validate(
     findings = evaluate(view, snapshot, policy)
     if isinstance(view, DeploymentView) and isinstance(old_view, DeploymentView):
         # An UPDATE is denied for overlaps it creates, not for ones that were already there.
-        before = {r for f in selector_overlap.check(old_view, snapshot) for r in f.related}
+        # (Same pairs at the same or a lower severity; an update that raises a pair to an
+        # error, e.g. by re-pinning the GPU type, is judged as new.)
+        before = {
+            (r, f.severity) for f in selector_overlap.check(old_view, snapshot) for r in f.related
+        }
         findings = [
-            _as_warning(f) if f.rule == selector_overlap.RULE and set(f.related) <= before else f
+            _as_warning(f)
+            if f.rule == selector_overlap.RULE and all((r, f.severity) in before for r in f.related)
+            else f
             for f in findings
         ]
         findings = immutable + findings
@@ -313,7 +329,7 @@ def to_response(uid: str, verdict: Verdict) -> AdmissionReviewResponse:
 
 def _warning_text(text: str) -> str:
     # The API server passes warnings on as HTTP headers: keep them printable and short.
-    clean = "".join(ch if ch.isprintable() else " " for ch in text)
+    clean = text if text.isprintable() else "".join(ch if ch.isprintable() else " " for ch in text)
     return clean if len(clean) <= 1000 else clean[:997] + "..."
 
 

@@ -1,0 +1,205 @@
+"""The pure admission decision: ``review(request, snapshot, policy, phase)``."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+
+import jsonpatch
+import pytest
+from webhook_kit import (
+    deployment,
+    hpa,
+    namespace,
+    node,
+    pod_autoscaler,
+    review_body,
+    scaled_object,
+    snapshot,
+)
+
+from gpumix.kube.policy import Policy
+from webhook.review import ReviewError, parse_review, review, to_response
+
+POLICY = Policy()
+
+
+def decide(obj: dict, snap, phase: str, operation: str = "CREATE", old: dict | None = None,
+           policy: Policy = POLICY):
+    return review(parse_review(review_body(obj, operation, old=old)), snap, policy, phase)
+
+
+def isolated(name: str, product: str) -> dict:
+    d = deployment(name, gpu_product=product)
+    d["spec"]["selector"]["matchLabels"]["gpumix.io/deployment"] = name
+    d["spec"]["template"]["metadata"]["labels"]["gpumix.io/deployment"] = name
+    return d
+
+
+def test_create_overlapping_an_isolated_deployment_is_fixed_and_the_fix_validates() -> None:
+    snap = snapshot(isolated("a100", "A100"))
+    a40 = deployment("a40", gpu_product="A40")
+    verdict = decide(a40, snap, "mutate")
+    assert verdict.shape == "patched"
+    fixed = jsonpatch.apply_patch(a40, list(verdict.patch))
+    assert fixed["spec"]["selector"]["matchLabels"]["gpumix.io/deployment"] == "a40"
+    assert fixed["spec"]["template"]["metadata"]["labels"]["gpumix.io/gpu-type"] == "A40"
+    # only labels changed
+    assert {op["path"].split("/")[1] for op in verdict.patch} == {"spec"}
+    assert decide(fixed, snap, "validate").shape == "allowed"
+
+
+def test_create_overlapping_a_broad_deployment_is_denied_and_names_it() -> None:
+    snap = snapshot(deployment("a100", gpu_product="A100"))
+    a40 = deployment("a40", gpu_product="A40")
+    assert decide(a40, snap, "mutate").shape == "allowed"  # no provable fix
+    verdict = decide(a40, snap, "validate")
+    assert verdict.shape == "denied" and verdict.code == 403
+    assert "Deployment default/a100" in verdict.message
+    assert "immutable" in verdict.message and "recreate" in verdict.message
+    assert "model.aibrix.ai/name=llama2-7b" in verdict.message
+
+
+def test_disjoint_pair_is_admitted_untouched() -> None:
+    snap = snapshot(deployment("a100", selector={"app": "a100"}, gpu_product="A100"))
+    a40 = deployment("a40", selector={"app": "a40"}, gpu_product="A40")
+    assert decide(a40, snap, "mutate").shape == "allowed"
+    verdict = decide(a40, snap, "validate")
+    assert verdict.shape == "allowed" and not verdict.warnings
+
+
+def test_update_never_mutates_a_deployment_selector() -> None:
+    snap = snapshot(isolated("a100", "A100"), deployment("a40", gpu_product="A40"))
+    a40 = deployment("a40", gpu_product="A40")
+    assert decide(a40, snap, "mutate", "UPDATE", old=a40).shape == "allowed"
+
+
+def test_update_keeps_a_pre_existing_overlap_as_a_warning() -> None:
+    a100, a40 = deployment("a100", gpu_product="A100"), deployment("a40", gpu_product="A40")
+    snap = snapshot(a100, a40)
+    newer = copy.deepcopy(a40)
+    newer["spec"]["template"]["spec"]["containers"][0]["image"] = "vllm:v2"
+    verdict = decide(newer, snap, "validate", "UPDATE", old=a40)
+    assert verdict.shape == "allowed"
+    assert any("already present" in w for w in verdict.warnings)
+
+
+def test_update_that_raises_an_overlap_to_an_error_is_denied() -> None:
+    # same GPU type: a warning; re-pinned to another type: an error this update creates
+    a100, other = deployment("a100", gpu_product="A100"), deployment("b", gpu_product="A100")
+    snap = snapshot(a100, other)
+    repinned = deployment("b", gpu_product="A40")
+    verdict = decide(repinned, snap, "validate", "UPDATE", old=other)
+    assert verdict.shape == "denied"
+    assert "GPU types differ" in verdict.message
+
+
+def test_update_changing_the_selector_is_denied_with_how_to_recreate() -> None:
+    old = deployment("a", selector={"app": "a"})
+    new = deployment("a", selector={"app": "a", "tier": "gpu"})
+    verdict = decide(new, snapshot(old), "validate", "UPDATE", old=old)
+    assert verdict.shape == "denied"
+    assert "[selector-immutable]" in verdict.message and "recreate" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("obj", "field"),
+    [
+        (hpa("h", "d", max_replicas=0), "maxReplicas"),
+        (hpa("h", "d"), "maxReplicas"),
+        (scaled_object("s", "d"), "maxReplicaCount"),
+        (pod_autoscaler("p", "d", None), "maxReplicas"),
+    ],
+)
+def test_missing_ceiling_is_injected(obj: dict, field: str) -> None:
+    verdict = decide(obj, snapshot(), "mutate")
+    assert verdict.shape == "patched"
+    fixed = jsonpatch.apply_patch(obj, list(verdict.patch))
+    assert fixed["spec"][field] == POLICY.default_max_replicas
+    assert decide(fixed, snapshot(), "validate").shape == "allowed"
+
+
+def test_injected_ceiling_follows_the_namespace_annotation_and_gpu_capacity() -> None:
+    ns = namespace("ml", annotations={"gpumix.io/default-max-replicas": "50"})
+    dep = deployment("a100", "ml", gpu_product="A100", gpus=2)
+    snap = snapshot(ns, dep, node("n1", "A100", 8), node("n2", "A100", 4))
+    verdict = decide(hpa("h", "a100", ns="ml"), snap, "mutate")
+    fixed = jsonpatch.apply_patch(hpa("h", "a100", ns="ml"), list(verdict.patch))
+    assert fixed["spec"]["maxReplicas"] == 6  # 12 GPUs / 2 per replica, below 50
+
+
+def test_over_ceiling_is_denied() -> None:
+    verdict = decide(pod_autoscaler("p", "d", 1000), snapshot(), "validate")
+    assert verdict.shape == "denied" and "hard limit of 100" in verdict.message
+
+
+@pytest.mark.parametrize("mode", ["warn", "audit"])
+def test_warn_and_audit_allow_without_fixing(mode: str) -> None:
+    snap = snapshot(namespace("default", labels={"gpumix.io/mode": mode}),
+                    deployment("a100", gpu_product="A100"))
+    a40 = deployment("a40", gpu_product="A40")
+    assert decide(a40, snap, "mutate").shape == "allowed"
+    verdict = decide(a40, snap, "validate")
+    assert verdict.shape == "allowed" and verdict.findings
+    assert bool(verdict.warnings) == (mode == "warn")
+    assert decide(hpa("h", "d"), snap, "mutate").shape == "allowed"
+
+
+def test_exempt_namespace_is_untouched() -> None:
+    snap = snapshot(deployment("a100", "kube-system", gpu_product="A100"))
+    a40 = deployment("a40", "kube-system", gpu_product="A40")
+    for phase in ("mutate", "validate"):
+        verdict = decide(a40, snap, phase)
+        assert verdict.shape == "allowed" and not verdict.findings
+
+
+def test_dry_run_gets_the_same_answer() -> None:
+    snap = snapshot(deployment("a100", gpu_product="A100"))
+    body = review_body(deployment("a40", gpu_product="A40"), dry_run=True)
+    request = parse_review(body)
+    assert request["dryRun"] is True
+    assert review(request, snap, POLICY, "validate").shape == "denied"
+
+
+def test_subresources_and_deletes_are_allowed() -> None:
+    body = review_body(hpa("h", "d"), "DELETE")
+    assert review(parse_review(body), snapshot(), POLICY, "validate").shape == "allowed"
+    body = review_body(hpa("h", "d"))
+    body["request"]["subResource"] = "status"
+    assert review(parse_review(body), snapshot(), POLICY, "mutate").shape == "allowed"
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ([], "JSON object"),
+        ({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}, "apiVersion"),
+        ({"apiVersion": "admission.k8s.io/v1", "kind": "Review"}, "kind"),
+        ({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}, "request"),
+        ({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+          "request": {"operation": "CREATE"}}, "uid"),
+    ],
+)
+def test_bad_reviews_raise_a_clear_error(body: object, needle: str) -> None:
+    with pytest.raises(ReviewError, match=needle):
+        parse_review(body)
+
+
+def test_missing_object_keeps_the_uid() -> None:
+    body = review_body(hpa("h", "d"), uid="abc")
+    del body["request"]["object"]
+    with pytest.raises(ReviewError) as info:
+        parse_review(body)
+    assert info.value.uid == "abc"
+
+
+def test_response_shapes_echo_the_uid() -> None:
+    verdict = decide(hpa("h", "d"), snapshot(), "mutate")
+    out = to_response("u-1", verdict)
+    assert out["response"]["uid"] == "u-1" and out["response"]["allowed"] is True
+    assert out["response"]["patchType"] == "JSONPatch"
+    assert json.loads(base64.b64decode(out["response"]["patch"])) == list(verdict.patch)
+    denied = to_response("u-2", decide(pod_autoscaler("p", "d", 1000), snapshot(), "validate"))
+    assert denied["response"]["allowed"] is False
+    assert denied["response"]["status"]["code"] == 403
