@@ -7,6 +7,7 @@ Built-in types get a few of kube-apiserver's columns; custom resources get their
 from __future__ import annotations
 
 import calendar
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,15 +17,32 @@ from .resources import ResourceType
 Obj = dict[str, Any]
 
 
+_SEGMENT = re.compile(
+    r"""\.?([^.\[\]]+)|\[(\d+)\]|\[\?\(@\.([\w.-]+)\s*==\s*["']([^"']*)["']\)\]"""
+)
+
+
 def _path(obj: Obj, path: str) -> Any:
+    """The JSONPath subset printer columns use: fields, ``[N]`` and ``[?(@.f=="v")]``."""
     cur: Any = obj
-    for seg in path.strip().lstrip(".").split("."):
-        if not seg:
-            continue
-        if isinstance(cur, dict):
-            cur = cur.get(seg)
-        else:
+    text = path.strip()
+    pos = 0
+    while pos < len(text) and cur is not None:
+        m = _SEGMENT.match(text, pos)
+        if m is None or m.end() == pos:
             return None
+        pos = m.end()
+        field, index, filter_key, filter_value = m.groups()
+        if field is not None:
+            cur = cur.get(field) if isinstance(cur, dict) else None
+        elif index is not None:
+            cur = cur[int(index)] if isinstance(cur, list) and int(index) < len(cur) else None
+        else:
+            if not isinstance(cur, list):
+                return None
+            matches = [item for item in cur
+                       if isinstance(item, dict) and _path(item, filter_key) == filter_value]
+            cur = matches[0] if matches else None
     return cur
 
 

@@ -161,3 +161,25 @@ async def test_random_protobuf_bodies_never_500(data: bytes) -> None:
         resp = await emu.request("POST", "/api/v1/namespaces/default/configmaps", body,
                                  content_type="application/vnd.kubernetes.protobuf")
         assert resp.status < 500, resp.body
+
+
+def test_printer_column_paths_support_index_and_filter() -> None:
+    from gpumix.emulator.tables import _path
+
+    obj = {
+        "spec": {"mode": "scale"},
+        "status": {
+            "conditions": [
+                {"type": "LoadAvailable", "status": "False"},
+                {"type": "Ready", "status": "True"},
+            ],
+            "plan": [{"deployment": "a100"}],
+        },
+    }
+    assert _path(obj, '.status.conditions[?(@.type=="Ready")].status') == "True"
+    assert _path(obj, ".status.conditions[?(@.type=='LoadAvailable')].status") == "False"
+    assert _path(obj, '.status.conditions[?(@.type=="Scaling")].status') is None
+    assert _path(obj, ".status.plan[0].deployment") == "a100"
+    assert _path(obj, ".status.plan[3].deployment") is None
+    assert _path(obj, ".spec.mode") == "scale"
+    assert _path(obj, ".spec.mode.deeper") is None
