@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gpumix.kube.selectors import SelectorError, parse_selector
+
 from .errors import bad_request
 
 Labels = Mapping[str, str]
@@ -99,22 +101,14 @@ def matches_all(reqs: tuple[Requirement, ...], labels: Labels) -> bool:
 
 
 def label_selector_matches(selector: Mapping[str, Any] | None, labels: Labels) -> bool:
-    """Structured `LabelSelector`; `None` or `{}` matches everything."""
+    """Structured `LabelSelector` (the project's selector algebra); `None` or `{}` matches
+    everything, an invalid one nothing."""
     if not selector:
         return True
-    for k, v in (selector.get("matchLabels") or {}).items():
-        if labels.get(k) != v:
-            return False
-    for expr in selector.get("matchExpressions") or []:
-        op = str(expr.get("operator", ""))
-        key = str(expr.get("key", ""))
-        values = tuple(str(v) for v in expr.get("values") or ())
-        mapped = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!"}.get(op)
-        if mapped is None:
-            return False
-        if not Requirement(key, mapped, values).matches(labels):
-            return False
-    return True
+    try:
+        return parse_selector(selector).matches(labels)
+    except SelectorError:
+        return False
 
 
 def label_selector_string(selector: Mapping[str, Any] | None) -> str:
