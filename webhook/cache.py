@@ -290,8 +290,13 @@ class ClusterCache:
 
     def _start(self, resource: Resource) -> None:
         reflector = Reflector(
-            resource, self.client, self.snapshot, self.policy, self.settings,
-            self._changed, self._sleep,
+            resource,
+            self.client,
+            self.snapshot,
+            self.policy,
+            self.settings,
+            self._changed,
+            self._sleep,
         )
         self.reflectors[resource] = reflector
         self._tasks[resource] = asyncio.create_task(
@@ -324,8 +329,13 @@ class ClusterCache:
                     and "watch" in (res.get("verbs") or [])
                 ):
                     found.append(
-                        Resource(kind, gv, str(res["name"]),
-                                 namespaced=bool(res.get("namespaced", True)), optional=True)
+                        Resource(
+                            kind,
+                            gv,
+                            str(res["name"]),
+                            namespaced=bool(res.get("namespaced", True)),
+                            optional=True,
+                        )
                     )
         return found
 
@@ -365,4 +375,3 @@ class ClusterCache:
                 await task
         self._tasks.clear()
         self._discovery = None
-

@@ -12,15 +12,26 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Label values come from requests: keep them to a known, small set.
-KNOWN_KINDS = frozenset(
-    {"Deployment", "HorizontalPodAutoscaler", "ScaledObject", "PodAutoscaler"}
-)
+KNOWN_KINDS = frozenset({"Deployment", "HorizontalPodAutoscaler", "ScaledObject", "PodAutoscaler"})
 KNOWN_OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
 CACHE_KINDS = ("Deployment", "Autoscaler", "Node", "Namespace")
 
 # Admission runs in well under a millisecond; the API server's default timeout is 10 s.
 DURATION_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+    2.5,
+    10.0,
 )
 
 
@@ -60,11 +71,14 @@ class WebhookMetrics:
             registry=r,
         )
         self.cache_objects = Gauge(
-            "gpumix_cache_objects", "Objects held in the cluster cache, by kind.", ("kind",),
+            "gpumix_cache_objects",
+            "Objects held in the cluster cache, by kind.",
+            ("kind",),
             registry=r,
         )
         self.cache_synced = Gauge(
-            "gpumix_cache_synced", "1 when every watched resource has been listed and is current.",
+            "gpumix_cache_synced",
+            "1 when every watched resource has been listed and is current.",
             registry=r,
         )
         self.cert_expiry = Gauge(
@@ -77,9 +91,7 @@ class WebhookMetrics:
         self._children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
         self._finding_children: dict[tuple[str, str, str], Counter] = {}
 
-    def observe(
-        self, path: str, kind: str, operation: str, verdict: str, seconds: float
-    ) -> None:
+    def observe(self, path: str, kind: str, operation: str, verdict: str, seconds: float) -> None:
         key = (path, kind, operation, verdict)
         children = self._children.get(key)
         if children is None:

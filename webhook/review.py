@@ -20,12 +20,12 @@ import jsonpatch
 
 from gpumix.kube.fields import as_mapping
 from gpumix.kube.objects import AutoscalerView, DeploymentView, View, view_of
-from gpumix.kube.policy import DEPLOYMENT_LABEL, Mode, Policy
+from gpumix.kube.policy import DEPLOYMENT_LABEL, GPU_TYPE_LABEL, Mode, Policy
 from gpumix.kube.snapshot import Snapshot
 from webhook.rules import missing_max_replicas, selector_immutable, selector_overlap
 from webhook.rules.base import Finding
 from webhook.rules.engine import evaluate
-from webhook.rules.fixes import isolate_deployment, set_ceiling
+from webhook.rules.fixes import isolate_deployment, restore_labels, set_ceiling
 
 Phase = Literal["mutate", "validate"]
 Shape = Literal["allowed", "denied", "patched", "errored"]
@@ -182,6 +182,9 @@ def review(request: AdmissionRequest, snapshot: Snapshot, policy: Policy, phase:
     old_obj = request.get("oldObject")
     old_view = view_of(old_obj, policy) if old_obj else None
     if phase == "mutate":
+        if isinstance(view, DeploymentView) and old_obj and mode == "enforce":
+            verdict = _keep_isolation(obj, old_obj, mode)
+            return _warn_selector_change(verdict, obj, old_obj, view, policy)
         return _mutate(obj, view, snapshot, policy, mode, request.get("operation", ""))
     immutable: list[Finding] = []
     if isinstance(view, DeploymentView) and isinstance(old_view, DeploymentView) and old_obj:
@@ -237,6 +240,77 @@ def _mutate(
     notes = tuple(f"gpumix fixed {f.rule} on {f.subject}" for f in applied)
     return Verdict(
         "patched", patch=tuple(patch), warnings=notes, findings=tuple(applied), mode=mode
+    )
+
+
+def _keep_isolation(obj: dict[str, Any], old_obj: Mapping[str, Any], mode: Mode) -> Verdict:
+    """On UPDATE, put back the labels an earlier fix added and the new object lacks.
+
+    A re-apply of the unfixed manifest (``kubectl apply --server-side``, a GitOps
+    sync) would otherwise drop ``gpumix.io/deployment`` from the live selector, which
+    the API server refuses as a selector change. Restoring it keeps re-applies
+    idempotent; nothing else is touched.
+    """
+    old_spec = as_mapping(old_obj.get("spec"))
+    old_selector = as_mapping(as_mapping(old_spec.get("selector")).get("matchLabels"))
+    old_template = as_mapping(as_mapping(as_mapping(old_spec.get("template")).get("metadata")))
+    old_labels = as_mapping(old_template.get("labels"))
+    spec = as_mapping(obj.get("spec"))
+    selector = as_mapping(as_mapping(spec.get("selector")).get("matchLabels"))
+    labels = as_mapping(as_mapping(as_mapping(spec.get("template")).get("metadata")).get("labels"))
+    missing_sel = {
+        k: old_selector[k] for k in (DEPLOYMENT_LABEL,) if k in old_selector and k not in selector
+    }
+    missing_tpl = {
+        k: old_labels[k]
+        for k in (DEPLOYMENT_LABEL, GPU_TYPE_LABEL)
+        if k in old_labels and k not in labels and (k != DEPLOYMENT_LABEL or missing_sel)
+    }
+    if not missing_sel and not missing_tpl:
+        return Verdict("allowed", mode=mode)
+    fixed = copy.deepcopy(obj)
+    restore_labels(fixed, selector=missing_sel, template=missing_tpl)
+    patch = jsonpatch.make_patch(obj, fixed).patch
+    names = ", ".join(sorted({*missing_sel, *missing_tpl}))
+    return Verdict(
+        "patched",
+        patch=tuple(patch),
+        warnings=(f"gpumix kept {names} set by an earlier fix (a selector is immutable)",),
+        mode=mode,
+    )
+
+
+def _warn_selector_change(
+    verdict: Verdict,
+    obj: dict[str, Any],
+    old_obj: Mapping[str, Any],
+    view: DeploymentView,
+    policy: Policy,
+) -> Verdict:
+    """kube-apiserver refuses a selector change in its own validation, which runs
+    before validating webhooks; a warning from the mutating step still reaches the
+    user with the API's error, and says how to recreate the Deployment."""
+    fixed = jsonpatch.apply_patch(obj, list(verdict.patch)) if verdict.patch else obj
+    old_view = view_of(old_obj, policy)
+    if not isinstance(old_view, DeploymentView):
+        return verdict
+    findings = selector_immutable.check(
+        old_view,
+        view,
+        old_selector=as_mapping(old_obj.get("spec")).get("selector"),
+        new_selector=as_mapping(fixed.get("spec")).get("selector"),
+    )
+    if not findings:
+        return verdict
+    notes = tuple(f"{f.rule}: {f.message}" for f in findings)
+    return Verdict(
+        verdict.shape,
+        verdict.message,
+        verdict.code,
+        verdict.patch,
+        verdict.warnings + notes,
+        verdict.findings,
+        verdict.mode,
     )
 
 

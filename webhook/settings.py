@@ -45,8 +45,12 @@ class TLSSettings:
 
     def dns_names(self) -> tuple[str, ...]:
         svc = f"{self.service_name}.{self.namespace}.svc"
-        return (self.service_name, f"{self.service_name}.{self.namespace}", svc,
-                f"{svc}.cluster.local")
+        return (
+            self.service_name,
+            f"{self.service_name}.{self.namespace}",
+            svc,
+            f"{svc}.cluster.local",
+        )
 
 
 @dataclass(frozen=True)

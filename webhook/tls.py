@@ -117,9 +117,7 @@ def new_bundle(
     """
     start, end = _utc(now - SKEW_S), _utc(now + lifetime_s)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, f"gpumix-webhook-ca-{int(now)}")]
-    )
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"gpumix-webhook-ca-{int(now)}")])
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -131,9 +129,15 @@ def new_bundle(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -159,9 +163,9 @@ def new_bundle(
         .sign(ca_key, hashes.SHA256())
     )
     ca_pem = ca.public_bytes(serialization.Encoding.PEM)
-    kept = [
-        c for c in _load_certs(previous_ca_pem) if c.not_valid_after_utc.timestamp() > now
-    ][:MAX_OLD_CAS]
+    kept = [c for c in _load_certs(previous_ca_pem) if c.not_valid_after_utc.timestamp() > now][
+        :MAX_OLD_CAS
+    ]
     bundle_ca = ca_pem + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in kept)
     return CertBundle(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key), bundle_ca)
 
@@ -430,8 +434,10 @@ class BootstrapCerts(CertSource):
         metadata: dict[str, Any] = {
             "name": self.settings.secret_name,
             "namespace": self.settings.namespace,
-            "labels": {"app.kubernetes.io/name": "gpumix-webhook",
-                       "app.kubernetes.io/managed-by": "gpumix"},
+            "labels": {
+                "app.kubernetes.io/name": "gpumix-webhook",
+                "app.kubernetes.io/managed-by": "gpumix",
+            },
         }
         if resource_version:
             metadata["resourceVersion"] = resource_version
@@ -472,8 +478,7 @@ class BootstrapCerts(CertSource):
                     if exc.code == 409:  # another replica created it first: adopt theirs
                         continue
                     raise
-                log.info("created Secret %s/%s", self.settings.namespace,
-                         self.settings.secret_name)
+                log.info("created Secret %s/%s", self.settings.namespace, self.settings.secret_name)
                 return bundle
             current = _secret_bundle(secret)
             why = problems(current, self.names, now) if current else ["no certificate data"]
@@ -499,8 +504,12 @@ class BootstrapCerts(CertSource):
                 if exc.code == 409:  # another replica replaced it first: adopt theirs
                     continue
                 raise
-            log.info("replaced Secret %s/%s: %s", self.settings.namespace,
-                     self.settings.secret_name, "; ".join(why))
+            log.info(
+                "replaced Secret %s/%s: %s",
+                self.settings.namespace,
+                self.settings.secret_name,
+                "; ".join(why),
+            )
             return bundle
         raise CertError("the certificate Secret keeps changing under us; will retry")
 

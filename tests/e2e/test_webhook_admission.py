@@ -166,12 +166,26 @@ def test_aibrix_pair_is_fixed_when_the_existing_selector_is_narrow(
         selector_labels(a100)
     )
 
-    # Applying the same manifest again (an UPDATE that leaves the selector out of the
-    # fix's way) keeps the fix and is admitted.
+    # The same manifest again, with a new image (an UPDATE; gpumix fixes only on CREATE).
     again = json.loads(json.dumps(a40))
     again["spec"]["template"]["spec"]["containers"][0]["image"] = "aibrix/vllm-simulator-a40:v2"
     proc = apiserver.kubectl(*APPLY_MODES[mode], "-f", "-", input=as_list(again), check=False)
-    assert proc.returncode == 0, proc.stderr
+    if mode == "apply":
+        # Client-side apply diffs against its last-applied annotation, which never held
+        # the fix: the selector is left alone and the fix stays.
+        assert proc.returncode == 0, proc.stderr
+    else:
+        # Server-side apply owns the whole selector (an atomic field) and sets it back to
+        # the manifest's, which changes an immutable field: refused, as docs/gitops.md says
+        # ("for a Deployment's selector ... the sync fails"). The way out it gives: put
+        # the fix in the manifest.
+        assert proc.returncode != 0
+        assert "spec.selector: Invalid value" in proc.stderr
+        assert "field is immutable" in proc.stderr
+        assert selector_labels(get(apiserver, "deployment", A40, namespace) or {}) == want
+        again["spec"]["selector"]["matchLabels"] = want
+        again["spec"]["template"]["metadata"]["labels"] = template_labels(stored)
+        apiserver.kubectl(*APPLY_MODES[mode], "-f", "-", input=as_list(again))
     stored = get(apiserver, "deployment", A40, namespace) or {}
     assert selector_labels(stored) == want
     assert stored["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":v2")
@@ -347,6 +361,12 @@ def test_hpa_without_max_replicas_gets_the_default(
                     obj = hpa(version, f"{tag}-{client}", namespace, ceiling)
                     proc = apiserver.kubectl(*args, "-f", "-", input=json.dumps(obj))
                     stderr[obj["metadata"]["name"]] = proc.stderr
+            # Server-side apply of the same manifest again: the injected ceiling is owned
+            # by no manager, so the apply does not remove it (nothing to fix this time).
+            again = hpa(version, "omitted-server-side", namespace)
+            reapplied = apiserver.kubectl(
+                *CLIENTS["server-side"], "-f", "-", input=json.dumps(again)
+            )
         finally:
             apiserver.kubectl(
                 "delete", "mutatingwebhookconfiguration", config, "--ignore-not-found"
@@ -363,8 +383,18 @@ def test_hpa_without_max_replicas_gets_the_default(
             # The injected value is owned by no field manager.
             assert "f:maxReplicas" not in managed_spec_fields(stored), name
 
+    assert "gpumix fixed" not in reapplied.stderr
+    updates = [
+        r
+        for r in recorder.requests("HorizontalPodAutoscaler", "omitted-server-side")
+        if r["operation"] == "UPDATE"
+    ]
+    assert [r["object"]["spec"]["maxReplicas"] for r in updates] == [10]
+
     seen = {
-        r["name"]: r for r in recorder.requests("HorizontalPodAutoscaler") if r["name"] != "probe"
+        r["name"]: r
+        for r in recorder.requests("HorizontalPodAutoscaler")
+        if r["name"] != "probe" and r["operation"] == "CREATE"
     }
     assert set(seen) == set(stderr)
     for name, request in seen.items():

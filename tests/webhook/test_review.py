@@ -25,8 +25,14 @@ from webhook.review import ReviewError, parse_review, review, to_response
 POLICY = Policy()
 
 
-def decide(obj: dict, snap, phase: str, operation: str = "CREATE", old: dict | None = None,
-           policy: Policy = POLICY):
+def decide(
+    obj: dict,
+    snap,
+    phase: str,
+    operation: str = "CREATE",
+    old: dict | None = None,
+    policy: Policy = POLICY,
+):
     return review(parse_review(review_body(obj, operation, old=old)), snap, policy, phase)
 
 
@@ -136,8 +142,10 @@ def test_over_ceiling_is_denied() -> None:
 
 @pytest.mark.parametrize("mode", ["warn", "audit"])
 def test_warn_and_audit_allow_without_fixing(mode: str) -> None:
-    snap = snapshot(namespace("default", labels={"gpumix.io/mode": mode}),
-                    deployment("a100", gpu_product="A100"))
+    snap = snapshot(
+        namespace("default", labels={"gpumix.io/mode": mode}),
+        deployment("a100", gpu_product="A100"),
+    )
     a40 = deployment("a40", gpu_product="A40")
     assert decide(a40, snap, "mutate").shape == "allowed"
     verdict = decide(a40, snap, "validate")
@@ -177,8 +185,14 @@ def test_subresources_and_deletes_are_allowed() -> None:
         ({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}, "apiVersion"),
         ({"apiVersion": "admission.k8s.io/v1", "kind": "Review"}, "kind"),
         ({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}, "request"),
-        ({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-          "request": {"operation": "CREATE"}}, "uid"),
+        (
+            {
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "request": {"operation": "CREATE"},
+            },
+            "uid",
+        ),
     ],
 )
 def test_bad_reviews_raise_a_clear_error(body: object, needle: str) -> None:
@@ -203,3 +217,35 @@ def test_response_shapes_echo_the_uid() -> None:
     denied = to_response("u-2", decide(pod_autoscaler("p", "d", 1000), snapshot(), "validate"))
     assert denied["response"]["allowed"] is False
     assert denied["response"]["status"]["code"] == 403
+
+
+def test_update_keeps_the_labels_of_an_earlier_fix() -> None:
+    # A server-side re-apply of the unfixed manifest drops the fix's labels; the API
+    # server would refuse the selector change. The webhook puts them back.
+    live = isolated("a40", "A40")
+    live["spec"]["template"]["metadata"]["labels"]["gpumix.io/gpu-type"] = "A40"
+    reapplied = deployment("a40", gpu_product="A40")
+    verdict = decide(reapplied, snapshot(live), "mutate", "UPDATE", old=live)
+    assert verdict.shape == "patched"
+    fixed = jsonpatch.apply_patch(reapplied, list(verdict.patch))
+    assert fixed["spec"]["selector"] == live["spec"]["selector"]
+    assert (
+        fixed["spec"]["template"]["metadata"]["labels"]
+        == (live["spec"]["template"]["metadata"]["labels"])
+    )
+    assert decide(fixed, snapshot(live), "validate", "UPDATE", old=live).shape == "allowed"
+
+
+def test_update_that_keeps_the_labels_is_not_patched() -> None:
+    live = isolated("a40", "A40")
+    assert decide(copy.deepcopy(live), snapshot(live), "mutate", "UPDATE", old=live).shape == (
+        "allowed"
+    )
+
+
+def test_selector_change_is_explained_already_in_the_mutating_step() -> None:
+    old = deployment("a", selector={"app": "a"})
+    new = deployment("a", selector={"app": "a", "tier": "gpu"})
+    verdict = decide(new, snapshot(old), "mutate", "UPDATE", old=old)
+    assert verdict.allowed
+    assert any(w.startswith("selector-immutable:") and "recreate" in w for w in verdict.warnings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from gpumix.kube.gputype import GpuType
@@ -63,3 +63,18 @@ def set_ceiling(obj: MutableMapping[str, Any], ceiling_field: str, value: int) -
     """Set ``spec.<field>`` (``ceiling_field`` is written as ``spec.maxReplicas``)."""
     key = ceiling_field.removeprefix("spec.")
     _child(obj, "spec")[key] = value
+
+
+def restore_labels(
+    obj: MutableMapping[str, Any], *, selector: Mapping[str, str], template: Mapping[str, str]
+) -> None:
+    """Put labels back into ``spec.selector.matchLabels`` and the pod template."""
+    spec = _child(obj, "spec")
+    if selector:
+        match_labels = _child(_child(spec, "selector"), "matchLabels")
+        for key, value in selector.items():
+            match_labels[key] = value
+    if template:
+        labels = _child(_child(_child(spec, "template"), "metadata"), "labels")
+        for key, value in template.items():
+            labels[key] = value
