@@ -46,13 +46,15 @@ def make_instance(types: int, buckets: int, seed: int, total_rate: float = 100.0
     kinds = []
     for _ in range(types):
         scale = rng.uniform(0.3, 3.0)
-        kinds.append((
-            round(scale * rng.uniform(0.7, 1.3) * 1.2, 3),  # price
-            8000 * scale * rng.uniform(0.7, 1.3),  # prefill tokens/s
-            40 * math.sqrt(scale) * rng.uniform(0.7, 1.3),  # decode tokens/s per request
-            16 * scale * rng.uniform(0.7, 1.3),  # concurrent requests
-            rng.choice([4096, 8192, 16384, 32768]),  # context limit
-        ))
+        kinds.append(
+            (
+                round(scale * rng.uniform(0.7, 1.3) * 1.2, 3),  # price
+                8000 * scale * rng.uniform(0.7, 1.3),  # prefill tokens/s
+                40 * math.sqrt(scale) * rng.uniform(0.7, 1.3),  # decode tokens/s per request
+                16 * scale * rng.uniform(0.7, 1.3),  # concurrent requests
+                rng.choice([4096, 8192, 16384, 32768]),  # context limit
+            )
+        )
     rates, tput, labels = [], [], []
     seen: set[tuple[int, int]] = set()
     while len(labels) < buckets:
@@ -87,8 +89,9 @@ def to_problem(inst: Instance, model: str = "") -> Problem:
     )
 
 
-def melange(instances: list[Instance], pool: dict[int, int] | None, time_limit: float
-            ) -> tuple[str, float, float]:
+def melange(
+    instances: list[Instance], pool: dict[int, int] | None, time_limit: float
+) -> tuple[str, float, float]:
     """The Melange slice MIP (K slices per bucket, binary slice->type, integer GPUs)."""
     prob = pulp.LpProblem("melange", pulp.LpMinimize)
     cost = []
@@ -143,10 +146,16 @@ def run_sizes(sizes, seeds, limit, base_limit, rows, skip_baseline):
                 check = "ok" if good else "WORSE"
                 ok = ok and good
             row = {
-                "size": f"{types}x{buckets}", "seed": seed,
-                "ours_status": res.status.value, "ours_s": res.runtime_s,
-                "ours_cost": res.cost_per_hour, "ours_gap": res.gap, "nodes": res.nodes,
-                "melange_status": b_status, "melange_s": b_time, "melange_cost": b_cost,
+                "size": f"{types}x{buckets}",
+                "seed": seed,
+                "ours_status": res.status.value,
+                "ours_s": res.runtime_s,
+                "ours_cost": res.cost_per_hour,
+                "ours_gap": res.gap,
+                "nodes": res.nodes,
+                "melange_status": b_status,
+                "melange_s": b_time,
+                "melange_cost": b_cost,
                 "speedup": b_time / res.runtime_s if res.runtime_s > 0 else math.nan,
                 "check": check,
             }
@@ -171,8 +180,9 @@ def run_joint(models, types, buckets, limit, base_limit, rows, skip_baseline):
     busiest = max(range(types), key=lambda g: use[g])
     for extra in range(use[busiest] + 1):
         pool = {busiest: max(1, math.floor(0.9 * use[busiest])) + extra}
-        jr = solve_joint(problems, Pool({f"gpu{g}": c for g, c in pool.items()}),
-                         time_limit_s=limit)
+        jr = solve_joint(
+            problems, Pool({f"gpu{g}": c for g, c in pool.items()}), time_limit_s=limit
+        )
         if jr.status != Status.INFEASIBLE:
             break
     if skip_baseline:
@@ -183,11 +193,18 @@ def run_joint(models, types, buckets, limit, base_limit, rows, skip_baseline):
     if b_status == "OPTIMAL":
         check = "ok" if jr.cost_per_hour <= b_cost * (1 + 1e-6) + 1e-9 else "WORSE"
     row = {
-        "size": f"joint {models}x({types}x{buckets}) pool {pool}", "seed": 0,
-        "ours_status": jr.status.value, "ours_s": jr.runtime_s, "ours_cost": jr.cost_per_hour,
-        "ours_gap": jr.gap, "nodes": jr.nodes, "melange_status": b_status, "melange_s": b_time,
+        "size": f"joint {models}x({types}x{buckets}) pool {pool}",
+        "seed": 0,
+        "ours_status": jr.status.value,
+        "ours_s": jr.runtime_s,
+        "ours_cost": jr.cost_per_hour,
+        "ours_gap": jr.gap,
+        "nodes": jr.nodes,
+        "melange_status": b_status,
+        "melange_s": b_time,
         "melange_cost": b_cost,
-        "speedup": b_time / jr.runtime_s if jr.runtime_s > 0 else math.nan, "check": check,
+        "speedup": b_time / jr.runtime_s if jr.runtime_s > 0 else math.nan,
+        "check": check,
     }
     rows.append(row)
     print(_fmt(row), flush=True)
@@ -195,10 +212,12 @@ def run_joint(models, types, buckets, limit, base_limit, rows, skip_baseline):
 
 
 def _fmt(r: dict) -> str:
-    return (f"{r['size']:>22} s{r['seed']}  ours {r['ours_status']:<8} {r['ours_s']:8.3f}s "
-            f"cost {r['ours_cost']:9.3f} gap {r['ours_gap']:.2%} nodes {r['nodes']:<5} | "
-            f"melange {r['melange_status']:<10} {r['melange_s']:8.3f}s cost "
-            f"{r['melange_cost']:9.3f} | x{r['speedup']:.1f} {r['check']}")
+    return (
+        f"{r['size']:>22} s{r['seed']}  ours {r['ours_status']:<8} {r['ours_s']:8.3f}s "
+        f"cost {r['ours_cost']:9.3f} gap {r['ours_gap']:.2%} nodes {r['nodes']:<5} | "
+        f"melange {r['melange_status']:<10} {r['melange_s']:8.3f}s cost "
+        f"{r['melange_cost']:9.3f} | x{r['speedup']:.1f} {r['check']}"
+    )
 
 
 def main() -> int:

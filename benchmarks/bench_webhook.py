@@ -65,12 +65,15 @@ def deployment(ns: str, name: str, model: str, gpu: str, isolated: bool) -> Obj:
                 "metadata": {"labels": dict(selector)},
                 "spec": {
                     "nodeSelector": {"nvidia.com/gpu.product": gpu},
-                    "containers": [{
-                        "name": "engine", "image": "vllm/vllm-openai:v0.6.0",
-                        "args": ["--model", model, "--port", "8000"],
-                        "ports": [{"containerPort": 8000}],
-                        "resources": {"limits": {"nvidia.com/gpu": "1"}},
-                    }],
+                    "containers": [
+                        {
+                            "name": "engine",
+                            "image": "vllm/vllm-openai:v0.6.0",
+                            "args": ["--model", model, "--port", "8000"],
+                            "ports": [{"containerPort": 8000}],
+                            "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                        }
+                    ],
                 },
             },
         },
@@ -81,13 +84,24 @@ def hpa(ns: str, name: str, target: str, max_replicas: int | None) -> Obj:
     spec: Obj = {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
         "minReplicas": 1,
-        "metrics": [{"type": "Resource", "resource": {
-            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}],
+        "metrics": [
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 70},
+                },
+            }
+        ],
     }
     if max_replicas is not None:
         spec["maxReplicas"] = max_replicas
-    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-            "metadata": {"name": name, "namespace": ns}, "spec": spec}
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }
 
 
 def populate(emu: Emulator, deployments: int, namespaces: int) -> None:
@@ -104,26 +118,42 @@ def populate(emu: Emulator, deployments: int, namespaces: int) -> None:
                 emu.create(hpa(ns, name, name, 8))
     for i in range(50):
         gpu = GPU_TYPES[i % len(GPU_TYPES)]
-        emu.create({"apiVersion": "v1", "kind": "Node",
-                    "metadata": {"name": f"gpu-node-{i}",
-                                 "labels": {"nvidia.com/gpu.product": gpu}},
-                    "status": {"allocatable": {"nvidia.com/gpu": "8", "cpu": "96"}}})
+        emu.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": f"gpu-node-{i}", "labels": {"nvidia.com/gpu.product": gpu}},
+                "status": {"allocatable": {"nvidia.com/gpu": "8", "cpu": "96"}},
+            }
+        )
 
 
 def review_body(obj: Obj, uid: str) -> bytes:
     group, _, version = obj["apiVersion"].rpartition("/")
-    return json.dumps({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": uid, "kind": {"group": group, "version": version, "kind": obj["kind"]},
-            "resource": {"group": group, "version": version,
-                         "resource": obj["kind"].lower() + "s"},
-            "name": obj["metadata"]["name"], "namespace": obj["metadata"]["namespace"],
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:argocd:argocd-application-controller"},
-            "object": obj, "oldObject": None, "dryRun": False,
-        },
-    }).encode()
+    return json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": uid,
+                "kind": {"group": group, "version": version, "kind": obj["kind"]},
+                "resource": {
+                    "group": group,
+                    "version": version,
+                    "resource": obj["kind"].lower() + "s",
+                },
+                "name": obj["metadata"]["name"],
+                "namespace": obj["metadata"]["namespace"],
+                "operation": "CREATE",
+                "userInfo": {
+                    "username": "system:serviceaccount:argocd:argocd-application-controller"
+                },
+                "object": obj,
+                "oldObject": None,
+                "dryRun": False,
+            },
+        }
+    ).encode()
 
 
 def request_mix(namespaces: int, count: int, seed: int = 7) -> list[bytes]:
@@ -177,10 +207,24 @@ class Child:
 
 async def start_webhook(kubeconfig: Path) -> Child:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gpumix", "webhook", "--kubeconfig", str(kubeconfig),
-        "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-        "--extra-san", "127.0.0.1", "--log-level", "INFO",
-        cwd=str(REPO), stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gpumix",
+        "webhook",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--extra-san",
+        "127.0.0.1",
+        "--log-level",
+        "INFO",
+        cwd=str(REPO),
+        stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 60
@@ -214,7 +258,11 @@ async def wait_ready(child: Child, timeout_s: float = 120) -> float:
 
 async def start_bare(cert: Path, key: Path) -> Child:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--serve-bare", str(cert), str(key),
+        sys.executable,
+        __file__,
+        "--serve-bare",
+        str(cert),
+        str(key),
         stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
@@ -224,8 +272,13 @@ async def start_bare(cert: Path, key: Path) -> Child:
 
 def serve_bare(cert: str, key: str) -> None:
     """A bare aiohttp TLS endpoint: read the body, answer a fixed allowed review."""
-    fixed = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                        "response": {"uid": "fixed", "allowed": True}}).encode()
+    fixed = json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {"uid": "fixed", "allowed": True},
+        }
+    ).encode()
 
     async def handle(request: web.Request) -> web.Response:
         await request.read()
@@ -275,8 +328,16 @@ class Result:
         return data[min(int(q * len(data)), len(data) - 1)] * 1000
 
 
-async def load(url: str, bodies: list[bytes], ctx: ssl.SSLContext, total: int,
-               concurrency: int, time_limit_s: float, name: str, check_uid: bool) -> Result:
+async def load(
+    url: str,
+    bodies: list[bytes],
+    ctx: ssl.SSLContext,
+    total: int,
+    concurrency: int,
+    time_limit_s: float,
+    name: str,
+    check_uid: bool,
+) -> Result:
     latencies: list[float] = []
     errors = 0
     counter = iter(range(total))
@@ -294,8 +355,9 @@ async def load(url: str, bodies: list[bytes], ctx: ssl.SSLContext, total: int,
             async with session.post(url, data=body, headers=headers) as resp:
                 data = await resp.read()
             latencies.append(time.perf_counter() - t0)
-            if resp.status != 200 or (check_uid and f'"uid":"uid-{i % len(bodies)}"'.encode()
-                                      not in data):
+            if resp.status != 200 or (
+                check_uid and f'"uid":"uid-{i % len(bodies)}"'.encode() not in data
+            ):
                 errors += 1
 
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -310,8 +372,11 @@ async def emulator(deployments: int, namespaces: int) -> AsyncIterator[tuple[Emu
     emu = Emulator(bookmark_interval_s=30.0, history_size=1000)
     t0 = time.perf_counter()
     populate(emu, deployments, namespaces)
-    print(f"# emulator: {deployments} Deployments in {namespaces} namespaces stored in "
-          f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(
+        f"# emulator: {deployments} Deployments in {namespaces} namespaces stored in "
+        f"{time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
     await emu.start()
     try:
         yield emu, emu.kubeconfig()
@@ -338,8 +403,11 @@ async def throughput(args: argparse.Namespace) -> list[Result]:
         webhook = await start_webhook(kubeconfig)
         try:
             ready_s = await wait_ready(webhook)
-            print(f"# webhook ready (cache synced) after {ready_s:.1f} s; RSS "
-                  f"{webhook.rss_mb():.0f} MB", file=sys.stderr)
+            print(
+                f"# webhook ready (cache synced) after {ready_s:.1f} s; RSS "
+                f"{webhook.rss_mb():.0f} MB",
+                file=sys.stderr,
+            )
             secret = emu.get("secrets", "gpumix-webhook-tls", "gpumix-system")
             assert secret is not None
             data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
@@ -352,14 +420,25 @@ async def throughput(args: argparse.Namespace) -> list[Result]:
                 ctx = ssl.create_default_context(cadata=data["ca.crt"].decode())
                 bodies = request_mix(args.namespaces, 2000)
                 targets = [
-                    ("bare aiohttp TLS, fixed allowed review",
-                     f"https://127.0.0.1:{bare.port}/validate", False),
+                    (
+                        "bare aiohttp TLS, fixed allowed review",
+                        f"https://127.0.0.1:{bare.port}/validate",
+                        False,
+                    ),
                     ("gpumix /validate", f"https://127.0.0.1:{webhook.port}/validate", True),
                     ("gpumix /mutate", f"https://127.0.0.1:{webhook.port}/mutate", True),
                 ]
                 for name, url, check in targets:  # warm-up
-                    await load(url, bodies, ctx, min(1000, args.requests), args.concurrency,
-                               args.time_limit, name, check)
+                    await load(
+                        url,
+                        bodies,
+                        ctx,
+                        min(1000, args.requests),
+                        args.concurrency,
+                        args.time_limit,
+                        name,
+                        check,
+                    )
                 # Rounds interleave the endpoints so that load from other processes on the
                 # machine hits all of them alike; the median round of each is reported.
                 runs: dict[str, list[Result]] = {name: [] for name, _, _ in targets}
@@ -367,18 +446,37 @@ async def throughput(args: argparse.Namespace) -> list[Result]:
                 for _ in range(args.rounds):
                     for name, url, check in targets:
                         cpu0 = servers[name].cpu_s()
-                        result = await load(url, bodies, ctx, args.requests, args.concurrency,
-                                            args.time_limit, name, check)
+                        result = await load(
+                            url,
+                            bodies,
+                            ctx,
+                            args.requests,
+                            args.concurrency,
+                            args.time_limit,
+                            name,
+                            check,
+                        )
                         result.server_cpu_s = servers[name].cpu_s() - cpu0
                         runs[name].append(result)
                 for name, rs in runs.items():
-                    print(f"# {name}: " + ", ".join(f"{r.rps:.0f} req/s ({r.cpu_us:.0f} µs CPU)"
-                                                    for r in rs), file=sys.stderr)
+                    print(
+                        f"# {name}: "
+                        + ", ".join(f"{r.rps:.0f} req/s ({r.cpu_us:.0f} µs CPU)" for r in rs),
+                        file=sys.stderr,
+                    )
                 medians = [sorted(rs, key=lambda r: r.rps)[len(rs) // 2] for rs in runs.values()]
                 # Service time without queueing: one connection, one request at a time.
                 for name, url, check in targets:
-                    single = await load(url, bodies, ctx, min(2000, args.requests), 1,
-                                        args.time_limit, name + " (1 connection)", check)
+                    single = await load(
+                        url,
+                        bodies,
+                        ctx,
+                        min(2000, args.requests),
+                        1,
+                        args.time_limit,
+                        name + " (1 connection)",
+                        check,
+                    )
                     medians.append(single)
                 return medians
             finally:
@@ -408,12 +506,19 @@ def report(results: list[Result], mem: dict[str, float], args: argparse.Namespac
             f"{r.pct(0.5):.2f} | {r.pct(0.99):.2f} | {r.errors} | {r.cpu_us:.0f} | "
             f"{bare.cpu_us / r.cpu_us:.2f}x |"
         )
-    lines += ["", "One connection, one request at a time (no queueing):", "",
-              "| endpoint | requests | p50 ms | p99 ms |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "One connection, one request at a time (no queueing):",
+        "",
+        "| endpoint | requests | p50 ms | p99 ms |",
+        "|---|---|---|---|",
+    ]
     for r in results:
         if r.name.endswith("(1 connection)"):
-            lines.append(f"| {r.name.removesuffix(' (1 connection)')} | {r.requests} | "
-                         f"{r.pct(0.5):.2f} | {r.pct(0.99):.2f} |")
+            lines.append(
+                f"| {r.name.removesuffix(' (1 connection)')} | {r.requests} | "
+                f"{r.pct(0.5):.2f} | {r.pct(0.99):.2f} |"
+            )
     if mem:
         lines += [
             "",
@@ -433,8 +538,7 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--deployments", type=int, default=10000)
     p.add_argument("--namespaces", type=int, default=100)
-    p.add_argument("--time-limit", type=float, default=60.0,
-                   help="seconds per endpoint at most")
+    p.add_argument("--time-limit", type=float, default=60.0, help="seconds per endpoint at most")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median is shown)")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--memory-only", action="store_true")

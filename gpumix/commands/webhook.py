@@ -41,28 +41,57 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=8443, help="HTTPS port (default 8443)")
     p.add_argument(
-        "--metrics-port", type=int, default=8080,
+        "--metrics-port",
+        type=int,
+        default=8080,
         help="plain-HTTP port for /healthz, /readyz, /metrics (default 8080; -1: off)",
     )
-    p.add_argument("--tls-cert-file", metavar="FILE", help="serving certificate (PEM), e.g. "
-                   "mounted from a cert-manager Secret; reloaded when it changes")
+    p.add_argument(
+        "--tls-cert-file",
+        metavar="FILE",
+        help="serving certificate (PEM), e.g. "
+        "mounted from a cert-manager Secret; reloaded when it changes",
+    )
     p.add_argument("--tls-key-file", metavar="FILE", help="private key for --tls-cert-file")
-    p.add_argument("--namespace", default="gpumix-system", help="namespace of the webhook's "
-                   "Service and certificate Secret (default gpumix-system)")
-    p.add_argument("--service-name", default="gpumix-webhook",
-                   help="Service the certificate is made for (default gpumix-webhook)")
-    p.add_argument("--secret-name", default="gpumix-webhook-tls",
-                   help="Secret holding the bootstrapped certificate (default gpumix-webhook-tls)")
-    p.add_argument("--webhook-config-name", default="gpumix",
-                   help="Mutating/ValidatingWebhookConfiguration whose caBundle is kept current")
-    p.add_argument("--extra-san", action="append", default=[], metavar="NAME|IP",
-                   help="extra DNS name or IP address for the certificate; repeatable")
-    p.add_argument("--cert-days", type=float, default=365.0,
-                   help="lifetime of a bootstrapped certificate in days (default 365)")
-    p.add_argument("--write-ca", metavar="FILE",
-                   help="with --state and no cert files: write the generated CA bundle here")
-    p.add_argument("--log-level", default="INFO",
-                   choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument(
+        "--namespace",
+        default="gpumix-system",
+        help="namespace of the webhook's Service and certificate Secret (default gpumix-system)",
+    )
+    p.add_argument(
+        "--service-name",
+        default="gpumix-webhook",
+        help="Service the certificate is made for (default gpumix-webhook)",
+    )
+    p.add_argument(
+        "--secret-name",
+        default="gpumix-webhook-tls",
+        help="Secret holding the bootstrapped certificate (default gpumix-webhook-tls)",
+    )
+    p.add_argument(
+        "--webhook-config-name",
+        default="gpumix",
+        help="Mutating/ValidatingWebhookConfiguration whose caBundle is kept current",
+    )
+    p.add_argument(
+        "--extra-san",
+        action="append",
+        default=[],
+        metavar="NAME|IP",
+        help="extra DNS name or IP address for the certificate; repeatable",
+    )
+    p.add_argument(
+        "--cert-days",
+        type=float,
+        default=365.0,
+        help="lifetime of a bootstrapped certificate in days (default 365)",
+    )
+    p.add_argument(
+        "--write-ca",
+        metavar="FILE",
+        help="with --state and no cert files: write the generated CA bundle here",
+    )
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.set_defaults(func=run)
 
 

@@ -26,12 +26,16 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m gpumix.emulator",
-        description="Serve the in-process Kubernetes API emulator on 127.0.0.1.")
+        description="Serve the in-process Kubernetes API emulator on 127.0.0.1.",
+    )
     parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     parser.add_argument("--tls", action="store_true", help="serve HTTPS with a fresh CA")
     parser.add_argument("--kubeconfig", help="write the kubeconfig here")
-    parser.add_argument("--simulate-deployments", action="store_true",
-                        help="make Deployment status follow spec.replicas at once")
+    parser.add_argument(
+        "--simulate-deployments",
+        action="store_true",
+        help="make Deployment status follow spec.replicas at once",
+    )
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))

@@ -91,8 +91,12 @@ class WebhookError(Exception):
 
 
 class AdmissionChain:
-    def __init__(self, store: Store, resolver: ServiceResolver = default_service_resolver,
-                 log_limit: int = 10_000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        resolver: ServiceResolver = default_service_resolver,
+        log_limit: int = 10_000,
+    ) -> None:
         self.store = store
         self.resolver = resolver
         self.log: list[AdmissionCall] = []
@@ -100,8 +104,9 @@ class AdmissionChain:
         self._session: aiohttp.ClientSession | None = None
         self._ssl_cache: dict[str, ssl.SSLContext] = {}
         # Tests may replace the transport (e.g. to count calls) without a server.
-        self.transport: Callable[[str, Obj, ssl.SSLContext | None, float],
-                                 Awaitable[tuple[int, bytes]]] | None = None
+        self.transport: (
+            Callable[[str, Obj, ssl.SSLContext | None, float], Awaitable[tuple[int, bytes]]] | None
+        ) = None
 
     async def close(self) -> None:
         if self._session is not None:
@@ -147,8 +152,7 @@ class AdmissionChain:
                 return None
         return version
 
-    def _namespace_matches(self, selector: Obj | None, attrs: Attributes,
-                           obj: Obj | None) -> bool:
+    def _namespace_matches(self, selector: Obj | None, attrs: Attributes, obj: Obj | None) -> bool:
         if not selector:
             return True
         if attrs.rt.key == "namespaces":
@@ -165,9 +169,9 @@ class AdmissionChain:
 
     # -- the two phases ---------------------------------------------------------------
 
-    async def mutate(self, attrs: Attributes, obj: Obj | None,
-                     redefault: Callable[[Obj], None] | None = None
-                     ) -> tuple[Obj | None, list[str]]:
+    async def mutate(
+        self, attrs: Attributes, obj: Obj | None, redefault: Callable[[Obj], None] | None = None
+    ) -> tuple[Obj | None, list[str]]:
         hooks = sorted(self._hooks(MUTATING_KEY), key=lambda h: h.configuration)
         warnings: list[str] = []
         after: list[str | None] = []
@@ -176,14 +180,22 @@ class AdmissionChain:
             after.append(_digest(obj))
         final = _digest(obj)
         for i, hook in enumerate(hooks):
-            if (hook.spec.get("reinvocationPolicy") == "IfNeeded" and after[i] != final
-                    and self._match(hook.spec, attrs, obj) is not None):
+            if (
+                hook.spec.get("reinvocationPolicy") == "IfNeeded"
+                and after[i] != final
+                and self._match(hook.spec, attrs, obj) is not None
+            ):
                 obj = await self._mutate_one(hook, attrs, obj, warnings, redefault)
         return obj, warnings
 
-    async def _mutate_one(self, hook: _Hook, attrs: Attributes, obj: Obj | None,
-                          warnings: list[str],
-                          redefault: Callable[[Obj], None] | None) -> Obj | None:
+    async def _mutate_one(
+        self,
+        hook: _Hook,
+        attrs: Attributes,
+        obj: Obj | None,
+        warnings: list[str],
+        redefault: Callable[[Obj], None] | None,
+    ) -> Obj | None:
         version = self._match(hook.spec, attrs, obj)
         if version is None:
             return obj
@@ -194,17 +206,21 @@ class AdmissionChain:
         if response is None or not response.get("patch"):
             return obj
         if response.get("patchType") != "JSONPatch":
-            raise internal(f'admission webhook "{hook.spec.get("name")}" returned an '
-                           f'unsupported patchType {response.get("patchType")!r}')
+            raise internal(
+                f'admission webhook "{hook.spec.get("name")}" returned an '
+                f"unsupported patchType {response.get('patchType')!r}"
+            )
         try:
             ops = json.loads(base64.b64decode(response["patch"]))
             patched = jsonpatch.apply_patch(sent, ops, in_place=False)
         except Exception as exc:  # any malformed patch is the webhook's fault
-            raise internal(f'admission webhook "{hook.spec.get("name")}" returned an '
-                           f"invalid patch: {exc}") from None
+            raise internal(
+                f'admission webhook "{hook.spec.get("name")}" returned an invalid patch: {exc}'
+            ) from None
         if not isinstance(patched, dict):
-            raise internal(f'admission webhook "{hook.spec.get("name")}" patched the '
-                           "object into a non-object")
+            raise internal(
+                f'admission webhook "{hook.spec.get("name")}" patched the object into a non-object'
+            )
         if redefault is not None and version == attrs.version:
             redefault(patched)
         if version != attrs.version and attrs.convert is not None:
@@ -242,12 +258,17 @@ class AdmissionChain:
         request: Obj = {
             "uid": str(uuid.uuid4()),
             "kind": {"group": group, "version": kind_version, "kind": kind},
-            "resource": {"group": attrs.rt.group, "version": version,
-                         "resource": attrs.rt.plural},
-            "requestKind": {"group": group, "version": attrs.kind[1] if attrs.subresource
-                            else attrs.version, "kind": kind},
-            "requestResource": {"group": attrs.rt.group, "version": attrs.version,
-                                "resource": attrs.rt.plural},
+            "resource": {"group": attrs.rt.group, "version": version, "resource": attrs.rt.plural},
+            "requestKind": {
+                "group": group,
+                "version": attrs.kind[1] if attrs.subresource else attrs.version,
+                "kind": kind,
+            },
+            "requestResource": {
+                "group": attrs.rt.group,
+                "version": attrs.version,
+                "resource": attrs.rt.plural,
+            },
             "name": attrs.name,
             "operation": attrs.operation,
             "userInfo": attrs.user,
@@ -266,18 +287,33 @@ class AdmissionChain:
             request["requestSubResource"] = attrs.subresource
         if not attrs.name:
             request.pop("name")
-        return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                "request": request}
+        return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
 
-    async def _call(self, phase: str, hook: _Hook, attrs: Attributes, obj: Obj | None,
-                    version: str, warnings: list[str]) -> tuple[Obj | None, AdmissionCall]:
+    async def _call(
+        self,
+        phase: str,
+        hook: _Hook,
+        attrs: Attributes,
+        obj: Obj | None,
+        version: str,
+        warnings: list[str],
+    ) -> tuple[Obj | None, AdmissionCall]:
         spec = hook.spec
         name = str(spec.get("name", ""))
         review = self._review(attrs, obj, version)
         uid = review["request"]["uid"]
-        entry = AdmissionCall(phase, hook.configuration, name, attrs.operation,
-                              attrs.rt.plural, attrs.subresource, attrs.namespace, attrs.name,
-                              attrs.dry_run, copy.deepcopy(review))
+        entry = AdmissionCall(
+            phase,
+            hook.configuration,
+            name,
+            attrs.operation,
+            attrs.rt.plural,
+            attrs.subresource,
+            attrs.namespace,
+            attrs.name,
+            attrs.dry_run,
+            copy.deepcopy(review),
+        )
         self.log.append(entry)
         if len(self.log) > self.log_limit:
             del self.log[: len(self.log) - self.log_limit]
@@ -317,8 +353,12 @@ class AdmissionChain:
             base = str(cc["url"])
         elif isinstance(cc.get("service"), dict):
             svc = cc["service"]
-            base = self.resolver(str(svc.get("namespace", "")), str(svc.get("name", "")),
-                                 int(svc.get("port", 443)), str(svc.get("path") or ""))
+            base = self.resolver(
+                str(svc.get("namespace", "")),
+                str(svc.get("name", "")),
+                int(svc.get("port", 443)),
+                str(svc.get("path") or ""),
+            )
         else:
             raise WebhookError("no clientConfig url or service")
         sep = "&" if "?" in base else "?"
@@ -345,30 +385,38 @@ class AdmissionChain:
         try:
             if self.transport is not None:
                 code, body = await asyncio.wait_for(
-                    self.transport(url, review, ctx, timeout_s), timeout_s)
+                    self.transport(url, review, ctx, timeout_s), timeout_s
+                )
             else:
                 if self._session is None or self._session.closed:
                     self._session = aiohttp.ClientSession()
                 async with self._session.post(
-                    url, json=review, ssl=ctx if ctx is not None else True,
+                    url,
+                    json=review,
+                    ssl=ctx if ctx is not None else True,
                     timeout=aiohttp.ClientTimeout(total=timeout_s),
                     headers={"Accept": "application/json"},
                 ) as resp:
                     code, body = resp.status, await resp.read()
         except TimeoutError:
-            raise WebhookError(f'failed to call webhook: Post "{shown_url}": '
-                               "context deadline exceeded") from None
+            raise WebhookError(
+                f'failed to call webhook: Post "{shown_url}": context deadline exceeded'
+            ) from None
         except aiohttp.ClientConnectorCertificateError as exc:
-            raise WebhookError(f'failed to call webhook: Post "{shown_url}": tls: failed to '
-                               f"verify certificate: {exc.certificate_error}") from None
+            raise WebhookError(
+                f'failed to call webhook: Post "{shown_url}": tls: failed to '
+                f"verify certificate: {exc.certificate_error}"
+            ) from None
         except aiohttp.ClientError as exc:
             raise WebhookError(f'failed to call webhook: Post "{shown_url}": {exc}') from None
         except OSError as exc:
             raise WebhookError(f'failed to call webhook: Post "{shown_url}": {exc}') from None
         if code != 200:
             text = body[:200].decode("utf-8", "replace")
-            raise WebhookError(f'failed to call webhook: an error on the server ("{text}") '
-                               f"has prevented the request from succeeding (status {code})")
+            raise WebhookError(
+                f'failed to call webhook: an error on the server ("{text}") '
+                f"has prevented the request from succeeding (status {code})"
+            )
         try:
             data = json.loads(body)
         except ValueError as exc:
@@ -383,18 +431,22 @@ def _check_response(data: Obj, uid: str, phase: str) -> Obj:
         raise WebhookError(
             "received invalid webhook response: expected webhook response of "
             f"admission.k8s.io/v1, Kind=AdmissionReview, got {data.get('apiVersion', '')}, "
-            f"Kind={data.get('kind', '')}")
+            f"Kind={data.get('kind', '')}"
+        )
     response = data.get("response")
     if not isinstance(response, dict):
         raise WebhookError("received invalid webhook response: webhook response was absent")
     if response.get("uid") != uid:
-        raise WebhookError(f'received invalid webhook response: expected response.uid="{uid}", '
-                           f'got "{response.get("uid", "")}"')
+        raise WebhookError(
+            f'received invalid webhook response: expected response.uid="{uid}", '
+            f'got "{response.get("uid", "")}"'
+        )
     if not isinstance(response.get("allowed"), bool):
         raise WebhookError("received invalid webhook response: response.allowed is not a bool")
     if phase == "validating" and (response.get("patch") or response.get("patchType")):
-        raise WebhookError("received invalid webhook response: validating webhooks may not "
-                           "return patches")
+        raise WebhookError(
+            "received invalid webhook response: validating webhooks may not return patches"
+        )
     return response
 
 

@@ -35,8 +35,10 @@ from .store import Change, Store, timestamp
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
-DEFAULT_USER: Obj = {"username": "kubernetes-admin",
-                     "groups": ["system:masters", "system:authenticated"]}
+DEFAULT_USER: Obj = {
+    "username": "kubernetes-admin",
+    "groups": ["system:masters", "system:authenticated"],
+}
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 CRD_KEY = "customresourcedefinitions.apiextensions.k8s.io"
 ACCESS_REVIEW_KEY = "selfsubjectaccessreviews.authorization.k8s.io"
@@ -97,8 +99,14 @@ class Settings:
 
 
 class Api:
-    def __init__(self, store: Store, registry: Registry, chain: AdmissionChain, faults: Faults,
-                 settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        chain: AdmissionChain,
+        faults: Faults,
+        settings: Settings | None = None,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.chain = chain
@@ -125,11 +133,20 @@ class Api:
         path = req.path.rstrip("/") or "/"
         parts = [unquote(p) for p in path.split("/") if p]
         if path == "/version":
-            return Response(200, {"major": "1", "minor": self.settings.git_version.split(".")[1],
-                                  "gitVersion": self.settings.git_version,
-                                  "platform": "linux/amd64", "goVersion": "go1.22",
-                                  "compiler": "gc", "buildDate": "2026-01-01T00:00:00Z",
-                                  "gitCommit": "0" * 40, "gitTreeState": "clean"})
+            return Response(
+                200,
+                {
+                    "major": "1",
+                    "minor": self.settings.git_version.split(".")[1],
+                    "gitVersion": self.settings.git_version,
+                    "platform": "linux/amd64",
+                    "goVersion": "go1.22",
+                    "compiler": "gc",
+                    "buildDate": "2026-01-01T00:00:00Z",
+                    "gitCommit": "0" * 40,
+                    "gitTreeState": "clean",
+                },
+            )
         if path in ("/healthz", "/livez", "/readyz"):
             return Response(200, "ok", content_type="text/plain")
         if path == "/api":
@@ -187,8 +204,9 @@ class Api:
         sub = rest[2] if len(rest) > 2 else ""
         if rt.namespaced and name and not ns:
             raise errors.path_not_found(path)
-        if sub and not ((sub == "status" and rt.status) or (sub == "scale" and rt.scale)
-                        or sub in rt.extra_sub):
+        if sub and not (
+            (sub == "status" and rt.status) or (sub == "scale" and rt.scale) or sub in rt.extra_sub
+        ):
             raise errors.path_not_found(path)
         return Target(rt, version, ns, name, sub, rt.namespaced and not ns)
 
@@ -198,8 +216,11 @@ class Api:
         if not t.sub:
             verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(m)
             if m == "GET":
-                verb = "get" if t.name else (
-                    "watch" if q.get("watch") in ("1", "true", "True") else "list")
+                verb = (
+                    "get"
+                    if t.name
+                    else ("watch" if q.get("watch") in ("1", "true", "True") else "list")
+                )
             elif m == "DELETE":
                 verb = "delete" if t.name else "deletecollection"
             if verb is not None and verb not in t.rt.verbs:
@@ -229,7 +250,8 @@ class Api:
             body = self._decode_json(req.body)
             if t.sub == "scale":
                 return await self._retrying(
-                    t, lambda: self._write_scale(t, body, None, q, req.user))
+                    t, lambda: self._write_scale(t, body, None, q, req.user)
+                )
             return await self._update(t, body, q, req.user)
         if m == "PATCH":
             if not t.name:
@@ -252,8 +274,9 @@ class Api:
         try:
             data = json.loads(raw or b"null")
         except ValueError as exc:
-            raise errors.bad_request(f"the body of the request could not be decoded: {exc}") \
-                from None
+            raise errors.bad_request(
+                f"the body of the request could not be decoded: {exc}"
+            ) from None
         if not isinstance(data, dict):
             raise errors.bad_request("the body of the request must be a JSON object")
         return data
@@ -277,10 +300,12 @@ class Api:
         if api_version and api_version != want:
             raise errors.bad_request(
                 f"the API version in the data ({api_version}) does not match the expected "
-                f"API version ({want})")
+                f"API version ({want})"
+            )
         if kind and kind != rt.kind:
-            raise errors.bad_request(f"the kind in the data ({kind}) does not match the "
-                                     f"expected kind ({rt.kind})")
+            raise errors.bad_request(
+                f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})"
+            )
         shapes.check(rt.key, body, rt.custom)
         obj = copy.deepcopy(body)
         obj["apiVersion"], obj["kind"] = want, rt.kind
@@ -290,8 +315,10 @@ class Api:
         if rt.namespaced:
             body_ns = meta.get("namespace")
             if body_ns and t.namespace and body_ns != t.namespace:
-                raise errors.bad_request("the namespace of the provided object does not match "
-                                         "the namespace sent on the request")
+                raise errors.bad_request(
+                    "the namespace of the provided object does not match "
+                    "the namespace sent on the request"
+                )
             meta["namespace"] = t.namespace
         else:
             meta.pop("namespace", None)
@@ -299,15 +326,19 @@ class Api:
         return obj
 
     def _require_namespace(self, rt: ResourceType, ns: str) -> None:
-        if rt.namespaced and self.settings.require_namespace \
-                and self.store.get("namespaces", "", ns) is None:
+        if (
+            rt.namespaced
+            and self.settings.require_namespace
+            and self.store.get("namespaces", "", ns) is None
+        ):
             raise errors.not_found("namespaces", "", ns)
         if rt.namespaced:
             nso = self.store.get("namespaces", "", ns)
             if nso is not None and nso["metadata"].get("deletionTimestamp"):
                 raise errors.forbidden(
                     f'{errors.qualified(rt.plural, rt.group)} "" is forbidden: unable to create '
-                    f"new content in namespace {ns} because it is being terminated")
+                    f"new content in namespace {ns} because it is being terminated"
+                )
 
     @staticmethod
     def _dry_run(q: Mapping[str, str], options: Obj | None = None) -> bool:
@@ -315,15 +346,32 @@ class Api:
             return True
         return bool(options and "All" in (options.get("dryRun") or []))
 
-    def _attrs(self, t: Target, operation: str, name: str, q: Mapping[str, str], user: Obj,
-               old: Obj | None, options: Obj | None, sub: str = "",
-               kind: tuple[str, str, str] | None = None) -> Attributes:
+    def _attrs(
+        self,
+        t: Target,
+        operation: str,
+        name: str,
+        q: Mapping[str, str],
+        user: Obj,
+        old: Obj | None,
+        options: Obj | None,
+        sub: str = "",
+        kind: tuple[str, str, str] | None = None,
+    ) -> Attributes:
         return Attributes(
-            rt=t.rt, version=t.version, subresource=sub, operation=operation,
-            namespace=t.namespace, name=name, dry_run=self._dry_run(q, options), user=user,
-            options=options, old=old,
+            rt=t.rt,
+            version=t.version,
+            subresource=sub,
+            operation=operation,
+            namespace=t.namespace,
+            name=name,
+            dry_run=self._dry_run(q, options),
+            user=user,
+            options=options,
+            old=old,
             kind=kind or (t.rt.group, t.version, t.rt.kind),
-            convert=self._converter(t.rt))
+            convert=self._converter(t.rt),
+        )
 
     @staticmethod
     def _options(kind: str, q: Mapping[str, str]) -> Obj:
@@ -342,8 +390,9 @@ class Api:
             stored = builtins.prune_custom(rt, stored)
         return stored
 
-    def _field_validation(self, rt: ResourceType, obj: Obj, q: Mapping[str, str],
-                          warnings: list[str]) -> None:
+    def _field_validation(
+        self, rt: ResourceType, obj: Obj, q: Mapping[str, str], warnings: list[str]
+    ) -> None:
         """`fieldValidation=Strict|Warn` for custom resources (unknown fields)."""
         mode = q.get("fieldValidation", "")
         if not rt.custom or mode not in ("Strict", "Warn"):
@@ -367,28 +416,40 @@ class Api:
 
     # -- create -------------------------------------------------------------------------
 
-    async def _create(self, t: Target, body: Obj, q: Mapping[str, str], user: Obj,
-                      obj: Obj | None = None) -> Response:
+    async def _create(
+        self, t: Target, body: Obj, q: Mapping[str, str], user: Obj, obj: Obj | None = None
+    ) -> Response:
         rt = t.rt
         if rt.key == ACCESS_REVIEW_KEY:
             # There is no authorization: every user may do everything.
             review = self._decode_object(t, body)
-            review["status"] = {"allowed": True,
-                                "reason": "the gpumix emulator does not authorize"}
+            review["status"] = {"allowed": True, "reason": "the gpumix emulator does not authorize"}
             return Response(201, review)
         if obj is None:
             obj = self._decode_object(t, body)
         meta = obj["metadata"]
         if not meta.get("name") and not meta.get("generateName"):
-            raise errors.invalid(rt.kind, rt.group, "", [errors.field_required(
-                "metadata.name", "name or generateName is required")])
+            raise errors.invalid(
+                rt.kind,
+                rt.group,
+                "",
+                [errors.field_required("metadata.name", "name or generateName is required")],
+            )
         self._require_namespace(rt, t.namespace)
-        attrs = self._attrs(t, "CREATE", str(meta.get("name") or ""), q, user, None,
-                            self._options("CreateOptions", q))
+        attrs = self._attrs(
+            t,
+            "CREATE",
+            str(meta.get("name") or ""),
+            q,
+            user,
+            None,
+            self._options("CreateOptions", q),
+        )
         warnings: list[str] = []
         if self.chain.has_webhooks():
             mutated, warnings = await self.chain.mutate(
-                attrs, obj, lambda o: builtins.default(rt, t.version, o))
+                attrs, obj, lambda o: builtins.default(rt, t.version, o)
+            )
             assert mutated is not None
             obj = mutated
         self._field_validation(rt, obj, q, warnings)
@@ -398,8 +459,14 @@ class Api:
             meta["name"] = self._generate_name(str(meta.get("generateName", "")))
         if rt.namespaced:
             meta["namespace"] = t.namespace
-        for k in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp",
-                  "deletionGracePeriodSeconds", "selfLink"):
+        for k in (
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ):
             meta.pop(k, None)
         if rt.has_generation:
             meta["generation"] = 1
@@ -431,28 +498,38 @@ class Api:
     async def _update(self, t: Target, body: Obj, q: Mapping[str, str], user: Obj) -> Response:
         return await self._retrying(t, lambda: self._update_once(t, body, q, user))
 
-    async def _update_once(self, t: Target, body: Obj, q: Mapping[str, str],
-                           user: Obj) -> Response:
+    async def _update_once(self, t: Target, body: Obj, q: Mapping[str, str], user: Obj) -> Response:
         obj = self._decode_object(t, body)
         body_name = obj["metadata"].get("name")
         if body_name and body_name != t.name:
-            raise errors.bad_request(f"the name of the object ({body_name}) does not match the "
-                                     f"name on the URL ({t.name})")
+            raise errors.bad_request(
+                f"the name of the object ({body_name}) does not match the "
+                f"name on the URL ({t.name})"
+            )
         obj["metadata"]["name"] = t.name
         current = self._current(t)
         return await self._write(t, current, obj, q, user, obj["metadata"].get("resourceVersion"))
 
-    async def _write(self, t: Target, current: Obj, obj: Obj, q: Mapping[str, str], user: Obj,
-                     precondition_rv: str | None) -> Response:
+    async def _write(
+        self,
+        t: Target,
+        current: Obj,
+        obj: Obj,
+        q: Mapping[str, str],
+        user: Obj,
+        precondition_rv: str | None,
+    ) -> Response:
         """Update `current` to `obj` (request version) for the main resource or `/status`."""
         rt = t.rt
         old_out = self._out(rt, current, t.version)
-        attrs = self._attrs(t, "UPDATE", t.name, q, user, old_out,
-                            self._options("UpdateOptions", q), sub=t.sub)
+        attrs = self._attrs(
+            t, "UPDATE", t.name, q, user, old_out, self._options("UpdateOptions", q), sub=t.sub
+        )
         warnings: list[str] = []
         if self.chain.has_webhooks():
             mutated, warnings = await self.chain.mutate(
-                attrs, obj, lambda o: builtins.default(rt, t.version, o))
+                attrs, obj, lambda o: builtins.default(rt, t.version, o)
+            )
             assert mutated is not None
             obj = mutated
         self._check_conflict(t, current, precondition_rv)
@@ -472,8 +549,7 @@ class Api:
         final = self._after_write(rt, stored, current)
         return Response(200, self._out(rt, final, t.version), warnings)
 
-    async def _retrying(self, t: Target,
-                        attempt: Callable[[], Awaitable[Response]]) -> Response:
+    async def _retrying(self, t: Target, attempt: Callable[[], Awaitable[Response]]) -> Response:
         for _ in range(MAX_RETRIES):
             try:
                 return await attempt()
@@ -502,8 +578,7 @@ class Api:
         if precondition_rv and precondition_rv != current["metadata"]["resourceVersion"]:
             raise errors.conflict(t.rt.plural, t.rt.group, t.name)
 
-    def _keep_server_fields(self, rt: ResourceType, stored: Obj, current: Obj,
-                            sub: str) -> None:
+    def _keep_server_fields(self, rt: ResourceType, stored: Obj, current: Obj, sub: str) -> None:
         meta, old_meta = stored["metadata"], current["metadata"]
         if sub == "status":
             status = stored.get("status")
@@ -514,8 +589,13 @@ class Api:
             else:
                 stored["status"] = status
             return
-        for k in ("uid", "creationTimestamp", "deletionTimestamp",
-                  "deletionGracePeriodSeconds", "name"):
+        for k in (
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "name",
+        ):
             if k in old_meta:
                 meta[k] = old_meta[k]
             else:
@@ -540,14 +620,16 @@ class Api:
 
     # -- patch --------------------------------------------------------------------------
 
-    async def _patch(self, t: Target, ctype: str, patch: Any, q: Mapping[str, str],
-                     user: Obj) -> Response:
+    async def _patch(
+        self, t: Target, ctype: str, patch: Any, q: Mapping[str, str], user: Obj
+    ) -> Response:
         """Apply `patch` to the live object; retried when the object changes meanwhile
         (while webhooks were being called), like kube-apiserver's patcher."""
         return await self._retrying(t, lambda: self._patch_once(t, ctype, patch, q, user))
 
-    async def _patch_once(self, t: Target, ctype: str, patch: Any, q: Mapping[str, str],
-                          user: Obj) -> Response:
+    async def _patch_once(
+        self, t: Target, ctype: str, patch: Any, q: Mapping[str, str], user: Obj
+    ) -> Response:
         rt = t.rt
         current = self.store.get(rt.key, t.namespace, t.name)
         if current is None:
@@ -557,8 +639,9 @@ class Api:
                 meta["name"] = meta.get("name") or t.name
                 body["metadata"] = meta
                 if meta["name"] != t.name:
-                    raise errors.bad_request("the name of the object does not match the name "
-                                             "on the URL")
+                    raise errors.bad_request(
+                        "the name of the object does not match the name on the URL"
+                    )
                 return await self._create(t, body, q, user)
             raise errors.not_found(rt.plural, rt.group, t.name)
         if t.sub == "scale":
@@ -567,9 +650,12 @@ class Api:
         if ctype == APPLY_PATCH and isinstance(patch, dict):
             want = rt.api_version(t.version)
             if patch.get("apiVersion") not in (None, want) or patch.get("kind") not in (
-                    None, rt.kind):
-                raise errors.bad_request("apiVersion and kind of the applied configuration "
-                                         "must match the URL")
+                None,
+                rt.kind,
+            ):
+                raise errors.bad_request(
+                    "apiVersion and kind of the applied configuration must match the URL"
+                )
         try:
             patched = apply_patch(ctype, base, patch)
         except ApiPatchError as exc:
@@ -594,9 +680,13 @@ class Api:
         status_path = rt.scale.status_replicas if rt.scale else ".status.replicas"
         meta = obj["metadata"]
         scale: Obj = {
-            "kind": "Scale", "apiVersion": "autoscaling/v1",
-            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion",
-                                              "creationTimestamp") if k in meta},
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                k: meta[k]
+                for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                if k in meta
+            },
             "spec": {"replicas": _get_path(obj, spec_path) or 0},
             "status": {"replicas": _get_path(obj, status_path) or 0},
         }
@@ -609,8 +699,14 @@ class Api:
             scale["status"]["selector"] = selector
         return scale
 
-    async def _write_scale(self, t: Target, body: Obj | None, patch: tuple[str, Any] | None,
-                           q: Mapping[str, str], user: Obj) -> Response:
+    async def _write_scale(
+        self,
+        t: Target,
+        body: Obj | None,
+        patch: tuple[str, Any] | None,
+        q: Mapping[str, str],
+        user: Obj,
+    ) -> Response:
         rt = t.rt
         assert rt.scale is not None
         current = self._current(t)
@@ -624,14 +720,24 @@ class Api:
             assert body is not None
             new_scale = copy.deepcopy(body)
             if new_scale.get("kind") not in (None, "Scale"):
-                raise errors.bad_request(f"the kind in the data ({new_scale.get('kind')}) does "
-                                         "not match the expected kind (Scale)")
+                raise errors.bad_request(
+                    f"the kind in the data ({new_scale.get('kind')}) does "
+                    "not match the expected kind (Scale)"
+                )
             new_scale.setdefault("metadata", {}).setdefault("name", t.name)
         shapes.check_scale(new_scale)
         new_scale["apiVersion"], new_scale["kind"] = "autoscaling/v1", "Scale"
-        attrs = self._attrs(t, "UPDATE", t.name, q, user, old_scale,
-                            self._options("UpdateOptions", q), sub="scale",
-                            kind=("autoscaling", "v1", "Scale"))
+        attrs = self._attrs(
+            t,
+            "UPDATE",
+            t.name,
+            q,
+            user,
+            old_scale,
+            self._options("UpdateOptions", q),
+            sub="scale",
+            kind=("autoscaling", "v1", "Scale"),
+        )
         warnings: list[str] = []
         if self.chain.has_webhooks():
             mutated, warnings = await self.chain.mutate(attrs, new_scale)
@@ -643,8 +749,16 @@ class Api:
         self._check_conflict(t, current, precondition)
         replicas = (new_scale.get("spec") or {}).get("replicas", 0)
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
-            raise errors.invalid("Scale", "autoscaling", t.name, [errors.field_invalid(
-                "spec.replicas", replicas, "must be greater than or equal to 0")])
+            raise errors.invalid(
+                "Scale",
+                "autoscaling",
+                t.name,
+                [
+                    errors.field_invalid(
+                        "spec.replicas", replicas, "must be greater than or equal to 0"
+                    )
+                ],
+            )
         if self.chain.has_webhooks():
             warnings += await self.chain.validate(attrs, new_scale)
         stored = copy.deepcopy(current)
@@ -662,28 +776,38 @@ class Api:
 
     # -- delete -------------------------------------------------------------------------
 
-    async def _delete(self, t: Target, q: Mapping[str, str], options: Obj, user: Obj,
-                      current: Obj | None = None) -> Response:
+    async def _delete(
+        self, t: Target, q: Mapping[str, str], options: Obj, user: Obj, current: Obj | None = None
+    ) -> Response:
         rt = t.rt
         if current is None:
             current = self._current(t)
         meta = current["metadata"]
         pre = options.get("preconditions") or {}
         if pre.get("uid") and pre["uid"] != meta.get("uid"):
-            raise errors.conflict(rt.plural, rt.group, t.name,
-                                  f"Precondition failed: UID in precondition: {pre['uid']}, "
-                                  f"UID in object meta: {meta.get('uid')}")
+            raise errors.conflict(
+                rt.plural,
+                rt.group,
+                t.name,
+                f"Precondition failed: UID in precondition: {pre['uid']}, "
+                f"UID in object meta: {meta.get('uid')}",
+            )
         if pre.get("resourceVersion") and pre["resourceVersion"] != meta.get("resourceVersion"):
-            raise errors.conflict(rt.plural, rt.group, t.name,
-                                  "Precondition failed: ResourceVersion in precondition: "
-                                  f"{pre['resourceVersion']}, ResourceVersion in object meta: "
-                                  f"{meta.get('resourceVersion')}")
+            raise errors.conflict(
+                rt.plural,
+                rt.group,
+                t.name,
+                "Precondition failed: ResourceVersion in precondition: "
+                f"{pre['resourceVersion']}, ResourceVersion in object meta: "
+                f"{meta.get('resourceVersion')}",
+            )
         opts = dict(options, kind="DeleteOptions", apiVersion="meta.k8s.io/v1")
         if q.get("dryRun"):
             opts["dryRun"] = [q["dryRun"]]
         t_named = Target(rt, t.version, meta.get("namespace", ""), meta["name"], "", False)
-        attrs = self._attrs(t_named, "DELETE", meta["name"], q, user,
-                            self._out(rt, current, t.version), opts)
+        attrs = self._attrs(
+            t_named, "DELETE", meta["name"], q, user, self._out(rt, current, t.version), opts
+        )
         warnings: list[str] = []
         if self.chain.has_webhooks():
             _, warnings = await self.chain.mutate(attrs, None)
@@ -709,12 +833,22 @@ class Api:
         self._after_delete(rt, gone_obj)
         if rt.key == "pods":
             return Response(200, self._out(rt, gone_obj, t.version), warnings)
-        return Response(200, errors.success_status(
-            {"name": meta["name"], "group": rt.group, "kind": rt.plural,
-             "uid": meta.get("uid", "")}), warnings)
+        return Response(
+            200,
+            errors.success_status(
+                {
+                    "name": meta["name"],
+                    "group": rt.group,
+                    "kind": rt.plural,
+                    "uid": meta.get("uid", ""),
+                }
+            ),
+            warnings,
+        )
 
-    async def _delete_collection(self, t: Target, q: Mapping[str, str], options: Obj,
-                                 user: Obj) -> Response:
+    async def _delete_collection(
+        self, t: Target, q: Mapping[str, str], options: Obj, user: Obj
+    ) -> Response:
         if "deletecollection" not in t.rt.verbs:
             raise errors.method_not_allowed()
         items = self._select(t, q)
@@ -724,9 +858,15 @@ class Api:
             sub_t = Target(t.rt, t.version, meta.get("namespace", ""), meta["name"], "", False)
             await self._delete(sub_t, q, options, user, obj)
             deleted.append(self._out(t.rt, obj, t.version))
-        return Response(200, {"kind": t.rt.list_kind, "apiVersion": t.rt.api_version(t.version),
-                              "metadata": {"resourceVersion": str(self.store.rv)},
-                              "items": deleted})
+        return Response(
+            200,
+            {
+                "kind": t.rt.list_kind,
+                "apiVersion": t.rt.api_version(t.version),
+                "metadata": {"resourceVersion": str(self.store.rv)},
+                "items": deleted,
+            },
+        )
 
     def _empty_namespace(self, ns: str) -> None:
         for rt in self.registry:
@@ -768,9 +908,13 @@ class Api:
 
     def _reflect_deployment(self, rt: ResourceType, obj: Obj) -> Obj:
         replicas = int((obj.get("spec") or {}).get("replicas", 1))
-        status = {"observedGeneration": obj["metadata"].get("generation", 1),
-                  "replicas": replicas, "updatedReplicas": replicas,
-                  "readyReplicas": replicas, "availableReplicas": replicas}
+        status = {
+            "observedGeneration": obj["metadata"].get("generation", 1),
+            "replicas": replicas,
+            "updatedReplicas": replicas,
+            "readyReplicas": replicas,
+            "availableReplicas": replicas,
+        }
         if replicas == 0:
             status = {"observedGeneration": status["observedGeneration"]}
         if obj.get("status") == status:
@@ -786,10 +930,16 @@ class Api:
         names = spec["names"]
         existing = self.registry.by_key(f"{names['plural']}.{spec['group']}")
         if existing is not None and not existing.custom:
-            raise errors.invalid("CustomResourceDefinition", "apiextensions.k8s.io",
-                                 crd["metadata"]["name"], [errors.field_invalid(
-                                     "spec.names.plural", names["plural"],
-                                     "conflicts with a built-in resource")])
+            raise errors.invalid(
+                "CustomResourceDefinition",
+                "apiextensions.k8s.io",
+                crd["metadata"]["name"],
+                [
+                    errors.field_invalid(
+                        "spec.names.plural", names["plural"], "conflicts with a built-in resource"
+                    )
+                ],
+            )
 
     # -- list and watch -----------------------------------------------------------------
 
@@ -807,8 +957,7 @@ class Api:
         """Stored objects whose served form (at `t.version`) matches the selectors."""
         match = self._matcher(q)
         ns = None if (t.all_namespaces or not t.rt.namespaced) else t.namespace
-        return [o for o in self.store.items(t.rt.key, ns)
-                if match(self._out(t.rt, o, t.version))]
+        return [o for o in self.store.items(t.rt.key, ns) if match(self._out(t.rt, o, t.version))]
 
     def _list(self, t: Target, q: Mapping[str, str], accept: str) -> Response:
         items = self._select(t, q)
@@ -823,18 +972,26 @@ class Api:
             except (ValueError, KeyError, TypeError):
                 raise errors.bad_request("continue key is not valid") from None
         limit = int(q.get("limit") or 0)
-        page = items[start:start + limit] if limit > 0 else items[start:]
+        page = items[start : start + limit] if limit > 0 else items[start:]
         if limit > 0 and start + limit < len(items):
-            list_meta["continue"] = base64.urlsafe_b64encode(json.dumps(
-                {"start": start + limit, "rv": list_meta["resourceVersion"]}).encode()).decode()
+            list_meta["continue"] = base64.urlsafe_b64encode(
+                json.dumps({"start": start + limit, "rv": list_meta["resourceVersion"]}).encode()
+            ).decode()
             list_meta["remainingItemCount"] = len(items) - start - limit
         out = [self._out(t.rt, o, t.version) for o in page]
         if "as=Table" in accept:
             return Response(200, tables.table(t.rt, t.version, out, list_meta, q))
         if not t.rt.custom:
             out = [{k: v for k, v in o.items() if k not in ("apiVersion", "kind")} for o in out]
-        return Response(200, {"kind": t.rt.list_kind, "apiVersion": t.rt.api_version(t.version),
-                              "metadata": list_meta, "items": out})
+        return Response(
+            200,
+            {
+                "kind": t.rt.list_kind,
+                "apiVersion": t.rt.api_version(t.version),
+                "metadata": list_meta,
+                "items": out,
+            },
+        )
 
     def _watch(self, t: Target, q: Mapping[str, str], accept: str = "") -> Response:
         rt = t.rt
@@ -847,12 +1004,14 @@ class Api:
         replay: list[Change] = []
         error: Obj | None = None
         send_initial = q.get("sendInitialEvents")
-        if send_initial in ("true", "True", "1") or (rv_param in ("", "0")
-                                                      and send_initial is None):
+        if send_initial in ("true", "True", "1") or (
+            rv_param in ("", "0") and send_initial is None
+        ):
             # The current state as synthetic ADDED events (a "streaming list" when
             # sendInitialEvents=true: it ends with a marked BOOKMARK).
-            initial = [o for o in self.store.items(rt.key, ns)
-                       if match(self._out(rt, o, t.version))]
+            initial = [
+                o for o in self.store.items(rt.key, ns) if match(self._out(rt, o, t.version))
+            ]
         elif rv_param in ("", "0"):
             pass
         else:
@@ -864,35 +1023,53 @@ class Api:
                 replay = self.store.since(rt.key, since)
             except ApiError as exc:
                 error = exc.status
-        watcher = None if error else self.store.add_watcher(
-            rt.key, ns, lambda o: ns is None or o["metadata"].get("namespace") == ns)
+        watcher = (
+            None
+            if error
+            else self.store.add_watcher(
+                rt.key, ns, lambda o: ns is None or o["metadata"].get("namespace") == ns
+            )
+        )
         end_marker = send_initial in ("true", "True", "1") and bookmarks
-        stream = self._stream(t, ns, match, initial or [], replay, error, watcher, bookmarks,
-                              timeout_s, end_marker)
+        stream = self._stream(
+            t, ns, match, initial or [], replay, error, watcher, bookmarks, timeout_s, end_marker
+        )
         if "as=Table" in accept:
             stream = self._tables(t, q, stream)
         return Response(200, stream=stream)
 
-    async def _tables(self, t: Target, q: Mapping[str, str],
-                      events: AsyncIterator[Obj]) -> AsyncIterator[Obj]:
+    async def _tables(
+        self, t: Target, q: Mapping[str, str], events: AsyncIterator[Obj]
+    ) -> AsyncIterator[Obj]:
         """Watch events for `kubectl get -w`: each object becomes a one-row Table."""
         try:
             async for event in events:
                 if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
                     obj = event["object"]
                     meta = {"resourceVersion": obj["metadata"].get("resourceVersion", "")}
-                    event = {"type": event["type"],
-                             "object": tables.table(t.rt, t.version, [obj], meta, q)}
+                    event = {
+                        "type": event["type"],
+                        "object": tables.table(t.rt, t.version, [obj], meta, q),
+                    }
                 yield event
         finally:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()
 
-    async def _stream(self, t: Target, ns: str | None, match: Callable[[Obj], bool],
-                      initial: list[Obj], replay: list[Change], error: Obj | None,
-                      watcher: Any, bookmarks: bool, timeout_s: float,
-                      end_marker: bool = False) -> AsyncIterator[Obj]:
+    async def _stream(
+        self,
+        t: Target,
+        ns: str | None,
+        match: Callable[[Obj], bool],
+        initial: list[Obj],
+        replay: list[Change],
+        error: Obj | None,
+        watcher: Any,
+        bookmarks: bool,
+        timeout_s: float,
+        end_marker: bool = False,
+    ) -> AsyncIterator[Obj]:
         rt, version = t.rt, t.version
         if error is not None:
             yield {"type": "ERROR", "object": error}
@@ -904,10 +1081,17 @@ class Api:
             for obj in initial:
                 yield {"type": "ADDED", "object": self._out(rt, obj, version)}
             if end_marker:
-                yield {"type": "BOOKMARK", "object": {
-                    "kind": rt.kind, "apiVersion": rt.api_version(version),
-                    "metadata": {"resourceVersion": str(self.store.rv), "annotations": {
-                        "k8s.io/initial-events-end": "true"}}}}
+                yield {
+                    "type": "BOOKMARK",
+                    "object": {
+                        "kind": rt.kind,
+                        "apiVersion": rt.api_version(version),
+                        "metadata": {
+                            "resourceVersion": str(self.store.rv),
+                            "annotations": {"k8s.io/initial-events-end": "true"},
+                        },
+                    },
+                }
             for change in replay:
                 event = self._event(t, change, ns, match, version)
                 if event is not None:
@@ -926,9 +1110,14 @@ class Api:
                     if bookmarks and loop.time() >= next_bookmark:
                         next_bookmark = loop.time() + self.settings.bookmark_interval_s
                         if watcher.queue.empty():
-                            yield {"type": "BOOKMARK", "object": {
-                                "kind": rt.kind, "apiVersion": rt.api_version(version),
-                                "metadata": {"resourceVersion": str(self.store.rv)}}}
+                            yield {
+                                "type": "BOOKMARK",
+                                "object": {
+                                    "kind": rt.kind,
+                                    "apiVersion": rt.api_version(version),
+                                    "metadata": {"resourceVersion": str(self.store.rv)},
+                                },
+                            }
                     continue
                 if change is None:
                     if watcher.abort:
@@ -940,8 +1129,9 @@ class Api:
         finally:
             self.store.remove_watcher(watcher)
 
-    def _event(self, t: Target, change: Change, ns: str | None,
-               match: Callable[[Obj], bool], version: str) -> Obj | None:
+    def _event(
+        self, t: Target, change: Change, ns: str | None, match: Callable[[Obj], bool], version: str
+    ) -> Obj | None:
         rt = t.rt
         if ns is not None and change.obj["metadata"].get("namespace") != ns:
             return None
@@ -983,8 +1173,9 @@ def _set_path(obj: Obj, path: str, value: Any) -> None:
 def _spec_changed(rt: ResourceType, new: Obj, old: Obj) -> bool:
     if rt.custom or rt.key == CRD_KEY:
         skip = {"metadata", "status"} if rt.status else {"metadata"}
-        return {k: v for k, v in new.items() if k not in skip} != \
-            {k: v for k, v in old.items() if k not in skip}
+        return {k: v for k, v in new.items() if k not in skip} != {
+            k: v for k, v in old.items() if k not in skip
+        }
     return new.get("spec") != old.get("spec")
 
 

@@ -64,9 +64,13 @@ def convert(rt: ResourceType, obj: Obj, version: str) -> Obj:
 
 # core/v1 Event field <-> events.k8s.io/v1 Event field (one storage, two shapes).
 EVENT_FIELDS = (
-    ("involvedObject", "regarding"), ("message", "note"), ("source", "deprecatedSource"),
-    ("firstTimestamp", "deprecatedFirstTimestamp"), ("lastTimestamp", "deprecatedLastTimestamp"),
-    ("count", "deprecatedCount"), ("reportingComponent", "reportingController"),
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+    ("reportingComponent", "reportingController"),
 )
 
 
@@ -87,10 +91,12 @@ def _convert_event(obj: Obj, target: str) -> Obj:
 
 
 def _is_cpu_utilization(metric: Any) -> bool:
-    return (isinstance(metric, dict) and metric.get("type") == "Resource"
-            and (metric.get("resource") or {}).get("name") == "cpu"
-            and ((metric.get("resource") or {}).get("target") or {}).get("type")
-            == "Utilization")
+    return (
+        isinstance(metric, dict)
+        and metric.get("type") == "Resource"
+        and (metric.get("resource") or {}).get("name") == "cpu"
+        and ((metric.get("resource") or {}).get("target") or {}).get("type") == "Utilization"
+    )
 
 
 def _hpa_v2_to_v1(obj: Obj) -> Obj:
@@ -104,7 +110,8 @@ def _hpa_v2_to_v1(obj: Obj) -> Obj:
     for m in metrics:
         if _is_cpu_utilization(m) and "targetCPUUtilizationPercentage" not in spec:
             spec["targetCPUUtilizationPercentage"] = m["resource"]["target"].get(
-                "averageUtilization")
+                "averageUtilization"
+            )
         else:
             others.append(m)
     if others:
@@ -142,10 +149,16 @@ def _hpa_v1_to_v2(obj: Obj) -> Obj:
     metrics: list[Any] = []
     target = spec.pop("targetCPUUtilizationPercentage", None)
     if target is not None:
-        metrics.append({"type": "Resource", "resource": {
-            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": target}}})
-    for name, dest in ((HPA_METRICS_ANNOTATION, "metrics"),
-                       (HPA_BEHAVIOR_ANNOTATION, "behavior")):
+        metrics.append(
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": target},
+                },
+            }
+        )
+    for name, dest in ((HPA_METRICS_ANNOTATION, "metrics"), (HPA_BEHAVIOR_ANNOTATION, "behavior")):
         raw = annotations.pop(name, None)
         if raw is None:
             continue
@@ -164,10 +177,16 @@ def _hpa_v1_to_v2(obj: Obj) -> Obj:
         current: list[Any] = []
         cpu = status.pop("currentCPUUtilizationPercentage", None)
         if cpu is not None:
-            current.append({"type": "Resource", "resource": {
-                "name": "cpu", "current": {"averageUtilization": cpu}}})
-        for name, dest in ((HPA_CURRENT_METRICS_ANNOTATION, "currentMetrics"),
-                           (HPA_CONDITIONS_ANNOTATION, "conditions")):
+            current.append(
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "current": {"averageUtilization": cpu}},
+                }
+            )
+        for name, dest in (
+            (HPA_CURRENT_METRICS_ANNOTATION, "currentMetrics"),
+            (HPA_CONDITIONS_ANNOTATION, "conditions"),
+        ):
             raw = annotations.pop(name, None)
             if raw is None:
                 continue
@@ -223,8 +242,15 @@ def default(rt: ResourceType, version: str, obj: Obj) -> None:
         spec.setdefault("maxReplicas", 0)
         spec.setdefault("minReplicas", 1)
         if version == "v2" and not spec.get("metrics"):
-            spec["metrics"] = [{"type": "Resource", "resource": {
-                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]
+            spec["metrics"] = [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": 80},
+                    },
+                }
+            ]
     elif rt.key == "services":
         if not isinstance(spec, dict):
             spec = obj["spec"] = {}
@@ -234,8 +260,10 @@ def default(rt: ResourceType, version: str, obj: Obj) -> None:
             if isinstance(port, dict):
                 port.setdefault("protocol", "TCP")
                 port.setdefault("targetPort", port.get("port"))
-    elif rt.key in ("mutatingwebhookconfigurations.admissionregistration.k8s.io",
-                    "validatingwebhookconfigurations.admissionregistration.k8s.io"):
+    elif rt.key in (
+        "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+        "validatingwebhookconfigurations.admissionregistration.k8s.io",
+    ):
         mutating = rt.kind.startswith("Mutating")
         for wh in obj.get("webhooks") or []:
             if not isinstance(wh, dict):
@@ -306,15 +334,18 @@ def validate(rt: ResourceType, obj: Obj, old: Obj | None) -> list[StatusCause]:
     meta = obj.get("metadata") or {}
     name = meta.get("name", "")
     if old is None:
-        pattern, msg = ((DNS1123_LABEL, LABEL_MSG) if rt.key in LABEL_NAME_TYPES
-                        else (DNS1123_SUBDOMAIN, SUBDOMAIN_MSG))
+        pattern, msg = (
+            (DNS1123_LABEL, LABEL_MSG)
+            if rt.key in LABEL_NAME_TYPES
+            else (DNS1123_SUBDOMAIN, SUBDOMAIN_MSG)
+        )
         if rt.key not in ("events", "events.events.k8s.io", "nodes") and (
-                not pattern.match(name) or len(name) > 253):
+            not pattern.match(name) or len(name) > 253
+        ):
             causes.append(field_invalid("metadata.name", name, msg))
     for k, v in (meta.get("labels") or {}).items():
         if not isinstance(v, str) or len(v) > 63:
-            causes.append(field_invalid("metadata.labels", v,
-                                        "must be no more than 63 characters"))
+            causes.append(field_invalid("metadata.labels", v, "must be no more than 63 characters"))
         if not isinstance(k, str) or not k:
             causes.append(field_invalid("metadata.labels", k, "name part must be non-empty"))
     spec = obj.get("spec")
@@ -324,8 +355,10 @@ def validate(rt: ResourceType, obj: Obj, old: Obj | None) -> list[StatusCause]:
         causes += _validate_hpa(spec if isinstance(spec, dict) else {})
     elif rt.key == "customresourcedefinitions.apiextensions.k8s.io":
         causes += _validate_crd(obj)
-    elif rt.key in ("mutatingwebhookconfigurations.admissionregistration.k8s.io",
-                    "validatingwebhookconfigurations.admissionregistration.k8s.io"):
+    elif rt.key in (
+        "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+        "validatingwebhookconfigurations.admissionregistration.k8s.io",
+    ):
         causes += _validate_webhooks(obj)
     elif rt.custom:
         version = str(obj.get("apiVersion", "")).rpartition("/")[2]
@@ -337,19 +370,26 @@ def _validate_deployment(spec: Obj, old: Obj | None) -> list[StatusCause]:
     causes: list[StatusCause] = []
     replicas = spec.get("replicas")
     if isinstance(replicas, int) and replicas < 0:
-        causes.append(field_invalid("spec.replicas", replicas,
-                                    "must be greater than or equal to 0"))
+        causes.append(
+            field_invalid("spec.replicas", replicas, "must be greater than or equal to 0")
+        )
     selector = spec.get("selector")
     template = spec.get("template") if isinstance(spec.get("template"), dict) else {}
     labels = ((template or {}).get("metadata") or {}).get("labels") or {}
     if not isinstance(selector, dict):
         causes.append(field_required("spec.selector"))
     elif not selector.get("matchLabels") and not selector.get("matchExpressions"):
-        causes.append(field_invalid("spec.selector", selector,
-                                    "empty selector is invalid for deployment"))
+        causes.append(
+            field_invalid("spec.selector", selector, "empty selector is invalid for deployment")
+        )
     elif not label_selector_matches(selector, labels):
-        causes.append(field_invalid("spec.template.metadata.labels", labels,
-                                    "`selector` does not match template `labels`"))
+        causes.append(
+            field_invalid(
+                "spec.template.metadata.labels",
+                labels,
+                "`selector` does not match template `labels`",
+            )
+        )
     pod_spec = (template or {}).get("spec") if isinstance(template, dict) else None
     if not isinstance(pod_spec, dict) or not pod_spec.get("containers"):
         causes.append(field_required("spec.template.spec.containers"))
@@ -365,13 +405,17 @@ def _validate_hpa(spec: Obj) -> list[StatusCause]:
     min_r = spec.get("minReplicas", 1)
     max_r = spec.get("maxReplicas", 0)
     if isinstance(min_r, int) and min_r < 1:
-        causes.append(field_invalid("spec.minReplicas", min_r,
-                                    "must be greater than or equal to 1"))
+        causes.append(
+            field_invalid("spec.minReplicas", min_r, "must be greater than or equal to 1")
+        )
     if not isinstance(max_r, int) or max_r < 1:
         causes.append(field_invalid("spec.maxReplicas", max_r, "must be greater than 0"))
     elif isinstance(min_r, int) and max_r < min_r:
-        causes.append(field_invalid("spec.maxReplicas", max_r,
-                                    "must be greater than or equal to `minReplicas`"))
+        causes.append(
+            field_invalid(
+                "spec.maxReplicas", max_r, "must be greater than or equal to `minReplicas`"
+            )
+        )
     ref = spec.get("scaleTargetRef")
     if not isinstance(ref, dict):
         causes.append(field_required("spec.scaleTargetRef.kind"))
@@ -395,29 +439,50 @@ def _validate_webhooks(obj: Obj) -> list[StatusCause]:
         if not name:
             causes.append(field_required(f"{base}.name"))
         elif name in seen:
-            causes.append({"reason": "FieldValueDuplicate", "field": f"{base}.name",
-                           "message": f'Duplicate value: "{name}"'})
+            causes.append(
+                {
+                    "reason": "FieldValueDuplicate",
+                    "field": f"{base}.name",
+                    "message": f'Duplicate value: "{name}"',
+                }
+            )
         seen.add(str(name))
         if wh.get("sideEffects") not in ("None", "NoneOnDryRun"):
-            causes.append(field_unsupported(f"{base}.sideEffects", wh.get("sideEffects"),
-                                            ["None", "NoneOnDryRun"]))
+            causes.append(
+                field_unsupported(
+                    f"{base}.sideEffects", wh.get("sideEffects"), ["None", "NoneOnDryRun"]
+                )
+            )
         if not wh.get("admissionReviewVersions"):
-            causes.append(field_required(f"{base}.admissionReviewVersions",
-                                         "must specify one of v1, v1beta1"))
+            causes.append(
+                field_required(f"{base}.admissionReviewVersions", "must specify one of v1, v1beta1")
+            )
         cc = wh.get("clientConfig") or {}
         if bool(cc.get("url")) == bool(cc.get("service")):
-            causes.append(field_required(f"{base}.clientConfig",
-                                         "exactly one of url or service is required"))
+            causes.append(
+                field_required(f"{base}.clientConfig", "exactly one of url or service is required")
+            )
         elif cc.get("url") and not str(cc["url"]).startswith("https://"):
-            causes.append(field_invalid(f"{base}.clientConfig.url", cc["url"],
-                                        "'https' is the only allowed URL scheme"))
+            causes.append(
+                field_invalid(
+                    f"{base}.clientConfig.url", cc["url"], "'https' is the only allowed URL scheme"
+                )
+            )
         if wh.get("failurePolicy") not in ("Fail", "Ignore"):
-            causes.append(field_unsupported(f"{base}.failurePolicy", wh.get("failurePolicy"),
-                                            ["Fail", "Ignore"]))
+            causes.append(
+                field_unsupported(
+                    f"{base}.failurePolicy", wh.get("failurePolicy"), ["Fail", "Ignore"]
+                )
+            )
         t = wh.get("timeoutSeconds")
         if not isinstance(t, int) or not 1 <= t <= 30:
-            causes.append(field_invalid(f"{base}.timeoutSeconds", t,
-                                        "the timeout value must be between 1 and 30 seconds"))
+            causes.append(
+                field_invalid(
+                    f"{base}.timeoutSeconds",
+                    t,
+                    "the timeout value must be between 1 and 30 seconds",
+                )
+            )
     return causes
 
 
@@ -437,18 +502,23 @@ def _validate_crd(obj: Obj) -> list[StatusCause]:
     if not group:
         causes.append(field_required("spec.group"))
     if plural and group and name != f"{plural}.{group}":
-        causes.append(field_invalid("metadata.name", name,
-                                    'must be spec.names.plural+"."+spec.group'))
+        causes.append(
+            field_invalid("metadata.name", name, 'must be spec.names.plural+"."+spec.group')
+        )
     if spec.get("scope") not in ("Namespaced", "Cluster"):
-        causes.append(field_unsupported("spec.scope", spec.get("scope"),
-                                        ["Cluster", "Namespaced"]))
+        causes.append(field_unsupported("spec.scope", spec.get("scope"), ["Cluster", "Namespaced"]))
     versions = spec.get("versions") or []
     if not versions:
         causes.append(field_required("spec.versions"))
     storage = [v for v in versions if isinstance(v, dict) and v.get("storage")]
     if versions and len(storage) != 1:
-        causes.append(field_invalid("spec.versions", len(storage),
-                                    "must have exactly one version marked as storage version"))
+        causes.append(
+            field_invalid(
+                "spec.versions",
+                len(storage),
+                "must have exactly one version marked as storage version",
+            )
+        )
     return causes
 
 
@@ -462,9 +532,11 @@ def crd_resource(crd: Obj) -> ResourceType:
     scale = None
     if isinstance(sub.get("scale"), dict):
         sc = sub["scale"]
-        scale = ScaleSpec(sc.get("specReplicasPath", ".spec.replicas"),
-                          sc.get("statusReplicasPath", ".status.replicas"),
-                          sc.get("labelSelectorPath"))
+        scale = ScaleSpec(
+            sc.get("specReplicasPath", ".spec.replicas"),
+            sc.get("statusReplicasPath", ".status.replicas"),
+            sc.get("labelSelectorPath"),
+        )
     schemas_by_version = []
     columns = []
     for v in versions:
@@ -473,9 +545,15 @@ def crd_resource(crd: Obj) -> ResourceType:
             s = (spec.get("validation") or {}).get("openAPIV3Schema")
         schemas_by_version.append((v["name"], s))
         cols = tuple(
-            PrinterColumn(c.get("name", ""), c.get("type", "string"), c.get("jsonPath", ""),
-                          c.get("description", ""), int(c.get("priority", 0)))
-            for c in v.get("additionalPrinterColumns") or [])
+            PrinterColumn(
+                c.get("name", ""),
+                c.get("type", "string"),
+                c.get("jsonPath", ""),
+                c.get("description", ""),
+                int(c.get("priority", 0)),
+            )
+            for c in v.get("additionalPrinterColumns") or []
+        )
         columns.append((v["name"], cols))
     return ResourceType(
         group=spec["group"],
@@ -504,10 +582,20 @@ def crd_status(crd: Obj, now: str) -> Obj:
     return {
         "acceptedNames": dict(spec.get("names") or {}),
         "conditions": [
-            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
-             "message": "no conflicts found", "lastTransitionTime": now},
-            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
-             "message": "the initial names have been accepted", "lastTransitionTime": now},
+            {
+                "type": "NamesAccepted",
+                "status": "True",
+                "reason": "NoConflicts",
+                "message": "no conflicts found",
+                "lastTransitionTime": now,
+            },
+            {
+                "type": "Established",
+                "status": "True",
+                "reason": "InitialNamesAccepted",
+                "message": "the initial names have been accepted",
+                "lastTransitionTime": now,
+            },
         ],
         "storedVersions": stored,
     }

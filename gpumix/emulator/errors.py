@@ -73,9 +73,18 @@ def not_found(plural: str, group: str, name: str) -> ApiError:
 
 
 def path_not_found(path: str) -> ApiError:
-    return ApiError(status(404, "NotFound", "the server could not find the requested resource",
-                           {"causes": [{"reason": "UnexpectedServerResponse",
-                                        "message": f"404 page not found: {path}"}]}))
+    return ApiError(
+        status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+            {
+                "causes": [
+                    {"reason": "UnexpectedServerResponse", "message": f"404 page not found: {path}"}
+                ]
+            },
+        )
+    )
 
 
 def already_exists(plural: str, group: str, name: str) -> ApiError:
@@ -119,8 +128,11 @@ def invalid(kind: str, group: str, name: str, causes: list[StatusCause]) -> ApiE
 
 
 def field_invalid(field: str, value: Any, detail: str) -> StatusCause:
-    return {"reason": "FieldValueInvalid", "field": field,
-            "message": f"Invalid value: {_render(value)}: {detail}"}
+    return {
+        "reason": "FieldValueInvalid",
+        "field": field,
+        "message": f"Invalid value: {_render(value)}: {detail}",
+    }
 
 
 def field_required(field: str, detail: str = "") -> StatusCause:
@@ -130,8 +142,11 @@ def field_required(field: str, detail: str = "") -> StatusCause:
 
 def field_unsupported(field: str, value: Any, allowed: list[Any]) -> StatusCause:
     shown = ", ".join(_render(v) for v in allowed)
-    return {"reason": "FieldValueNotSupported", "field": field,
-            "message": f"Unsupported value: {_render(value)}: supported values: {shown}"}
+    return {
+        "reason": "FieldValueNotSupported",
+        "field": field,
+        "message": f"Unsupported value: {_render(value)}: supported values: {shown}",
+    }
 
 
 def field_forbidden(field: str, detail: str) -> StatusCause:
@@ -158,22 +173,34 @@ def forbidden(message: str) -> ApiError:
     return ApiError(status(403, "Forbidden", message))
 
 
-def method_not_allowed(message: str = "the server does not allow this method on the "
-                       "requested resource") -> ApiError:
+def method_not_allowed(
+    message: str = "the server does not allow this method on the requested resource",
+) -> ApiError:
     return ApiError(status(405, "MethodNotAllowed", message))
 
 
 def unsupported_media_type(content_type: str) -> ApiError:
-    return ApiError(status(415, "UnsupportedMediaType",
-                           f'the body of the request was in an unknown format - accepted media '
-                           f'types include: application/json-patch+json, '
-                           f'application/merge-patch+json, application/apply-patch+yaml '
-                           f'(got "{content_type}")'))
+    return ApiError(
+        status(
+            415,
+            "UnsupportedMediaType",
+            f"the body of the request was in an unknown format - accepted media "
+            f"types include: application/json-patch+json, "
+            f"application/merge-patch+json, application/apply-patch+yaml "
+            f'(got "{content_type}")',
+        )
+    )
 
 
 def internal(message: str) -> ApiError:
-    return ApiError(status(500, "InternalError", f"Internal error occurred: {message}",
-                           {"causes": [{"message": message}]}))
+    return ApiError(
+        status(
+            500,
+            "InternalError",
+            f"Internal error occurred: {message}",
+            {"causes": [{"message": message}]},
+        )
+    )
 
 
 def gone(message: str) -> ApiError:

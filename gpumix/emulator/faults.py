@@ -17,8 +17,11 @@ class FailRule:
     methods: frozenset[str] | None
 
     def applies(self, method: str, path: str) -> bool:
-        return (self.remaining > 0 and path.startswith(self.path_prefix)
-                and (self.methods is None or method in self.methods))
+        return (
+            self.remaining > 0
+            and path.startswith(self.path_prefix)
+            and (self.methods is None or method in self.methods)
+        )
 
 
 @dataclass
@@ -30,11 +33,15 @@ class Faults:
     outage_until: float | None = None
     injected: int = 0
 
-    def fail_next(self, n: int, code: int = 500, path_prefix: str = "",
-                  methods: set[str] | None = None) -> None:
+    def fail_next(
+        self, n: int, code: int = 500, path_prefix: str = "", methods: set[str] | None = None
+    ) -> None:
         """The next `n` requests whose path starts with `path_prefix` fail with `code`."""
-        self.rules.append(FailRule(n, code, path_prefix,
-                                   frozenset(m.upper() for m in methods) if methods else None))
+        self.rules.append(
+            FailRule(
+                n, code, path_prefix, frozenset(m.upper() for m in methods) if methods else None
+            )
+        )
 
     def conflict_next(self, resource_key: str, namespace: str, name: str, n: int = 1) -> None:
         """The next `n` writes to this object get 409 Conflict."""
@@ -65,8 +72,7 @@ class Faults:
 
     def outage(self) -> str | None:
         """The current outage mode, ending a timed outage whose time has passed."""
-        if self.outage_mode and self.outage_until is not None \
-                and self.clock() >= self.outage_until:
+        if self.outage_mode and self.outage_until is not None and self.clock() >= self.outage_until:
             self.end_outage()
         return self.outage_mode
 
@@ -74,15 +80,23 @@ class Faults:
         mode = self.outage()
         if mode == "503":
             self.injected += 1
-            return ApiError(status(503, "ServiceUnavailable",
-                                   "the server is currently unable to handle the request "
-                                   "(injected outage)"))
+            return ApiError(
+                status(
+                    503,
+                    "ServiceUnavailable",
+                    "the server is currently unable to handle the request (injected outage)",
+                )
+            )
         for rule in self.rules:
             if rule.applies(method, path):
                 rule.remaining -= 1
                 self.injected += 1
-                reason = {500: "InternalError", 503: "ServiceUnavailable",
-                          429: "TooManyRequests", 504: "Timeout"}.get(rule.code, "InternalError")
+                reason = {
+                    500: "InternalError",
+                    503: "ServiceUnavailable",
+                    429: "TooManyRequests",
+                    504: "Timeout",
+                }.get(rule.code, "InternalError")
                 self.rules = [r for r in self.rules if r.remaining > 0]
                 return ApiError(status(rule.code, reason, f"injected fault ({rule.code})"))
         return None

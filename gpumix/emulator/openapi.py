@@ -45,36 +45,62 @@ def gv_document(registry: Registry, group: str, version: str) -> Obj | None:
         body = {"content": {"application/json": {"schema": ref}}}
         responses = {"200": body}
         custom = rt.schema(version)
-        schema: Obj = dict(custom) if isinstance(custom, dict) else {
-            "type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        schema: Obj = (
+            dict(custom)
+            if isinstance(custom, dict)
+            else {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        )
         schema["x-kubernetes-group-version-kind"] = [gvk]
         schemas[name] = schema
         base = "/" + _gv_path(group, version)
-        collection = (f"{base}/namespaces/{{namespace}}/{rt.plural}" if rt.namespaced
-                      else f"{base}/{rt.plural}")
+        collection = (
+            f"{base}/namespaces/{{namespace}}/{rt.plural}"
+            if rt.namespaced
+            else f"{base}/{rt.plural}"
+        )
         item = f"{collection}/{{name}}"
         ext = {"x-kubernetes-group-version-kind": gvk}
         paths[collection] = {
             "get": {**ext, "x-kubernetes-action": "list", "responses": responses},
-            "post": {**ext, "x-kubernetes-action": "post", "parameters": _QUERY,
-                     "requestBody": body, "responses": responses},
+            "post": {
+                **ext,
+                "x-kubernetes-action": "post",
+                "parameters": _QUERY,
+                "requestBody": body,
+                "responses": responses,
+            },
         }
         paths[item] = {
             "get": {**ext, "x-kubernetes-action": "get", "responses": responses},
-            "put": {**ext, "x-kubernetes-action": "put", "parameters": _QUERY,
-                    "requestBody": body, "responses": responses},
-            "patch": {**ext, "x-kubernetes-action": "patch",
-                      "parameters": [*_QUERY, {"name": "force", "in": "query",
-                                               "schema": {"type": "boolean"}}],
-                      "requestBody": {"content": {"application/merge-patch+json": {
-                          "schema": {"type": "object"}}}},
-                      "responses": responses},
+            "put": {
+                **ext,
+                "x-kubernetes-action": "put",
+                "parameters": _QUERY,
+                "requestBody": body,
+                "responses": responses,
+            },
+            "patch": {
+                **ext,
+                "x-kubernetes-action": "patch",
+                "parameters": [
+                    *_QUERY,
+                    {"name": "force", "in": "query", "schema": {"type": "boolean"}},
+                ],
+                "requestBody": {
+                    "content": {"application/merge-patch+json": {"schema": {"type": "object"}}}
+                },
+                "responses": responses,
+            },
             "delete": {**ext, "x-kubernetes-action": "delete", "responses": responses},
         }
     if not paths:
         return None
-    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "unversioned"},
-            "paths": paths, "components": {"schemas": schemas}}
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "unversioned"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
 
 
 def root_document(registry: Registry) -> Obj:

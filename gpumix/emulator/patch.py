@@ -188,8 +188,14 @@ def strategic_merge(target: Any, patch: Any, field: str) -> Any:
         for item in patch:
             if not isinstance(item, dict) or key not in item:
                 continue
-            idx = next((i for i, cur in enumerate(result_list)
-                        if isinstance(cur, dict) and cur.get(key) == item[key]), None)
+            idx = next(
+                (
+                    i
+                    for i, cur in enumerate(result_list)
+                    if isinstance(cur, dict) and cur.get(key) == item[key]
+                ),
+                None,
+            )
             if item.get("$patch") == "delete":
                 if idx is not None:
                     del result_list[idx]
@@ -225,7 +231,8 @@ def _reorder(items: list[Any], order: list[Any], field: str) -> list[Any]:
     wanted = [ident(o) for o in order]
     ranked = sorted(
         range(len(items)),
-        key=lambda i: (wanted.index(ident(items[i])) if ident(items[i]) in wanted
-                       else len(wanted) + i),
+        key=lambda i: (
+            wanted.index(ident(items[i])) if ident(items[i]) in wanted else len(wanted) + i
+        ),
     )
     return [items[i] for i in ranked]

@@ -25,93 +25,239 @@ MAGIC = b"k8s\x00"
 Table = dict[int, tuple[str, Any]]
 
 TIME = "time"
-SELECTOR: Table = {1: ("matchLabels", "map_str"), 2: ("matchExpressions", ("rep", {
-    1: ("key", "str"), 2: ("operator", "str"), 3: ("values", "rep_str")}))}
-OWNER_REF: Table = {1: ("kind", "str"), 3: ("name", "str"), 4: ("uid", "str"),
-                    5: ("apiVersion", "str"), 6: ("controller", "bool"),
-                    7: ("blockOwnerDeletion", "bool")}
-META: Table = {1: ("name", "str"), 2: ("generateName", "str"), 3: ("namespace", "str"),
-               5: ("uid", "str"), 6: ("resourceVersion", "str"), 7: ("generation", "int"),
-               8: ("creationTimestamp", TIME), 11: ("labels", "map_str"),
-               12: ("annotations", "map_str"), 13: ("ownerReferences", ("rep", OWNER_REF)),
-               14: ("finalizers", "rep_str")}
-PORT: Table = {1: ("name", "str"), 2: ("hostPort", "int"), 3: ("containerPort", "int"),
-               4: ("protocol", "str"), 5: ("hostIP", "str")}
+SELECTOR: Table = {
+    1: ("matchLabels", "map_str"),
+    2: (
+        "matchExpressions",
+        ("rep", {1: ("key", "str"), 2: ("operator", "str"), 3: ("values", "rep_str")}),
+    ),
+}
+OWNER_REF: Table = {
+    1: ("kind", "str"),
+    3: ("name", "str"),
+    4: ("uid", "str"),
+    5: ("apiVersion", "str"),
+    6: ("controller", "bool"),
+    7: ("blockOwnerDeletion", "bool"),
+}
+META: Table = {
+    1: ("name", "str"),
+    2: ("generateName", "str"),
+    3: ("namespace", "str"),
+    5: ("uid", "str"),
+    6: ("resourceVersion", "str"),
+    7: ("generation", "int"),
+    8: ("creationTimestamp", TIME),
+    11: ("labels", "map_str"),
+    12: ("annotations", "map_str"),
+    13: ("ownerReferences", ("rep", OWNER_REF)),
+    14: ("finalizers", "rep_str"),
+}
+PORT: Table = {
+    1: ("name", "str"),
+    2: ("hostPort", "int"),
+    3: ("containerPort", "int"),
+    4: ("protocol", "str"),
+    5: ("hostIP", "str"),
+}
 ENV: Table = {1: ("name", "str"), 2: ("value", "str")}
 RESOURCES: Table = {1: ("limits", "map_qty"), 2: ("requests", "map_qty")}
-CONTAINER: Table = {1: ("name", "str"), 2: ("image", "str"), 3: ("command", "rep_str"),
-                    4: ("args", "rep_str"), 5: ("workingDir", "str"),
-                    6: ("ports", ("rep", PORT)), 7: ("env", ("rep", ENV)),
-                    8: ("resources", ("msg", RESOURCES)), 13: ("terminationMessagePath", "str"),
-                    14: ("imagePullPolicy", "str"), 16: ("stdin", "bool"),
-                    17: ("stdinOnce", "bool"), 18: ("tty", "bool"),
-                    20: ("terminationMessagePolicy", "str")}
-POD_SPEC: Table = {2: ("containers", ("rep", CONTAINER)), 3: ("restartPolicy", "str"),
-                   4: ("terminationGracePeriodSeconds", "int"), 6: ("dnsPolicy", "str"),
-                   7: ("nodeSelector", "map_str"), 8: ("serviceAccountName", "str"),
-                   10: ("nodeName", "str"), 15: ("imagePullSecrets", ("rep", {
-                       1: ("name", "str")})), 19: ("schedulerName", "str"),
-                   20: ("initContainers", ("rep", CONTAINER)),
-                   14: ("securityContext", ("msg", {}))}
+CONTAINER: Table = {
+    1: ("name", "str"),
+    2: ("image", "str"),
+    3: ("command", "rep_str"),
+    4: ("args", "rep_str"),
+    5: ("workingDir", "str"),
+    6: ("ports", ("rep", PORT)),
+    7: ("env", ("rep", ENV)),
+    8: ("resources", ("msg", RESOURCES)),
+    13: ("terminationMessagePath", "str"),
+    14: ("imagePullPolicy", "str"),
+    16: ("stdin", "bool"),
+    17: ("stdinOnce", "bool"),
+    18: ("tty", "bool"),
+    20: ("terminationMessagePolicy", "str"),
+}
+POD_SPEC: Table = {
+    2: ("containers", ("rep", CONTAINER)),
+    3: ("restartPolicy", "str"),
+    4: ("terminationGracePeriodSeconds", "int"),
+    6: ("dnsPolicy", "str"),
+    7: ("nodeSelector", "map_str"),
+    8: ("serviceAccountName", "str"),
+    10: ("nodeName", "str"),
+    15: ("imagePullSecrets", ("rep", {1: ("name", "str")})),
+    19: ("schedulerName", "str"),
+    20: ("initContainers", ("rep", CONTAINER)),
+    14: ("securityContext", ("msg", {})),
+}
 TEMPLATE: Table = {1: ("metadata", ("msg", META)), 2: ("spec", ("msg", POD_SPEC))}
 DEPLOYMENT: Table = {
     1: ("metadata", ("msg", META)),
-    2: ("spec", ("msg", {
-        1: ("replicas", "int"), 2: ("selector", ("msg", SELECTOR)),
-        3: ("template", ("msg", TEMPLATE)),
-        4: ("strategy", ("msg", {1: ("type", "str"), 2: ("rollingUpdate", ("msg", {
-            1: ("maxUnavailable", "ios"), 2: ("maxSurge", "ios")}))})),
-        5: ("minReadySeconds", "int"), 6: ("revisionHistoryLimit", "int"),
-        7: ("paused", "bool"), 9: ("progressDeadlineSeconds", "int")})),
+    2: (
+        "spec",
+        (
+            "msg",
+            {
+                1: ("replicas", "int"),
+                2: ("selector", ("msg", SELECTOR)),
+                3: ("template", ("msg", TEMPLATE)),
+                4: (
+                    "strategy",
+                    (
+                        "msg",
+                        {
+                            1: ("type", "str"),
+                            2: (
+                                "rollingUpdate",
+                                ("msg", {1: ("maxUnavailable", "ios"), 2: ("maxSurge", "ios")}),
+                            ),
+                        },
+                    ),
+                ),
+                5: ("minReadySeconds", "int"),
+                6: ("revisionHistoryLimit", "int"),
+                7: ("paused", "bool"),
+                9: ("progressDeadlineSeconds", "int"),
+            },
+        ),
+    ),
 }
 SCALE_REF: Table = {1: ("kind", "str"), 2: ("name", "str"), 3: ("apiVersion", "str")}
-METRIC_TARGET: Table = {1: ("type", "str"), 2: ("value", "qty"), 3: ("averageValue", "qty"),
-                        4: ("averageUtilization", "int")}
+METRIC_TARGET: Table = {
+    1: ("type", "str"),
+    2: ("value", "qty"),
+    3: ("averageValue", "qty"),
+    4: ("averageUtilization", "int"),
+}
 HPA_V2: Table = {
     1: ("metadata", ("msg", META)),
-    2: ("spec", ("msg", {
-        1: ("scaleTargetRef", ("msg", SCALE_REF)), 2: ("minReplicas", "int"),
-        3: ("maxReplicas", "int"),
-        4: ("metrics", ("rep", {1: ("type", "str"), 4: ("resource", ("msg", {
-            1: ("name", "str"), 2: ("target", ("msg", METRIC_TARGET))}))}))})),
+    2: (
+        "spec",
+        (
+            "msg",
+            {
+                1: ("scaleTargetRef", ("msg", SCALE_REF)),
+                2: ("minReplicas", "int"),
+                3: ("maxReplicas", "int"),
+                4: (
+                    "metrics",
+                    (
+                        "rep",
+                        {
+                            1: ("type", "str"),
+                            4: (
+                                "resource",
+                                (
+                                    "msg",
+                                    {1: ("name", "str"), 2: ("target", ("msg", METRIC_TARGET))},
+                                ),
+                            ),
+                        },
+                    ),
+                ),
+            },
+        ),
+    ),
 }
 HPA_V1: Table = {
     1: ("metadata", ("msg", META)),
-    2: ("spec", ("msg", {1: ("scaleTargetRef", ("msg", SCALE_REF)), 2: ("minReplicas", "int"),
-                         3: ("maxReplicas", "int"),
-                         4: ("targetCPUUtilizationPercentage", "int")})),
+    2: (
+        "spec",
+        (
+            "msg",
+            {
+                1: ("scaleTargetRef", ("msg", SCALE_REF)),
+                2: ("minReplicas", "int"),
+                3: ("maxReplicas", "int"),
+                4: ("targetCPUUtilizationPercentage", "int"),
+            },
+        ),
+    ),
 }
 SERVICE: Table = {
     1: ("metadata", ("msg", META)),
-    2: ("spec", ("msg", {
-        1: ("ports", ("rep", {1: ("name", "str"), 2: ("protocol", "str"), 3: ("port", "int"),
-                              4: ("targetPort", "ios"), 5: ("nodePort", "int")})),
-        2: ("selector", "map_str"), 3: ("clusterIP", "str"), 4: ("type", "str"),
-        7: ("externalName", "str"), 18: ("clusterIPs", "rep_str")})),
+    2: (
+        "spec",
+        (
+            "msg",
+            {
+                1: (
+                    "ports",
+                    (
+                        "rep",
+                        {
+                            1: ("name", "str"),
+                            2: ("protocol", "str"),
+                            3: ("port", "int"),
+                            4: ("targetPort", "ios"),
+                            5: ("nodePort", "int"),
+                        },
+                    ),
+                ),
+                2: ("selector", "map_str"),
+                3: ("clusterIP", "str"),
+                4: ("type", "str"),
+                7: ("externalName", "str"),
+                18: ("clusterIPs", "rep_str"),
+            },
+        ),
+    ),
 }
 
 TYPES: dict[tuple[str, str], Table] = {
-    ("v1", "Namespace"): {1: ("metadata", ("msg", META)),
-                          2: ("spec", ("msg", {1: ("finalizers", "rep_str")}))},
-    ("v1", "ConfigMap"): {1: ("metadata", ("msg", META)), 2: ("data", "map_str"),
-                          3: ("binaryData", "map_bytes"), 4: ("immutable", "bool")},
-    ("v1", "Secret"): {1: ("metadata", ("msg", META)), 2: ("data", "map_bytes"),
-                       3: ("type", "str"), 4: ("stringData", "map_str"),
-                       5: ("immutable", "bool")},
-    ("v1", "ServiceAccount"): {1: ("metadata", ("msg", META)),
-                               3: ("imagePullSecrets", ("rep", {1: ("name", "str")})),
-                               4: ("automountServiceAccountToken", "bool")},
+    ("v1", "Namespace"): {
+        1: ("metadata", ("msg", META)),
+        2: ("spec", ("msg", {1: ("finalizers", "rep_str")})),
+    },
+    ("v1", "ConfigMap"): {
+        1: ("metadata", ("msg", META)),
+        2: ("data", "map_str"),
+        3: ("binaryData", "map_bytes"),
+        4: ("immutable", "bool"),
+    },
+    ("v1", "Secret"): {
+        1: ("metadata", ("msg", META)),
+        2: ("data", "map_bytes"),
+        3: ("type", "str"),
+        4: ("stringData", "map_str"),
+        5: ("immutable", "bool"),
+    },
+    ("v1", "ServiceAccount"): {
+        1: ("metadata", ("msg", META)),
+        3: ("imagePullSecrets", ("rep", {1: ("name", "str")})),
+        4: ("automountServiceAccountToken", "bool"),
+    },
     ("v1", "Pod"): {1: ("metadata", ("msg", META)), 2: ("spec", ("msg", POD_SPEC))},
     ("v1", "Service"): SERVICE,
     ("apps/v1", "Deployment"): DEPLOYMENT,
     ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): {
         1: ("metadata", ("msg", META)),
-        2: ("spec", ("msg", {
-            1: ("resourceAttributes", ("msg", {
-                1: ("namespace", "str"), 2: ("verb", "str"), 3: ("group", "str"),
-                4: ("version", "str"), 5: ("resource", "str"), 6: ("subresource", "str"),
-                7: ("name", "str")})),
-            2: ("nonResourceAttributes", ("msg", {1: ("path", "str"), 2: ("verb", "str")}))}))},
+        2: (
+            "spec",
+            (
+                "msg",
+                {
+                    1: (
+                        "resourceAttributes",
+                        (
+                            "msg",
+                            {
+                                1: ("namespace", "str"),
+                                2: ("verb", "str"),
+                                3: ("group", "str"),
+                                4: ("version", "str"),
+                                5: ("resource", "str"),
+                                6: ("subresource", "str"),
+                                7: ("name", "str"),
+                            },
+                        ),
+                    ),
+                    2: ("nonResourceAttributes", ("msg", {1: ("path", "str"), 2: ("verb", "str")})),
+                },
+            ),
+        ),
+    },
     ("autoscaling/v2", "HorizontalPodAutoscaler"): HPA_V2,
     ("autoscaling/v1", "HorizontalPodAutoscaler"): HPA_V1,
 }
@@ -122,7 +268,7 @@ def decode(body: bytes, content_type: str) -> dict[str, Any]:
     if not body.startswith(MAGIC):
         raise unsupported_media_type(content_type)
     try:
-        unknown = _fields(body[len(MAGIC):])
+        unknown = _fields(body[len(MAGIC) :])
         type_meta = _fields(_one(unknown, 1, b""))
         api_version = _one(type_meta, 1, b"").decode()
         kind = _one(type_meta, 2, b"").decode()
@@ -130,10 +276,17 @@ def decode(body: bytes, content_type: str) -> dict[str, Any]:
         if table is None:
             raise unsupported_media_type(f"{content_type} ({api_version}, Kind={kind})")
         obj = _message(_one(unknown, 2, b""), table)
-    except (ValueError, IndexError, TypeError, AttributeError, UnicodeDecodeError,
-            OverflowError) as exc:
-        raise bad_request(f"the body of the request could not be decoded as protobuf: "
-                          f"{exc}") from None
+    except (
+        ValueError,
+        IndexError,
+        TypeError,
+        AttributeError,
+        UnicodeDecodeError,
+        OverflowError,
+    ) as exc:
+        raise bad_request(
+            f"the body of the request could not be decoded as protobuf: {exc}"
+        ) from None
     obj["apiVersion"], obj["kind"] = api_version, kind
     return obj
 
@@ -170,11 +323,11 @@ def _fields(data: bytes) -> dict[int, list[Any]]:
             length, pos = _varint(data, pos)
             if pos + length > len(data):
                 raise ValueError("truncated field")
-            value, pos = data[pos:pos + length], pos + length
+            value, pos = data[pos : pos + length], pos + length
         elif wire == 1:
-            value, pos = int.from_bytes(data[pos:pos + 8], "little"), pos + 8
+            value, pos = int.from_bytes(data[pos : pos + 8], "little"), pos + 8
         elif wire == 5:
-            value, pos = int.from_bytes(data[pos:pos + 4], "little"), pos + 4
+            value, pos = int.from_bytes(data[pos : pos + 4], "little"), pos + 4
         else:
             raise ValueError(f"unsupported wire type {wire}")
         out.setdefault(number, []).append(value)
@@ -251,10 +404,23 @@ def _message(data: bytes, table: Table) -> dict[str, Any]:
 
 # Protobuf writes zero values of plain (non-pointer) fields, JSON omits them
 # (`omitempty`). These fields are pointers or not omitempty: their zero is kept.
-KEEP_ZERO = {"replicas", "minReplicas", "maxReplicas", "containerPort", "port",
-             "targetCPUUtilizationPercentage", "averageUtilization", "revisionHistoryLimit",
-             "progressDeadlineSeconds", "terminationGracePeriodSeconds", "immutable",
-             "automountServiceAccountToken", "maxUnavailable", "maxSurge", "targetPort"}
+KEEP_ZERO = {
+    "replicas",
+    "minReplicas",
+    "maxReplicas",
+    "containerPort",
+    "port",
+    "targetCPUUtilizationPercentage",
+    "averageUtilization",
+    "revisionHistoryLimit",
+    "progressDeadlineSeconds",
+    "terminationGracePeriodSeconds",
+    "immutable",
+    "automountServiceAccountToken",
+    "maxUnavailable",
+    "maxSurge",
+    "targetPort",
+}
 
 
 def _omitted(name: str, value: Any) -> bool:

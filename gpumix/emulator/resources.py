@@ -81,46 +81,121 @@ class ResourceType:
         return ()
 
 
-def _rt(group: str, versions: Iterable[str], plural: str, kind: str, namespaced: bool,
-        **kw: Any) -> ResourceType:
-    return ResourceType(group=group, versions=tuple(versions), plural=plural,
-                        singular=kind.lower(), kind=kind, namespaced=namespaced, **kw)
+def _rt(
+    group: str, versions: Iterable[str], plural: str, kind: str, namespaced: bool, **kw: Any
+) -> ResourceType:
+    return ResourceType(
+        group=group,
+        versions=tuple(versions),
+        plural=plural,
+        singular=kind.lower(),
+        kind=kind,
+        namespaced=namespaced,
+        **kw,
+    )
 
 
 DEPLOYMENT_SCALE = ScaleSpec(".spec.replicas", ".status.replicas", None, selector_from_spec=True)
 
 BUILTINS: tuple[ResourceType, ...] = (
-    _rt("", ["v1"], "namespaces", "Namespace", False, short_names=("ns",), status=True,
-        has_generation=False, extra_sub=("finalize",),
-        verbs=("create", "delete", "get", "list", "patch", "update", "watch")),
-    _rt("", ["v1"], "nodes", "Node", False, short_names=("no",), status=True,
-        has_generation=False),
-    _rt("", ["v1"], "pods", "Pod", True, short_names=("po",), categories=("all",),
-        status=True),
-    _rt("", ["v1"], "configmaps", "ConfigMap", True, short_names=("cm",),
-        has_generation=False),
+    _rt(
+        "",
+        ["v1"],
+        "namespaces",
+        "Namespace",
+        False,
+        short_names=("ns",),
+        status=True,
+        has_generation=False,
+        extra_sub=("finalize",),
+        verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
+    ),
+    _rt("", ["v1"], "nodes", "Node", False, short_names=("no",), status=True, has_generation=False),
+    _rt("", ["v1"], "pods", "Pod", True, short_names=("po",), categories=("all",), status=True),
+    _rt("", ["v1"], "configmaps", "ConfigMap", True, short_names=("cm",), has_generation=False),
     _rt("", ["v1"], "secrets", "Secret", True, has_generation=False),
     _rt("", ["v1"], "events", "Event", True, short_names=("ev",), has_generation=False),
-    _rt("", ["v1"], "serviceaccounts", "ServiceAccount", True, short_names=("sa",),
-        has_generation=False),
-    _rt("", ["v1"], "services", "Service", True, short_names=("svc",), categories=("all",),
-        status=True, has_generation=False),
-    _rt("events.k8s.io", ["v1"], "events", "Event", True, short_names=("ev",),
-        has_generation=False),
-    _rt("apps", ["v1"], "deployments", "Deployment", True, short_names=("deploy",),
-        categories=("all",), status=True, scale=DEPLOYMENT_SCALE),
-    _rt("autoscaling", ["v2", "v1"], "horizontalpodautoscalers", "HorizontalPodAutoscaler",
-        True, short_names=("hpa",), categories=("all",), status=True, has_generation=False),
+    _rt(
+        "",
+        ["v1"],
+        "serviceaccounts",
+        "ServiceAccount",
+        True,
+        short_names=("sa",),
+        has_generation=False,
+    ),
+    _rt(
+        "",
+        ["v1"],
+        "services",
+        "Service",
+        True,
+        short_names=("svc",),
+        categories=("all",),
+        status=True,
+        has_generation=False,
+    ),
+    _rt(
+        "events.k8s.io", ["v1"], "events", "Event", True, short_names=("ev",), has_generation=False
+    ),
+    _rt(
+        "apps",
+        ["v1"],
+        "deployments",
+        "Deployment",
+        True,
+        short_names=("deploy",),
+        categories=("all",),
+        status=True,
+        scale=DEPLOYMENT_SCALE,
+    ),
+    _rt(
+        "autoscaling",
+        ["v2", "v1"],
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+        True,
+        short_names=("hpa",),
+        categories=("all",),
+        status=True,
+        has_generation=False,
+    ),
     _rt("coordination.k8s.io", ["v1"], "leases", "Lease", True, has_generation=False),
-    _rt("admissionregistration.k8s.io", ["v1"], "mutatingwebhookconfigurations",
-        "MutatingWebhookConfiguration", False, categories=("api-extensions",)),
-    _rt("admissionregistration.k8s.io", ["v1"], "validatingwebhookconfigurations",
-        "ValidatingWebhookConfiguration", False, categories=("api-extensions",)),
-    _rt("authorization.k8s.io", ["v1"], "selfsubjectaccessreviews",
-        "SelfSubjectAccessReview", False, verbs=("create",), has_generation=False),
-    _rt("apiextensions.k8s.io", ["v1"], "customresourcedefinitions",
-        "CustomResourceDefinition", False, short_names=("crd", "crds"),
-        categories=("api-extensions",), status=True),
+    _rt(
+        "admissionregistration.k8s.io",
+        ["v1"],
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+        False,
+        categories=("api-extensions",),
+    ),
+    _rt(
+        "admissionregistration.k8s.io",
+        ["v1"],
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+        False,
+        categories=("api-extensions",),
+    ),
+    _rt(
+        "authorization.k8s.io",
+        ["v1"],
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+        False,
+        verbs=("create",),
+        has_generation=False,
+    ),
+    _rt(
+        "apiextensions.k8s.io",
+        ["v1"],
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        False,
+        short_names=("crd", "crds"),
+        categories=("api-extensions",),
+        status=True,
+    ),
 )
 
 
@@ -238,17 +313,37 @@ class Registry:
                 entry["categories"] = list(rt.categories)
             entries.append(entry)
             if rt.status:
-                entries.append({"name": f"{rt.plural}/status", "singularName": "",
-                                "namespaced": rt.namespaced, "kind": rt.kind,
-                                "verbs": list(SUB_VERBS)})
+                entries.append(
+                    {
+                        "name": f"{rt.plural}/status",
+                        "singularName": "",
+                        "namespaced": rt.namespaced,
+                        "kind": rt.kind,
+                        "verbs": list(SUB_VERBS),
+                    }
+                )
             if rt.scale is not None:
-                entries.append({"name": f"{rt.plural}/scale", "singularName": "",
-                                "namespaced": rt.namespaced, "group": "autoscaling",
-                                "version": "v1", "kind": "Scale", "verbs": list(SUB_VERBS)})
+                entries.append(
+                    {
+                        "name": f"{rt.plural}/scale",
+                        "singularName": "",
+                        "namespaced": rt.namespaced,
+                        "group": "autoscaling",
+                        "version": "v1",
+                        "kind": "Scale",
+                        "verbs": list(SUB_VERBS),
+                    }
+                )
             for sub in rt.extra_sub:
-                entries.append({"name": f"{rt.plural}/{sub}", "singularName": "",
-                                "namespaced": rt.namespaced, "kind": rt.kind,
-                                "verbs": ["update"]})
+                entries.append(
+                    {
+                        "name": f"{rt.plural}/{sub}",
+                        "singularName": "",
+                        "namespaced": rt.namespaced,
+                        "kind": rt.kind,
+                        "verbs": ["update"],
+                    }
+                )
         if not entries:
             return None
         return {

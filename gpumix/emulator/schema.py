@@ -52,40 +52,53 @@ def validate(obj: Any, schema: dict[str, Any] | None) -> list[StatusCause]:
 
 
 _TYPE_NAMES = {
-    "object": dict, "array": list, "string": str, "boolean": bool,
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
 }
 
 
 def _is_type(value: Any, typ: str) -> bool:
     if typ == "integer":
         return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer())
+            isinstance(value, float) and value.is_integer()
+        )
     if typ == "number":
         return isinstance(value, int | float) and not isinstance(value, bool)
     cls = _TYPE_NAMES.get(typ)
     return cls is None or isinstance(value, cls)
 
 
-def _check(value: Any, schema: dict[str, Any], path: str, causes: list[StatusCause],
-           root: bool = False) -> None:
+def _check(
+    value: Any, schema: dict[str, Any], path: str, causes: list[StatusCause], root: bool = False
+) -> None:
     shown = path or "<root>"
     if value is None:
         if not schema.get("nullable") and not root:
             typ = schema.get("type")
             if typ:
-                causes.append(field_invalid(shown, value,
-                                            f'{shown} in body must be of type {typ}: "null"'))
+                causes.append(
+                    field_invalid(shown, value, f'{shown} in body must be of type {typ}: "null"')
+                )
         return
     typ = schema.get("type")
     if schema.get("x-kubernetes-int-or-string"):
         if not (isinstance(value, str) or _is_type(value, "integer")):
-            causes.append(field_invalid(shown, value,
-                                        f"{shown} in body must be of type integer,string: "
-                                        f'"{type(value).__name__}"'))
+            causes.append(
+                field_invalid(
+                    shown,
+                    value,
+                    f'{shown} in body must be of type integer,string: "{type(value).__name__}"',
+                )
+            )
             return
     elif typ and not _is_type(value, typ):
-        causes.append(field_invalid(
-            shown, value, f'{shown} in body must be of type {typ}: "{_json_type(value)}"'))
+        causes.append(
+            field_invalid(
+                shown, value, f'{shown} in body must be of type {typ}: "{_json_type(value)}"'
+            )
+        )
         return
     enum = schema.get("enum")
     if isinstance(enum, list) and value not in enum:
@@ -94,42 +107,68 @@ def _check(value: Any, schema: dict[str, Any], path: str, causes: list[StatusCau
         lo, hi = schema.get("minimum"), schema.get("maximum")
         if lo is not None:
             if schema.get("exclusiveMinimum") and value <= lo:
-                causes.append(field_invalid(shown, value,
-                                            f"{shown} in body should be greater than {lo}"))
+                causes.append(
+                    field_invalid(shown, value, f"{shown} in body should be greater than {lo}")
+                )
             elif value < lo:
-                causes.append(field_invalid(
-                    shown, value, f"{shown} in body should be greater than or equal to {lo}"))
+                causes.append(
+                    field_invalid(
+                        shown, value, f"{shown} in body should be greater than or equal to {lo}"
+                    )
+                )
         if hi is not None:
             if schema.get("exclusiveMaximum") and value >= hi:
-                causes.append(field_invalid(shown, value,
-                                            f"{shown} in body should be less than {hi}"))
+                causes.append(
+                    field_invalid(shown, value, f"{shown} in body should be less than {hi}")
+                )
             elif value > hi:
-                causes.append(field_invalid(
-                    shown, value, f"{shown} in body should be less than or equal to {hi}"))
+                causes.append(
+                    field_invalid(
+                        shown, value, f"{shown} in body should be less than or equal to {hi}"
+                    )
+                )
     if isinstance(value, str):
         if "minLength" in schema and len(value) < int(schema["minLength"]):
-            causes.append(field_invalid(shown, value, f"{shown} in body should be at least "
-                                        f"{schema['minLength']} chars long"))
+            causes.append(
+                field_invalid(
+                    shown,
+                    value,
+                    f"{shown} in body should be at least {schema['minLength']} chars long",
+                )
+            )
         if "maxLength" in schema and len(value) > int(schema["maxLength"]):
-            causes.append({"reason": "FieldValueTooLong", "field": shown,
-                           "message": f"Too long: may not be more than "
-                                      f"{schema['maxLength']} bytes"})
+            causes.append(
+                {
+                    "reason": "FieldValueTooLong",
+                    "field": shown,
+                    "message": f"Too long: may not be more than {schema['maxLength']} bytes",
+                }
+            )
         pattern = schema.get("pattern")
         if isinstance(pattern, str):
             try:
                 if re.search(pattern, value) is None:
-                    causes.append(field_invalid(shown, value, f"{shown} in body should match "
-                                                f"'{pattern}'"))
+                    causes.append(
+                        field_invalid(shown, value, f"{shown} in body should match '{pattern}'")
+                    )
             except re.error:
                 pass
     if isinstance(value, list):
         if "minItems" in schema and len(value) < int(schema["minItems"]):
-            causes.append(field_invalid(shown, value, f"{shown} in body should have at least "
-                                        f"{schema['minItems']} items"))
+            causes.append(
+                field_invalid(
+                    shown, value, f"{shown} in body should have at least {schema['minItems']} items"
+                )
+            )
         if "maxItems" in schema and len(value) > int(schema["maxItems"]):
-            causes.append({"reason": "FieldValueTooMany", "field": shown,
-                           "message": f"Too many: {len(value)}: must have at most "
-                                      f"{schema['maxItems']} items"})
+            causes.append(
+                {
+                    "reason": "FieldValueTooMany",
+                    "field": shown,
+                    "message": f"Too many: {len(value)}: must have at most "
+                    f"{schema['maxItems']} items",
+                }
+            )
         items = schema.get("items")
         if isinstance(items, dict):
             for i, item in enumerate(value):
@@ -166,8 +205,9 @@ def _json_type(value: Any) -> str:
     return "object"
 
 
-def unknown_fields(obj: Any, schema: dict[str, Any] | None, path: str = "",
-                   root: bool = True) -> list[str]:
+def unknown_fields(
+    obj: Any, schema: dict[str, Any] | None, path: str = "", root: bool = True
+) -> list[str]:
     """Paths of fields that `prune` would drop."""
     if not isinstance(schema, dict):
         return []

@@ -54,9 +54,11 @@ class Emulator:
         self.registry = Registry()
         self.faults = Faults()
         self.chain = AdmissionChain(self.store, service_resolver)
-        self.settings = Settings(require_namespace=require_namespace,
-                                 simulate_deployments=simulate_deployments,
-                                 bookmark_interval_s=bookmark_interval_s)
+        self.settings = Settings(
+            require_namespace=require_namespace,
+            simulate_deployments=simulate_deployments,
+            bookmark_interval_s=bookmark_interval_s,
+        )
         self.api = Api(self.store, self.registry, self.chain, self.faults, self.settings)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -91,8 +93,9 @@ class Emulator:
 
     async def _listen(self, port: int) -> None:
         assert self._runner is not None
-        self._site = web.TCPSite(self._runner, self._host, port, ssl_context=self._ssl_server,
-                                 reuse_address=True)
+        self._site = web.TCPSite(
+            self._runner, self._host, port, ssl_context=self._ssl_server, reuse_address=True
+        )
         await self._site.start()
         server = self._site._server
         if port == 0 and server is not None:
@@ -119,8 +122,12 @@ class Emulator:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()
 
     @property
@@ -152,19 +159,23 @@ class Emulator:
             self._tmp = tempfile.TemporaryDirectory(prefix="gpumix-emulator-")
         return Path(self._tmp.name)
 
-    def kubeconfig(self, path: str | Path | None = None,
-                   context: str = "gpumix-emulator") -> Path:
+    def kubeconfig(self, path: str | Path | None = None, context: str = "gpumix-emulator") -> Path:
         """Write a kubeconfig for this server (JSON, which is valid YAML); returns its path."""
         cluster: Obj = {"server": self.url}
         if self._ca is not None:
-            cluster["certificate-authority-data"] = base64.b64encode(
-                self._ca.cert_pem).decode()
+            cluster["certificate-authority-data"] = base64.b64encode(self._ca.cert_pem).decode()
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": context,
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": context,
             "clusters": [{"name": context, "cluster": cluster}],
             "users": [{"name": context, "user": {"token": "gpumix-emulator"}}],
-            "contexts": [{"name": context, "context": {"cluster": context, "user": context,
-                                                       "namespace": "default"}}],
+            "contexts": [
+                {
+                    "name": context,
+                    "context": {"cluster": context, "user": context, "namespace": "default"},
+                }
+            ],
         }
         target = Path(path) if path is not None else self._tmpdir() / "kubeconfig"
         target.write_text(json.dumps(config, indent=2))
@@ -193,15 +204,29 @@ class Emulator:
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _json_response(Response(413, {
-                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": "the request is too large", "reason": "RequestEntityTooLarge",
-                "code": 413}))
+            return _json_response(
+                Response(
+                    413,
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "metadata": {},
+                        "status": "Failure",
+                        "message": "the request is too large",
+                        "reason": "RequestEntityTooLarge",
+                        "code": 413,
+                    },
+                )
+            )
         user = dict(DEFAULT_USER)
         if request.headers.get("Impersonate-User"):
-            user = {"username": request.headers["Impersonate-User"],
-                    "groups": [*request.headers.getall("Impersonate-Group", []),
-                               "system:authenticated"]}
+            user = {
+                "username": request.headers["Impersonate-User"],
+                "groups": [
+                    *request.headers.getall("Impersonate-Group", []),
+                    "system:authenticated",
+                ],
+            }
         req = Request(
             method=request.method,
             path=request.path,
@@ -247,8 +272,9 @@ class Emulator:
             raise KeyError(f"no resource for {obj.get('apiVersion')}, kind={obj.get('kind')}")
         return rt
 
-    def get(self, resource: str, name: str, namespace: str = "",
-            version: str | None = None) -> Obj | None:
+    def get(
+        self, resource: str, name: str, namespace: str = "", version: str | None = None
+    ) -> Obj | None:
         """A deep copy of the stored object (served at `version`, default storage)."""
         rt = self.resource(resource)
         obj = self.store.get(rt.key, namespace if rt.namespaced else "", name)
@@ -256,12 +282,18 @@ class Emulator:
             return None
         return copy.deepcopy(self.api._out(rt, obj, version or rt.storage_version))
 
-    def list(self, resource: str, namespace: str | None = None,
-             label_selector: str = "", field_selector: str = "") -> list[Obj]:
+    def list(
+        self,
+        resource: str,
+        namespace: str | None = None,
+        label_selector: str = "",
+        field_selector: str = "",
+    ) -> list[Obj]:
         rt = self.resource(resource)
         q = {"labelSelector": label_selector, "fieldSelector": field_selector}
-        t = Target(rt, rt.storage_version, namespace or "", "", "",
-                   rt.namespaced and namespace is None)
+        t = Target(
+            rt, rt.storage_version, namespace or "", "", "", rt.namespaced and namespace is None
+        )
         return [copy.deepcopy(o) for o in self.api._select(t, q)]
 
     def create(self, obj: Obj) -> Obj:
@@ -269,8 +301,14 @@ class Emulator:
         filled, validation and admission are skipped. Fast enough for 10,000 objects."""
         rt = self._rt_of(obj)
         version = str(obj["apiVersion"]).rpartition("/")[2]
-        t = Target(rt, version, (obj.get("metadata") or {}).get("namespace", "")
-                   if rt.namespaced else "", "", "", False)
+        t = Target(
+            rt,
+            version,
+            (obj.get("metadata") or {}).get("namespace", "") if rt.namespaced else "",
+            "",
+            "",
+            False,
+        )
         stored = self.api._to_storage(rt, self.api._decode_object(t, obj))
         meta = stored["metadata"]
         if not meta.get("name"):
@@ -317,12 +355,20 @@ class Emulator:
         self.api._after_delete(rt, gone)
         return copy.deepcopy(gone)
 
-    async def request(self, method: str, path: str, body: Any = None,
-                      content_type: str = "application/json",
-                      query: dict[str, str] | None = None) -> Response:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: dict[str, str] | None = None,
+    ) -> Response:
         """One API call through the full pipeline (admission included), without HTTP."""
-        raw = b"" if body is None else (body if isinstance(body, bytes)
-                                         else json.dumps(body).encode())
+        raw = (
+            b""
+            if body is None
+            else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        )
         return await self.api.handle(Request(method, path, query or {}, raw, content_type))
 
     # -- fault injection --------------------------------------------------------------------
@@ -331,8 +377,9 @@ class Emulator:
         """End every open watch (cleanly, or by resetting the connection); returns how many."""
         return self.store.drop_watchers(abort)
 
-    def fail_next(self, n: int, status: int = 500, path_prefix: str = "",
-                  methods: set[str] | None = None) -> None:
+    def fail_next(
+        self, n: int, status: int = 500, path_prefix: str = "", methods: set[str] | None = None
+    ) -> None:
         """The next `n` requests whose path starts with `path_prefix` fail with `status`."""
         self.faults.fail_next(n, status, path_prefix, methods)
 
@@ -362,8 +409,12 @@ def _json_response(resp: Response) -> web.Response:
         headers["Warning"] = ", ".join(_warning(w) for w in resp.warnings)
     if resp.content_type == "text/plain":
         return web.Response(status=resp.status, text=str(resp.body), headers=headers)
-    out = web.Response(status=resp.status, body=json.dumps(resp.body).encode(),
-                       content_type="application/json", headers=headers)
+    out = web.Response(
+        status=resp.status,
+        body=json.dumps(resp.body).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
     if len(resp.warnings) > 1:
         out.headers.popall("Warning", None)
         for w in resp.warnings:

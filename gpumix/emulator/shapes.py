@@ -14,57 +14,116 @@ from .errors import bad_request
 Shape = Any  # a type, a tuple of types, a dict of field shapes, or a one-element list
 
 STR_MAP: Shape = ("map", str)
-SELECTOR: Shape = {"matchLabels": STR_MAP, "matchExpressions": [{
-    "key": str, "operator": str, "values": [str]}]}
+SELECTOR: Shape = {
+    "matchLabels": STR_MAP,
+    "matchExpressions": [{"key": str, "operator": str, "values": [str]}],
+}
 META: Shape = {
-    "name": str, "generateName": str, "namespace": str, "resourceVersion": str, "uid": str,
-    "labels": STR_MAP, "annotations": STR_MAP, "finalizers": [str],
+    "name": str,
+    "generateName": str,
+    "namespace": str,
+    "resourceVersion": str,
+    "uid": str,
+    "labels": STR_MAP,
+    "annotations": STR_MAP,
+    "finalizers": [str],
     "ownerReferences": [{"apiVersion": str, "kind": str, "name": str, "uid": str}],
     "generation": int,
 }
-CONTAINER: Shape = {"name": str, "image": str, "ports": [{"containerPort": int}],
-                    "env": [{"name": str}]}
-POD_SPEC: Shape = {"containers": [CONTAINER], "initContainers": [CONTAINER],
-                   "nodeSelector": STR_MAP}
+CONTAINER: Shape = {
+    "name": str,
+    "image": str,
+    "ports": [{"containerPort": int}],
+    "env": [{"name": str}],
+}
+POD_SPEC: Shape = {
+    "containers": [CONTAINER],
+    "initContainers": [CONTAINER],
+    "nodeSelector": STR_MAP,
+}
 TEMPLATE: Shape = {"metadata": META, "spec": POD_SPEC}
-RULE: Shape = {"apiGroups": [str], "apiVersions": [str], "operations": [str],
-               "resources": [str], "scope": str}
-WEBHOOK: Shape = {"name": str, "rules": [RULE], "namespaceSelector": SELECTOR,
-                  "objectSelector": SELECTOR, "failurePolicy": str, "matchPolicy": str,
-                  "sideEffects": str, "timeoutSeconds": int, "reinvocationPolicy": str,
-                  "admissionReviewVersions": [str],
-                  "clientConfig": {"url": str, "caBundle": str, "service": {
-                      "namespace": str, "name": str, "path": str, "port": int}}}
-CRD_VERSION: Shape = {"name": str, "served": bool, "storage": bool,
-                      "schema": {"openAPIV3Schema": dict},
-                      "subresources": {"status": dict, "scale": {
-                          "specReplicasPath": str, "statusReplicasPath": str,
-                          "labelSelectorPath": str}},
-                      "additionalPrinterColumns": [{"name": str, "type": str,
-                                                    "jsonPath": str, "priority": int}]}
+RULE: Shape = {
+    "apiGroups": [str],
+    "apiVersions": [str],
+    "operations": [str],
+    "resources": [str],
+    "scope": str,
+}
+WEBHOOK: Shape = {
+    "name": str,
+    "rules": [RULE],
+    "namespaceSelector": SELECTOR,
+    "objectSelector": SELECTOR,
+    "failurePolicy": str,
+    "matchPolicy": str,
+    "sideEffects": str,
+    "timeoutSeconds": int,
+    "reinvocationPolicy": str,
+    "admissionReviewVersions": [str],
+    "clientConfig": {
+        "url": str,
+        "caBundle": str,
+        "service": {"namespace": str, "name": str, "path": str, "port": int},
+    },
+}
+CRD_VERSION: Shape = {
+    "name": str,
+    "served": bool,
+    "storage": bool,
+    "schema": {"openAPIV3Schema": dict},
+    "subresources": {
+        "status": dict,
+        "scale": {"specReplicasPath": str, "statusReplicasPath": str, "labelSelectorPath": str},
+    },
+    "additionalPrinterColumns": [{"name": str, "type": str, "jsonPath": str, "priority": int}],
+}
 
 SPECS: dict[str, Shape] = {
-    "deployments.apps": {"spec": {"replicas": int, "selector": SELECTOR, "template": TEMPLATE,
-                                  "strategy": dict}, "status": dict},
+    "deployments.apps": {
+        "spec": {"replicas": int, "selector": SELECTOR, "template": TEMPLATE, "strategy": dict},
+        "status": dict,
+    },
     "pods": {"spec": POD_SPEC, "status": dict},
-    "horizontalpodautoscalers.autoscaling": {"spec": {
-        "minReplicas": int, "maxReplicas": int, "targetCPUUtilizationPercentage": int,
-        "scaleTargetRef": {"kind": str, "name": str, "apiVersion": str},
-        "metrics": [dict], "behavior": dict}, "status": dict},
+    "horizontalpodautoscalers.autoscaling": {
+        "spec": {
+            "minReplicas": int,
+            "maxReplicas": int,
+            "targetCPUUtilizationPercentage": int,
+            "scaleTargetRef": {"kind": str, "name": str, "apiVersion": str},
+            "metrics": [dict],
+            "behavior": dict,
+        },
+        "status": dict,
+    },
     "mutatingwebhookconfigurations.admissionregistration.k8s.io": {"webhooks": [WEBHOOK]},
     "validatingwebhookconfigurations.admissionregistration.k8s.io": {"webhooks": [WEBHOOK]},
-    "customresourcedefinitions.apiextensions.k8s.io": {"spec": {
-        "group": str, "scope": str, "versions": [CRD_VERSION],
-        "names": {"plural": str, "singular": str, "kind": str, "listKind": str,
-                  "shortNames": [str], "categories": [str]}}, "status": dict},
+    "customresourcedefinitions.apiextensions.k8s.io": {
+        "spec": {
+            "group": str,
+            "scope": str,
+            "versions": [CRD_VERSION],
+            "names": {
+                "plural": str,
+                "singular": str,
+                "kind": str,
+                "listKind": str,
+                "shortNames": [str],
+                "categories": [str],
+            },
+        },
+        "status": dict,
+    },
     "namespaces": {"spec": {"finalizers": [str]}, "status": dict},
-    "services": {"spec": {"type": str, "ports": [{"port": int}], "selector": STR_MAP},
-                 "status": dict},
+    "services": {
+        "spec": {"type": str, "ports": [{"port": int}], "selector": STR_MAP},
+        "status": dict,
+    },
     "nodes": {"spec": dict, "status": dict},
     "configmaps": {"data": STR_MAP, "binaryData": STR_MAP},
     "secrets": {"data": STR_MAP, "stringData": STR_MAP, "type": str},
-    "leases": {"spec": {"holderIdentity": str, "leaseDurationSeconds": int,
-                        "leaseTransitions": int}},
+    "leases": {
+        "spec": {"holderIdentity": str, "leaseDurationSeconds": int, "leaseTransitions": int}
+    },
     "events": {"involvedObject": dict, "reason": str, "message": str, "type": str},
     "events.events.k8s.io": {"regarding": dict, "reason": str, "note": str, "type": str},
     "serviceaccounts": {},
@@ -87,10 +146,18 @@ def check_scale(obj: Any) -> None:
 
 
 def _fail(path: str, expected: str, value: Any, what: str) -> None:
-    got = {bool: "bool", int: "number", float: "number", str: "string", list: "array",
-           dict: "object"}.get(type(value), "null")
-    raise bad_request(f"{what} in version is invalid: json: cannot unmarshal {got} into Go "
-                      f"struct field {path or '<root>'} of type {expected}")
+    got = {
+        bool: "bool",
+        int: "number",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+    }.get(type(value), "null")
+    raise bad_request(
+        f"{what} in version is invalid: json: cannot unmarshal {got} into Go "
+        f"struct field {path or '<root>'} of type {expected}"
+    )
 
 
 def _walk(value: Any, shape: Shape, path: str, what: str) -> None:

@@ -76,8 +76,12 @@ class Watcher:
 class Store:
     """In-memory objects, the resourceVersion counter, the history window and watchers."""
 
-    def __init__(self, clock: Callable[[], float] = time.time, history_size: int = 50_000,
-                 watch_queue_size: int = 100_000) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        history_size: int = 50_000,
+        watch_queue_size: int = 100_000,
+    ) -> None:
         self.clock = clock
         self.rv = 0
         self._data: dict[str, dict[ObjKey, Obj]] = {}
@@ -179,10 +183,8 @@ class Store:
         key = self.storage_key(key)
         return [c for c in self.history if c.rv > rv and c.key == key]
 
-    def add_watcher(self, key: str, namespace: str | None,
-                    match: Callable[[Obj], bool]) -> Watcher:
-        w = Watcher(self.storage_key(key), namespace, match,
-                    asyncio.Queue(self.watch_queue_size))
+    def add_watcher(self, key: str, namespace: str | None, match: Callable[[Obj], bool]) -> Watcher:
+        w = Watcher(self.storage_key(key), namespace, match, asyncio.Queue(self.watch_queue_size))
         self.watchers.add(w)
         return w
 

@@ -40,8 +40,11 @@ def _path(obj: Obj, path: str) -> Any:
         else:
             if not isinstance(cur, list):
                 return None
-            matches = [item for item in cur
-                       if isinstance(item, dict) and _path(item, filter_key) == filter_value]
+            matches = [
+                item
+                for item in cur
+                if isinstance(item, dict) and _path(item, filter_key) == filter_value
+            ]
             cur = matches[0] if matches else None
     return cur
 
@@ -85,8 +88,7 @@ BUILTIN_COLUMNS: dict[str, list[Column]] = {
     "deployments.apps": [
         ("Ready", "string", _deploy_ready),
         ("Up-to-date", "integer", lambda o: (o.get("status") or {}).get("updatedReplicas", 0)),
-        ("Available", "integer",
-         lambda o: (o.get("status") or {}).get("availableReplicas", 0)),
+        ("Available", "integer", lambda o: (o.get("status") or {}).get("availableReplicas", 0)),
     ],
     "horizontalpodautoscalers.autoscaling": [
         ("Reference", "string", _hpa_ref),
@@ -102,32 +104,59 @@ BUILTIN_COLUMNS: dict[str, list[Column]] = {
         ("Message", "string", lambda o: o.get("message") or o.get("note", "")),
     ],
     "configmaps": [("Data", "integer", lambda o: len(o.get("data") or {}))],
-    "leases": [("Holder", "string",
-                lambda o: (o.get("spec") or {}).get("holderIdentity", ""))],
+    "leases": [("Holder", "string", lambda o: (o.get("spec") or {}).get("holderIdentity", ""))],
 }
 BUILTIN_COLUMNS["events.events.k8s.io"] = BUILTIN_COLUMNS["events"]
 
 
-def table(rt: ResourceType, version: str, items: list[Obj], list_meta: Obj,
-          q: Mapping[str, str], now: float | None = None) -> Obj:
+def table(
+    rt: ResourceType,
+    version: str,
+    items: list[Obj],
+    list_meta: Obj,
+    q: Mapping[str, str],
+    now: float | None = None,
+) -> Obj:
     now = time.time() if now is None else now
-    defs: list[dict[str, Any]] = [{"name": "Name", "type": "string", "format": "name",
-                                   "description": "Name of the object", "priority": 0}]
+    defs: list[dict[str, Any]] = [
+        {
+            "name": "Name",
+            "type": "string",
+            "format": "name",
+            "description": "Name of the object",
+            "priority": 0,
+        }
+    ]
     getters: list[Callable[[Obj], Any]] = [lambda o: o["metadata"].get("name", "")]
     custom = rt.printer_columns(version)
     if custom:
         for col in custom:
-            defs.append({"name": col.name, "type": col.type, "format": "",
-                         "description": col.description, "priority": col.priority})
+            defs.append(
+                {
+                    "name": col.name,
+                    "type": col.type,
+                    "format": "",
+                    "description": col.description,
+                    "priority": col.priority,
+                }
+            )
             getters.append(_column_getter(col.json_path, col.type, now))
     else:
         for name, typ, fn in BUILTIN_COLUMNS.get(rt.key, []):
-            defs.append({"name": name, "type": typ, "format": "", "description": name,
-                         "priority": 0})
+            defs.append(
+                {"name": name, "type": typ, "format": "", "description": name, "priority": 0}
+            )
             getters.append(fn)
     if not any(d["name"].lower() == "age" for d in defs):
-        defs.append({"name": "Age", "type": "string", "format": "", "priority": 0,
-                     "description": "Time since creation"})
+        defs.append(
+            {
+                "name": "Age",
+                "type": "string",
+                "format": "",
+                "priority": 0,
+                "description": "Time since creation",
+            }
+        )
         getters.append(lambda o: _age(o, now))
     include = q.get("includeObject", "Metadata")
     rows = []
@@ -136,11 +165,19 @@ def table(rt: ResourceType, version: str, items: list[Obj], list_meta: Obj,
         if include == "Object":
             row["object"] = o
         elif include != "None":
-            row["object"] = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                             "metadata": o.get("metadata", {})}
+            row["object"] = {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": o.get("metadata", {}),
+            }
         rows.append(row)
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": dict(list_meta),
-            "columnDefinitions": defs, "rows": rows}
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": dict(list_meta),
+        "columnDefinitions": defs,
+        "rows": rows,
+    }
 
 
 def _column_getter(path: str, typ: str, now: float) -> Callable[[Obj], Any]:

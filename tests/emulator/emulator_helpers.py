@@ -14,8 +14,12 @@ from aiohttp import web
 from gpumix.emulator import certs
 
 
-def deployment(name: str, labels: dict[str, str] | None = None, replicas: int | None = None,
-               namespace: str | None = None) -> dict[str, Any]:
+def deployment(
+    name: str,
+    labels: dict[str, str] | None = None,
+    replicas: int | None = None,
+    namespace: str | None = None,
+) -> dict[str, Any]:
     labels = labels or {"app": name}
     obj: dict[str, Any] = {
         "apiVersion": "apps/v1",
@@ -23,8 +27,10 @@ def deployment(name: str, labels: dict[str, str] | None = None, replicas: int | 
         "metadata": {"name": name, "labels": dict(labels)},
         "spec": {
             "selector": {"matchLabels": dict(labels)},
-            "template": {"metadata": {"labels": dict(labels)},
-                         "spec": {"containers": [{"name": "main", "image": "nginx:1.27"}]}},
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {"containers": [{"name": "main", "image": "nginx:1.27"}]},
+            },
         },
     }
     if replicas is not None:
@@ -39,20 +45,34 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]] | dict[str, Any]]
 
 def allow(request: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """An AdmissionReview response for `request` (the review's `request` part)."""
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "response": {"uid": request["uid"], "allowed": True, **extra}}
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {"uid": request["uid"], "allowed": True, **extra},
+    }
 
 
-def patch_response(request: dict[str, Any], ops: list[dict[str, Any]],
-                   **extra: Any) -> dict[str, Any]:
-    return allow(request, patchType="JSONPatch",
-                 patch=base64.b64encode(json.dumps(ops).encode()).decode(), **extra)
+def patch_response(
+    request: dict[str, Any], ops: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    return allow(
+        request,
+        patchType="JSONPatch",
+        patch=base64.b64encode(json.dumps(ops).encode()).decode(),
+        **extra,
+    )
 
 
 def deny(request: dict[str, Any], message: str, code: int = 403) -> dict[str, Any]:
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "response": {"uid": request["uid"], "allowed": False,
-                         "status": {"code": code, "message": message}}}
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {
+            "uid": request["uid"],
+            "allowed": False,
+            "status": {"code": code, "message": message},
+        },
+    }
 
 
 @dataclass
@@ -88,8 +108,7 @@ class HttpsWebhook:
 
     async def _serve(self, request: web.Request) -> web.Response:
         review = await request.json()
-        self.received.append({"path": request.path, "query": dict(request.query),
-                              "review": review})
+        self.received.append({"path": request.path, "query": dict(request.query), "review": review})
         handler = self.handlers.get(request.path)
         if handler is None:
             return web.json_response(allow(review["request"]))
@@ -98,8 +117,7 @@ class HttpsWebhook:
             result = await result
         return web.json_response(result)
 
-    def configuration(self, kind: str, name: str, hooks: list[dict[str, Any]]
-                      ) -> dict[str, Any]:
+    def configuration(self, kind: str, name: str, hooks: list[dict[str, Any]]) -> dict[str, Any]:
         """A Mutating/ValidatingWebhookConfiguration whose hooks call this server.
 
         Each hook gives `name`, `path`, `rules` and optionally any other webhook field."""
@@ -110,11 +128,23 @@ class HttpsWebhook:
             spec.setdefault("admissionReviewVersions", ["v1"])
             spec["clientConfig"] = {"url": self.url(h["path"]), "caBundle": self.ca_bundle}
             webhooks.append(spec)
-        return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind,
-                "metadata": {"name": name}, "webhooks": webhooks}
+        return {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": kind,
+            "metadata": {"name": name},
+            "webhooks": webhooks,
+        }
 
 
-def rule(groups: list[str], versions: list[str], resources: list[str],
-         operations: list[str] | None = None) -> dict[str, Any]:
-    return {"apiGroups": groups, "apiVersions": versions, "resources": resources,
-            "operations": operations or ["CREATE", "UPDATE"]}
+def rule(
+    groups: list[str],
+    versions: list[str],
+    resources: list[str],
+    operations: list[str] | None = None,
+) -> dict[str, Any]:
+    return {
+        "apiGroups": groups,
+        "apiVersions": versions,
+        "resources": resources,
+        "operations": operations or ["CREATE", "UPDATE"],
+    }

@@ -20,29 +20,54 @@ GPUMIX_CRD: dict[str, Any] = {
     "spec": {
         "group": "gpumix.io",
         "scope": "Namespaced",
-        "names": {"plural": "gpumixes", "singular": "gpumix", "kind": "GPUMix",
-                  "shortNames": ["gmx"]},
-        "versions": [{
-            "name": "v1alpha1", "served": True, "storage": True,
-            "subresources": {"status": {}, "scale": {
-                "specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
-                "labelSelectorPath": ".status.selector"}},
-            "additionalPrinterColumns": [{"name": "Model", "type": "string",
-                                          "jsonPath": ".spec.model"}],
-            "schema": {"openAPIV3Schema": {
-                "type": "object",
-                "properties": {
-                    "spec": {"type": "object", "required": ["model"], "properties": {
-                        "model": {"type": "string"},
-                        "mode": {"type": "string", "enum": ["recommend", "scale"]},
-                        "replicas": {"type": "integer", "minimum": 0},
-                        "prices": {"type": "object",
-                                   "additionalProperties": {"type": "number"}},
-                    }},
-                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        "names": {
+            "plural": "gpumixes",
+            "singular": "gpumix",
+            "kind": "GPUMix",
+            "shortNames": ["gmx"],
+        },
+        "versions": [
+            {
+                "name": "v1alpha1",
+                "served": True,
+                "storage": True,
+                "subresources": {
+                    "status": {},
+                    "scale": {
+                        "specReplicasPath": ".spec.replicas",
+                        "statusReplicasPath": ".status.replicas",
+                        "labelSelectorPath": ".status.selector",
+                    },
                 },
-            }},
-        }],
+                "additionalPrinterColumns": [
+                    {"name": "Model", "type": "string", "jsonPath": ".spec.model"}
+                ],
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "required": ["model"],
+                                "properties": {
+                                    "model": {"type": "string"},
+                                    "mode": {"type": "string", "enum": ["recommend", "scale"]},
+                                    "replicas": {"type": "integer", "minimum": 0},
+                                    "prices": {
+                                        "type": "object",
+                                        "additionalProperties": {"type": "number"},
+                                    },
+                                },
+                            },
+                            "status": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            },
+                        },
+                    }
+                },
+            }
+        ],
     },
 }
 
@@ -51,13 +76,28 @@ SCALED_OBJECT_CRD: dict[str, Any] = {
     "kind": "CustomResourceDefinition",
     "metadata": {"name": "scaledobjects.keda.sh"},
     "spec": {
-        "group": "keda.sh", "scope": "Namespaced",
-        "names": {"plural": "scaledobjects", "singular": "scaledobject",
-                  "kind": "ScaledObject", "shortNames": ["so"]},
-        "versions": [{"name": "v1alpha1", "served": True, "storage": True,
-                      "subresources": {"status": {}},
-                      "schema": {"openAPIV3Schema": {
-                          "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+        "group": "keda.sh",
+        "scope": "Namespaced",
+        "names": {
+            "plural": "scaledobjects",
+            "singular": "scaledobject",
+            "kind": "ScaledObject",
+            "shortNames": ["so"],
+        },
+        "versions": [
+            {
+                "name": "v1alpha1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
     },
 }
 
@@ -66,8 +106,12 @@ MERGE = "application/merge-patch+json"
 
 
 def gpumix(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "gpumix.io/v1alpha1", "kind": "GPUMix",
-            "metadata": {"name": name}, "spec": spec}
+    return {
+        "apiVersion": "gpumix.io/v1alpha1",
+        "kind": "GPUMix",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
 
 
 async def test_crd_registers_resource(api: Any, emu: Emulator) -> None:
@@ -83,26 +127,44 @@ async def test_crd_registers_resource(api: Any, emu: Emulator) -> None:
     assert "gpumixes/status" in names and "gpumixes/scale" in names
     co = client.CustomObjectsApi(api)
     made = await co.create_namespaced_custom_object(
-        "gpumix.io", "v1alpha1", "default", "gpumixes",
-        gpumix("llama", model="llama2-7b", mode="scale", replicas=2, unknown="dropped"))
+        "gpumix.io",
+        "v1alpha1",
+        "default",
+        "gpumixes",
+        gpumix("llama", model="llama2-7b", mode="scale", replicas=2, unknown="dropped"),
+    )
     assert "unknown" not in made["spec"]  # pruned
     assert made["metadata"]["generation"] == 1
     # Status subresource: main writes ignore status, /status writes ignore spec.
     await co.patch_namespaced_custom_object_status(
-        "gpumix.io", "v1alpha1", "default", "gpumixes", "llama",
+        "gpumix.io",
+        "v1alpha1",
+        "default",
+        "gpumixes",
+        "llama",
         {"status": {"replicas": 2, "selector": "app=llama", "plan": {"a100": 1}}},
-        _content_type=MERGE)
-    got = await co.get_namespaced_custom_object("gpumix.io", "v1alpha1", "default",
-                                                "gpumixes", "llama")
+        _content_type=MERGE,
+    )
+    got = await co.get_namespaced_custom_object(
+        "gpumix.io", "v1alpha1", "default", "gpumixes", "llama"
+    )
     assert got["status"]["plan"] == {"a100": 1} and got["metadata"]["generation"] == 1
-    scale = await co.get_namespaced_custom_object_scale("gpumix.io", "v1alpha1", "default",
-                                                        "gpumixes", "llama")
+    scale = await co.get_namespaced_custom_object_scale(
+        "gpumix.io", "v1alpha1", "default", "gpumixes", "llama"
+    )
     assert scale["spec"]["replicas"] == 2 and scale["status"]["selector"] == "app=llama"
-    await co.patch_namespaced_custom_object_scale("gpumix.io", "v1alpha1", "default",
-                                                  "gpumixes", "llama", {"spec": {"replicas": 4}},
-                                                  _content_type=MERGE)
-    got = await co.get_namespaced_custom_object("gpumix.io", "v1alpha1", "default",
-                                                "gpumixes", "llama")
+    await co.patch_namespaced_custom_object_scale(
+        "gpumix.io",
+        "v1alpha1",
+        "default",
+        "gpumixes",
+        "llama",
+        {"spec": {"replicas": 4}},
+        _content_type=MERGE,
+    )
+    got = await co.get_namespaced_custom_object(
+        "gpumix.io", "v1alpha1", "default", "gpumixes", "llama"
+    )
     assert got["spec"]["replicas"] == 4 and got["metadata"]["generation"] == 2
     # Deleting the CRD removes the resource and its objects.
     await ext.delete_custom_resource_definition("gpumixes.gpumix.io")
@@ -116,8 +178,12 @@ async def test_cr_validation_names_the_field(api: Any) -> None:
     co = client.CustomObjectsApi(api)
     with pytest.raises(ApiException) as err:
         await co.create_namespaced_custom_object(
-            "gpumix.io", "v1alpha1", "default", "gpumixes",
-            gpumix("bad", mode="sometimes", replicas=-1, prices={"a100": "cheap"}))
+            "gpumix.io",
+            "v1alpha1",
+            "default",
+            "gpumixes",
+            gpumix("bad", mode="sometimes", replicas=-1, prices={"a100": "cheap"}),
+        )
     assert err.value.status == 422
     body = json.loads(err.value.body)
     fields = {c["field"]: c for c in body["details"]["causes"]}
@@ -128,37 +194,55 @@ async def test_cr_validation_names_the_field(api: Any) -> None:
     assert body["message"].startswith('GPUMix.gpumix.io "bad" is invalid: [')
     with pytest.raises(ApiException) as err:
         await co.create_namespaced_custom_object(
-            "gpumix.io", "v1alpha1", "default", "gpumixes",
-            gpumix("strict", model="m", extra=1), field_validation="Strict")
+            "gpumix.io",
+            "v1alpha1",
+            "default",
+            "gpumixes",
+            gpumix("strict", model="m", extra=1),
+            field_validation="Strict",
+        )
     assert err.value.status == 400 and "spec.extra" in str(err.value.body)
 
 
 async def test_preserve_unknown_fields_and_table(api: Any, emu: Emulator) -> None:
     await client.ApiextensionsV1Api(api).create_custom_resource_definition(SCALED_OBJECT_CRD)
     co = client.CustomObjectsApi(api)
-    body = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
-            "metadata": {"name": "so"},
-            "spec": {"scaleTargetRef": {"name": "web"}, "triggers": [{"type": "cpu"}]}}
-    made = await co.create_namespaced_custom_object("keda.sh", "v1alpha1", "default",
-                                                    "scaledobjects", body)
+    body = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "so"},
+        "spec": {"scaleTargetRef": {"name": "web"}, "triggers": [{"type": "cpu"}]},
+    }
+    made = await co.create_namespaced_custom_object(
+        "keda.sh", "v1alpha1", "default", "scaledobjects", body
+    )
     assert made["spec"]["triggers"] == [{"type": "cpu"}]
     emu.create(GPUMIX_CRD)
-    emu.create(gpumix("llama", model="llama2-7b") | {"metadata": {"name": "llama",
-                                                                 "namespace": "default"}})
+    emu.create(
+        gpumix("llama", model="llama2-7b") | {"metadata": {"name": "llama", "namespace": "default"}}
+    )
     headers = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}
-    async with aiohttp.ClientSession() as s, s.get(
-            emu.url + "/apis/gpumix.io/v1alpha1/namespaces/default/gpumixes",
-            headers=headers) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(
+            emu.url + "/apis/gpumix.io/v1alpha1/namespaces/default/gpumixes", headers=headers
+        ) as r,
+    ):
         table = await r.json()
     assert table["kind"] == "Table"
     assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Model", "Age"]
     assert table["rows"][0]["cells"][:2] == ["llama", "llama2-7b"]
 
 
-HPA_V2 = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-          "metadata": {"name": "web"},
-          "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                                      "name": "web"}, "minReplicas": 1}}
+HPA_V2 = {
+    "apiVersion": "autoscaling/v2",
+    "kind": "HorizontalPodAutoscaler",
+    "metadata": {"name": "web"},
+    "spec": {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+        "minReplicas": 1,
+    },
+}
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -167,31 +251,50 @@ async def test_hpa_without_max_replicas_is_invalid(api: Any, version: str) -> No
     with pytest.raises(ApiException) as err:
         if version == "v2":
             await client.AutoscalingV2Api(api).create_namespaced_horizontal_pod_autoscaler(
-                "default", body)
+                "default", body
+            )
         else:
             await client.AutoscalingV1Api(api).create_namespaced_horizontal_pod_autoscaler(
-                "default", body)
+                "default", body
+            )
     assert err.value.status == 422
     status = json.loads(err.value.body)
-    assert status["message"] == ('HorizontalPodAutoscaler.autoscaling "web" is invalid: '
-                                 "spec.maxReplicas: Invalid value: 0: must be greater than 0")
+    assert status["message"] == (
+        'HorizontalPodAutoscaler.autoscaling "web" is invalid: '
+        "spec.maxReplicas: Invalid value: 0: must be greater than 0"
+    )
     assert status["details"]["causes"][0]["field"] == "spec.maxReplicas"
 
 
 async def test_hpa_served_at_both_versions(api: Any) -> None:
     v1 = client.AutoscalingV1Api(api)
     v2 = client.AutoscalingV2Api(api)
-    await v1.create_namespaced_horizontal_pod_autoscaler("default", {
-        "apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": "web"},
-        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"},
-                 "maxReplicas": 4, "targetCPUUtilizationPercentage": 60}})
+    await v1.create_namespaced_horizontal_pod_autoscaler(
+        "default",
+        {
+            "apiVersion": "autoscaling/v1",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "web"},
+            "spec": {
+                "scaleTargetRef": {"kind": "Deployment", "name": "web"},
+                "maxReplicas": 4,
+                "targetCPUUtilizationPercentage": 60,
+            },
+        },
+    )
     as_v2 = await v2.read_namespaced_horizontal_pod_autoscaler("web", "default")
     assert as_v2.spec.max_replicas == 4
     metric = as_v2.spec.metrics[0]
     assert metric.resource.name == "cpu" and metric.resource.target.average_utilization == 60
-    as_v2.spec.metrics.append({"type": "Pods", "pods": {
-        "metric": {"name": "qps"}, "target": {"type": "AverageValue", "averageValue": "10"}}})
+    as_v2.spec.metrics.append(
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": "qps"},
+                "target": {"type": "AverageValue", "averageValue": "10"},
+            },
+        }
+    )
     await v2.replace_namespaced_horizontal_pod_autoscaler("web", "default", as_v2)
     as_v1 = await v1.read_namespaced_horizontal_pod_autoscaler("web", "default")
     assert as_v1.spec.target_cpu_utilization_percentage == 60
@@ -199,8 +302,9 @@ async def test_hpa_served_at_both_versions(api: Any) -> None:
     assert [m.type for m in again.spec.metrics] == ["Resource", "Pods"]
     # Without metrics, v2 defaults CPU at 80%.
     made = await v2.create_namespaced_horizontal_pod_autoscaler(
-        "default", dict(HPA_V2, metadata={"name": "other"},
-                        spec=dict(HPA_V2["spec"], maxReplicas=3)))
+        "default",
+        dict(HPA_V2, metadata={"name": "other"}, spec=dict(HPA_V2["spec"], maxReplicas=3)),
+    )
     assert made.spec.metrics[0].resource.target.average_utilization == 80
 
 
@@ -212,8 +316,14 @@ async def test_watch_custom_objects(api: Any, emu: Emulator) -> None:
     emu.create(gpumix("a", model="m") | {"metadata": {"name": "a", "namespace": "default"}})
     co = client.CustomObjectsApi(api)
     seen = []
-    async for ev in watch.Watch().stream(co.list_namespaced_custom_object, "gpumix.io",
-                                         "v1alpha1", "default", "gpumixes",
-                                         resource_version=start, timeout_seconds=1):
+    async for ev in watch.Watch().stream(
+        co.list_namespaced_custom_object,
+        "gpumix.io",
+        "v1alpha1",
+        "default",
+        "gpumixes",
+        resource_version=start,
+        timeout_seconds=1,
+    ):
         seen.append((ev["type"], ev["object"]["metadata"]["name"]))
     assert seen == [("ADDED", "a")]

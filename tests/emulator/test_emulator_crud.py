@@ -27,8 +27,13 @@ async def test_discovery_documents(emu: Emulator) -> None:
             groups = {g["name"]: g for g in (await r.json())["groups"]}
         assert groups["autoscaling"]["preferredVersion"]["version"] == "v2"
         assert {v["version"] for v in groups["autoscaling"]["versions"]} == {"v1", "v2"}
-        for g in ("apps", "coordination.k8s.io", "events.k8s.io", "apiextensions.k8s.io",
-                  "admissionregistration.k8s.io"):
+        for g in (
+            "apps",
+            "coordination.k8s.io",
+            "events.k8s.io",
+            "apiextensions.k8s.io",
+            "admissionregistration.k8s.io",
+        ):
             assert g in groups
         async with s.get(emu.url + "/apis/apps/v1") as r:
             doc = await r.json()
@@ -41,8 +46,16 @@ async def test_discovery_documents(emu: Emulator) -> None:
         assert by_name["deployments/status"]["verbs"] == ["get", "patch", "update"]
         async with s.get(emu.url + "/api/v1") as r:
             core = {res["name"] for res in (await r.json())["resources"]}
-        assert {"namespaces", "nodes", "pods", "configmaps", "secrets", "events",
-                "serviceaccounts", "services"} <= core
+        assert {
+            "namespaces",
+            "nodes",
+            "pods",
+            "configmaps",
+            "secrets",
+            "events",
+            "serviceaccounts",
+            "services",
+        } <= core
         async with s.get(emu.url + "/apis/nope/v1") as r:
             assert r.status == 404
 
@@ -118,9 +131,10 @@ async def test_missing_namespace_and_invalid(api: Any) -> None:
 async def test_generate_name_selectors_and_paging(api: Any) -> None:
     core = client.CoreV1Api(api)
     for i in range(7):
-        body = {"metadata": {"generateName": "cm-", "labels": {"idx": str(i),
-                                                                "even": str(i % 2 == 0)}},
-                "data": {"i": str(i)}}
+        body = {
+            "metadata": {"generateName": "cm-", "labels": {"idx": str(i), "even": str(i % 2 == 0)}},
+            "data": {"i": str(i)},
+        }
         made = await core.create_namespaced_config_map("default", body)
         assert made.metadata.name.startswith("cm-") and len(made.metadata.name) == 8
     evens = await core.list_namespaced_config_map("default", label_selector="even=True")
@@ -159,32 +173,51 @@ async def test_patch_types(api: Any, emu: Emulator) -> None:
     await apps.create_namespaced_deployment("default", dep)
     url = emu.url + "/apis/apps/v1/namespaces/default/deployments/web"
     async with aiohttp.ClientSession() as s:
+
         async def patch(ctype: str, body: Any, query: str = "") -> dict[str, Any]:
-            async with s.patch(url + query, data=json.dumps(body),
-                               headers={"Content-Type": ctype}) as r:
+            async with s.patch(
+                url + query, data=json.dumps(body), headers={"Content-Type": ctype}
+            ) as r:
                 assert r.status == 200, await r.text()
                 return dict(await r.json())
 
-        out = await patch("application/json-patch+json",
-                          [{"op": "replace", "path": "/spec/replicas", "value": 3}])
+        out = await patch(
+            "application/json-patch+json", [{"op": "replace", "path": "/spec/replicas", "value": 3}]
+        )
         assert out["spec"]["replicas"] == 3
         out = await patch("application/merge-patch+json", {"metadata": {"labels": {"x": "y"}}})
         assert out["metadata"]["labels"] == {"app": "web", "x": "y"}
         # Strategic merge: containers are merged by name, the sidecar stays.
-        out = await patch("application/strategic-merge-patch+json", {"spec": {"template": {
-            "spec": {"containers": [{"name": "main", "image": "nginx:1.28"}]}}}})
+        out = await patch(
+            "application/strategic-merge-patch+json",
+            {
+                "spec": {
+                    "template": {"spec": {"containers": [{"name": "main", "image": "nginx:1.28"}]}}
+                }
+            },
+        )
         containers = out["spec"]["template"]["spec"]["containers"]
         assert [(c["name"], c["image"]) for c in containers] == [
-            ("main", "nginx:1.28"), ("side", "busybox:1")]
-        out = await patch("application/apply-patch+yaml",
-                          {"apiVersion": "apps/v1", "kind": "Deployment",
-                           "metadata": {"name": "web"}, "spec": {"replicas": 5}},
-                          "?fieldManager=test")
+            ("main", "nginx:1.28"),
+            ("side", "busybox:1"),
+        ]
+        out = await patch(
+            "application/apply-patch+yaml",
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "web"},
+                "spec": {"replicas": 5},
+            },
+            "?fieldManager=test",
+        )
         assert out["spec"]["replicas"] == 5
         # Server-side apply creates a missing object.
-        async with s.patch(url.replace("/web", "/fresh") + "?fieldManager=test",
-                           data=json.dumps(deployment("fresh")),
-                           headers={"Content-Type": "application/apply-patch+yaml"}) as r:
+        async with s.patch(
+            url.replace("/web", "/fresh") + "?fieldManager=test",
+            data=json.dumps(deployment("fresh")),
+            headers={"Content-Type": "application/apply-patch+yaml"},
+        ) as r:
             assert r.status == 201
         async with s.patch(url, data=b"{}", headers={"Content-Type": "text/plain"}) as r:
             assert r.status == 415
@@ -195,8 +228,9 @@ async def test_finalizers_and_namespace_deletion(api: Any, emu: Emulator) -> Non
     await core.create_namespace({"metadata": {"name": "team"}})
     ns = await core.read_namespace("team")
     assert ns.metadata.labels["kubernetes.io/metadata.name"] == "team"
-    await core.create_namespaced_config_map("team", {"metadata": {
-        "name": "held", "finalizers": ["example.com/keep"]}})
+    await core.create_namespaced_config_map(
+        "team", {"metadata": {"name": "held", "finalizers": ["example.com/keep"]}}
+    )
     await core.delete_namespaced_config_map("held", "team")
     held = await core.read_namespaced_config_map("held", "team")
     assert held.metadata.deletion_timestamp is not None

@@ -66,18 +66,29 @@ spec: {model: llama2-7b}
 
 class Kubectl:
     def __init__(self, emu: Emulator, tmp: Path) -> None:
-        self.env = dict(os.environ, KUBECONFIG=str(emu.kubeconfig(tmp / "kubeconfig")),
-                        KUBECACHEDIR=str(tmp / "cache"), HOME=str(tmp))
+        self.env = dict(
+            os.environ,
+            KUBECONFIG=str(emu.kubeconfig(tmp / "kubeconfig")),
+            KUBECACHEDIR=str(tmp / "cache"),
+            HOME=str(tmp),
+        )
         self.tmp = tmp
 
-    async def __call__(self, *args: str, stdin: str | None = None,
-                       ok: bool = True) -> tuple[int, str, str]:
+    async def __call__(
+        self, *args: str, stdin: str | None = None, ok: bool = True
+    ) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
-            "kubectl", *args, env=self.env, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            "kubectl",
+            *args,
+            env=self.env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         try:
             out, err = await asyncio.wait_for(
-                proc.communicate(stdin.encode() if stdin is not None else None), 60)
+                proc.communicate(stdin.encode() if stdin is not None else None), 60
+            )
         except TimeoutError:
             proc.kill()
             await proc.wait()
@@ -106,13 +117,17 @@ async def test_get_create_apply_delete(kubectl: Kubectl, emu: Emulator) -> None:
     _, out, _ = await kubectl("get", "deploy", "web", "-o", "json")
     dep = json.loads(out)
     assert [c["image"] for c in dep["spec"]["template"]["spec"]["containers"]] == [
-        "nginx:1.28", "busybox:1"]
+        "nginx:1.28",
+        "busybox:1",
+    ]
     assert dep["metadata"]["generation"] == 2
-    _, out, _ = await kubectl("apply", "--server-side", "-f", "-",
-                              stdin=DEPLOYMENT.replace("IMAGE", "1.29"))
+    _, out, _ = await kubectl(
+        "apply", "--server-side", "-f", "-", stdin=DEPLOYMENT.replace("IMAGE", "1.29")
+    )
     assert "serverside-applied" in out
-    code, _, _ = await kubectl("diff", "-f", "-", stdin=DEPLOYMENT.replace("IMAGE", "1.29"),
-                               ok=False)
+    code, _, _ = await kubectl(
+        "diff", "-f", "-", stdin=DEPLOYMENT.replace("IMAGE", "1.29"), ok=False
+    )
     assert code == 0
     _, out, _ = await kubectl("scale", "deployment/web", "--replicas=4")
     assert "scaled" in out
@@ -131,31 +146,49 @@ async def test_crd_and_custom_resources(kubectl: Kubectl) -> None:
     _, out, _ = await kubectl("get", "gmx")
     assert out.split("\n")[0].split() == ["NAME", "MODEL", "AGE"]
     assert "llama2-7b" in out
-    code, _, err = await kubectl("apply", "-f", "-", ok=False,
-                                 stdin=GPUMIX.replace("{model: llama2-7b}", "{}")
-                                 .replace("llama", "bad"))
+    code, _, err = await kubectl(
+        "apply",
+        "-f",
+        "-",
+        ok=False,
+        stdin=GPUMIX.replace("{model: llama2-7b}", "{}").replace("llama", "bad"),
+    )
     assert code != 0 and "spec.model: Required value" in err
-    code, _, err = await kubectl("apply", "-f", "-", ok=False,
-                                 stdin=GPUMIX.replace("model:", "other: x, model:"))
+    code, _, err = await kubectl(
+        "apply", "-f", "-", ok=False, stdin=GPUMIX.replace("model:", "other: x, model:")
+    )
     assert code != 0 and 'strict decoding error: unknown field "spec.other"' in err
     _, out, _ = await kubectl("api-resources", "--api-group=gpumix.io")
     assert "gpumixes" in out and "GPUMix" in out
 
 
 async def test_events_and_hpa(kubectl: Kubectl, emu: Emulator) -> None:
-    emu.create({"apiVersion": "v1", "kind": "Event",
-                "metadata": {"name": "web.1", "namespace": "default"},
-                "type": "Normal", "reason": "Scaled", "message": "to 3",
-                "involvedObject": {"kind": "Deployment", "name": "web"}})
+    emu.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": "web.1", "namespace": "default"},
+            "type": "Normal",
+            "reason": "Scaled",
+            "message": "to 3",
+            "involvedObject": {"kind": "Deployment", "name": "web"},
+        }
+    )
     _, out, _ = await kubectl("get", "events")
     assert "Scaled" in out and "deployment/web" in out
-    code, _, err = await kubectl("create", "-f", "-", ok=False, stdin="""
+    code, _, err = await kubectl(
+        "create",
+        "-f",
+        "-",
+        ok=False,
+        stdin="""
 apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler
 metadata: {name: web}
 spec:
   scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
-""")
+""",
+    )
     assert code != 0 and "spec.maxReplicas: Invalid value: 0: must be greater than 0" in err
 
 
@@ -183,16 +216,28 @@ async def test_module_entry_point_serves(tmp_path: Path) -> None:
 
     kubeconfig = tmp_path / "kc"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gpumix.emulator", "--kubeconfig", str(kubeconfig),
-        stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "gpumix.emulator",
+        "--kubeconfig",
+        str(kubeconfig),
+        stdout=asyncio.subprocess.PIPE,
+    )
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
         assert b"Kubernetes API emulator at http://127.0.0.1:" in line
         env = dict(os.environ, KUBECONFIG=str(kubeconfig), KUBECACHEDIR=str(tmp_path / "c"))
         get = await asyncio.create_subprocess_exec(
-            "kubectl", "get", "ns", "kube-system", "-o", "name", env=env,
-            stdout=asyncio.subprocess.PIPE)
+            "kubectl",
+            "get",
+            "ns",
+            "kube-system",
+            "-o",
+            "name",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+        )
         out, _ = await asyncio.wait_for(get.communicate(), 60)
         assert out.strip() == b"namespace/kube-system"
     finally:
@@ -204,12 +249,28 @@ async def test_imperative_commands_send_protobuf(kubectl: Kubectl, emu: Emulator
     await kubectl("create", "namespace", "team")
     await kubectl("create", "configmap", "cfg", "--from-literal=a=b", "-n", "team")
     await kubectl("create", "secret", "generic", "pw", "--from-literal=p=q", "-n", "team")
-    await kubectl("create", "deployment", "web", "--image=nginx:1.27", "--replicas=0",
-                  "--port=80", "-n", "team")
+    await kubectl(
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.27",
+        "--replicas=0",
+        "--port=80",
+        "-n",
+        "team",
+    )
     await kubectl("autoscale", "deployment", "web", "--max=5", "-n", "team")
     await kubectl("create", "serviceaccount", "bot", "-n", "team")
-    await kubectl("expose", "deployment", "web", "--port=8080", "--target-port=80",
-                  "--name=websvc", "-n", "team")
+    await kubectl(
+        "expose",
+        "deployment",
+        "web",
+        "--port=8080",
+        "--target-port=80",
+        "--name=websvc",
+        "-n",
+        "team",
+    )
     cfg = emu.get("configmaps", "cfg", "team")
     assert cfg is not None and cfg["data"] == {"a": "b"}
     secret = emu.get("secrets", "pw", "team")
@@ -227,27 +288,39 @@ async def test_imperative_commands_send_protobuf(kubectl: Kubectl, emu: Emulator
 
 
 async def test_get_watch(kubectl: Kubectl, emu: Emulator) -> None:
-    emu.create({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "first", "namespace": "default"}, "data": {"a": "1"}})
+    emu.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "first", "namespace": "default"},
+            "data": {"a": "1"},
+        }
+    )
 
     async def later() -> None:
         await asyncio.sleep(1.0)
-        emu.create({"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": "second", "namespace": "default"}})
+        emu.create(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "second", "namespace": "default"},
+            }
+        )
 
     task = asyncio.create_task(later())
-    _, out, _ = await kubectl("get", "configmaps", "-w", "--output-watch-events",
-                              "--request-timeout=3s")
+    _, out, _ = await kubectl(
+        "get", "configmaps", "-w", "--output-watch-events", "--request-timeout=3s"
+    )
     await task
     rows = [line.split()[:3] for line in out.strip().splitlines()]
-    assert rows == [["EVENT", "NAME", "DATA"], ["ADDED", "first", "1"],
-                    ["ADDED", "second", "0"]]
+    assert rows == [["EVENT", "NAME", "DATA"], ["ADDED", "first", "1"], ["ADDED", "second", "0"]]
 
 
 async def test_wait_and_auth(kubectl: Kubectl, emu: Emulator) -> None:
     await kubectl("create", "deployment", "web", "--image=nginx:1.27")
-    _, out, _ = await kubectl("wait", "--for=jsonpath={.spec.replicas}=1", "deploy/web",
-                              "--timeout=5s")
+    _, out, _ = await kubectl(
+        "wait", "--for=jsonpath={.spec.replicas}=1", "deploy/web", "--timeout=5s"
+    )
     assert "condition met" in out
     _, out, _ = await kubectl("auth", "can-i", "create", "deployments")
     assert out.strip() == "yes"

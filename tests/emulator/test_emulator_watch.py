@@ -15,16 +15,22 @@ from gpumix.emulator import Emulator
 
 
 def cm(name: str, **labels: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": "default", "labels": labels}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "default", "labels": labels},
+    }
 
 
-async def _events(emu: Emulator, query: str, limit: int = 100,
-                  timeout: float = 5.0) -> list[dict[str, Any]]:
+async def _events(
+    emu: Emulator, query: str, limit: int = 100, timeout: float = 5.0
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     url = f"{emu.url}/api/v1/namespaces/default/configmaps?watch=1&{query}"
-    async with aiohttp.ClientSession() as s, s.get(url, timeout=aiohttp.ClientTimeout(
-            total=timeout)) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as r,
+    ):
         assert r.status == 200
         async for line in r.content:
             out.append(json.loads(line))
@@ -42,8 +48,9 @@ async def test_resume_from_resource_version(api: Any, emu: Emulator) -> None:
     emu.delete("configmaps", "a", "default")
     seen = []
     w = watch.Watch()
-    async for ev in w.stream(core.list_namespaced_config_map, "default",
-                             resource_version=start, timeout_seconds=1):
+    async for ev in w.stream(
+        core.list_namespaced_config_map, "default", resource_version=start, timeout_seconds=1
+    ):
         seen.append((ev["type"], ev["object"].metadata.name))
     assert seen == [("ADDED", "a"), ("ADDED", "b"), ("DELETED", "a")]
 
@@ -59,7 +66,9 @@ async def test_initial_state_then_live_events(emu: Emulator) -> None:
     events = await _events(emu, "timeoutSeconds=2", limit=2)
     await task
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
-        ("ADDED", "old"), ("ADDED", "new")]
+        ("ADDED", "old"),
+        ("ADDED", "new"),
+    ]
 
 
 async def test_compacted_history_gives_410(api: Any, emu: Emulator) -> None:
@@ -75,8 +84,9 @@ async def test_compacted_history_gives_410(api: Any, emu: Emulator) -> None:
     # kubernetes-asyncio raises it when the watch has a timeout (no auto-retry).
     core = client.CoreV1Api(api)
     with pytest.raises(ApiException) as err:
-        async for _ in watch.Watch().stream(core.list_namespaced_config_map, "default",
-                                            resource_version=old_rv, timeout_seconds=1):
+        async for _ in watch.Watch().stream(
+            core.list_namespaced_config_map, "default", resource_version=old_rv, timeout_seconds=1
+        ):
             pass
     assert err.value.status == 410
     # A watch from the current resourceVersion is fine.
@@ -125,8 +135,10 @@ async def test_bookmarks_and_selector_transitions(emu: Emulator) -> None:
 
     task = asyncio.create_task(change())
     events = await _events(
-        emu, f"resourceVersion={start}&labelSelector=team%3Dx&allowWatchBookmarks=true"
-             "&timeoutSeconds=2", limit=3)
+        emu,
+        f"resourceVersion={start}&labelSelector=team%3Dx&allowWatchBookmarks=true&timeoutSeconds=2",
+        limit=3,
+    )
     await task
     assert [e["type"] for e in events] == ["DELETED", "ADDED", "BOOKMARK"]
     assert int(events[2]["object"]["metadata"]["resourceVersion"]) >= start + 2
@@ -147,8 +159,9 @@ async def test_client_watch_survives_dropped_connection(api: Any, emu: Emulator)
 
     async def consume() -> None:
         w = watch.Watch()
-        async for ev in w.stream(core.list_namespaced_config_map, "default",
-                                 resource_version=start):
+        async for ev in w.stream(
+            core.list_namespaced_config_map, "default", resource_version=start
+        ):
             seen.append(ev["object"].metadata.name)
             if len(seen) == 2:
                 w.stop()
@@ -169,8 +182,12 @@ async def test_client_watch_survives_dropped_connection(api: Any, emu: Emulator)
 async def test_streaming_list(emu: Emulator) -> None:
     emu.create(cm("a"))
     emu.create(cm("b"))
-    events = await _events(emu, "sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
-                                "&allowWatchBookmarks=true&timeoutSeconds=1", limit=3)
+    events = await _events(
+        emu,
+        "sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
+        "&allowWatchBookmarks=true&timeoutSeconds=1",
+        limit=3,
+    )
     assert [e["type"] for e in events] == ["ADDED", "ADDED", "BOOKMARK"]
     marker = events[2]["object"]["metadata"]
     assert marker["annotations"] == {"k8s.io/initial-events-end": "true"}

@@ -22,8 +22,12 @@ from webhook.settings import CacheSettings
 
 CRD_DIR = Path(__file__).resolve().parents[1] / "e2e" / "crds"
 FAST = CacheSettings(
-    watch_timeout_s=5, page_size=7, backoff_initial_s=0.02, backoff_max_s=0.2,
-    discovery_interval_s=0.2, request_timeout_s=5,
+    watch_timeout_s=5,
+    page_size=7,
+    backoff_initial_s=0.02,
+    backoff_max_s=0.2,
+    discovery_interval_s=0.2,
+    request_timeout_s=5,
 )
 
 
@@ -88,8 +92,9 @@ async def test_initial_sync_holds_every_object_as_views(cache: ClusterCache) -> 
 
 async def test_watch_events_add_change_and_remove(emu: Emulator, cache: ClusterCache) -> None:
     snap = cache.snapshot
-    await emu.request("POST", "/apis/apps/v1/namespaces/team/deployments",
-                      deployment("new", "team"))
+    await emu.request(
+        "POST", "/apis/apps/v1/namespaces/team/deployments", deployment("new", "team")
+    )
     await until(lambda: dep_ref("new", "team") in snap.deployments)
     changed = deployment("d1", "team", model="m1", gpu_product="NVIDIA-A40")
     emu.put(changed)
@@ -115,9 +120,7 @@ async def test_dropped_watch_resumes_without_losing_objects(
     assert cache.synced
 
 
-async def test_410_gone_relists_and_keeps_every_object(
-    emu: Emulator, cache: ClusterCache
-) -> None:
+async def test_410_gone_relists_and_keeps_every_object(emu: Emulator, cache: ClusterCache) -> None:
     deployments = next(r for r in cache.reflectors.values() if r.resource.kind == "Deployment")
     relists = deployments.relists
     # changes the watch never sees, then the history is gone
@@ -224,8 +227,15 @@ async def test_watches_that_end_at_once_are_backed_off() -> None:
             raise asyncio.CancelledError
 
     server = _ClosingServer()
-    reflector = Reflector(BUILTIN_RESOURCES[2], server, Snapshot(), Policy(),  # type: ignore[arg-type]
-                          FAST, lambda: None, sleep)
+    reflector = Reflector(
+        BUILTIN_RESOURCES[2],
+        server,
+        Snapshot(),
+        Policy(),  # type: ignore[arg-type]
+        FAST,
+        lambda: None,
+        sleep,
+    )
     with pytest.raises(asyncio.CancelledError):
         await reflector.run()
     assert server.watches == 6 and reflector.relists == 1 and reflector.synced

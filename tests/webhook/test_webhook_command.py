@@ -36,10 +36,32 @@ def test_defaults_follow_the_shared_names() -> None:
 def test_flags_are_read_into_settings(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text("mode: warn\ndefaultMaxReplicas: 4\n")
-    s = parse("--kubeconfig", "kc", "--policy", str(policy), "--port", "9443",
-              "--metrics-port", "-1", "--host", "127.0.0.1", "--namespace", "ops",
-              "--service-name", "wh", "--secret-name", "wh-tls", "--webhook-config-name", "x",
-              "--extra-san", "127.0.0.1", "--extra-san", "wh.example", "--cert-days", "30")
+    s = parse(
+        "--kubeconfig",
+        "kc",
+        "--policy",
+        str(policy),
+        "--port",
+        "9443",
+        "--metrics-port",
+        "-1",
+        "--host",
+        "127.0.0.1",
+        "--namespace",
+        "ops",
+        "--service-name",
+        "wh",
+        "--secret-name",
+        "wh-tls",
+        "--webhook-config-name",
+        "x",
+        "--extra-san",
+        "127.0.0.1",
+        "--extra-san",
+        "wh.example",
+        "--cert-days",
+        "30",
+    )
     assert s.kubeconfig == "kc" and s.policy.mode == "warn"
     assert s.policy.default_max_replicas == 4
     assert (s.port, s.metrics_port, s.host) == (9443, None, "127.0.0.1")
@@ -83,12 +105,16 @@ def test_bad_kubeconfig_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "cannot load" in capsys.readouterr().err
 
 
-async def _serve_and_probe(settings: WebhookSettings, objects: list[dict[str, Any]] | None,
-                           ca: Callable[[], bytes]) -> dict[str, Any]:
+async def _serve_and_probe(
+    settings: WebhookSettings, objects: list[dict[str, Any]] | None, ca: Callable[[], bytes]
+) -> dict[str, Any]:
     stop = asyncio.Event()
     ports: list[int] = []
-    task = asyncio.create_task(serve(settings, state_objects=objects, stop=stop,
-                                     on_ready=lambda a, b: ports.extend((a, b))))
+    task = asyncio.create_task(
+        serve(
+            settings, state_objects=objects, stop=stop, on_ready=lambda a, b: ports.extend((a, b))
+        )
+    )
     try:
         for _ in range(200):
             if ports or task.done():
@@ -108,8 +134,7 @@ async def _serve_and_probe(settings: WebhookSettings, objects: list[dict[str, An
                 out["metrics"] = await r.text()
             ctx = ssl.create_default_context(cadata=ca().decode())
             body = review_body(hpa("h", "d", None, "default"), uid="cmd-1")
-            async with http.post(f"https://127.0.0.1:{https}/mutate", json=body,
-                                 ssl=ctx) as r:
+            async with http.post(f"https://127.0.0.1:{https}/mutate", json=body, ssl=ctx) as r:
                 out["mutate"] = await r.json()
         return out
     finally:
@@ -119,8 +144,20 @@ async def _serve_and_probe(settings: WebhookSettings, objects: list[dict[str, An
 
 async def test_state_mode_serves_without_a_cluster(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
-    settings = parse("--state", "x", "--host", "127.0.0.1", "--port", "0",
-                     "--metrics-port", "0", "--extra-san", "127.0.0.1", "--write-ca", str(ca))
+    settings = parse(
+        "--state",
+        "x",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--extra-san",
+        "127.0.0.1",
+        "--write-ca",
+        str(ca),
+    )
     objects = [deployment("d", gpu_product="NVIDIA-A40")]
     out = await _serve_and_probe(settings, objects, ca.read_bytes)
     assert out["ready"] == 200
@@ -131,10 +168,19 @@ async def test_state_mode_serves_without_a_cluster(tmp_path: Path) -> None:
 
 async def test_kubeconfig_mode_bootstraps_and_serves() -> None:
     async with Emulator() as emu:
-        emu.create({"apiVersion": "v1", "kind": "Namespace",
-                    "metadata": {"name": "gpumix-system"}})
-        settings = parse("--kubeconfig", str(emu.kubeconfig()), "--host", "127.0.0.1",
-                         "--port", "0", "--metrics-port", "0", "--extra-san", "127.0.0.1")
+        emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}})
+        settings = parse(
+            "--kubeconfig",
+            str(emu.kubeconfig()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--extra-san",
+            "127.0.0.1",
+        )
 
         def ca() -> bytes:  # the certificate is bootstrapped before serving starts
             secret = emu.get("secrets", "gpumix-webhook-tls", "gpumix-system")

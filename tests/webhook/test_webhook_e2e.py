@@ -65,21 +65,28 @@ class Stack:
     async def create(self, obj: Obj, *, dry_run: bool = False) -> tuple[int, Obj, list[str]]:
         group, _, version = obj["apiVersion"].rpartition("/")
         prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
-        plural = {"Deployment": "deployments", "HorizontalPodAutoscaler":
-                  "horizontalpodautoscalers", "ScaledObject": "scaledobjects",
-                  "PodAutoscaler": "podautoscalers"}[obj["kind"]]
+        plural = {
+            "Deployment": "deployments",
+            "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+            "ScaledObject": "scaledobjects",
+            "PodAutoscaler": "podautoscalers",
+        }[obj["kind"]]
         ns = obj["metadata"].get("namespace", "default")
         query = {"dryRun": "All"} if dry_run else {}
-        resp = await self.emu.request("POST", f"{prefix}/namespaces/{ns}/{plural}",
-                                      copy.deepcopy(obj), query=query)
+        resp = await self.emu.request(
+            "POST", f"{prefix}/namespaces/{ns}/{plural}", copy.deepcopy(obj), query=query
+        )
         return resp.status, resp.body, resp.warnings
 
     async def cached(self, obj: Obj) -> None:
         """Wait until the webhook's cache has seen ``obj`` (watch latency)."""
         meta = obj["metadata"]
         ref = ObjectRef(obj["kind"], meta.get("namespace", "default"), meta["name"])
-        table = self.snapshot.deployments if obj["kind"] == "Deployment" else (
-            self.snapshot.autoscalers)
+        table = (
+            self.snapshot.deployments
+            if obj["kind"] == "Deployment"
+            else (self.snapshot.autoscalers)
+        )
         await until(lambda: ref in table)
 
 
@@ -191,8 +198,10 @@ async def test_disjoint_pair_is_admitted_untouched(stack: Stack) -> None:
         status, body, warnings = await stack.create(obj)
         assert status == 201, body
         assert body["spec"]["selector"] == obj["spec"]["selector"]
-        assert body["spec"]["template"]["metadata"]["labels"] == (
-            obj["spec"]["template"]["metadata"]["labels"])
+        assert (
+            body["spec"]["template"]["metadata"]["labels"]
+            == (obj["spec"]["template"]["metadata"]["labels"])
+        )
         assert not warnings
         await stack.cached(obj)
     for c in stack.emu.admission_log:
@@ -208,8 +217,7 @@ async def test_update_changing_the_selector_is_refused(stack: Stack) -> None:
     assert current is not None
     current["spec"]["selector"]["matchLabels"]["tier"] = "x"
     current["spec"]["template"]["metadata"]["labels"]["tier"] = "x"
-    resp = await stack.emu.request("PUT", "/apis/apps/v1/namespaces/iso/deployments/web",
-                                   current)
+    resp = await stack.emu.request("PUT", "/apis/apps/v1/namespaces/iso/deployments/web", current)
     assert resp.status == 422 and "immutable" in resp.body["message"]
     mutating = [c for c in calls(stack, "web") if c.operation == "UPDATE"]
     assert mutating and all(c.outcome == "allowed" for c in mutating)
@@ -325,8 +333,13 @@ async def test_ca_bundle_and_secret_are_in_place(stack: Stack) -> None:
 
 
 # A lifetime of 302 s with a 300 s backdated start makes a rotation due every ~1 s.
-FAST_ROTATION = TLSSettings(extra_sans=("127.0.0.1",), lifetime_s=302, rotate_fraction=0.5,
-                            check_interval_s=3600, reload_grace_s=0.3)
+FAST_ROTATION = TLSSettings(
+    extra_sans=("127.0.0.1",),
+    lifetime_s=302,
+    rotate_fraction=0.5,
+    check_interval_s=3600,
+    reload_grace_s=0.3,
+)
 
 
 @pytest.mark.parametrize("tls_settings", [FAST_ROTATION])

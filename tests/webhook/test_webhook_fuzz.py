@@ -31,14 +31,26 @@ FUZZ = settings(
 # --------------------------------------------------------------------------- strategies
 
 label_keys = st.sampled_from(
-    ["app", "model.aibrix.ai/name", "gpumix.io/deployment", "gpumix.io/gpu-type", "tier",
-     "nvidia.com/gpu.product", "", "bad key!", "a/b/c"]
+    [
+        "app",
+        "model.aibrix.ai/name",
+        "gpumix.io/deployment",
+        "gpumix.io/gpu-type",
+        "tier",
+        "nvidia.com/gpu.product",
+        "",
+        "bad key!",
+        "a/b/c",
+    ]
 )
 label_values = st.one_of(
     st.sampled_from(["a", "b", "llama", "NVIDIA-A40", "", "x" * 70]), st.text(max_size=8)
 )
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=False),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=False),
     st.text(max_size=10),
 )
 json_values = st.recursive(
@@ -77,48 +89,105 @@ labels = maybe(st.dictionaries(label_keys, maybe(label_values), max_size=4))
 
 @st.composite
 def deployments(draw: st.DrawFn) -> dict[str, Any]:
-    resources = draw(maybe(st.fixed_dictionaries({}, optional={"limits": maybe(
-        st.dictionaries(st.sampled_from(["nvidia.com/gpu", "amd.com/gpu", "cpu",
-                                         "nvidia.com/mig-1g.10gb"]),
-                        maybe(st.one_of(st.integers(-2, 9), st.sampled_from(["1", "x", "2"]))),
-                        max_size=2))})))
+    resources = draw(
+        maybe(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "limits": maybe(
+                        st.dictionaries(
+                            st.sampled_from(
+                                ["nvidia.com/gpu", "amd.com/gpu", "cpu", "nvidia.com/mig-1g.10gb"]
+                            ),
+                            maybe(st.one_of(st.integers(-2, 9), st.sampled_from(["1", "x", "2"]))),
+                            max_size=2,
+                        )
+                    )
+                },
+            )
+        )
+    )
     pod_spec = {
-        "containers": draw(maybe(st.lists(st.fixed_dictionaries(
-            {"name": st.just("c")}, optional={"resources": st.just(resources)}), max_size=2))),
+        "containers": draw(
+            maybe(
+                st.lists(
+                    st.fixed_dictionaries(
+                        {"name": st.just("c")}, optional={"resources": st.just(resources)}
+                    ),
+                    max_size=2,
+                )
+            )
+        ),
         "nodeSelector": draw(labels),
     }
     return {
         "apiVersion": draw(st.sampled_from(["apps/v1", "apps/v1", "apps/v1beta1", "v1"])),
         "kind": "Deployment",
-        "metadata": draw(maybe(st.fixed_dictionaries(
-            {"name": maybe(st.sampled_from(["a", "b", "c", ""])),
-             "namespace": maybe(st.sampled_from(["default", "kube-system", "t", ""]))},
-            optional={"labels": labels}))),
-        "spec": draw(maybe(st.fixed_dictionaries(
-            {"selector": selectors,
-             "template": maybe(st.fixed_dictionaries({
-                 "metadata": maybe(st.fixed_dictionaries({"labels": labels})),
-                 "spec": maybe(st.just(pod_spec))}))},
-            optional={"replicas": scalars}))),
+        "metadata": draw(
+            maybe(
+                st.fixed_dictionaries(
+                    {
+                        "name": maybe(st.sampled_from(["a", "b", "c", ""])),
+                        "namespace": maybe(st.sampled_from(["default", "kube-system", "t", ""])),
+                    },
+                    optional={"labels": labels},
+                )
+            )
+        ),
+        "spec": draw(
+            maybe(
+                st.fixed_dictionaries(
+                    {
+                        "selector": selectors,
+                        "template": maybe(
+                            st.fixed_dictionaries(
+                                {
+                                    "metadata": maybe(st.fixed_dictionaries({"labels": labels})),
+                                    "spec": maybe(st.just(pod_spec)),
+                                }
+                            )
+                        ),
+                    },
+                    optional={"replicas": scalars},
+                )
+            )
+        ),
     }
 
 
 @st.composite
 def autoscalers(draw: st.DrawFn) -> dict[str, Any]:
-    api, kind, field = draw(st.sampled_from([
-        ("autoscaling/v2", "HorizontalPodAutoscaler", "maxReplicas"),
-        ("autoscaling/v1", "HorizontalPodAutoscaler", "maxReplicas"),
-        ("keda.sh/v1alpha1", "ScaledObject", "maxReplicaCount"),
-        ("autoscaling.aibrix.ai/v1alpha1", "PodAutoscaler", "maxReplicas"),
-    ]))
-    spec = draw(maybe(st.fixed_dictionaries(
-        {"scaleTargetRef": maybe(st.fixed_dictionaries(
-            {"name": maybe(st.sampled_from(["a", "b", ""]))},
-            optional={"kind": maybe(st.just("Deployment"))}))},
-        optional={field: maybe(st.integers(-5, 10**12)), "minReplicas": scalars})))
-    return {"apiVersion": api, "kind": kind,
-            "metadata": {"name": draw(st.sampled_from(["h", "", "x"])), "namespace": "t"},
-            "spec": spec}
+    api, kind, field = draw(
+        st.sampled_from(
+            [
+                ("autoscaling/v2", "HorizontalPodAutoscaler", "maxReplicas"),
+                ("autoscaling/v1", "HorizontalPodAutoscaler", "maxReplicas"),
+                ("keda.sh/v1alpha1", "ScaledObject", "maxReplicaCount"),
+                ("autoscaling.aibrix.ai/v1alpha1", "PodAutoscaler", "maxReplicas"),
+            ]
+        )
+    )
+    spec = draw(
+        maybe(
+            st.fixed_dictionaries(
+                {
+                    "scaleTargetRef": maybe(
+                        st.fixed_dictionaries(
+                            {"name": maybe(st.sampled_from(["a", "b", ""]))},
+                            optional={"kind": maybe(st.just("Deployment"))},
+                        )
+                    )
+                },
+                optional={field: maybe(st.integers(-5, 10**12)), "minReplicas": scalars},
+            )
+        )
+    )
+    return {
+        "apiVersion": api,
+        "kind": kind,
+        "metadata": {"name": draw(st.sampled_from(["h", "", "x"])), "namespace": "t"},
+        "spec": spec,
+    }
 
 
 objects = st.one_of(deployments(), autoscalers(), json_values)
@@ -138,12 +207,20 @@ def reviews(draw: st.DrawFn) -> Any:
     kind_of = obj.get("kind", "Thing") if isinstance(obj, dict) else "Thing"
     request = {
         "uid": draw(uids) if draw(st.sampled_from(range(8))) == 7 else draw(st.text(min_size=1)),
-        "kind": draw(mostly(st.fixed_dictionaries(
-            {"group": st.sampled_from(["", "apps", "autoscaling", "keda.sh"]),
-             "version": st.sampled_from(["v1", "v2", "v1alpha1"]),
-             "kind": st.sampled_from([kind_of, kind_of, "Deployment", "Pod"])}))),
-        "operation": draw(mostly(st.sampled_from(["CREATE", "UPDATE", "CREATE", "DELETE",
-                                                  "CONNECT", "X"]))),
+        "kind": draw(
+            mostly(
+                st.fixed_dictionaries(
+                    {
+                        "group": st.sampled_from(["", "apps", "autoscaling", "keda.sh"]),
+                        "version": st.sampled_from(["v1", "v2", "v1alpha1"]),
+                        "kind": st.sampled_from([kind_of, kind_of, "Deployment", "Pod"]),
+                    }
+                )
+            )
+        ),
+        "operation": draw(
+            mostly(st.sampled_from(["CREATE", "UPDATE", "CREATE", "DELETE", "CONNECT", "X"]))
+        ),
         "namespace": draw(mostly(st.sampled_from(["default", "t", "kube-system"]))),
         "name": draw(mostly(st.sampled_from(["a", "b"]))),
         "object": obj,
@@ -152,15 +229,19 @@ def reviews(draw: st.DrawFn) -> Any:
         "dryRun": draw(st.one_of(st.booleans(), scalars)),
     }
     body = {
-        "apiVersion": draw(mostly(st.sampled_from(["admission.k8s.io/v1"] * 6
-                                                  + ["admission.k8s.io/v1beta1"]))),
+        "apiVersion": draw(
+            mostly(st.sampled_from(["admission.k8s.io/v1"] * 6 + ["admission.k8s.io/v1beta1"]))
+        ),
         "kind": draw(mostly(st.sampled_from(["AdmissionReview"] * 6 + ["Other"]))),
         "request": draw(mostly(st.just(request))),
     }
     if draw(st.sampled_from(range(6))) == 5:
-        part, key = draw(st.sampled_from(
-            [(body, "apiVersion"), (body, "kind"), (body, "request")]
-            + [(request, k) for k in request]))
+        part, key = draw(
+            st.sampled_from(
+                [(body, "apiVersion"), (body, "kind"), (body, "request")]
+                + [(request, k) for k in request]
+            )
+        )
         part.pop(key, None)
     return draw(json_values) if draw(st.sampled_from(range(10))) == 9 else body
 
@@ -248,9 +329,7 @@ def check_answer(status: int, out: Any, uid: str) -> None:
 
 @settings(FUZZ, max_examples=300)
 @given(body=reviews(), path=st.sampled_from(["/mutate", "/validate"]))
-def test_random_reviews_never_fail(
-    harness: tuple[Harness, _Errors], body: Any, path: str
-) -> None:
+def test_random_reviews_never_fail(harness: tuple[Harness, _Errors], body: Any, path: str) -> None:
     h, errors = harness
     status, out = h.post(path, json.dumps(body).encode())
     check_answer(status, out, _request_uid(body))
@@ -273,9 +352,7 @@ def test_random_bytes_get_a_clear_400(
 
 @settings(FUZZ, max_examples=40)
 @given(body=reviews(), ctype=st.sampled_from(["text/plain", "", "application/yaml"]))
-def test_wrong_content_type_is_400(
-    harness: tuple[Harness, _Errors], body: Any, ctype: str
-) -> None:
+def test_wrong_content_type_is_400(harness: tuple[Harness, _Errors], body: Any, ctype: str) -> None:
     h, errors = harness
     status, out = h.post("/validate", json.dumps(body).encode(), ctype)
     assert status == 400 and "Content-Type" in out["message"]
@@ -290,7 +367,9 @@ def test_wrong_content_type_is_400(
     operation=st.sampled_from(["CREATE", "UPDATE"]),
 )
 def test_review_of_random_objects_against_random_clusters_never_raises(
-    cluster: list[dict[str, Any]], request_obj: dict[str, Any], old: dict[str, Any] | None,
+    cluster: list[dict[str, Any]],
+    request_obj: dict[str, Any],
+    old: dict[str, Any] | None,
     operation: str,
 ) -> None:
     policy = Policy()
@@ -300,10 +379,16 @@ def test_review_of_random_objects_against_random_clusters_never_raises(
         if view is not None:
             snap.put(view)
     body = {
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {"uid": "u", "operation": operation, "object": request_obj,
-                    "oldObject": old, "namespace": "t",
-                    "kind": {"group": "", "version": "v1", "kind": request_obj["kind"]}},
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u",
+            "operation": operation,
+            "object": request_obj,
+            "oldObject": old,
+            "namespace": "t",
+            "kind": {"group": "", "version": "v1", "kind": request_obj["kind"]},
+        },
     }
     request: AdmissionRequest = parse_review(body)
     phases: tuple[Phase, ...] = ("mutate", "validate")

@@ -193,26 +193,47 @@ async def _raw(served: Served, path: str, data: bytes, ctype: str) -> tuple[int,
 
 
 BAD_BODIES = [
-    pytest.param(b'{"a": 1}', "text/plain", 400, "Content-Type must be application/json",
-                 id="wrong-content-type"),
+    pytest.param(
+        b'{"a": 1}',
+        "text/plain",
+        400,
+        "Content-Type must be application/json",
+        id="wrong-content-type",
+    ),
     pytest.param(b"", "application/json", 400, "empty", id="empty"),
     pytest.param(b"{not json", "application/json", 400, "not valid JSON", id="not-json"),
     pytest.param(b"\xff\xfe{}", "application/json", 400, "not valid JSON", id="not-utf8"),
     pytest.param(b"[1, 2]", "application/json", 400, "JSON object", id="array"),
-    pytest.param(b"[" * 5000 + b"]" * 5000, "application/json", 400, "nests too deeply",
-                 id="deep-nesting"),
-    pytest.param(b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", '
-                 b'"request": {"operation": "CREATE", "object": {}}}', "application/json", 400,
-                 "request.uid", id="no-uid"),
-    pytest.param(b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}',
-                 "application/json", 400, "request is missing", id="no-request"),
+    pytest.param(
+        b"[" * 5000 + b"]" * 5000, "application/json", 400, "nests too deeply", id="deep-nesting"
+    ),
+    pytest.param(
+        b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", '
+        b'"request": {"operation": "CREATE", "object": {}}}',
+        "application/json",
+        400,
+        "request.uid",
+        id="no-uid",
+    ),
+    pytest.param(
+        b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}',
+        "application/json",
+        400,
+        "request is missing",
+        id="no-request",
+    ),
 ]
 
 
 @pytest.mark.parametrize("path", ["/mutate", "/validate"])
 @pytest.mark.parametrize(("data", "ctype", "code", "needle"), BAD_BODIES)
 async def test_bad_body_without_uid_is_a_clear_400(
-    served: Served, path: str, data: bytes, ctype: str, code: int, needle: str,
+    served: Served,
+    path: str,
+    data: bytes,
+    ctype: str,
+    code: int,
+    needle: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.INFO):
@@ -358,7 +379,8 @@ async def test_metrics_content(served: Served) -> None:
     assert 'gpumix_admission_findings_total{mode="enforce",rule="missing-max-replicas",' in text
     assert 'gpumix_admission_duration_seconds_bucket{kind="Deployment",le="0.01",' in text
     expiry = [
-        line for line in text.splitlines()
+        line
+        for line in text.splitlines()
         if line.startswith("gpumix_webhook_cert_expiry_timestamp_seconds ")
     ]
     assert expiry and float(expiry[0].split()[1]) > time.time()
@@ -367,8 +389,8 @@ async def test_metrics_content(served: Served) -> None:
 async def test_metrics_registries_are_per_app() -> None:
     a, b = WebhookMetrics(), WebhookMetrics()
     a.observe("/validate", "Deployment", "CREATE", "allowed", 0.001)
-    assert b"verdict=\"allowed\"" in a.render()[0]
-    assert b"verdict=\"allowed\"" not in b.render()[0]
+    assert b'verdict="allowed"' in a.render()[0]
+    assert b'verdict="allowed"' not in b.render()[0]
 
 
 def test_review_does_not_block_the_loop_long() -> None:

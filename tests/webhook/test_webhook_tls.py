@@ -150,7 +150,9 @@ async def test_file_certs_bad_files_keep_the_old_certificate(tmp_path: Path) -> 
     assert "do not load" in certs.last_error and holder.cert_pem == loaded
     missing = FileCerts(
         TLSSettings(cert_file=str(tmp_path / "nope"), key_file=str(tmp_path / "nope")),
-        CertHolder(), FakeClock(NOW), no_sleep,
+        CertHolder(),
+        FakeClock(NOW),
+        no_sleep,
     )
     with pytest.raises(CertError, match="cannot read"):
         await missing.refresh()
@@ -191,8 +193,9 @@ async def test_rotation_under_concurrent_requests_loses_nothing() -> None:
                 if stop.is_set() and n >= 5:
                     return
                 uid = f"w{i}-{n}"
-                async with http.post(url + "/validate", json=review_body(
-                    deployment(f"d{i}"), uid=uid)) as resp:
+                async with http.post(
+                    url + "/validate", json=review_body(deployment(f"d{i}"), uid=uid)
+                ) as resp:
                     body = await resp.json()
                     results.append((resp.status, uid, body["response"]["uid"]))
 
@@ -227,8 +230,9 @@ WEBHOOK_CONFIGS = ("mutatingwebhookconfigurations", "validatingwebhookconfigurat
 @pytest.fixture
 async def emu() -> AsyncIterator[Emulator]:
     emulator = Emulator(bookmark_interval_s=0.2)
-    emulator.create({"apiVersion": "v1", "kind": "Namespace",
-                     "metadata": {"name": "gpumix-system"}})
+    emulator.create(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}}
+    )
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         emulator.create(webhook_configuration(kind))
     await emulator.start()
@@ -302,9 +306,15 @@ async def test_two_bootstraps_racing_agree_on_one_secret(emu: Emulator) -> None:
 
 
 async def test_bootstrap_replaces_a_secret_that_is_broken(emu: Emulator) -> None:
-    emu.create({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": {"name": "gpumix-webhook-tls", "namespace": "gpumix-system"},
-                "data": {"tls.crt": base64.b64encode(b"junk").decode()}})
+    emu.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": "gpumix-webhook-tls", "namespace": "gpumix-system"},
+            "data": {"tls.crt": base64.b64encode(b"junk").decode()},
+        }
+    )
     client = await KubeClient.connect(str(emu.kubeconfig()))
     try:
         certs = BootstrapCerts(client, TLSSettings(), CertHolder(), time.time, no_sleep)
@@ -319,8 +329,7 @@ async def test_bootstrap_replaces_a_secret_that_is_broken(emu: Emulator) -> None
 async def test_bootstrap_waits_out_an_api_outage(emu: Emulator) -> None:
     client = await KubeClient.connect(str(emu.kubeconfig()))
     try:
-        certs = BootstrapCerts(client, TLSSettings(check_interval_s=0.05), CertHolder(),
-                               time.time)
+        certs = BootstrapCerts(client, TLSSettings(check_interval_s=0.05), CertHolder(), time.time)
         emu.start_outage("503")
         await certs.start()  # gives up for now, keeps trying in the background
         assert not certs.loaded and "503" in certs.last_error

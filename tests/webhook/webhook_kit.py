@@ -202,18 +202,38 @@ def webhook_configuration(kind: str) -> Obj:
         "failurePolicy": "Fail",
         "timeoutSeconds": 5,
         "clientConfig": {
-            "service": {"namespace": "gpumix-system", "name": "gpumix-webhook",
-                        "path": f"/{short}", "port": 443},
+            "service": {
+                "namespace": "gpumix-system",
+                "name": "gpumix-webhook",
+                "path": f"/{short}",
+                "port": 443,
+            },
         },
         "rules": [
-            {"apiGroups": ["apps"], "apiVersions": ["v1"], "resources": ["deployments"],
-             "operations": ["CREATE", "UPDATE"]},
-            {"apiGroups": ["autoscaling"], "apiVersions": ["v1", "v2"],
-             "resources": ["horizontalpodautoscalers"], "operations": ["CREATE", "UPDATE"]},
-            {"apiGroups": ["keda.sh"], "apiVersions": ["v1alpha1"],
-             "resources": ["scaledobjects"], "operations": ["CREATE", "UPDATE"]},
-            {"apiGroups": ["autoscaling.aibrix.ai"], "apiVersions": ["v1alpha1"],
-             "resources": ["podautoscalers"], "operations": ["CREATE", "UPDATE"]},
+            {
+                "apiGroups": ["apps"],
+                "apiVersions": ["v1"],
+                "resources": ["deployments"],
+                "operations": ["CREATE", "UPDATE"],
+            },
+            {
+                "apiGroups": ["autoscaling"],
+                "apiVersions": ["v1", "v2"],
+                "resources": ["horizontalpodautoscalers"],
+                "operations": ["CREATE", "UPDATE"],
+            },
+            {
+                "apiGroups": ["keda.sh"],
+                "apiVersions": ["v1alpha1"],
+                "resources": ["scaledobjects"],
+                "operations": ["CREATE", "UPDATE"],
+            },
+            {
+                "apiGroups": ["autoscaling.aibrix.ai"],
+                "apiVersions": ["v1alpha1"],
+                "resources": ["podautoscalers"],
+                "operations": ["CREATE", "UPDATE"],
+            },
         ],
     }
     return {
