@@ -31,6 +31,9 @@ class KubeError(Exception):
         self.message = message
 
 
+USER_AGENT = "gpumix-controller/0.1.0"
+
+
 @dataclass(frozen=True, slots=True)
 class ListResult:
     items: list[Obj]
@@ -54,6 +57,8 @@ class KubeIO:
 
     def __init__(self, api_client: Any, *, timeout_s: float = 30.0) -> None:
         self._api = api_client
+        # kube-apiserver names the field manager of non-apply writes after the user agent
+        api_client.user_agent = USER_AGENT
         self._timeout = timeout_s
         self.calls: Counter[str] = Counter()
 

@@ -69,6 +69,8 @@ class KubeClient:
     """GET/POST/PUT/PATCH and watch streams, all in plain JSON."""
 
     def __init__(self, api: k8s_client.ApiClient, request_timeout_s: float = 30.0) -> None:
+        # kube-apiserver names the field manager of non-apply writes after the user agent
+        api.user_agent = "gpumix-webhook/0.1.0"
         self._api = api
         self.request_timeout_s = request_timeout_s
 

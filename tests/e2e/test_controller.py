@@ -215,10 +215,15 @@ def controllers(apiserver: Envtest, gpumix_manifests: list[Obj]) -> Iterator[Any
             proc.stop()
 
 
-def subresources_written(env: Envtest, path: str) -> set[str]:
+def subresources_written(env: Envtest, path: str, manager: str = "gpumix-controller") -> set[str]:
+    """Subresources that ``manager`` wrote (managedFields record the user agent's name)."""
     code, body = env.request("GET", path)
     assert code == 200, body
-    return {e.get("subresource", "") for e in body["metadata"].get("managedFields") or []}
+    return {
+        e.get("subresource", "")
+        for e in body["metadata"].get("managedFields") or []
+        if e.get("manager") == manager
+    }
 
 
 def scale_actions(proc: GpumixProcess) -> float:
