@@ -21,8 +21,10 @@ from ortools.linear_solver import pywraplp
 FloatArray = npt.NDArray[np.float64]
 
 INT_TOL = 1e-6  # a replica count within this of an integer counts as that integer
+FRAC_TOL = 1e-9  # a routed fraction below this is solver noise: dropped, the row renormalised
 PRICE_TOL = 1e-9  # columns with reduced cost below -PRICE_TOL enter the LP
 MAX_PRICING_ROUNDS = 10_000
+LARGE_NODES = 1  # column-generation nodes before a large instance goes to HiGHS
 
 
 @dataclass(frozen=True)
@@ -252,7 +254,7 @@ class _Lp:
             f = np.zeros(blk.need.shape)
             for (b, g), v in self.cols[m].items():
                 f[b, g] = v.solution_value()
-            f = np.clip(f, 0.0, None)
+            f = np.where(f < FRAC_TOL, 0.0, f)  # solver noise would cost a whole replica
             sums = f.sum(axis=1, keepdims=True)
             f = np.divide(f, sums, out=np.zeros_like(f), where=sums > 0)
             out.append(f)
@@ -468,6 +470,7 @@ def full_mip(
         f = np.zeros(blk.need.shape)
         for b, g, v in cols[m]:
             f[b, g] = max(v.solution_value(), 0.0)
+        f = np.where(f < FRAC_TOL, 0.0, f)  # solver noise would cost a whole replica
         sums = f.sum(axis=1, keepdims=True)
         fracs.append(np.divide(f, sums, out=np.zeros_like(f), where=sums > 0))
     value = _plan_value(blocks, np.array([x for r in reps for x in r], dtype=float))
@@ -478,6 +481,23 @@ def full_mip(
     return Outcome(status, reps, tuple(fracs), value, bound, int(s.nodes()))
 
 
+def _forced_minimums(blk: Block) -> Block:
+    """Raise each type's minimum to the replicas the buckets only it can serve need (an
+    exact tightening: every plan carries that load on that type)."""
+    if blk.need.size == 0:
+        return blk
+    fin = np.isfinite(blk.need)
+    only = fin.sum(axis=1) == 1
+    if not np.any(only):
+        return blk
+    forced = np.where(fin & only[:, None], blk.need, 0.0).sum(axis=0)
+    counts = np.where(forced > 0, np.ceil(forced / blk.usable - INT_TOL), 0.0)
+    lb = np.maximum(blk.lb, counts)
+    if np.array_equal(lb, blk.lb):
+        return blk
+    return Block(blk.need, blk.cost, lb, blk.ub, blk.cur, blk.churn, blk.usable)
+
+
 def search(
     blocks: Sequence[Block],
     pools: Sequence[PoolRow],
@@ -485,19 +505,32 @@ def search(
     time_limit_s: float,
     seed: int,
     clock: Callable[[], float],
-    columns_for_full_mip: int = 4000,
+    columns_for_full_mip: int = 2000,
     incumbent: Outcome | None = None,
 ) -> Outcome:
     """Column-generation branch-and-bound; on large instances it gets a short node budget
     and, if unfinished, HiGHS solves the full MIP in the remaining time (with the
-    incumbent's objective as a cut). The better plan and the larger proven bound are kept."""
+    incumbent's objective as a cut). The better plan and the larger proven bound are kept.
+    A single model with two GPU types is solved exactly without an LP (``two_types``)."""
+    clock_start = clock()
+    if len(blocks) == 1 and not pools and blocks[0].cost.size == 2:
+        if clock() > clock_start + max(time_limit_s, 0.0):  # checked as before any LP
+            return Outcome("unknown", (), (), math.nan, -math.inf, 0)
+        exact = two_types(blocks[0])
+        if exact is not None:
+            return exact
     columns = sum(int(np.isfinite(b.need).sum()) for b in blocks)
     ints = sum(b.cost.size for b in blocks)
     large = columns > columns_for_full_mip or ints > 64
-    start = clock()
+    if not large:  # (measured: it helps the search, while HiGHS presolves this itself)
+        blocks = [_forced_minimums(b) for b in blocks]
+        if any(np.any(b.lb > b.ub) for b in blocks):
+            return Outcome("infeasible", (), (), math.nan, math.nan, 0)
+    start = clock_start
     # the first search's budget is counted in nodes, not seconds, so the hand-over point
-    # (and the result) does not depend on the machine's speed
-    nodes = 200_000 if not large else (150 if columns <= 4 * columns_for_full_mip else 5)
+    # (and the result) does not depend on the machine's speed; on large instances one
+    # node (the root LP and its rounded-up plan, the incumbent cut for HiGHS) pays best
+    nodes = 200_000 if not large else LARGE_NODES
     if ints > 64:
         nodes = 5
     out = branch_and_bound(
@@ -532,3 +565,91 @@ def search(
         min(bound, best.objective),
         out.nodes + mip.nodes,
     )
+
+
+TWO_TYPE_MAX_COUNTS = 100_000  # beyond this many type-0 counts to try, use the search
+
+
+def two_types(blk: Block) -> Outcome | None:
+    """Exact optimum of a single model with two GPU types, without an LP.
+
+    For a fixed count n0 of type 0, the load type 1 must carry is smallest when type 0's
+    capacity takes the shared buckets with the lowest ``need0 / need1`` first (a
+    fractional knapsack); every count n0 from the smallest that fits the buckets only
+    type 0 serves up to the one that fits everything type 0 serves (or its current count,
+    for churn) is tried, and past that point nothing changes but type 0's own cost.
+    Returns None when that range is too long to enumerate (huge replica counts)."""
+    need, u = blk.need, blk.usable
+    lb, ub = blk.lb, blk.ub
+    fin0, fin1 = np.isfinite(need[:, 0]), np.isfinite(need[:, 1])
+    only0, only1, both = fin0 & ~fin1, fin1 & ~fin0, fin0 & fin1
+    if np.any(~fin0 & ~fin1):
+        return Outcome("infeasible", (), (), math.nan, math.nan, 0)
+    a0 = float(need[only0, 0].sum())
+    b1 = float(need[only1, 1].sum())
+    idx = np.nonzero(both)[0]
+    order = idx[np.argsort(need[idx, 0] / need[idx, 1], kind="stable")]
+    w0, w1 = need[order, 0], need[order, 1]
+    p0 = np.concatenate([[0.0], np.cumsum(w0)])
+    p1 = np.concatenate([[0.0], np.cumsum(w1)])
+    total0, total1 = float(p0[-1]), float(p1[-1])
+
+    def count(load: float) -> float:
+        return float(math.ceil(load / u - INT_TOL)) if load > 0 else 0.0
+
+    low0 = max(float(lb[0]), count(a0))
+    full0 = min(float(ub[0]), max(low0, count(a0 + total0)))
+    if low0 > full0:
+        return Outcome("infeasible", (), (), math.nan, math.nan, 0)
+    if full0 - low0 > TWO_TYPE_MAX_COUNTS:
+        return None
+    n0 = np.arange(low0, full0 + 0.5)
+    # past full0 only type 0's own (convex) term changes: its current count, if above
+    tail = min(float(ub[0]), float(blk.cur[0]))
+    if tail > full0:
+        n0 = np.append(n0, tail)
+    room = np.clip(n0 * u - a0, 0.0, total0)  # type-0 capacity left for shared buckets
+    k = np.clip(np.searchsorted(p0, room, side="right") - 1, 0, max(len(w0) - 1, 0))
+    if len(w0):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            part = np.where(k < len(w0), (room - p0[k]) / w0[np.minimum(k, len(w0) - 1)], 0.0)
+        part = np.nan_to_num(part, nan=1.0, posinf=1.0, neginf=0.0)
+        moved = p1[k] + np.clip(part, 0.0, 1.0) * w1[np.minimum(k, len(w0) - 1)]
+        moved = np.where(room >= total0, total1, moved)
+    else:
+        moved = np.zeros_like(room)
+    rest1 = np.maximum(b1 + total1 - moved, 0.0)
+    c0, c1, ch = float(blk.cost[0]), float(blk.cost[1]), blk.churn
+    cur0, cur1, ub1 = float(blk.cur[0]), float(blk.cur[1]), float(ub[1])
+    low1 = np.maximum(float(lb[1]), np.where(rest1 > 0, np.ceil(rest1 / u - INT_TOL), 0.0))
+    ok = low1 <= ub1
+    if not np.any(ok):
+        return Outcome("infeasible", (), (), math.nan, math.nan, 0)
+    n0, low1 = n0[ok], low1[ok]
+    # type 1's cost is convex in its count: the best count is the lowest allowed one or
+    # the current count clamped into the allowed range
+    alt1 = np.minimum(np.maximum(cur1, low1), ub1)
+
+    def h1(n: FloatArray) -> FloatArray:
+        return c1 * n + ch * np.abs(n - cur1)
+
+    m1 = np.where(h1(alt1) < h1(low1) - 1e-12 * np.maximum(1.0, np.abs(h1(low1))), alt1, low1)
+    vals = c0 * n0 + ch * np.abs(n0 - cur0) + h1(m1)
+    i = int(np.argmin(vals))  # the first minimum: the fewest type-0 replicas on ties
+    best = (float(n0[i]), float(m1[i]))
+    x0 = best[0]
+    f = np.zeros(need.shape)
+    f[only0, 0] = 1.0
+    f[only1, 1] = 1.0
+    left = min(max(x0 * u - a0, 0.0), total0)
+    for b in order.tolist():
+        w = float(need[b, 0])
+        take = (min(1.0, left / w) if w > 0 else 1.0) if left > 0 else 0.0
+        # float residue must not route a sliver to the other type (it would need a replica)
+        take = 1.0 if take > 1.0 - 1e-12 else (0.0 if take < 1e-12 else take)
+        f[b, 0] = take
+        f[b, 1] = 1.0 - take
+        left = max(left - take * w, 0.0)
+    reps = (round(best[0]), round(best[1]))
+    value = _plan_value([blk], np.array(best))  # summed as everywhere else
+    return Outcome("optimal", (reps,), (f,), value, value, 1)

@@ -88,18 +88,30 @@ def _merge_buckets(problem: Problem) -> tuple[np.ndarray, list[list[int]]]:
         len(problem.buckets), len(problem.gpus)
     )
     load = np.array(problem.load, dtype=float)
-    groups: dict[tuple[float, ...], list[int]] = {}
-    for i in np.nonzero(load > 0)[0]:
-        row = rates[i]
-        top = float(row.max()) if row.size else 0.0
-        key = tuple(float(x) for x in np.round(row / top, 12)) if top > 0 else (-1.0,)
-        groups.setdefault(key, []).append(int(i))
-    members = list(groups.values())
+    loaded = np.nonzero(load > 0)[0]
+    if loaded.size == 0:
+        return np.zeros((0, len(problem.gpus))), []
+    sub = rates[loaded]
+    top = sub.max(axis=1) if sub.shape[1] else np.zeros(len(loaded))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        keys = np.where(
+            top[:, None] > 0, np.round(sub / np.where(top > 0, top, 1.0)[:, None], 12), -1.0
+        )
+    keys = keys + 0.0  # -0.0 and 0.0 are the same key
+    # groups of equal keys, numbered in order of their first bucket
+    index: dict[bytes, int] = {}
+    members: list[list[int]] = []
+    group = np.empty(len(loaded), dtype=np.int64)
+    for r, (i, key) in enumerate(zip(loaded.tolist(), keys, strict=True)):
+        k = index.setdefault(key.tobytes(), len(members))
+        if k == len(members):
+            members.append([])
+        members[k].append(i)
+        group[r] = k
+    with np.errstate(divide="ignore"):
+        per = np.where(sub > 0, load[loaded][:, None] / np.where(sub > 0, sub, 1.0), np.inf)
     need = np.zeros((len(members), len(problem.gpus)))
-    for r, idx in enumerate(members):
-        for k in idx:
-            safe = np.where(rates[k] > 0, rates[k], 1.0)
-            need[r] += np.where(rates[k] > 0, load[k] / safe, np.inf)
+    np.add.at(need, group, per)
     return need, members
 
 
