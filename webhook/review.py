@@ -197,6 +197,28 @@ def review(request: AdmissionRequest, snapshot: Snapshot, policy: Policy, phase:
     return _validate(view, old_view, immutable, snapshot, policy, mode)
 
 
+def _copy_for_fix(obj: dict[str, Any]) -> dict[str, Any]:
+    """A copy to fix: every fix changes only ``spec``, so only ``spec`` is copied deeply
+    (``metadata.managedFields`` alone can be larger than the rest of the object)."""
+    if isinstance(obj.get("spec"), dict):
+        return {**obj, "spec": copy.deepcopy(obj["spec"])}
+    return copy.deepcopy(obj)
+
+
+def _derived_patch(obj: dict[str, Any], fixed: dict[str, Any]) -> list[dict[str, Any]]:
+    """The JSONPatch from ``obj`` to ``fixed``, diffing only ``spec`` when nothing else
+    can differ (everything else is shared, unchanged, with the original)."""
+    same_rest = (
+        isinstance(obj.get("spec"), dict)
+        and all(fixed.get(k) is v for k, v in obj.items() if k != "spec")
+        and fixed.keys() == obj.keys()
+    )
+    if not same_rest:
+        return list(jsonpatch.make_patch(obj, fixed).patch)
+    ops = jsonpatch.make_patch(obj["spec"], fixed["spec"]).patch
+    return [{**op, **{k: "/spec" + op[k] for k in ("path", "from") if k in op}} for op in ops]
+
+
 def _mutate(
     obj: dict[str, Any],
     view: View,
@@ -214,7 +236,7 @@ def _mutate(
         findings = [f for f in selector_overlap.check(view, snapshot) if f.severity == "error"]
         if not findings:
             return Verdict("allowed", mode=mode)
-        fixed = copy.deepcopy(obj)
+        fixed = _copy_for_fix(obj)
         isolate_deployment(fixed, view.gpu_type)
         fixed_view = view_of(fixed, policy)
         assert isinstance(fixed_view, DeploymentView)
@@ -228,13 +250,13 @@ def _mutate(
         applied = missing_max_replicas.check(view, snapshot, policy)
         if not applied:
             return Verdict("allowed", mode=mode)
-        fixed = copy.deepcopy(obj)
+        fixed = _copy_for_fix(obj)
         set_ceiling(
             fixed, view.ceiling_field, missing_max_replicas.default_ceiling(view, snapshot, policy)
         )
     else:
         return Verdict("allowed", mode=mode)
-    patch = jsonpatch.make_patch(obj, fixed).patch
+    patch = _derived_patch(obj, fixed)
     if not patch:
         return Verdict("allowed", mode=mode)
     notes = tuple(f"gpumix fixed {f.rule} on {f.subject}" for f in applied)
@@ -268,9 +290,9 @@ def _keep_isolation(obj: dict[str, Any], old_obj: Mapping[str, Any], mode: Mode)
     }
     if not missing_sel and not missing_tpl:
         return Verdict("allowed", mode=mode)
-    fixed = copy.deepcopy(obj)
+    fixed = _copy_for_fix(obj)
     restore_labels(fixed, selector=missing_sel, template=missing_tpl)
-    patch = jsonpatch.make_patch(obj, fixed).patch
+    patch = _derived_patch(obj, fixed)
     names = ", ".join(sorted({*missing_sel, *missing_tpl}))
     return Verdict(
         "patched",

@@ -249,3 +249,14 @@ def test_selector_change_is_explained_already_in_the_mutating_step() -> None:
     verdict = decide(new, snapshot(old), "mutate", "UPDATE", old=old)
     assert verdict.allowed
     assert any(w.startswith("selector-immutable:") and "recreate" in w for w in verdict.warnings)
+
+
+def test_patches_touch_only_spec_and_apply_to_the_original_request_object() -> None:
+    obj = hpa("h", "d")
+    obj["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    obj["status"] = {"currentReplicas": 2}
+    verdict = decide(obj, snapshot(), "mutate")
+    assert all(op["path"].startswith("/spec/") for op in verdict.patch)
+    fixed = jsonpatch.apply_patch(obj, list(verdict.patch))
+    assert fixed["metadata"] == obj["metadata"] and fixed["status"] == obj["status"]
+    assert fixed["spec"] == {**obj["spec"], "maxReplicas": POLICY.default_max_replicas}
