@@ -80,7 +80,7 @@ def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC)
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -108,21 +108,17 @@ def cert_names(cert: x509.Certificate) -> set[str]:
     }
 
 
-def new_bundle(
-    names: Sequence[str], now: float, lifetime_s: float, previous_ca_pem: bytes = b""
-) -> CertBundle:
-    """A fresh CA and a serving certificate for ``names`` (DNS names or IPs).
-
-    ``ca_pem`` is the new CA followed by the still-valid CAs of ``previous_ca_pem``.
-    """
-    start, end = _utc(now - SKEW_S), _utc(now + lifetime_s)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"gpumix-webhook-ca-{int(now)}")])
-    ca = (
+def make_ca(
+    common_name: str, start: dt.datetime, end: dt.datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed CA certificate (P-256, may sign only leaf certificates)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(end)
@@ -141,15 +137,27 @@ def new_bundle(
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
     )
+    return cert, key
+
+
+def issue_serving_cert(
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    names: Sequence[str],
+    start: dt.datetime,
+    end: dt.datetime,
+    common_name: str | None = None,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A serving certificate for ``names`` (DNS names or IP addresses) signed by ``ca``."""
     key = ec.generate_private_key(ec.SECP256R1())
-    first = names[0] if names else "gpumix-webhook"
+    first = common_name or (names[0] if names else "gpumix-webhook")
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, first[:64])]))
-        .issuer_name(ca_name)
+        .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
@@ -162,12 +170,25 @@ def new_bundle(
         )
         .sign(ca_key, hashes.SHA256())
     )
+    return cert, key
+
+
+def new_bundle(
+    names: Sequence[str], now: float, lifetime_s: float, previous_ca_pem: bytes = b""
+) -> CertBundle:
+    """A fresh CA and a serving certificate for ``names`` (DNS names or IPs).
+
+    ``ca_pem`` is the new CA followed by the still-valid CAs of ``previous_ca_pem``.
+    """
+    start, end = _utc(now - SKEW_S), _utc(now + lifetime_s)
+    ca, ca_key = make_ca(f"gpumix-webhook-ca-{int(now)}", start, end)
+    cert, key = issue_serving_cert(ca, ca_key, names, start, end)
     ca_pem = ca.public_bytes(serialization.Encoding.PEM)
     kept = [c for c in _load_certs(previous_ca_pem) if c.not_valid_after_utc.timestamp() > now][
         :MAX_OLD_CAS
     ]
     bundle_ca = ca_pem + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in kept)
-    return CertBundle(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key), bundle_ca)
+    return CertBundle(cert.public_bytes(serialization.Encoding.PEM), key_pem(key), bundle_ca)
 
 
 def _load_certs(pem: bytes) -> list[x509.Certificate]:
