@@ -13,6 +13,7 @@ import heapq
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -105,14 +106,7 @@ class _Lp:
                 row.SetCoefficient(v, -blk.usable)
                 row.SetCoefficient(slack, -1.0)
                 if blk.churn > 0:
-                    d = s.NumVar(0.0, inf, "")
-                    obj.SetCoefficient(d, blk.churn)
-                    up = s.Constraint(-float(blk.cur[g]), inf)
-                    up.SetCoefficient(d, 1.0)
-                    up.SetCoefficient(v, -1.0)
-                    down = s.Constraint(float(blk.cur[g]), inf)
-                    down.SetCoefficient(d, 1.0)
-                    down.SetCoefficient(v, 1.0)
+                    _add_churn(s, obj, v, float(blk.cur[g]), blk.churn)
                 ns.append(v)
                 sl.append(slack)
                 caps.append(row)
@@ -423,14 +417,7 @@ def full_mip(
             obj.SetCoefficient(v, float(blk.cost[g]))
             n.append(v)
             if blk.churn > 0:
-                d = s.NumVar(0.0, inf, "")
-                obj.SetCoefficient(d, blk.churn)
-                up = s.Constraint(-float(blk.cur[g]), inf)
-                up.SetCoefficient(d, 1.0)
-                up.SetCoefficient(v, -1.0)
-                down = s.Constraint(float(blk.cur[g]), inf)
-                down.SetCoefficient(d, 1.0)
-                down.SetCoefficient(v, 1.0)
+                _add_churn(s, obj, v, float(blk.cur[g]), blk.churn)
         caps = []
         for g in range(g_count):
             row = s.Constraint(-inf, 0.0)
@@ -653,3 +640,16 @@ def two_types(blk: Block) -> Outcome | None:
     reps = (round(best[0]), round(best[1]))
     value = _plan_value([blk], np.array(best))  # summed as everywhere else
     return Outcome("optimal", (reps,), (f,), value, value, 1)
+
+
+def _add_churn(s: Any, obj: Any, v: Any, current: float, weight: float) -> None:
+    """Charge ``weight`` per replica of change: d >= |v - current| in the objective."""
+    inf = s.infinity()
+    d = s.NumVar(0.0, inf, "")
+    obj.SetCoefficient(d, weight)
+    up = s.Constraint(-current, inf)
+    up.SetCoefficient(d, 1.0)
+    up.SetCoefficient(v, -1.0)
+    down = s.Constraint(current, inf)
+    down.SetCoefficient(d, 1.0)
+    down.SetCoefficient(v, 1.0)
