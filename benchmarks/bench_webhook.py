@@ -1,18 +1,23 @@
 """Webhook throughput and cache memory, on loopback.
 
-    python benchmarks/bench_webhook.py [--requests 20000] [--concurrency 64]
-        [--deployments 10000] [--namespaces 100] [--time-limit 60]
+    python benchmarks/bench_webhook.py [--concurrency 64] [--duration 10] [--rounds 3]
+        [--deployments 10000] [--namespaces 100] [--event-loop uvloop|asyncio]
 
 The Kubernetes API emulator runs in this process and holds the cluster
 (``--deployments`` Deployments in ``--namespaces`` namespaces, one HPA per ten
 Deployments, 50 GPU Nodes).  ``gpumix webhook --kubeconfig ...`` runs as a child
 process exactly as it would against a cluster: it lists and watches the
-emulator, bootstraps its certificate into the Secret, and serves HTTPS.  A bare
-aiohttp TLS endpoint that answers every request with a fixed ``allowed: true``
-review runs as a second child with the same certificate.  The load generator
-(this process) keeps ``--concurrency`` keep-alive connections busy with a mix
-of Deployment and HPA AdmissionReviews and reports requests/s and p50/p99
-latency per endpoint.  The webhook's resident memory (VmRSS) is read once its
+emulator, bootstraps its certificate into the Secret, and serves HTTPS.  Two
+bare aiohttp TLS endpoints that answer every request with a fixed ``allowed:
+true`` review run as more children with the same certificate, one on the
+standard asyncio event loop and one on uvloop; gpumix is compared with the
+faster of the two.  The load generator is wrk (C; ``apt-get install wrk``; the
+throughput part refuses to run without it): one thread keeps ``--concurrency``
+keep-alive connections busy for ``--duration`` seconds per endpoint and round
+with a mix of Deployment and HPA AdmissionReviews, checks every answer (HTTP
+200 and the uid of a request in flight), and reports requests/s and p50/p99
+latency.  The CPU time each server process used during a run, per request, is
+read from ``/proc``.  The webhook's resident memory (VmRSS) is read once its
 cache has synced, and compared with a webhook watching an empty cluster.
 """
 
@@ -26,6 +31,7 @@ import json
 import os
 import random
 import re
+import shutil
 import ssl
 import sys
 import tempfile
@@ -205,7 +211,7 @@ class Child:
                 await self.proc.wait()
 
 
-async def start_webhook(kubeconfig: Path) -> Child:
+async def start_webhook(kubeconfig: Path, event_loop: str = "uvloop") -> Child:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -223,6 +229,8 @@ async def start_webhook(kubeconfig: Path) -> Child:
         "127.0.0.1",
         "--log-level",
         "INFO",
+        "--event-loop",
+        event_loop,
         cwd=str(REPO),
         stderr=asyncio.subprocess.PIPE,
     )
@@ -256,13 +264,17 @@ async def wait_ready(child: Child, timeout_s: float = 120) -> float:
     raise RuntimeError("webhook not ready in time")
 
 
-async def start_bare(cert: Path, key: Path) -> Child:
+BARE_LOOPS = ("asyncio", "uvloop")
+
+
+async def start_bare(cert: Path, key: Path, event_loop: str) -> Child:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
         "--serve-bare",
         str(cert),
         str(key),
+        event_loop,
         stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
@@ -270,7 +282,7 @@ async def start_bare(cert: Path, key: Path) -> Child:
     return Child(proc, int(line.split()[1]))
 
 
-def serve_bare(cert: str, key: str) -> None:
+def serve_bare(cert: str, key: str, event_loop: str) -> None:
     """A bare aiohttp TLS endpoint: read the body, answer a fixed allowed review."""
     fixed = json.dumps(
         {
@@ -298,11 +310,93 @@ def serve_bare(cert: str, key: str) -> None:
         print(f"PORT {port}", flush=True)
         await asyncio.sleep(3600)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    factory = None
+    if event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
 
 
 # --------------------------------------------------------------------------- load
+
+# wrk (C, one thread) drives the load.  Each of its threads reads the request bodies
+# (one "uid<TAB>body" line each), cycles through them, and checks every answer: HTTP
+# 200, and (for gpumix) the uid of a request that is in flight on that thread and not
+# answered yet.  wrk's Lua API does not say which connection an answer came on, so the
+# uids in flight are a multiset: every answer must take one of them away.
+WRK_SCRIPT = r"""
+local threads = {}
+local next_id = 0
+
+function setup(thread)
+  thread:set("id", next_id)
+  next_id = next_id + 1
+  table.insert(threads, thread)
+end
+
+function init(args)
+  check_uid = args[2] == "uid"
+  reqs, uids, pending = {}, {}, {}
+  for line in io.lines(args[1]) do
+    local tab = line:find("\t", 1, true)
+    uids[#uids + 1] = line:sub(1, tab - 1)
+    reqs[#reqs + 1] = wrk.format("POST", nil, {["Content-Type"] = "application/json"},
+                                 line:sub(tab + 1))
+  end
+  n = #reqs
+  i = (id * 997) % n
+  bad_status, bad_uid = 0, 0
+end
+
+function request()
+  i = i % n + 1
+  local uid = uids[i]
+  pending[uid] = (pending[uid] or 0) + 1
+  return reqs[i]
+end
+
+function response(status, headers, body)
+  if status ~= 200 then bad_status = bad_status + 1 end
+  if check_uid then
+    local uid = body:match('"uid":"([^"]*)"')
+    local left = uid and pending[uid]
+    if left == nil then
+      bad_uid = bad_uid + 1
+    elseif left == 1 then
+      pending[uid] = nil
+    else
+      pending[uid] = left - 1
+    end
+  end
+end
+
+function done(summary, latency, requests)
+  local bs, bu = 0, 0
+  for _, t in ipairs(threads) do
+    bs = bs + t:get("bad_status")
+    bu = bu + t:get("bad_uid")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    "GPUMIX_WRK requests=%d duration_us=%d p50_us=%.0f p99_us=%.0f max_us=%.0f " ..
+    "bad_status=%d bad_uid=%d connect=%d read=%d write=%d timeout=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency.max, bs, bu, e.connect, e.read, e.write, e.timeout))
+end
+"""
+
+
+def require_wrk() -> str:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        sys.exit(
+            "bench_webhook.py: the load generator `wrk` is not installed "
+            "(Debian/Ubuntu: apt-get install wrk); the throughput benchmark needs it "
+            "(--memory-only does not)"
+        )
+    return wrk
 
 
 @dataclass
@@ -310,61 +404,83 @@ class Result:
     name: str
     requests: int
     seconds: float
-    latencies: list[float]
+    p50_ms: float
+    p99_ms: float
     errors: int
     server_cpu_s: float = 0.0
 
     @property
     def cpu_us(self) -> float:
         """Server CPU per request: unlike req/s, not skewed by other load on the machine."""
-        return self.server_cpu_s / self.requests * 1e6
+        return self.server_cpu_s / max(self.requests, 1) * 1e6
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds
 
-    def pct(self, q: float) -> float:
-        data = sorted(self.latencies)
-        return data[min(int(q * len(data)), len(data) - 1)] * 1000
+
+def median_result(rs: list[Result]) -> Result:
+    """Each figure the median over the rounds (errors and requests: the total)."""
+
+    def med(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    total = sum(r.requests for r in rs)
+    rps, cpu_us = med([r.rps for r in rs]), med([r.cpu_us for r in rs])
+    return Result(
+        rs[0].name,
+        total,
+        total / rps,
+        med([r.p50_ms for r in rs]),
+        med([r.p99_ms for r in rs]),
+        sum(r.errors for r in rs),
+        cpu_us * total / 1e6,
+    )
 
 
-async def load(
+async def run_wrk(
+    wrk: str,
+    workdir: Path,
     url: str,
-    bodies: list[bytes],
-    ctx: ssl.SSLContext,
-    total: int,
-    concurrency: int,
-    time_limit_s: float,
     name: str,
     check_uid: bool,
+    connections: int,
+    duration_s: float,
 ) -> Result:
-    latencies: list[float] = []
-    errors = 0
-    counter = iter(range(total))
-    deadline = time.monotonic() + time_limit_s
-    connector = aiohttp.TCPConnector(ssl=ctx, limit=concurrency)
-    headers = {"Content-Type": "application/json"}
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal errors
-        for i in counter:  # shared iterator: `total` requests across all workers
-            if time.monotonic() > deadline:
-                return
-            body = bodies[i % len(bodies)]
-            t0 = time.perf_counter()
-            async with session.post(url, data=body, headers=headers) as resp:
-                data = await resp.read()
-            latencies.append(time.perf_counter() - t0)
-            if resp.status != 200 or (
-                check_uid and f'"uid":"uid-{i % len(bodies)}"'.encode() not in data
-            ):
-                errors += 1
-
-    async with aiohttp.ClientSession(connector=connector) as session:
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-        seconds = time.perf_counter() - start
-    return Result(name, len(latencies), seconds, latencies, errors)
+    """One wrk run: ``connections`` keep-alive connections for ``duration_s`` seconds."""
+    proc = await asyncio.create_subprocess_exec(
+        wrk,
+        "-t",
+        "1",
+        "-c",
+        str(connections),
+        "-d",
+        f"{duration_s:g}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(workdir / "mix.lua"),
+        url,
+        "--",
+        str(workdir / "bodies.txt"),
+        "uid" if check_uid else "status",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), duration_s + 30)
+    m = re.search(rb"GPUMIX_WRK (.*)", out)
+    if proc.returncode != 0 or m is None:
+        raise RuntimeError(f"wrk failed on {url}: {out.decode()} {err.decode()}")
+    f = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).decode().split())}
+    errors = sum(f[k] for k in ("bad_status", "bad_uid", "connect", "read", "write", "timeout"))
+    return Result(
+        name,
+        f["requests"],
+        f["duration_us"] / 1e6,
+        f["p50_us"] / 1000,
+        f["p99_us"] / 1000,
+        errors,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -388,7 +504,7 @@ async def memory(args: argparse.Namespace) -> dict[str, float]:
     out: dict[str, float] = {}
     for label, deps in (("empty", 0), ("full", args.deployments)):
         async with emulator(deps, args.namespaces if deps else 1) as (_, kubeconfig):
-            child = await start_webhook(kubeconfig)
+            child = await start_webhook(kubeconfig, args.event_loop)
             try:
                 out[f"sync_s_{label}"] = await wait_ready(child)
                 await asyncio.sleep(1.0)
@@ -398,9 +514,11 @@ async def memory(args: argparse.Namespace) -> dict[str, float]:
     return out
 
 
-async def throughput(args: argparse.Namespace) -> list[Result]:
+async def throughput(args: argparse.Namespace) -> tuple[list[Result], list[Result]]:
+    wrk = require_wrk()
     async with emulator(args.deployments, args.namespaces) as (emu, kubeconfig):
-        webhook = await start_webhook(kubeconfig)
+        webhook = await start_webhook(kubeconfig, args.event_loop)
+        bares: list[Child] = []
         try:
             ready_s = await wait_ready(webhook)
             print(
@@ -412,113 +530,106 @@ async def throughput(args: argparse.Namespace) -> list[Result]:
             assert secret is not None
             data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
             with tempfile.TemporaryDirectory() as tmp:
-                cert, key = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
+                work = Path(tmp)
+                cert, key = work / "tls.crt", work / "tls.key"
                 cert.write_bytes(data["tls.crt"])
                 key.write_bytes(data["tls.key"])
-                bare = await start_bare(cert, key)
-            try:
-                ctx = ssl.create_default_context(cadata=data["ca.crt"].decode())
-                bodies = request_mix(args.namespaces, 2000)
+                for loop in BARE_LOOPS:
+                    bares.append(await start_bare(cert, key, loop))
+                (work / "mix.lua").write_text(WRK_SCRIPT)
+                with (work / "bodies.txt").open("wb") as f:
+                    for i, body in enumerate(request_mix(args.namespaces, 2000)):
+                        f.write(f"uid-{i}\t".encode() + body + b"\n")
+                # (name, server, url, check the uid)
                 targets = [
                     (
-                        "bare aiohttp TLS, fixed allowed review",
+                        f"bare aiohttp TLS on {loop}, fixed allowed review",
+                        bare,
                         f"https://127.0.0.1:{bare.port}/validate",
                         False,
-                    ),
-                    ("gpumix /validate", f"https://127.0.0.1:{webhook.port}/validate", True),
-                    ("gpumix /mutate", f"https://127.0.0.1:{webhook.port}/mutate", True),
-                ]
-                for name, url, check in targets:  # warm-up
-                    await load(
-                        url,
-                        bodies,
-                        ctx,
-                        min(1000, args.requests),
-                        args.concurrency,
-                        args.time_limit,
-                        name,
-                        check,
                     )
+                    for loop, bare in zip(BARE_LOOPS, bares, strict=True)
+                ] + [
+                    (f"gpumix {path}", webhook, f"https://127.0.0.1:{webhook.port}{path}", True)
+                    for path in ("/validate", "/mutate")
+                ]
+
+                async def one(
+                    target: tuple[str, Child, str, bool], conns: int, secs: float
+                ) -> Result:
+                    name, server, url, check = target
+                    cpu0 = server.cpu_s()
+                    result = await run_wrk(wrk, work, url, name, check, conns, secs)
+                    result.server_cpu_s = server.cpu_s() - cpu0
+                    return result
+
+                for target in targets:  # warm-up
+                    await one(target, args.concurrency, 2)
                 # Rounds interleave the endpoints so that load from other processes on the
                 # machine hits all of them alike; the median round of each is reported.
-                runs: dict[str, list[Result]] = {name: [] for name, _, _ in targets}
-                servers = {targets[0][0]: bare, targets[1][0]: webhook, targets[2][0]: webhook}
+                runs: dict[str, list[Result]] = {t[0]: [] for t in targets}
                 for _ in range(args.rounds):
-                    for name, url, check in targets:
-                        cpu0 = servers[name].cpu_s()
-                        result = await load(
-                            url,
-                            bodies,
-                            ctx,
-                            args.requests,
-                            args.concurrency,
-                            args.time_limit,
-                            name,
-                            check,
-                        )
-                        result.server_cpu_s = servers[name].cpu_s() - cpu0
-                        runs[name].append(result)
+                    for target in targets:
+                        runs[target[0]].append(await one(target, args.concurrency, args.duration))
                 for name, rs in runs.items():
                     print(
                         f"# {name}: "
-                        + ", ".join(f"{r.rps:.0f} req/s ({r.cpu_us:.0f} µs CPU)" for r in rs),
+                        + ", ".join(
+                            f"{r.rps:.0f} req/s ({r.cpu_us:.0f} µs CPU, p99 {r.p99_ms:.1f} ms)"
+                            for r in rs
+                        ),
                         file=sys.stderr,
                     )
-                medians = [sorted(rs, key=lambda r: r.rps)[len(rs) // 2] for rs in runs.values()]
+                medians = [median_result(rs) for rs in runs.values()]
                 # Service time without queueing: one connection, one request at a time.
-                for name, url, check in targets:
-                    single = await load(
-                        url,
-                        bodies,
-                        ctx,
-                        min(2000, args.requests),
-                        1,
-                        args.time_limit,
-                        name + " (1 connection)",
-                        check,
-                    )
-                    medians.append(single)
-                return medians
-            finally:
-                await bare.stop()
+                singles = [await one(target, 1, args.single_duration) for target in targets]
+                return medians, singles
         finally:
+            for bare in bares:
+                await bare.stop()
             await webhook.stop()
 
 
-def report(results: list[Result], mem: dict[str, float], args: argparse.Namespace) -> str:
-    bare = results[0]
+def report(
+    results: list[Result],
+    singles: list[Result],
+    mem: dict[str, float],
+    args: argparse.Namespace,
+    load: tuple[float, float],
+) -> str:
+    bares = [r for r in results if r.name.startswith("bare")]
+    fastest = max(bares, key=lambda r: r.rps)
+    cheapest = min(bares, key=lambda r: r.cpu_us)
     lines = [
-        f"{args.deployments} Deployments in {args.namespaces} namespaces cached, "
-        f"{args.concurrency} concurrent keep-alive TLS connections, {args.requests} requests "
-        f"per endpoint and round, median of {args.rounds} interleaved rounds (40% new "
+        f"{args.deployments} Deployments in {args.namespaces} namespaces cached; wrk, one "
+        f"thread, {args.concurrency} keep-alive TLS connections, {args.duration:g} s per "
+        f"endpoint and round, {args.rounds} interleaved rounds: each figure is the median "
+        "over the rounds, requests and errors the total (40% new "
         "Deployments, 10% overlapping Deployments, 30% HPAs without maxReplicas, 20% HPAs "
-        "with it).",
+        f"with it); gpumix on {args.event_loop}. Load average {load[0]:.2f} before, "
+        f"{load[1]:.2f} after. 'vs bare' is against the faster bare endpoint "
+        f"({fastest.name.split(',')[0]}), 'capacity vs bare' against the cheaper one "
+        f"({cheapest.name.split(',')[0]}).",
         "",
         "| endpoint | requests | req/s | vs bare | p50 ms | p99 ms | errors "
         "| server CPU µs/req | capacity vs bare |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        if r.name.endswith("(1 connection)"):
-            continue
         lines.append(
-            f"| {r.name} | {r.requests} | {r.rps:.0f} | {r.rps / bare.rps:.2f}x | "
-            f"{r.pct(0.5):.2f} | {r.pct(0.99):.2f} | {r.errors} | {r.cpu_us:.0f} | "
-            f"{bare.cpu_us / r.cpu_us:.2f}x |"
+            f"| {r.name} | {r.requests} | {r.rps:.0f} | {r.rps / fastest.rps:.2f}x | "
+            f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {r.cpu_us:.0f} | "
+            f"{cheapest.cpu_us / r.cpu_us:.2f}x |"
         )
     lines += [
         "",
-        "One connection, one request at a time (no queueing):",
+        f"One connection, one request at a time (no queueing, {args.single_duration:g} s each):",
         "",
-        "| endpoint | requests | p50 ms | p99 ms |",
-        "|---|---|---|---|",
+        "| endpoint | requests | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|",
     ]
-    for r in results:
-        if r.name.endswith("(1 connection)"):
-            lines.append(
-                f"| {r.name.removesuffix(' (1 connection)')} | {r.requests} | "
-                f"{r.pct(0.5):.2f} | {r.pct(0.99):.2f} |"
-            )
+    for r in singles:
+        lines.append(f"| {r.name} | {r.requests} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |")
     if mem:
         lines += [
             "",
@@ -530,28 +641,38 @@ def report(results: list[Result], mem: dict[str, float], args: argparse.Namespac
 
 
 def main() -> int:
-    if len(sys.argv) == 4 and sys.argv[1] == "--serve-bare":
-        serve_bare(sys.argv[2], sys.argv[3])
+    if len(sys.argv) == 5 and sys.argv[1] == "--serve-bare":
+        serve_bare(sys.argv[2], sys.argv[3], sys.argv[4])
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--requests", type=int, default=20000)
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per endpoint and round")
+    p.add_argument(
+        "--single-duration", type=float, default=3.0, help="seconds of the 1-connection runs"
+    )
     p.add_argument("--deployments", type=int, default=10000)
     p.add_argument("--namespaces", type=int, default=100)
-    p.add_argument("--time-limit", type=float, default=60.0, help="seconds per endpoint at most")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median is shown)")
+    p.add_argument(
+        "--event-loop", choices=("uvloop", "asyncio"), default="uvloop", help="gpumix's loop"
+    )
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--memory-only", action="store_true")
     args = p.parse_args()
+    if not args.memory_only:
+        require_wrk()
 
-    async def run() -> tuple[list[Result], dict[str, float]]:
+    async def run() -> tuple[list[Result], list[Result], dict[str, float]]:
         mem = {} if args.skip_memory else await memory(args)
-        results = [] if args.memory_only else await throughput(args)
-        return results, mem
+        results, singles = ([], []) if args.memory_only else await throughput(args)
+        return results, singles, mem
 
-    results, mem = asyncio.run(run())
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
+    results, singles, mem = asyncio.run(run())
+    print(f"# done in {time.monotonic() - started:.0f} s", file=sys.stderr)
     if results:
-        print(report(results, mem, args))
+        print(report(results, singles, mem, args, (load_before, os.getloadavg()[0])))
     else:
         print(json.dumps(mem, indent=2))
     return 0

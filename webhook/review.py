@@ -10,13 +10,13 @@ bytes.
 from __future__ import annotations
 
 import base64
-import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, TypeGuard
 
 import jsonpatch
+import orjson
 
 from gpumix.kube.fields import as_mapping
 from gpumix.kube.objects import AutoscalerView, DeploymentView, View, view_of
@@ -99,13 +99,19 @@ class ReviewError(ValueError):
         self.uid = uid
 
 
+def _is_map(value: object) -> TypeGuard[Mapping[str, Any]]:
+    # ``type(...) is dict`` first: decoded JSON is plain dicts, and the ABC check costs more.
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def parse_review(body: object) -> AdmissionRequest:
     """Check an AdmissionReview body and return its request, or raise ReviewError."""
-    if not isinstance(body, Mapping):
+    if not _is_map(body):
         raise ReviewError("body must be a JSON object (an AdmissionReview)")
-    request = body.get("request")
+    raw_request = body.get("request")
+    request = raw_request if _is_map(raw_request) else None
     uid = ""
-    if isinstance(request, Mapping) and isinstance(request.get("uid"), str):
+    if request is not None and isinstance(request.get("uid"), str):
         uid = request["uid"]
     if body.get("apiVersion") != ADMISSION_API_VERSION:
         raise ReviewError(
@@ -113,7 +119,7 @@ def parse_review(body: object) -> AdmissionRequest:
         )
     if body.get("kind") != "AdmissionReview":
         raise ReviewError(f"kind must be AdmissionReview, got {body.get('kind')!r}", uid)
-    if not isinstance(request, Mapping):
+    if request is None:
         raise ReviewError("request is missing or not an object", uid)
     if not uid:
         raise ReviewError("request.uid is missing or not a string")
@@ -121,29 +127,31 @@ def parse_review(body: object) -> AdmissionRequest:
     if operation not in ("CREATE", "UPDATE", "DELETE", "CONNECT"):
         raise ReviewError(f"request.operation {operation!r} is not a known operation", uid)
     obj = request.get("object")
-    if operation in ("CREATE", "UPDATE") and not isinstance(obj, Mapping):
+    if not _is_map(obj):
+        obj = None
+    if obj is None and operation in ("CREATE", "UPDATE"):
         raise ReviewError("request.object is missing or not an object", uid)
     old = request.get("oldObject")
-    if old is not None and not isinstance(old, Mapping):
+    if old is not None and not _is_map(old):
         raise ReviewError("request.oldObject is not an object", uid)
     kind = request.get("kind")
-    if not isinstance(kind, Mapping) or not isinstance(kind.get("kind"), str):
+    if not _is_map(kind) or not isinstance(kind.get("kind"), str):
         raise ReviewError("request.kind is missing or has no kind", uid)
-    return AdmissionRequest(
-        uid=uid,
-        kind=GroupVersionKind(
-            group=str(kind.get("group", "")),
-            version=str(kind.get("version", "")),
-            kind=str(kind["kind"]),
-        ),
-        name=str(request.get("name") or ""),
-        namespace=str(request.get("namespace") or ""),
-        operation=str(operation),
-        subResource=str(request.get("subResource") or ""),
-        object=dict(obj) if isinstance(obj, Mapping) else {},
-        oldObject=dict(old) if isinstance(old, Mapping) else None,
-        dryRun=bool(request.get("dryRun", False)),
-    )
+    return {
+        "uid": uid,
+        "kind": {
+            "group": str(kind.get("group", "")),
+            "version": str(kind.get("version", "")),
+            "kind": str(kind["kind"]),
+        },
+        "name": str(request.get("name") or ""),
+        "namespace": str(request.get("namespace") or ""),
+        "operation": str(operation),
+        "subResource": str(request.get("subResource") or ""),
+        "object": dict(obj) if obj is not None else {},
+        "oldObject": dict(old) if old is not None else None,
+        "dryRun": bool(request.get("dryRun", False)),
+    }
 
 
 def _object_of(request: AdmissionRequest) -> dict[str, Any]:
@@ -197,26 +205,65 @@ def review(request: AdmissionRequest, snapshot: Snapshot, policy: Policy, phase:
     return _validate(view, old_view, immutable, snapshot, policy, mode)
 
 
-def _copy_for_fix(obj: dict[str, Any]) -> dict[str, Any]:
-    """A copy to fix: every fix changes only ``spec``, so only ``spec`` is copied deeply
-    (``metadata.managedFields`` alone can be larger than the rest of the object)."""
-    if isinstance(obj.get("spec"), dict):
-        return {**obj, "spec": copy.deepcopy(obj["spec"])}
-    return copy.deepcopy(obj)
+# The dicts each fix writes to.  (``_child`` in webhook.rules.fixes writes into a
+# parent only to replace a missing child, which then is in a copied parent.)
+_ISOLATION_PATHS = (("spec", "selector", "matchLabels"), ("spec", "template", "metadata", "labels"))
+_CEILING_PATHS = (("spec",),)
 
 
-def _derived_patch(obj: dict[str, Any], fixed: dict[str, Any]) -> list[dict[str, Any]]:
-    """The JSONPatch from ``obj`` to ``fixed``, diffing only ``spec`` when nothing else
-    can differ (everything else is shared, unchanged, with the original)."""
-    same_rest = (
-        isinstance(obj.get("spec"), dict)
-        and all(fixed.get(k) is v for k, v in obj.items() if k != "spec")
-        and fixed.keys() == obj.keys()
-    )
-    if not same_rest:
-        return list(jsonpatch.make_patch(obj, fixed).patch)
-    ops = jsonpatch.make_patch(obj["spec"], fixed["spec"]).patch
-    return [{**op, **{k: "/spec" + op[k] for k in ("path", "from") if k in op}} for op in ops]
+def _copy_for_fix(obj: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
+    """A copy of ``obj`` to fix: the dicts along ``paths`` (the only ones the fix writes
+    to) are new, every other subtree is shared with ``obj``, unchanged.  Copying the
+    whole object would cost more than the review itself (``metadata.managedFields``
+    alone can be larger than the rest)."""
+    fixed = dict(obj)
+    fresh = {id(fixed)}
+    for path in paths:
+        node = fixed
+        for key in path:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                break  # the fix creates it, in a dict that is already a copy
+            if id(child) not in fresh:
+                child = dict(child)
+                node[key] = child
+                fresh.add(id(child))
+            node = child
+    return fixed
+
+
+_ABSENT: Any = object()
+
+
+def _derived_patch(obj: Mapping[str, Any], fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The JSONPatch from ``obj`` to its fixed copy (``_copy_for_fix``), by jsonpatch.
+
+    Subtrees the fix did not copy are the very same objects in both, so they cannot
+    differ: jsonpatch diffs two sparse trees that hold only the entries that are not
+    the same object (with the dicts on the way to them), which gives the patch
+    ``jsonpatch.make_patch(obj, fixed)`` would give, at the cost of the changed part.
+    """
+    before, after = _changed_entries(obj, fixed)
+    return list(jsonpatch.make_patch(before, after).patch)
+
+
+def _changed_entries(
+    src: Mapping[str, Any], dst: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    for key in (*dst, *(k for k in src if k not in dst)):
+        a, b = src.get(key, _ABSENT), dst.get(key, _ABSENT)
+        if a is b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            before[key], after[key] = _changed_entries(a, b)
+            continue
+        if a is not _ABSENT:
+            before[key] = a
+        if b is not _ABSENT:
+            after[key] = b
+    return before, after
 
 
 def _mutate(
@@ -236,7 +283,7 @@ def _mutate(
         findings = [f for f in selector_overlap.check(view, snapshot) if f.severity == "error"]
         if not findings:
             return Verdict("allowed", mode=mode)
-        fixed = _copy_for_fix(obj)
+        fixed = _copy_for_fix(obj, _ISOLATION_PATHS)
         isolate_deployment(fixed, view.gpu_type)
         fixed_view = view_of(fixed, policy)
         assert isinstance(fixed_view, DeploymentView)
@@ -250,7 +297,7 @@ def _mutate(
         applied = missing_max_replicas.check(view, snapshot, policy)
         if not applied:
             return Verdict("allowed", mode=mode)
-        fixed = _copy_for_fix(obj)
+        fixed = _copy_for_fix(obj, _CEILING_PATHS)
         set_ceiling(
             fixed, view.ceiling_field, missing_max_replicas.default_ceiling(view, snapshot, policy)
         )
@@ -290,7 +337,7 @@ def _keep_isolation(obj: dict[str, Any], old_obj: Mapping[str, Any], mode: Mode)
     }
     if not missing_sel and not missing_tpl:
         return Verdict("allowed", mode=mode)
-    fixed = _copy_for_fix(obj)
+    fixed = _copy_for_fix(obj, _ISOLATION_PATHS)
     restore_labels(fixed, selector=missing_sel, template=missing_tpl)
     patch = _derived_patch(obj, fixed)
     names = ", ".join(sorted({*missing_sel, *missing_tpl}))
@@ -415,12 +462,19 @@ def to_response(uid: str, verdict: Verdict) -> AdmissionReviewResponse:
         response["status"] = {"code": verdict.code, "message": verdict.message, "reason": reason}
     if verdict.shape == "patched":
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(
-            json.dumps(list(verdict.patch), separators=(",", ":")).encode()
-        ).decode()
+        response["patch"] = base64.b64encode(json_bytes(list(verdict.patch))).decode()
     if verdict.warnings:
         response["warnings"] = [_warning_text(w) for w in verdict.warnings]
     return {"apiVersion": ADMISSION_API_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+def json_bytes(data: object) -> bytes:
+    """Compact JSON (orjson; the standard library for what orjson refuses, such as
+    strings with lone surrogates that ``json.loads`` let in)."""
+    try:
+        return orjson.dumps(data)
+    except TypeError:
+        return json.dumps(data, separators=(",", ":")).encode()
 
 
 def _warning_text(text: str) -> str:
@@ -435,6 +489,7 @@ __all__ = [
     "ReviewError",
     "Verdict",
     "errored",
+    "json_bytes",
     "parse_review",
     "review",
     "to_response",

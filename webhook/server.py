@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import orjson
 from aiohttp import web
 
 from gpumix.kube.policy import Policy
@@ -32,6 +33,7 @@ from webhook.review import (
     ReviewError,
     Verdict,
     errored,
+    json_bytes,
     parse_review,
     review,
     to_response,
@@ -90,10 +92,6 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 # --------------------------------------------------------------------------- responses
 
 
-def _dumps(data: object) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode()
-
-
 def status_response(code: int, message: str, reason: str) -> web.Response:
     """A Kubernetes-style ``Status`` body for an HTTP-level error."""
     body = {
@@ -104,11 +102,11 @@ def status_response(code: int, message: str, reason: str) -> web.Response:
         "reason": reason,
         "code": code,
     }
-    return web.Response(status=code, body=_dumps(body), content_type="application/json")
+    return web.Response(status=code, body=json_bytes(body), content_type="application/json")
 
 
 def review_response(review_body: AdmissionReviewResponse) -> web.Response:
-    return web.Response(body=_dumps(review_body), content_type="application/json")
+    return web.Response(body=json_bytes(review_body), content_type="application/json")
 
 
 class BadBody(Exception):
@@ -138,6 +136,10 @@ async def read_json(request: web.Request) -> object:
         raise BadBody(413, "request body is over the 7 MiB limit") from None
     if not raw:
         raise BadBody(400, "request body is empty; expected an AdmissionReview")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass  # the standard library names the problem (and reads NaN, as before)
     try:
         body = json.loads(raw)
     except RecursionError:

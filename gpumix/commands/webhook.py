@@ -7,7 +7,6 @@ Flags and environment are read here and nowhere else; they become one
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Mapping
@@ -92,6 +91,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="with --state and no cert files: write the generated CA bundle here",
     )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument(
+        "--event-loop",
+        default="uvloop",
+        choices=("uvloop", "asyncio"),
+        help="event loop to serve on (default uvloop; asyncio where uvloop is unavailable)",
+    )
     p.set_defaults(func=run)
 
 
@@ -134,7 +139,7 @@ def state_objects(path: str) -> list[Mapping[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     from webhook.kubeapi import ApiError
-    from webhook.runtime import serve
+    from webhook.runtime import run as run_webhook
 
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -146,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"gpumix webhook: {exc}\n")
         return EXIT_INPUT
     try:
-        asyncio.run(serve(settings, state_objects=objects))
+        run_webhook(settings, state_objects=objects, event_loop=args.event_loop)
     except (OSError, ApiError) as exc:
         sys.stderr.write(f"gpumix webhook: {exc}\n")
         return EXIT_INPUT

@@ -19,8 +19,17 @@ from webhook_kit import (
     snapshot,
 )
 
+from gpumix.kube.gputype import GpuType
 from gpumix.kube.policy import Policy
-from webhook.review import ReviewError, parse_review, review, to_response
+from webhook.review import (
+    ReviewError,
+    _copy_for_fix,
+    _derived_patch,
+    parse_review,
+    review,
+    to_response,
+)
+from webhook.rules.fixes import isolate_deployment
 
 POLICY = Policy()
 
@@ -260,3 +269,71 @@ def test_patches_touch_only_spec_and_apply_to_the_original_request_object() -> N
     fixed = jsonpatch.apply_patch(obj, list(verdict.patch))
     assert fixed["metadata"] == obj["metadata"] and fixed["status"] == obj["status"]
     assert fixed["spec"] == {**obj["spec"], "maxReplicas": POLICY.default_max_replicas}
+
+
+# --------------------------------------------------------------------------- derived patches
+
+
+@pytest.mark.parametrize(
+    ("obj", "snap", "operation", "old"),
+    [
+        pytest.param(
+            deployment("a40", gpu_product="A40"),
+            snapshot(isolated("a100", "A100")),
+            "CREATE",
+            None,
+            id="isolate",
+        ),
+        pytest.param(hpa("h", "d"), snapshot(), "CREATE", None, id="ceiling"),
+        pytest.param(
+            deployment("a40", gpu_product="A40"),
+            snapshot(),
+            "UPDATE",
+            isolated("a40", "A40"),
+            id="restore",
+        ),
+    ],
+)
+def test_mutation_leaves_the_request_untouched_and_its_patch_is_the_full_diff(
+    obj: dict, snap, operation: str, old: dict | None
+) -> None:
+    request = parse_review(review_body(obj, operation, old=old))
+    before = copy.deepcopy(request)
+    verdict = review(request, snap, POLICY, "mutate")
+    assert verdict.shape == "patched"
+    assert request == before
+    fixed = jsonpatch.apply_patch(obj, list(verdict.patch))
+    assert jsonpatch.make_patch(obj, fixed).patch == list(verdict.patch)
+
+
+def test_derived_patch_walks_only_copied_dicts_and_escapes_keys() -> None:
+    shared = {"containers": [{"name": "c"}]}
+    obj = {
+        "metadata": {"name": "n"},
+        "spec": {
+            "selector": {"matchLabels": {"a/b": "1", "t~x": "2"}},
+            "template": {"metadata": {"labels": {"a/b": "1"}}, "spec": shared},
+            "replicas": 1,
+        },
+    }
+    fixed = _copy_for_fix(obj, (("spec", "selector", "matchLabels"), ("spec", "template")))
+    assert fixed["spec"]["template"]["spec"] is shared and fixed["metadata"] is obj["metadata"]
+    fixed["spec"]["selector"]["matchLabels"]["t~x"] = "3"
+    fixed["spec"]["selector"]["matchLabels"]["c/d"] = "4"
+    del fixed["spec"]["selector"]["matchLabels"]["a/b"]
+    fixed["spec"]["template"]["metadata"] = {"labels": {"a/b": "1", "new": "y"}}
+    fixed["spec"]["paused"] = True
+    patch = _derived_patch(obj, fixed)
+    assert obj["spec"]["selector"]["matchLabels"] == {"a/b": "1", "t~x": "2"}
+    assert jsonpatch.apply_patch(obj, patch) == fixed
+    assert sorted(op["path"] for op in patch) == sorted(
+        op["path"] for op in jsonpatch.make_patch(obj, fixed).patch
+    )
+
+
+def test_fix_creates_missing_dicts_in_the_copy_only() -> None:
+    obj = {"metadata": {"name": "x"}, "spec": {"template": "not a dict"}}
+    fixed = _copy_for_fix(obj, (("spec", "selector", "matchLabels"), ("spec", "template")))
+    isolate_deployment(fixed, GpuType("cpu"))
+    assert obj == {"metadata": {"name": "x"}, "spec": {"template": "not a dict"}}
+    assert jsonpatch.apply_patch(obj, _derived_patch(obj, fixed)) == fixed

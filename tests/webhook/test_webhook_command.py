@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import re
+import signal
 import ssl
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,8 @@ from webhook_kit import deployment, hpa, review_body
 from gpumix.cli import build_parser, main
 from gpumix.commands.webhook import settings_from_args
 from gpumix.emulator import Emulator
-from webhook.runtime import serve
+from webhook.runtime import freeze_when_synced, loop_factory, serve
+from webhook.server import StaticSource
 from webhook.settings import DAY_S, WebhookSettings
 
 
@@ -191,3 +196,96 @@ async def test_kubeconfig_mode_bootstraps_and_serves() -> None:
         assert out["ready"] == 200
         assert "gpumix_cache_synced 1.0" in out["metrics"]
         assert out["mutate"]["response"]["uid"] == "cmd-1"
+
+
+# --------------------------------------------------------------------------- event loop
+
+
+def test_event_loop_flag() -> None:
+    assert build_parser().parse_args(["webhook"]).event_loop == "uvloop"
+    args = build_parser().parse_args(["webhook", "--event-loop", "asyncio"])
+    assert args.event_loop == "asyncio"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["webhook", "--event-loop", "trio"])
+
+
+def test_loop_factory_picks_uvloop_and_falls_back_without_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import uvloop
+
+    factory = loop_factory("uvloop")
+    assert factory is not None
+    loop = factory()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
+    assert loop_factory("asyncio") is None
+    with pytest.raises(ValueError, match="unknown event loop"):
+        loop_factory("trio")
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` raises ImportError
+    assert loop_factory("uvloop") is None
+    assert "uvloop is not available" in caplog.text
+
+
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+async def test_command_serves_on_the_chosen_loop_and_stops_on_sigterm(
+    tmp_path: Path, event_loop: str
+) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps(deployment("d")))
+    ca = tmp_path / "ca.pem"
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "gpumix", "webhook", "--state", str(state)),
+        *("--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"),
+        *("--extra-san", "127.0.0.1", "--write-ca", str(ca), "--event-loop", event_loop),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    try:
+        lines: list[str] = []
+        ports = None
+        while ports is None:
+            line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+            assert line, "".join(lines)
+            lines.append(line)
+            ports = re.search(r"serving HTTPS on [\d.]+:(\d+), probes on port (\d+)", line)
+        assert any(f"event loop: {event_loop}" in x for x in lines)
+        for _ in range(100):  # the state file is synced at once: objects are frozen
+            if any("moved out of the collector's view" in x for x in lines):
+                break
+            lines.append((await asyncio.wait_for(proc.stderr.readline(), 60)).decode())
+        else:
+            raise AssertionError("".join(lines))
+        ctx = ssl.create_default_context(cadata=ca.read_text())
+        body = review_body(hpa("h", "d"), uid="loop-1")
+        async with aiohttp.ClientSession() as http:
+            url = f"https://127.0.0.1:{ports.group(1)}/mutate"
+            async with http.post(url, json=body, ssl=ctx) as r:
+                out = await r.json()
+        assert out["response"]["uid"] == "loop-1" and out["response"]["patchType"] == "JSONPatch"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_objects_are_frozen_once_the_cache_has_synced() -> None:
+    source = StaticSource(synced=False)
+    calls: list[str] = []
+    task = asyncio.create_task(
+        freeze_when_synced(
+            source,
+            poll_s=0.01,
+            collect=lambda: calls.append("collect"),
+            freeze=lambda: calls.append("freeze"),
+        )
+    )
+    await asyncio.sleep(0.05)
+    assert calls == [] and not task.done()
+    source.synced = True
+    await asyncio.wait_for(task, 5)
+    assert calls == ["collect", "freeze"]

@@ -411,3 +411,36 @@ def test_review_does_not_block_the_loop_long() -> None:
         review(request, snap, policy, "mutate")
     per_call = (time.perf_counter() - start) / 400
     assert per_call < 0.005, f"{per_call * 1000:.2f} ms per review"
+
+
+# --------------------------------------------------------------------------- JSON edge cases
+
+
+async def test_json_the_fast_decoder_refuses_is_read_as_before(served: Served) -> None:
+    """orjson refuses a lone surrogate escape and NaN, which the standard library reads:
+    such a body is still reviewed, and an answer that quotes it is valid JSON."""
+    obj = deployment(
+        "odd", "odd", selector={"model.aibrix.ai/name": "x\ud800"}, template={"app": "y"}
+    )
+    obj["spec"]["replicas"] = float("nan")
+    data = json.dumps(review_body(obj, uid="odd-1")).encode()
+    assert b"\\ud800" in data and b"NaN" in data
+    status, out = await _raw(served, "/mutate", data, "application/json")
+    assert status == 200 and out["response"]["uid"] == "odd-1"
+    assert out["response"]["allowed"] is True
+    status, out = await _raw(served, "/validate", data, "application/json")
+    assert status == 200 and out["response"]["uid"] == "odd-1"
+    assert out["response"]["allowed"] is False
+    assert "x\ud800" in out["response"]["status"]["message"]
+
+
+async def test_answers_are_compact_json_with_utf8_text(served: Served) -> None:
+    body = review_body(deployment("llama-a40", gpu_product=A40), uid="u-ü")
+    data = json.dumps(body).encode()
+    async with served.http.post(
+        served.url + "/validate", data=data, headers={"Content-Type": "application/json"}
+    ) as resp:
+        raw = await resp.read()
+    out = json.loads(raw)
+    assert out["response"]["uid"] == "u-ü" and out["response"]["allowed"] is False
+    assert raw == json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()

@@ -56,48 +56,39 @@ def pair_finding(
     witness = overlap_witness(dep.selector, other.selector)
     if witness is None:
         return None
-    captured = dep.selector.matches(other.template_labels) or other.selector.matches(
-        dep.template_labels
-    )
+    # Each fact is computed once here and handed to the message (a hot path: admission).
+    takes_other = dep.selector.matches(other.template_labels)
+    taken_by_other = other.selector.matches(dep.template_labels)
+    captured = takes_other or taken_by_other
     if not captured and not (dep.selector.keys & other.selector.keys):
         # Selectors on unrelated keys: only a pod labelled on purpose for both would match.
         return None
-    severity = severity_of(dep, other, snapshot)
-    if severity is None:
+    if not (dep.in_scope or other.in_scope):
         return None
+    dep_ref, other_ref = dep.ref, other.ref
+    same_type = dep.gpu_type.same_as(other.gpu_type)
+    scalers = snapshot.autoscalers_targeting(dep_ref) + snapshot.autoscalers_targeting(other_ref)
+    # as severity_of: an error when the GPU types differ or either is autoscaled
+    severity: Severity = "error" if not same_type or scalers else "warning"
     if not captured:
         severity = "warning"  # possible, not actual: no pod template is selected by both
-    return Finding(
-        RULE,
-        severity,
-        dep.ref,
-        _message(dep, other, witness, snapshot),
-        (other.ref,),
-        fixable=fixable,
-    )
-
-
-def _message(
-    dep: DeploymentView, other: DeploymentView, witness: dict[str, str], snapshot: Snapshot
-) -> str:
     shared = ", ".join(f"{k}={v}" for k, v in sorted(witness.items())) or "any labels"
     why = []
-    if not dep.gpu_type.same_as(other.gpu_type):
+    if not same_type:
         why.append(f"GPU types differ ({dep.gpu_type.label} vs {other.gpu_type.label})")
-    scalers = snapshot.autoscalers_targeting(dep.ref) + snapshot.autoscalers_targeting(other.ref)
     if scalers:
         names = ", ".join(str(s.ref) for s in scalers)
         why.append(f"autoscaled by {names}, which would count the other's pods")
-    captured = []
-    if dep.selector.matches(other.template_labels):
-        captured.append(f"its selector matches the pod template of {other.name}")
-    if other.selector.matches(dep.template_labels):
-        captured.append(f"the selector of {other.name} matches its pod template")
-    detail = "; ".join(why + captured)
-    return (
-        f"selector of {dep.ref} ({dep.selector.describe()}) overlaps the selector of "
-        f"{other.ref} ({other.selector.describe()}): a pod labelled {shared} matches both"
+    if takes_other:
+        why.append(f"its selector matches the pod template of {other.name}")
+    if taken_by_other:
+        why.append(f"the selector of {other.name} matches its pod template")
+    detail = "; ".join(why)
+    message = (
+        f"selector of {dep_ref} ({dep.selector.describe()}) overlaps the selector of "
+        f"{other_ref} ({other.selector.describe()}): a pod labelled {shared} matches both"
         + (f"; {detail}" if detail else "")
         + f". Fix: add a distinct label such as {DEPLOYMENT_LABEL}: <deployment name> "
         "to the selector and the pod template of each"
     )
+    return Finding(RULE, severity, dep_ref, message, (other_ref,), fixable=fixable)
