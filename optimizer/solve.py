@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from optimizer._engine import Block, Outcome, PoolRow, branch_and_bound, search
+from optimizer._engine import Block, Outcome, PoolRow, branch_and_bound
+from optimizer._search import search
 from optimizer.model import GpuOption, JointResult, Pool, Problem, Result, Status
 
 Clock = Callable[[], float]

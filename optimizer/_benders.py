@@ -1,0 +1,294 @@
+"""Exact search in replica-count space: a small integer master and a routing check.
+
+Only the replica counts ``n`` are integers. A count vector can serve the load exactly when
+the capacities ``usable * n`` admit a fractional routing of every bucket, and by LP duality
+that holds when, for every price vector ``pi >= 0``,
+
+    usable * sum_g pi_g n_g  >=  phi(pi) = sum_b min_g pi_g need[b, g]
+
+(each bucket's load placed where it is cheapest at those prices). Each ``pi`` gives a
+valid cut on ``n`` alone, and ``phi`` costs one vectorised pass over the buckets.
+
+The master is the plan's objective over the integer counts subject to the cuts found so
+far, solved to optimality by CP-SAT: a relaxation, so its optimum is a lower bound. Its
+solution goes to the routing check, a column-generation LP whose columns are whole
+routings (every bucket to its cheapest type at some prices) and whose rows are the
+per-type capacities plus the convexity row:
+
+- if some mix of routings fits the capacities, the master's plan is feasible, hence
+  optimal, and that mix is its split;
+- otherwise the LP's capacity duals are prices whose cut the plan violates; the check
+  stops as soon as that cut is within 5% of the deepest one the LP can prove, and the
+  cut joins the master.
+
+The master's count is a budget (rounds, not seconds, so the result does not depend on the
+machine's speed); the caller hands an unfinished search to another method and keeps the
+larger proven bound.
+
+Exactness: cuts have their coefficients rounded *up* and right-hand sides rounded *down*
+to integers (always valid, as counts are non-negative); the objective is scaled to
+integers, and the bound reported is the master's optimum minus the largest rounding error
+the scaling allows, so it stays a proven lower bound.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from ortools.linear_solver import pywraplp
+from ortools.sat.python import cp_model
+
+from optimizer._engine import FRAC_TOL, Block, FloatArray, Outcome, _plan_value
+
+CUT_SCALE = 1e6  # integer scale of cut coefficients (prices normalised to at most 1)
+DEEP_ENOUGH = 0.95  # stop the routing check once a cut is this close to the deepest
+MAX_CHECK_ROUNDS = 2_000  # pricing rounds of one routing check (a bound, not a tuning)
+FEAS_TOL = 1e-9  # overflow (replicas) below which a plan fits
+
+
+@dataclass
+class _Check:
+    """Result of the routing check of one count vector."""
+
+    fits: bool
+    prices: FloatArray  # violated-cut prices when it does not fit
+    split: FloatArray | None  # bucket x type fractions when it fits
+
+
+class _Routing:
+    """The routing LP over whole-routing columns; kept across checks (columns are valid
+    for every count vector, only the capacity right-hand sides change)."""
+
+    def __init__(self, need: FloatArray, usable: float, start_prices: FloatArray, seed: int):
+        self.need = need
+        self.fin = np.isfinite(need)
+        self.usable = usable
+        b_count, g_count = need.shape
+        self.rows_b = np.arange(b_count)
+        s = pywraplp.Solver.CreateSolver("GLOP")
+        if s is None:  # pragma: no cover - GLOP ships with OR-Tools
+            raise RuntimeError("GLOP is not available")
+        s.SetSolverSpecificParametersAsString(f"random_seed: {int(seed) % (2**31)}")
+        self.s = s
+        inf = s.infinity()
+        self.inf = inf
+        obj = s.Objective()
+        obj.SetMinimization()
+        self.obj = obj
+        self.caps: list[pywraplp.Constraint] = []
+        for _ in range(g_count):
+            over = s.NumVar(0.0, inf, "")
+            obj.SetCoefficient(over, 1.0)
+            row = s.Constraint(-inf, 0.0)
+            row.SetCoefficient(over, -1.0)
+            self.caps.append(row)
+        self.conv = s.Constraint(1.0, 1.0)
+        self.routes: list[npt.NDArray[np.int64]] = []
+        self.lams: list[pywraplp.Variable] = []
+        self.seen: set[bytes] = set()
+        _, route, load = self.cheapest(start_prices)
+        self._add(route, load)
+
+    def cheapest(self, prices: FloatArray) -> tuple[float, npt.NDArray[np.int64], FloatArray]:
+        """phi(prices), the routing that attains it, and that routing's load per type."""
+        with np.errstate(invalid="ignore"):
+            w = np.where(self.fin, prices[None, :] * self.need, np.inf)
+        route = np.argmin(w, axis=1).astype(np.int64)
+        val = float(w[self.rows_b, route].sum())
+        load = np.bincount(
+            route, weights=self.need[self.rows_b, route], minlength=self.need.shape[1]
+        ).astype(float)
+        return val, route, load
+
+    def _add(self, route: npt.NDArray[np.int64], load: FloatArray) -> None:
+        self.seen.add(route.tobytes())
+        lam = self.s.NumVar(0.0, self.inf, "")
+        self.conv.SetCoefficient(lam, 1.0)
+        for g in np.nonzero(load)[0].tolist():
+            self.caps[g].SetCoefficient(lam, float(load[g]))
+        self.routes.append(route)
+        self.lams.append(lam)
+
+    def check(self, n: FloatArray, deadline: float, clock: Callable[[], float]) -> _Check | None:
+        """None when the LP could not be solved in time."""
+        cap = self.usable * n
+        for g, row in enumerate(self.caps):
+            row.SetBounds(-self.inf, float(cap[g]))
+        for _ in range(MAX_CHECK_ROUNDS):
+            remaining = deadline - clock()
+            if remaining <= 0:
+                return None
+            self.s.SetTimeLimit(max(1, int(min(remaining, 1e6) * 1000)))
+            if self.s.Solve() != pywraplp.Solver.OPTIMAL:
+                return None
+            over = float(self.obj.Value())
+            prices = np.clip(np.array([-r.dual_value() for r in self.caps]), 0.0, 1.0)
+            if over <= FEAS_TOL:
+                return _Check(True, prices, self._split())
+            sigma = float(self.conv.dual_value())
+            val, route, load = self.cheapest(prices)
+            violation = val - float(prices @ cap)
+            if violation > 1e-9 * max(1.0, val) and violation >= DEEP_ENOUGH * over:
+                return _Check(False, prices, None)
+            if val >= sigma - 1e-9 * max(1.0, abs(sigma)) or route.tobytes() in self.seen:
+                # converged (or no new routing): the overflow is real, these prices cut n
+                if violation > 1e-9 * max(1.0, val):
+                    return _Check(False, prices, None)
+                return None  # pragma: no cover - numerically inconsistent LP
+            self._add(route, load)
+        return None  # pragma: no cover - bounded loop guard
+
+    def _split(self) -> FloatArray:
+        f = np.zeros(self.need.shape)
+        for route, lam in zip(self.routes, self.lams, strict=True):
+            w = lam.solution_value()
+            if w > 0:
+                f[self.rows_b, route] += w
+        f = np.where(f < FRAC_TOL, 0.0, f)  # solver noise would cost a whole replica
+        sums = f.sum(axis=1, keepdims=True)
+        out: FloatArray = np.divide(f, sums, out=np.zeros_like(f), where=sums > 0)
+        return out
+
+
+def _useful_caps(blk: Block) -> FloatArray:
+    """Counts above which a type only adds cost: all the load it can serve, its minimum,
+    or its current count (for churn), whichever is largest, within its own cap."""
+    served = np.where(np.isfinite(blk.need), blk.need, 0.0).sum(axis=0) / blk.usable
+    useful = np.maximum(np.maximum(np.ceil(served - 1e-9), blk.lb), blk.cur)
+    out: FloatArray = np.minimum(useful, blk.ub)
+    return out
+
+
+def _start_prices(blk: Block) -> list[FloatArray]:
+    """Cheap first cuts: the replica prices, each type alone, and each price halved and
+    doubled (they describe the feasible region around the cost-optimal routing)."""
+    g_count = blk.cost.size
+    base = np.where(blk.cost > 0, blk.cost, 1.0)
+    out = [base.copy()]
+    out += [np.eye(g_count)[g] for g in range(g_count)]
+    for g in range(g_count):
+        for factor in (0.5, 2.0):
+            p = base.copy()
+            p[g] *= factor
+            out.append(p)
+    return out
+
+
+def _objective_scale(blk: Block, caps: FloatArray) -> tuple[float, float]:
+    """A scale that makes the objective integer for CP-SAT, and the most its rounding can
+    misstate a plan's objective: prices with up to nine decimals scale with (almost) no
+    error; otherwise the largest plan is scaled to 1e12 and the error is bounded."""
+    values = np.array([float(c) for c in blk.cost] + [float(blk.churn)])
+    top_plan = float(blk.cost @ caps) + blk.churn * float(np.maximum(caps, blk.cur).sum())
+    units = float(caps.sum()) + (float(np.maximum(caps, blk.cur).sum()) if blk.churn else 0.0)
+    for k in range(10):
+        s = 10.0**k
+        if top_plan * s >= 2.0**52:
+            break
+        dev = float(np.abs(values * s - np.round(values * s)).max())
+        if dev <= 1e-6:
+            return s, dev / s * units
+    s = 1e12 / max(top_plan, 1.0)
+    return s, 0.5 / s * units
+
+
+def benders(
+    blk: Block,
+    *,
+    time_limit_s: float,
+    seed: int,
+    clock: Callable[[], float],
+    max_rounds: int = 20,
+) -> Outcome:
+    """Solve one model exactly in count space (see the module docstring).
+
+    Returns "optimal" or "infeasible" when finished; otherwise "unknown" with the best
+    proven bound (the caller continues with another method)."""
+    start = clock()
+    deadline = start + max(time_limit_s, 0.0)
+    need, usable = blk.need, blk.usable
+    g_count = blk.cost.size
+    fin = np.isfinite(need)
+    caps = _useful_caps(blk)
+    lb = blk.lb
+    if np.any(lb > caps):
+        return Outcome("infeasible", (), (), math.nan, math.nan, 0)
+    routing = _Routing(need, usable, np.where(blk.cost > 0, blk.cost, 1.0), seed)
+
+    cuts: list[tuple[list[int], int]] = []
+
+    def add_cut(prices: FloatArray) -> None:
+        top = float(prices.max()) if prices.size else 0.0
+        if top <= 0:
+            return
+        p = prices / top
+        with np.errstate(invalid="ignore"):
+            phi = float(np.where(fin, p[None, :] * need, np.inf).min(axis=1).sum())
+        if not math.isfinite(phi) or phi <= 0:
+            return
+        coef = [math.ceil(CUT_SCALE * usable * float(x)) for x in p]
+        rhs = math.ceil(CUT_SCALE * phi * (1 - 1e-12) - 1e-6)
+        if rhs > 0:
+            cuts.append((coef, rhs))
+
+    for prices in _start_prices(blk):
+        add_cut(prices)
+
+    scale, rounding = _objective_scale(blk, caps)
+    icost = [round(float(c) * scale) for c in blk.cost]
+    ichurn = round(blk.churn * scale)
+
+    bound = -math.inf
+    rounds = 0
+    hint: list[int] | None = None
+    while rounds < max_rounds:
+        remaining = deadline - clock()
+        if remaining <= 0:
+            break
+        rounds += 1
+        m = cp_model.CpModel()
+        ns = [m.new_int_var(int(lb[g]), int(caps[g]), f"n{g}") for g in range(g_count)]
+        for coef, rhs in cuts:
+            m.add(sum(c * v for c, v in zip(coef, ns, strict=True) if c) >= rhs)
+        terms = [c * v for c, v in zip(icost, ns, strict=True) if c]
+        if blk.churn > 0 and ichurn:
+            for g, v in enumerate(ns):
+                cur = int(blk.cur[g])
+                d = m.new_int_var(0, max(int(caps[g]) - cur, cur - int(lb[g]), 0), f"d{g}")
+                m.add(d >= v - cur)
+                m.add(d >= cur - v)
+                terms.append(ichurn * d)
+        m.minimize(sum(terms))
+        if hint is not None:
+            for v, h in zip(ns, hint, strict=True):
+                m.add_hint(v, h)
+        solver = cp_model.CpSolver()
+        solver.parameters.num_workers = 1
+        solver.parameters.random_seed = int(seed) % (2**31)
+        solver.parameters.max_time_in_seconds = max(remaining, 0.001)
+        status = solver.solve(m)
+        if status == cp_model.INFEASIBLE:
+            return Outcome("infeasible", (), (), math.nan, math.nan, rounds)
+        if status != cp_model.OPTIMAL:
+            if status == cp_model.FEASIBLE:
+                bound = max(bound, solver.best_objective_bound / scale - rounding)
+            break
+        n = np.array([float(solver.value(v)) for v in ns])
+        hint = [int(x) for x in n]
+        bound = max(bound, solver.objective_value / scale - rounding)
+        result = routing.check(n, deadline, clock)
+        if result is None:
+            break
+        if result.fits:
+            assert result.split is not None
+            value = _plan_value([blk], n)
+            reps = tuple(round(x) for x in n)
+            if bound < value - 1e-9 * max(1.0, abs(value)):  # only when prices lost digits
+                return Outcome("feasible", (reps,), (result.split,), value, bound, rounds)
+            return Outcome("optimal", (reps,), (result.split,), value, value, rounds)
+        add_cut(result.prices)
+    return Outcome("unknown", (), (), math.nan, bound, rounds)

@@ -1,0 +1,139 @@
+"""The count-space search (``optimizer._benders``) on its own and as the large-model path."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from optimizer_kit import brute_force, check_plan, make_problem
+from test_optimizer_solve import tiny_problems
+
+from optimizer import Status, solve
+from optimizer._benders import _objective_scale, _useful_caps, benders
+from optimizer._engine import full_mip
+from optimizer.solve import _block, _merge_buckets, diagnose
+
+LIMIT = 10.0
+
+
+def _block_of(problem):
+    need, _ = _merge_buckets(problem)
+    return _block(problem, need, None)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tiny_problems())
+def test_equals_brute_force(problem) -> None:
+    """With caps, minimums, GPUs per replica, headroom and churn: the same optimum as
+    enumeration, and a split that carries every bucket within the plan's capacity."""
+    expected = brute_force(problem)
+    if diagnose(problem):
+        assert expected is None
+        return
+    blk = _block_of(problem)
+    out = benders(blk, time_limit_s=LIMIT, seed=0, clock=time.perf_counter, max_rounds=500)
+    if expected is None:
+        assert out.status == "infeasible"
+        return
+    assert out.status == "optimal", out
+    assert math.isclose(out.objective, expected, rel_tol=1e-9, abs_tol=1e-9)
+    n = np.array(out.replicas[0], dtype=float)
+    f = out.fractions[0]
+    assert np.allclose(f.sum(axis=1), 1.0)
+    with np.errstate(invalid="ignore"):
+        load = np.where(f > 0, f * blk.need, 0.0).sum(axis=0)
+    assert np.all(load <= n * blk.usable * (1 + 1e-6) + 1e-9)
+    assert np.all(n >= blk.lb) and np.all(n <= blk.ub)
+
+
+def _random_problem(seed: int, ng: int, nb: int, **kw):
+    rng = random.Random(seed)
+    load = [rng.uniform(0, 0.4) for _ in range(nb)]
+    rates = [
+        [rng.uniform(0.2, 4) if rng.random() > 0.1 else 0.0 for _ in range(nb)] for _ in range(ng)
+    ]
+    for b in range(nb):  # every bucket servable by someone
+        if not any(rates[g][b] for g in range(ng)):
+            rates[b % ng][b] = 1.0
+    prices = [round(rng.uniform(0.5, 3), 3) for _ in range(ng)]
+    return make_problem(load, rates, prices, **kw)
+
+
+def test_large_model_is_solved_in_count_space_and_agrees_with_highs() -> None:
+    """A model above the large-instance threshold goes through the count-space search and
+    gets the same optimum as HiGHS on the full model."""
+    p = _random_problem(3, 6, 400)  # 2,400 bucket-type pairs
+    res = solve(p, time_limit_s=30)
+    assert res.status == Status.OPTIMAL
+    check_plan(p, res)
+    ref = full_mip([_block_of(p)], [], time_limit_s=60, hint=None)
+    assert ref.status == "optimal"
+    assert math.isclose(res.objective, ref.objective, rel_tol=1e-9)
+
+
+def test_large_model_with_caps_and_churn() -> None:
+    ng = 5
+    p = _random_problem(
+        5,
+        ng,
+        500,
+        avail=[None, 6, None, 4, None],
+        mins=[0, 1, 0, 0, 2],
+        maxs=[None, None, 5, None, None],
+        cur=[3, 0, 2, 1, 0],
+        churn_weight=0.3,
+        headroom=0.1,
+    )
+    res = solve(p, time_limit_s=30)
+    assert res.status == Status.OPTIMAL
+    check_plan(p, res)
+    ref = full_mip([_block_of(p)], [], time_limit_s=60, hint=None)
+    assert math.isclose(res.objective, ref.objective, rel_tol=1e-9)
+
+
+def test_an_unfinished_search_reports_only_a_bound() -> None:
+    """Out of rounds: no plan is claimed, and the bound is below the true optimum."""
+    p = _random_problem(7, 8, 300)
+    blk = _block_of(p)
+    out = benders(blk, time_limit_s=LIMIT, seed=0, clock=time.perf_counter, max_rounds=1)
+    full = solve(p, time_limit_s=30)
+    assert full.status == Status.OPTIMAL
+    if out.status == "unknown":
+        assert not out.replicas
+        assert out.bound <= full.objective + 1e-9
+    else:  # solved in one round: then it is the optimum
+        assert math.isclose(out.objective, full.objective, rel_tol=1e-9)
+
+
+def test_time_limit_stops_the_search_without_a_false_optimum() -> None:
+    ticks = iter(range(10**6))
+    p = _random_problem(9, 8, 300)
+    out = benders(_block_of(p), time_limit_s=2.0, seed=0, clock=lambda: float(next(ticks)))
+    assert out.status == "unknown" and not out.replicas
+
+
+def test_infeasible_caps_are_proven() -> None:
+    p = _random_problem(2, 4, 200, maxs=[1, 1, 1, 1])
+    out = benders(_block_of(p), time_limit_s=LIMIT, seed=0, clock=time.perf_counter)
+    assert out.status == "infeasible"
+
+
+def test_objective_scale_is_exact_for_decimal_prices_and_bounded_otherwise() -> None:
+    blk = _block_of(make_problem([1.0], [[1.0], [2.0]], [2.2, 0.805]))
+    caps = _useful_caps(blk)
+    scale, err = _objective_scale(blk, caps)
+    assert scale == 1000.0 and err < 1e-12
+    blk = _block_of(make_problem([1.0], [[1.0], [2.0]], [math.pi, math.e]))
+    scale, err = _objective_scale(blk, _useful_caps(blk))
+    assert 0 < err < 1e-9
+
+
+def test_useful_caps_never_cut_an_optimum() -> None:
+    """Counts above all the load a type can carry (or its minimum or current count) only
+    add cost: the cap is that count, within the type's own cap."""
+    p = make_problem([3.0, 1.0], [[1.0, 0.0], [1.0, 1.0]], [1.0, 1.0], cur=[0, 9], maxs=[None, 7])
+    caps = _useful_caps(_block_of(p))
+    assert list(caps) == [3.0, 7.0]
