@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -58,11 +59,13 @@ def search(
             return Outcome("infeasible", (), (), math.nan, math.nan, 0)
     start = clock_start
     floor = -math.inf  # a bound proven by an earlier method, kept to the end
+    spent = 0  # nodes (master rounds) of that method
     if large and len(blocks) == 1 and not pools and blocks[0].cost.size >= 3:
         first = benders(blocks[0], time_limit_s=time_limit_s, seed=seed, clock=clock)
         if first.status in ("optimal", "infeasible"):
             return first
         floor = first.bound if math.isfinite(first.bound) else floor
+        spent = first.nodes
         if first.replicas and incumbent is None:
             incumbent = first
     # the first search's budget is counted in nodes, not seconds, so the hand-over point
@@ -80,6 +83,8 @@ def search(
         max_nodes=nodes,
         incumbent=incumbent,
     )
+    if spent:
+        out = replace(out, nodes=out.nodes + spent)
     if math.isfinite(floor) and out.replicas:
         out = _with_bound(out, max(out.bound, floor))
     if not large or out.status in ("optimal", "infeasible"):

@@ -34,7 +34,14 @@ def test_equals_brute_force(problem) -> None:
         assert expected is None
         return
     blk = _block_of(problem)
-    out = benders(blk, time_limit_s=LIMIT, seed=0, clock=time.perf_counter, max_rounds=500)
+    out = benders(
+        blk,
+        time_limit_s=LIMIT,
+        seed=0,
+        clock=time.perf_counter,
+        max_rounds=500,
+        master_effort=100.0,
+    )
     if expected is None:
         assert out.status == "infeasible"
         return
