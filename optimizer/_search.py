@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from optimizer._benders import benders
+from optimizer._benders import benders, enumerable
 from optimizer._engine import (
     LARGE_NODES,
     Block,
@@ -60,7 +60,8 @@ def search(
     start = clock_start
     floor = -math.inf  # a bound proven by an earlier method, kept to the end
     spent = 0  # nodes (master rounds) of that method
-    if large and len(blocks) == 1 and not pools and blocks[0].cost.size >= 3:
+    single = len(blocks) == 1 and not pools and blocks[0].cost.size >= 3
+    if single and (large or enumerable(blocks[0])):
         first = benders(blocks[0], time_limit_s=time_limit_s, seed=seed, clock=clock)
         if first.status in ("optimal", "infeasible"):
             return first

@@ -140,7 +140,34 @@ def test_objective_scale_is_exact_for_decimal_prices_and_bounded_otherwise() -> 
 
 def test_useful_caps_never_cut_an_optimum() -> None:
     """Counts above all the load a type can carry (or its minimum or current count) only
-    add cost: the cap is that count, within the type's own cap."""
+    add cost; and no plan at least as good as the cheapest-routing plan spends more on a
+    type than that plan's whole objective."""
+    # type 1 alone: capped by its own max (7), then by the cheapest-routing plan [3, 1]
+    # whose objective 4 allows at most 4 replicas of a type costing 1
     p = make_problem([3.0, 1.0], [[1.0, 0.0], [1.0, 1.0]], [1.0, 1.0], cur=[0, 9], maxs=[None, 7])
-    caps = _useful_caps(_block_of(p))
-    assert list(caps) == [3.0, 7.0]
+    assert list(_useful_caps(_block_of(p))) == [3.0, 4.0]
+    # with churn the routing plan's objective grows (|1 - 9| * 0.5), and so does the cap
+    p = make_problem(
+        [3.0, 1.0],
+        [[1.0, 0.0], [1.0, 1.0]],
+        [1.0, 1.0],
+        cur=[0, 9],
+        maxs=[None, 7],
+        churn_weight=0.5,
+    )
+    assert list(_useful_caps(_block_of(p))) == [3.0, 7.0]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tiny_problems())
+def test_useful_caps_keep_every_optimum_reachable(problem) -> None:
+    """The brute-force optimum stays reachable within the caps (the enumerating master
+    would otherwise miss it)."""
+    expected = brute_force(problem)
+    if expected is None or diagnose(problem):
+        return
+    res = solve(problem, time_limit_s=LIMIT)
+    assert res.status == Status.OPTIMAL
+    caps = _useful_caps(_block_of(problem))
+    counts = [res.replicas[g.name] for g in problem.gpus]
+    assert all(n <= c for n, c in zip(counts, caps, strict=True)), (counts, caps)
