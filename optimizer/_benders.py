@@ -42,7 +42,7 @@ import numpy.typing as npt
 from ortools.linear_solver import pywraplp
 from ortools.sat.python import cp_model
 
-from optimizer._engine import FRAC_TOL, Block, FloatArray, Outcome, _plan_value
+from optimizer._engine import FRAC_TOL, Block, FloatArray, Outcome, _plan_value, glop
 
 CUT_SCALE = 1e6  # integer scale of cut coefficients (prices normalised to at most 1)
 DEEP_ENOUGH = 0.95  # stop the routing check once a cut is this close to the deepest
@@ -74,10 +74,7 @@ class _Routing:
         self.usable = usable
         b_count, g_count = need.shape
         self.rows_b = np.arange(b_count)
-        s = pywraplp.Solver.CreateSolver("GLOP")
-        if s is None:  # pragma: no cover - GLOP ships with OR-Tools
-            raise RuntimeError("GLOP is not available")
-        s.SetSolverSpecificParametersAsString(f"random_seed: {int(seed) % (2**31)}")
+        s = glop(seed)
         self.s = s
         inf = s.infinity()
         self.inf = inf
@@ -238,53 +235,61 @@ def enumerable(blk: Block) -> bool:
     return bool(np.all(blk.lb <= caps)) and _grid_size(blk.lb, caps) <= ENUM_MAX
 
 
-def _enumerated_master(
-    blk: Block, cuts: list[tuple[list[int], int]], caps: FloatArray
-) -> tuple[FloatArray, float] | None:
+class _Enumeration:
     """The master by enumeration, for few types with small counts: every vector of the
-    first counts; the last count is the least the cuts allow, or the current count when
-    churn makes that cheaper (its cost is convex). Exact, in float costs, no scaling;
-    ties go to the first vector in lexicographic order. None when no vector satisfies
-    the cuts."""
-    g_count = blk.cost.size
-    # the type with the widest range is computed, all others enumerated
-    last_type = int(np.argmax(caps - blk.lb))
-    perm = np.array([g for g in range(g_count) if g != last_type] + [last_type])
-    lb = blk.lb[perm].astype(np.int64)
-    top = caps[perm].astype(np.int64)
-    axes = [np.arange(lb[g], top[g] + 1, dtype=np.int64) for g in range(g_count - 1)]
-    grid = (
-        np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, g_count - 1)
-        if axes
-        else np.zeros((1, 0), dtype=np.int64)
-    )
-    ok = np.ones(grid.shape[0], dtype=bool)
-    last = np.full(grid.shape[0], lb[-1], dtype=np.int64)
-    for coef, rhs in cuts:
-        c = np.array(coef, dtype=np.int64)[perm]
-        rest = rhs - grid @ c[:-1]
-        if c[-1] > 0:
-            last = np.maximum(last, -((-rest) // c[-1]))
-        else:
-            ok &= rest <= 0
-    ok &= last <= top[-1]
-    if not np.any(ok):
-        return None
-    cost, cur, churn = blk.cost[perm], blk.cur[perm], blk.churn
-    head = grid @ cost[:-1] + churn * np.abs(grid - cur[:-1]).sum(axis=1)
-    low = last.astype(float)
-    alt = np.clip(np.maximum(low, cur[-1]), low, float(top[-1]))
+    counts of all types but the one with the widest range, whose count is the least the
+    cuts allow, or the current count when churn makes that cheaper (its cost is convex).
+    Exact, in float costs, no scaling; ties go to the first vector in lexicographic
+    order. The grid is built once; each cut updates it in one vectorised step."""
 
-    def tail(x: FloatArray) -> FloatArray:
-        out: FloatArray = cost[-1] * x + churn * np.abs(x - cur[-1])
-        return out
+    def __init__(self, blk: Block, caps: FloatArray) -> None:
+        g_count = blk.cost.size
+        last_type = int(np.argmax(caps - blk.lb))
+        self.perm = np.array([g for g in range(g_count) if g != last_type] + [last_type])
+        lb = blk.lb[self.perm].astype(np.int64)
+        self.top = int(caps[self.perm][-1])
+        axes = [
+            np.arange(lb[g], int(caps[self.perm][g]) + 1, dtype=np.int64)
+            for g in range(g_count - 1)
+        ]
+        self.grid = (
+            np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, g_count - 1)
+            if axes
+            else np.zeros((1, 0), dtype=np.int64)
+        )
+        self.ok = np.ones(self.grid.shape[0], dtype=bool)
+        self.last = np.full(self.grid.shape[0], lb[-1], dtype=np.int64)
+        cost, cur = blk.cost[self.perm], blk.cur[self.perm]
+        self.cost_last, self.cur_last, self.churn = float(cost[-1]), float(cur[-1]), blk.churn
+        self.head = self.grid @ cost[:-1] + blk.churn * np.abs(self.grid - cur[:-1]).sum(axis=1)
+        self.seen = 0
 
-    best_last = np.where(tail(alt) < tail(low), alt, low)
-    value = np.where(ok, head + tail(best_last), np.inf)
-    i = int(np.argmin(value))
-    n = np.empty(g_count)
-    n[perm] = np.append(grid[i].astype(float), best_last[i])
-    return n, float(value[i])
+    def best(self, cuts: list[tuple[list[int], int]]) -> tuple[FloatArray, float] | None:
+        """The optimum under ``cuts`` (a list that only grows); None when none fits."""
+        for coef, rhs in cuts[self.seen :]:
+            c = np.array(coef, dtype=np.int64)[self.perm]
+            rest = rhs - self.grid @ c[:-1]
+            if c[-1] > 0:
+                self.last = np.maximum(self.last, -((-rest) // c[-1]))
+            else:
+                self.ok &= rest <= 0
+        self.seen = len(cuts)
+        ok = self.ok & (self.last <= self.top)
+        if not np.any(ok):
+            return None
+        low = self.last.astype(float)
+        alt = np.clip(np.maximum(low, self.cur_last), low, float(self.top))
+
+        def tail(x: FloatArray) -> FloatArray:
+            out: FloatArray = self.cost_last * x + self.churn * np.abs(x - self.cur_last)
+            return out
+
+        best_last = np.where(tail(alt) < tail(low), alt, low)
+        value = np.where(ok, self.head + tail(best_last), np.inf)
+        i = int(np.argmin(value))
+        n = np.empty(self.perm.size)
+        n[self.perm] = np.append(self.grid[i].astype(float), best_last[i])
+        return n, float(value[i])
 
 
 def _cpsat_master(
@@ -380,6 +385,7 @@ def benders(
         add_cut(prices)
 
     enumerate_counts = _grid_size(lb, caps) <= ENUM_MAX
+    enumeration = _Enumeration(blk, caps) if enumerate_counts else None
     scale, rounding = _objective_scale(blk, caps)
     bound = -math.inf
     rounds = 0
@@ -390,8 +396,8 @@ def benders(
         if remaining <= 0 or effort >= master_effort:
             break
         rounds += 1
-        if enumerate_counts:
-            found = _enumerated_master(blk, cuts, caps)
+        if enumeration is not None:
+            found = enumeration.best(cuts)
             if found is None:
                 return Outcome("infeasible", (), (), math.nan, math.nan, rounds)
             n, low = found

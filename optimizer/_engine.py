@@ -66,15 +66,21 @@ class _Node:
     ub: FloatArray
 
 
+def glop(seed: int) -> pywraplp.Solver:
+    """A seeded GLOP LP solver (deterministic for a fixed seed)."""
+    s = pywraplp.Solver.CreateSolver("GLOP")
+    if s is None:  # pragma: no cover - GLOP ships with OR-Tools
+        raise RuntimeError("GLOP is not available")
+    s.SetSolverSpecificParametersAsString(f"random_seed: {int(seed) % (2**31)}")
+    return s
+
+
 class _Lp:
     """The node LP of all blocks, kept across nodes so GLOP can start warm."""
 
     def __init__(self, blocks: Sequence[Block], pools: Sequence[PoolRow], seed: int) -> None:
         self.blocks = blocks
-        s = pywraplp.Solver.CreateSolver("GLOP")
-        if s is None:  # pragma: no cover - GLOP ships with OR-Tools
-            raise RuntimeError("GLOP is not available")
-        s.SetSolverSpecificParametersAsString(f"random_seed: {int(seed) % (2**31)}")
+        s = glop(seed)
         self.s = s
         inf = s.infinity()
         self.big_m = 1.0
