@@ -24,6 +24,19 @@ def _finite_nonneg(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
 
 
+def _all_finite_nonneg(values: Sequence[object]) -> bool:
+    """``_finite_nonneg`` of every value, in one vectorised pass (the common case)."""
+    if bool in map(type, values):
+        return False
+    arr = np.array(values)
+    return (
+        arr.ndim == 1
+        and arr.dtype.kind in "fi"
+        and bool(np.all(np.isfinite(arr)))
+        and bool(np.all(arr >= 0))
+    )
+
+
 def _is_count(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
@@ -36,9 +49,10 @@ def validate(problem: Problem) -> list[str]:
         return ["problem: not a Problem"]
     if len(p.load) != len(p.buckets):
         errs.append(f"load: {len(p.load)} values for {len(p.buckets)} buckets")
-    for i, v in enumerate(p.load):
-        if not _finite_nonneg(v):
-            errs.append(f"load[{i}]: must be a finite number >= 0, got {v!r}")
+    if not _all_finite_nonneg(p.load):
+        for i, v in enumerate(p.load):
+            if not _finite_nonneg(v):
+                errs.append(f"load[{i}]: must be a finite number >= 0, got {v!r}")
     if not _finite_nonneg(p.headroom) or not p.headroom < 1:
         errs.append(f"headroom: must be in [0, 1), got {p.headroom!r}")
     if not _finite_nonneg(p.churn_weight):
@@ -55,9 +69,10 @@ def validate(problem: Problem) -> list[str]:
         seen.add(g.name)
         if len(g.rates) != len(p.buckets):
             errs.append(f"{where}.rates: {len(g.rates)} values for {len(p.buckets)} buckets")
-        for i, r in enumerate(g.rates):
-            if not _finite_nonneg(r):
-                errs.append(f"{where}.rates[{i}]: must be a finite number >= 0, got {r!r}")
+        if not _all_finite_nonneg(g.rates):
+            for i, r in enumerate(g.rates):
+                if not _finite_nonneg(r):
+                    errs.append(f"{where}.rates[{i}]: must be a finite number >= 0, got {r!r}")
         if not _finite_nonneg(g.price_per_hour):
             errs.append(
                 f"{where}.price_per_hour: must be a finite number >= 0, got {g.price_per_hour!r}"
@@ -166,19 +181,20 @@ def diagnose(problem: Problem, ub: Sequence[float] | None = None) -> str:
             )
     no_type: list[str] = []
     no_room: list[str] = []
-    for i, b in enumerate(problem.buckets):
-        if problem.load[i] <= 0:
-            continue
-        serving = [j for j, g in enumerate(problem.gpus) if g.rates[i] > 0]
-        if not serving:
-            no_type.append(b.label())
-            continue
-        caps = []
-        for j in serving:
-            caps.append(_cap(problem.gpus[j], None if ub is None else ub[j]))
-        if all(c == 0 for c in caps):
+    if problem.buckets and problem.gpus:
+        serves = np.array([g.rates for g in problem.gpus], dtype=float).T > 0  # bucket x type
+        loaded = np.array(problem.load, dtype=float) > 0
+        caps = [_cap(g, None if ub is None else ub[j]) for j, g in enumerate(problem.gpus)]
+        room = np.array([c != 0 for c in caps])
+        for i in np.nonzero(loaded & ~serves.any(axis=1))[0].tolist():
+            no_type.append(problem.buckets[i].label())
+        full = loaded & serves.any(axis=1) & ~(serves & room).any(axis=1)
+        for i in np.nonzero(full)[0].tolist():
+            serving = np.nonzero(serves[i])[0].tolist()
             no_room.append(
-                f"{b.label()} (only " + ", ".join(_cap_text(problem.gpus[j]) for j in serving) + ")"
+                f"{problem.buckets[i].label()} (only "
+                + ", ".join(_cap_text(problem.gpus[j]) for j in serving)
+                + ")"
             )
     if no_type:
         reasons.append(f"no GPU type can serve bucket(s) {'; '.join(no_type)} within the SLO")
@@ -228,12 +244,12 @@ def _finish(
     replicas = list(reps)
     # never truncate: a count below its load (numerical noise) is rounded up
     usable = 1.0 - problem.headroom
+    rates = np.array([g.rates for g in problem.gpus], dtype=float).T.reshape(nb, ng)
+    loads = np.array(problem.load, dtype=float)[:, None] * assign
+    used = (assign > 0) & (rates > 0)
+    per_type = np.where(used, loads / np.where(rates > 0, rates, 1.0), 0.0).sum(axis=0)
     for j, g in enumerate(problem.gpus):
-        load = sum(
-            problem.load[i] * assign[i, j] / g.rates[i]
-            for i in range(nb)
-            if assign[i, j] > 0 and g.rates[i] > 0
-        )
+        load = float(per_type[j])
         needed = math.ceil(load / (usable * (1 + LOAD_TOL))) if load > 0 else 0
         replicas[j] = max(replicas[j], needed, g.min_replicas)
     cost = sum(g.replica_cost * n for g, n in zip(problem.gpus, replicas, strict=True))
