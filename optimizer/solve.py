@@ -14,6 +14,7 @@ from optimizer.model import GpuOption, JointResult, Pool, Problem, Result, Statu
 
 Clock = Callable[[], float]
 JOINT_NODES = 300  # node budget of the last joint step (nodes, not seconds: deterministic)
+JOINT_GAP = 5e-4  # default relative gap at which a joint plan is good enough (0.05%)
 LOAD_TOL = 1e-6  # a replica may carry its capacity times (1 + LOAD_TOL): float noise only
 
 
@@ -401,13 +402,15 @@ def _lagrangian(
     seed: int,
     clock: Clock,
     max_rounds: int = 15,
+    gap_limit: float = 0.0,
 ) -> tuple[float, Outcome | None]:
     """Subgradient ascent on prices of the pooled GPUs.
 
     For prices mu >= 0 every model is planned alone with its replica cost raised by
     mu_g * gpus_per_replica; the sum of those optima minus mu . pool is a valid lower
     bound on the joint objective (any joint plan pays at most that extra). Returns the
-    best bound and the cheapest plan seen that fits the pool."""
+    best bound and the cheapest plan seen that fits the pool; stops early once that plan
+    is within ``gap_limit`` (relative) of the bound."""
     mu = np.zeros(len(rows))
     best_bound = -math.inf
     best_plan: Outcome | None = None
@@ -452,7 +455,8 @@ def _lagrangian(
             upper = true_obj
             best_plan = plan
         grad = usage - caps
-        if math.isfinite(upper) and best_bound >= upper - 1e-9 * max(1.0, abs(upper)):
+        close = max(gap_limit * abs(upper), 1e-9 * max(1.0, abs(upper)))
+        if math.isfinite(upper) and best_bound >= upper - close:
             break
         norm = float(grad @ grad)
         if norm == 0:
@@ -477,15 +481,20 @@ def solve_joint(
     time_limit_s: float = 30.0,
     seed: int = 0,
     clock: Clock = time.perf_counter,
+    gap_limit: float = JOINT_GAP,
 ) -> JointResult:
     """Plan several models at once against one shared pool of GPUs.
 
     ``pool.gpus[name]`` caps the GPUs of type ``name`` summed over all models (each model's
     own ``available_gpus`` still applies). Types absent from the pool are not shared-capped.
-    The objective is the sum of the models' objectives.
+    The objective is the sum of the models' objectives. Once a plan is proven within
+    ``gap_limit`` (relative) of the optimum, the search stops there (FEASIBLE with that
+    gap unless it is 0); ``gap_limit=0`` searches until the node budget or time limit.
     """
     start = clock()
     errs = list(_limit_errors(time_limit_s))
+    if not _finite_nonneg(gap_limit) or not gap_limit < 1:
+        errs.append(f"gap_limit: must be in [0, 1), got {gap_limit!r}")
     if not problems:
         errs.append("problems: no models")
     for k, p in enumerate(problems):
@@ -558,21 +567,24 @@ def solve_joint(
         # 3. price the pooled GPUs (Lagrangian relaxation of the pool rows): a better
         #    bound, and plans that may fit the pool more cheaply
         budget = start + 0.5 * time_limit_s
-        lag_bound, lag_plan = _lagrangian(blocks, rows, incumbent, budget, seed, clock)
+        lag_bound, lag_plan = _lagrangian(
+            blocks, rows, incumbent, budget, seed, clock, gap_limit=gap_limit
+        )
         lower = max(lower, lag_bound)
         if lag_plan is not None and (incumbent is None or lag_plan.objective < incumbent.objective):
             incumbent = lag_plan
-    if (
-        incumbent is not None
-        and _pool_ok(blocks, rows, incumbent)
-        and incumbent.objective <= lower + 1e-9 * max(1.0, abs(lower))
-    ):
+    exact = settled = False
+    if incumbent is not None and _pool_ok(blocks, rows, incumbent):
+        exact = incumbent.objective <= lower + 1e-9 * max(1.0, abs(lower))
+        settled = exact or incumbent.objective - lower <= gap_limit * abs(incumbent.objective)
+    if settled and incumbent is not None:
+        # proven optimal, or within the gap limit: the joint search would not pay
         out = Outcome(
-            "optimal",
+            "optimal" if exact else "feasible",
             incumbent.replicas,
             incumbent.fractions,
             incumbent.objective,
-            incumbent.objective,
+            incumbent.objective if exact else lower,
             sum(o.nodes for o in alone),
         )
     else:

@@ -269,7 +269,7 @@ def test_joint_equals_brute_force_on_tiny_pools(problems, pool_g0) -> None:
     from optimizer_kit import _need
 
     pool = {"g0": pool_g0}
-    jr = solve_joint(problems, Pool(pool), time_limit_s=LIMIT)
+    jr = solve_joint(problems, Pool(pool), time_limit_s=LIMIT, gap_limit=0.0)
     # brute force over both models' replica vectors
     best = None
     per_model = []
@@ -359,8 +359,37 @@ def test_joint_minimums_above_the_pool_are_infeasible_and_branching_survives_poo
     # fractional loads whose rounding must respect a tight pool: branches hit the pool row
     c = make_problem([1.5, 1.5], [[1.0, 1.0], [1.0, 1.0]], [1.0, 1.1], model="c")
     d = make_problem([1.5, 0.7], [[1.0, 1.0], [1.0, 1.0]], [1.0, 1.1], model="d")
-    jr2 = solve_joint([c, d], Pool({"g0": 4, "g1": 2}), time_limit_s=LIMIT)
+    jr2 = solve_joint([c, d], Pool({"g0": 4, "g1": 2}), time_limit_s=LIMIT, gap_limit=0.0)
     assert jr2.status == Status.OPTIMAL
     assert sum(r.replicas["g0"] for r in jr2.results) <= 4
     for p, r in zip([c, d], jr2.results, strict=True):
         check_plan(p, r)
+
+
+def test_joint_gap_limit_stops_early_but_never_claims_more_than_it_proved() -> None:
+    import random
+
+    rng = random.Random(5)
+    problems = []
+    for m in range(6):
+        nb, ng = 12, 3
+        load = [rng.uniform(0.5, 3.0) for _ in range(nb)]
+        rates = [[rng.uniform(0.5, 3.0) for _ in range(nb)] for _ in range(ng)]
+        problems.append(make_problem(load, rates, [1.0, 1.4, 2.1], model=f"m{m}"))
+    alone = sum(solve(p, time_limit_s=LIMIT).replicas["g0"] for p in problems)
+    pool = Pool({"g0": alone - 4})  # the cheapest type runs short
+    loose = solve_joint(problems, pool, time_limit_s=LIMIT, gap_limit=0.01)
+    exact = solve_joint(problems, pool, time_limit_s=LIMIT, gap_limit=0.0)
+    for jr in (loose, exact):
+        assert jr.status in (Status.OPTIMAL, Status.FEASIBLE)
+        assert sum(r.replicas["g0"] for r in jr.results) <= alone - 4
+        for p, r in zip(problems, jr.results, strict=True):
+            check_plan(p, r)
+        assert jr.bound <= jr.objective + 1e-9
+        if jr.status == Status.FEASIBLE:
+            assert jr.gap > 0
+    assert loose.gap <= 0.01 + 1e-12
+    assert exact.objective <= loose.objective + 1e-9
+    assert exact.nodes >= loose.nodes
+    bad = solve_joint(problems, pool, time_limit_s=LIMIT, gap_limit=1.5)
+    assert bad.status == Status.INVALID and "gap_limit" in bad.errors[0]
