@@ -10,8 +10,9 @@ that holds when, for every price vector ``pi >= 0``,
 valid cut on ``n`` alone, and ``phi`` costs one vectorised pass over the buckets.
 
 The master is the plan's objective over the integer counts subject to the cuts found so
-far, solved to optimality by CP-SAT: a relaxation, so its optimum is a lower bound. Its
-solution goes to the routing check, a column-generation LP whose columns are whole
+far, solved to optimality by CP-SAT, or by enumeration when few count vectors remain
+(``_Enumeration``): a relaxation, so its optimum is a lower bound. Its solution goes to
+the routing check, a column-generation LP whose columns are whole
 routings (every bucket to its cheapest type at some prices) and whose rows are the
 per-type capacities plus the convexity row:
 
@@ -25,10 +26,12 @@ The master's effort is a budget counted in CP-SAT's deterministic time (work, no
 so the result does not depend on the machine's speed), and so is the number of rounds; the
 caller hands an unfinished search to another method and keeps the larger proven bound.
 
-Exactness: cuts have their coefficients rounded *up* and right-hand sides rounded *down*
-to integers (always valid, as counts are non-negative); the objective is scaled to
-integers, and the bound reported is the master's optimum minus the largest rounding error
-the scaling allows, so it stays a proven lower bound.
+Exactness: cuts are scaled to integers with their coefficients rounded *up* (valid, as
+counts are non-negative) and the right-hand side rounded up to the next integer after a
+relative margin of 1e-12 against float error (valid, as the left side is an integer).
+CP-SAT's objective is scaled to integers, and the bound reported is the master's optimum
+minus the largest error that scaling allows, so it stays a proven lower bound; the
+enumeration compares plans in their float costs.
 """
 
 from __future__ import annotations
