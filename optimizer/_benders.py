@@ -45,7 +45,15 @@ import numpy.typing as npt
 from ortools.linear_solver import pywraplp
 from ortools.sat.python import cp_model
 
-from optimizer._engine import FRAC_TOL, Block, FloatArray, Outcome, _plan_value, glop
+from optimizer._engine import (
+    FRAC_TOL,
+    Block,
+    FloatArray,
+    Outcome,
+    _plan_value,
+    glop,
+    with_bound,
+)
 
 CUT_SCALE = 1e6  # integer scale of cut coefficients (prices normalised to at most 1)
 DEEP_ENOUGH = 0.95  # stop the routing check once a cut is this close to the deepest
@@ -65,6 +73,26 @@ class _Check:
     fits: bool
     prices: FloatArray  # violated-cut prices when it does not fit
     split: FloatArray | None  # bucket x type fractions when it fits
+
+
+def _cheapest_routing(
+    need: FloatArray, fin: npt.NDArray[np.bool_], prices: FloatArray
+) -> tuple[float, npt.NDArray[np.int64], FloatArray]:
+    """phi(prices), the routing that attains it (every bucket to its cheapest type at
+    those prices), and that routing's load per type."""
+    with np.errstate(invalid="ignore"):
+        w = np.where(fin, prices[None, :] * need, np.inf)
+    rows = np.arange(need.shape[0])
+    route = np.argmin(w, axis=1).astype(np.int64)
+    val = float(w[rows, route].sum())
+    load = np.bincount(route, weights=need[rows, route], minlength=need.shape[1]).astype(float)
+    return val, route, load
+
+
+def _base_prices(blk: Block) -> FloatArray:
+    """The replica prices, free types priced at 1 (a zero price would route nothing)."""
+    out: FloatArray = np.where(blk.cost > 0, blk.cost, 1.0)
+    return out
 
 
 class _Routing:
@@ -95,19 +123,8 @@ class _Routing:
         self.routes: list[npt.NDArray[np.int64]] = []
         self.lams: list[pywraplp.Variable] = []
         self.seen: set[bytes] = set()
-        _, route, load = self.cheapest(start_prices)
+        _, route, load = _cheapest_routing(self.need, self.fin, start_prices)
         self._add(route, load)
-
-    def cheapest(self, prices: FloatArray) -> tuple[float, npt.NDArray[np.int64], FloatArray]:
-        """phi(prices), the routing that attains it, and that routing's load per type."""
-        with np.errstate(invalid="ignore"):
-            w = np.where(self.fin, prices[None, :] * self.need, np.inf)
-        route = np.argmin(w, axis=1).astype(np.int64)
-        val = float(w[self.rows_b, route].sum())
-        load = np.bincount(
-            route, weights=self.need[self.rows_b, route], minlength=self.need.shape[1]
-        ).astype(float)
-        return val, route, load
 
     def _add(self, route: npt.NDArray[np.int64], load: FloatArray) -> None:
         self.seen.add(route.tobytes())
@@ -135,7 +152,7 @@ class _Routing:
             if over <= FEAS_TOL:
                 return _Check(True, prices, self._split())
             sigma = float(self.conv.dual_value())
-            val, route, load = self.cheapest(prices)
+            val, route, load = _cheapest_routing(self.need, self.fin, prices)
             violation = val - float(prices @ cap)
             if violation > 1e-9 * max(1.0, val) and violation >= DEEP_ENOUGH * over:
                 return _Check(False, prices, None)
@@ -172,10 +189,7 @@ def _useful_caps(blk: Block) -> FloatArray:
     out: FloatArray = np.minimum(useful, blk.ub)
     if blk.need.shape[0] == 0 or not np.all(fin.any(axis=1)):
         return out
-    unit = np.where(fin, blk.need * blk.cost[None, :], np.inf)
-    rows = np.arange(blk.need.shape[0])
-    best = np.argmin(unit, axis=1)
-    load = np.bincount(best, weights=blk.need[rows, best], minlength=blk.cost.size)
+    _, _, load = _cheapest_routing(blk.need, fin, blk.cost)
     plan = np.maximum(blk.lb, np.ceil(load / blk.usable - 1e-9))
     if np.any(plan > out):
         return out
@@ -191,7 +205,7 @@ def _start_prices(blk: Block) -> list[FloatArray]:
     """Cheap first cuts: the replica prices, each type alone, and each price halved and
     doubled (they describe the feasible region around the cost-optimal routing)."""
     g_count = blk.cost.size
-    base = np.where(blk.cost > 0, blk.cost, 1.0)
+    base = _base_prices(blk)
     out = [base.copy()]
     out += [np.eye(g_count)[g] for g in range(g_count)]
     for g in range(g_count):
@@ -230,12 +244,6 @@ def _grid_size(lb: FloatArray, caps: FloatArray) -> float:
         return 0.0
     widths = caps - lb + 1
     return float(np.prod(widths) / widths.max()) if widths.max() > 0 else 0.0
-
-
-def enumerable(blk: Block) -> bool:
-    """Whether the master of ``blk`` is small enough to solve by enumeration."""
-    caps = _useful_caps(blk)
-    return bool(np.all(blk.lb <= caps)) and _grid_size(blk.lb, caps) <= ENUM_MAX
 
 
 class _Enumeration:
@@ -353,11 +361,13 @@ def benders(
     clock: Callable[[], float],
     max_rounds: int = 60,
     master_effort: float = MASTER_EFFORT,
+    only_enumerable: bool = False,
 ) -> Outcome:
     """Solve one model exactly in count space (see the module docstring).
 
     Returns "optimal" or "infeasible" when finished; otherwise "unknown" with the best
-    proven bound (the caller continues with another method)."""
+    proven bound (the caller continues with another method). ``only_enumerable``: give
+    up at once (no rounds, no bound) unless the master is small enough to enumerate."""
     start = clock()
     deadline = start + max(time_limit_s, 0.0)
     need, usable = blk.need, blk.usable
@@ -366,7 +376,10 @@ def benders(
     lb = blk.lb
     if np.any(lb > caps):
         return Outcome("infeasible", (), (), math.nan, math.nan, 0)
-    routing = _Routing(need, usable, np.where(blk.cost > 0, blk.cost, 1.0), seed)
+    enumerate_counts = _grid_size(lb, caps) <= ENUM_MAX
+    if only_enumerable and not enumerate_counts:
+        return Outcome("unknown", (), (), math.nan, -math.inf, 0)
+    routing = _Routing(need, usable, _base_prices(blk), seed)
 
     cuts: list[tuple[list[int], int]] = []
 
@@ -375,8 +388,7 @@ def benders(
         if top <= 0:
             return
         p = prices / top
-        with np.errstate(invalid="ignore"):
-            phi = float(np.where(fin, p[None, :] * need, np.inf).min(axis=1).sum())
+        phi = _cheapest_routing(need, fin, p)[0]
         if not math.isfinite(phi) or phi <= 0:
             return
         coef = [math.ceil(CUT_SCALE * usable * float(x)) for x in p]
@@ -387,7 +399,6 @@ def benders(
     for prices in _start_prices(blk):
         add_cut(prices)
 
-    enumerate_counts = _grid_size(lb, caps) <= ENUM_MAX
     enumeration = _Enumeration(blk, caps) if enumerate_counts else None
     scale, rounding = _objective_scale(blk, caps)
     bound = -math.inf
@@ -404,6 +415,7 @@ def benders(
             if found is None:
                 return Outcome("infeasible", (), (), math.nan, math.nan, rounds)
             n, low = found
+            bound = max(bound, low)
         else:
             state, n_or_none, low, used = _cpsat_master(
                 blk, cuts, caps, scale, rounding, hint, seed, remaining, master_effort - effort
@@ -416,7 +428,6 @@ def benders(
                 break
             n = n_or_none
             hint = [int(x) for x in n]
-        bound = max(bound, low)
         result = routing.check(n, deadline, clock)
         if result is None:
             break
@@ -424,8 +435,8 @@ def benders(
             assert result.split is not None
             value = _plan_value([blk], n)
             reps = tuple(round(x) for x in n)
-            if bound < value - 1e-9 * max(1.0, abs(value)):  # only when prices lost digits
-                return Outcome("feasible", (reps,), (result.split,), value, bound, rounds)
-            return Outcome("optimal", (reps,), (result.split,), value, value, rounds)
+            # optimal, unless the bound lost digits to the objective's integer scaling
+            plan = Outcome("feasible", (reps,), (result.split,), value, bound, rounds)
+            return with_bound(plan, bound)
         add_cut(result.prices)
     return Outcome("unknown", (), (), math.nan, bound, rounds)

@@ -60,6 +60,14 @@ class Outcome:
     nodes: int
 
 
+def with_bound(out: Outcome, bound: float) -> Outcome:
+    """``out`` with a (larger) proven bound; optimal once the bound reaches its plan."""
+    tol = 1e-9 * max(1.0, abs(out.objective))
+    status = "optimal" if bound >= out.objective - tol else out.status
+    bound = out.objective if status == "optimal" else bound
+    return Outcome(status, out.replicas, out.fractions, out.objective, bound, out.nodes)
+
+
 @dataclass
 class _Node:
     lb: FloatArray

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from optimizer._benders import benders, enumerable
+from optimizer._benders import benders
 from optimizer._engine import (
     LARGE_NODES,
     Block,
@@ -26,6 +26,7 @@ from optimizer._engine import (
     branch_and_bound,
     full_mip,
     two_types,
+    with_bound,
 )
 
 
@@ -60,9 +61,11 @@ def search(
     start = clock_start
     floor = -math.inf  # a bound proven by an earlier method, kept to the end
     spent = 0  # nodes (master rounds) of that method
-    single = len(blocks) == 1 and not pools and blocks[0].cost.size >= 3
-    if single and (large or enumerable(blocks[0])):
-        first = benders(blocks[0], time_limit_s=time_limit_s, seed=seed, clock=clock)
+    if len(blocks) == 1 and not pools and blocks[0].cost.size >= 3:
+        # small models only when the master can be enumerated (CP-SAT does not pay there)
+        first = benders(
+            blocks[0], time_limit_s=time_limit_s, seed=seed, clock=clock, only_enumerable=not large
+        )
         if first.status in ("optimal", "infeasible"):
             return first
         floor = first.bound if math.isfinite(first.bound) else floor
@@ -87,7 +90,7 @@ def search(
     if spent:
         out = replace(out, nodes=out.nodes + spent)
     if math.isfinite(floor) and out.replicas:
-        out = _with_bound(out, max(out.bound, floor))
+        out = with_bound(out, max(out.bound, floor))
     if not large or out.status in ("optimal", "infeasible"):
         return out
     rest = time_limit_s - (clock() - start)
@@ -100,22 +103,4 @@ def search(
         return mip
     bound = max(mip.bound, out.bound if math.isfinite(out.bound) else -math.inf)
     best = mip if (not out.replicas or mip.objective <= out.objective) else out
-    status = (
-        "optimal" if bound >= best.objective - 1e-9 * max(1.0, abs(best.objective)) else "feasible"
-    )
-    return Outcome(
-        status,
-        best.replicas,
-        best.fractions,
-        best.objective,
-        min(bound, best.objective),
-        out.nodes + mip.nodes,
-    )
-
-
-def _with_bound(out: Outcome, bound: float) -> Outcome:
-    """``out`` with a (larger) proven bound; optimal once the bound reaches its plan."""
-    tol = 1e-9 * max(1.0, abs(out.objective))
-    status = "optimal" if bound >= out.objective - tol else out.status
-    bound = out.objective if status == "optimal" else bound
-    return Outcome(status, out.replicas, out.fractions, out.objective, bound, out.nodes)
+    return with_bound(replace(best, status="feasible", nodes=out.nodes + mip.nodes), bound)

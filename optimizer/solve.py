@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from optimizer._engine import Block, Outcome, PoolRow, branch_and_bound
+from optimizer._engine import Block, Outcome, PoolRow, branch_and_bound, with_bound
 from optimizer._search import search
 from optimizer.model import GpuOption, JointResult, Pool, Problem, Result, Status
 
@@ -95,15 +95,20 @@ def validate(problem: Problem) -> list[str]:
 # ---------------------------------------------------------------- reduction
 
 
+def _rate_matrix(problem: Problem) -> np.ndarray:
+    """``rates[bucket, type]`` of a validated problem (req/s per replica; 0: cannot)."""
+    return np.array([g.rates for g in problem.gpus], dtype=float).T.reshape(
+        len(problem.buckets), len(problem.gpus)
+    )
+
+
 def _merge_buckets(problem: Problem) -> tuple[np.ndarray, list[list[int]]]:
     """Loaded buckets, merged when their rate rows are proportional (an exact reduction).
 
     Returns ``need`` (merged bucket x type: replicas its whole load needs, inf: cannot) and
     the original bucket indexes of each merged row.
     """
-    rates = np.array([g.rates for g in problem.gpus], dtype=float).T.reshape(
-        len(problem.buckets), len(problem.gpus)
-    )
+    rates = _rate_matrix(problem)
     load = np.array(problem.load, dtype=float)
     loaded = np.nonzero(load > 0)[0]
     if loaded.size == 0:
@@ -183,7 +188,7 @@ def diagnose(problem: Problem, ub: Sequence[float] | None = None) -> str:
     no_type: list[str] = []
     no_room: list[str] = []
     if problem.buckets and problem.gpus:
-        serves = np.array([g.rates for g in problem.gpus], dtype=float).T > 0  # bucket x type
+        serves = _rate_matrix(problem) > 0
         loaded = np.array(problem.load, dtype=float) > 0
         caps = [_cap(g, None if ub is None else ub[j]) for j, g in enumerate(problem.gpus)]
         room = np.array([c != 0 for c in caps])
@@ -245,7 +250,7 @@ def _finish(
     replicas = list(reps)
     # never truncate: a count below its load (numerical noise) is rounded up
     usable = 1.0 - problem.headroom
-    rates = np.array([g.rates for g in problem.gpus], dtype=float).T.reshape(nb, ng)
+    rates = _rate_matrix(problem)
     loads = np.array(problem.load, dtype=float)[:, None] * assign
     used = (assign > 0) & (rates > 0)
     per_type = np.where(used, loads / np.where(rates > 0, rates, 1.0), 0.0).sum(axis=0)
@@ -605,15 +610,7 @@ def solve_joint(
         else:
             out = search(blocks, rows, time_limit_s=rest, seed=seed, clock=clock)
         if out.replicas and math.isfinite(lower) and out.status == "feasible":
-            bound = max(out.bound, lower)
-            st = (
-                "optimal"
-                if bound >= out.objective - 1e-9 * max(1.0, abs(out.objective))
-                else "feasible"
-            )
-            out = Outcome(
-                st, out.replicas, out.fractions, out.objective, min(bound, out.objective), out.nodes
-            )
+            out = with_bound(out, max(out.bound, lower))
         elif not out.replicas and out.status == "unknown":
             out = Outcome("unknown", (), (), math.nan, max(out.bound, lower), out.nodes)
     runtime = clock() - start
