@@ -263,13 +263,16 @@ def _finish(
         abs(n - g.current_replicas) for g, n in zip(problem.gpus, replicas, strict=True)
     )
     obj = cost + churn
+    proven = min(bound, obj)
+    if status == Status.OPTIMAL and obj - proven <= 1e-9 * max(1.0, abs(obj)):
+        proven = obj  # the same optimum, summed here in another order than by the search
     return Result(
         status=status,
         replicas={g.name: n for g, n in zip(problem.gpus, replicas, strict=True)},
         cost_per_hour=cost,
         objective=obj,
-        bound=min(bound, obj),
-        gap=_gap(obj, min(bound, obj)),
+        bound=proven,
+        gap=_gap(obj, proven),
         runtime_s=runtime,
         assignment=tuple(tuple(float(x) for x in row) for row in assign),
         nodes=nodes,

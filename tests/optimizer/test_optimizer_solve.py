@@ -393,3 +393,14 @@ def test_joint_gap_limit_stops_early_but_never_claims_more_than_it_proved() -> N
     assert exact.nodes >= loose.nodes
     bad = solve_joint(problems, pool, time_limit_s=LIMIT, gap_limit=1.5)
     assert bad.status == Status.INVALID and "gap_limit" in bad.errors[0]
+
+
+def test_optimal_plan_reports_no_gap_when_sums_differ_in_the_last_bit() -> None:
+    """The search and the result sum the same optimum in different orders (here
+    15.1 against 15.100000000000001): an OPTIMAL result still has gap 0 and its bound
+    equal to its objective."""
+    p = make_problem([8.0], [[2.0], [0.0], [0.0]], [1.3, 1.3, 0.5], cur=[0, 3, 0], churn_weight=1.5)
+    res = solve(p, time_limit_s=LIMIT)
+    assert res.status == Status.OPTIMAL
+    assert res.replicas == {"g0": 4, "g1": 3, "g2": 0}
+    assert res.gap == 0.0 and res.bound == res.objective
