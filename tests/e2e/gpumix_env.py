@@ -403,20 +403,20 @@ def wait_admitting(env: Envtest, timeout_s: float = 30.0) -> None:
         },
     }
 
-    def admitted() -> bool:
-        proc = env.kubectl(
-            "create",
-            "--dry-run=server",
-            "-o",
-            "name",
-            "-f",
-            "-",
-            input=json.dumps(probe),
-            check=False,
-        )
-        return proc.returncode == 0
+    wait_until(
+        lambda: dry_run_admitted(env, probe),
+        timeout_s=timeout_s,
+        what="the API server to reach the gpumix webhooks",
+    )
 
-    wait_until(admitted, timeout_s=timeout_s, what="the API server to reach the gpumix webhooks")
+
+def dry_run_admitted(env: Envtest, obj: Obj) -> bool:
+    """Whether ``kubectl create --dry-run=server`` of ``obj`` succeeds (admission ran
+    through every webhook, nothing was stored)."""
+    proc = env.kubectl(
+        "create", "--dry-run=server", "-o", "name", "-f", "-", input=json.dumps(obj), check=False
+    )
+    return proc.returncode == 0
 
 
 def start_webhook(env: Envtest, objects: list[Obj]) -> Webhook:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from .envtest import REPO_ROOT, Envtest
-from .gpumix_env import Obj, Recorder, Webhook, wait_admitting, wait_until
+from .gpumix_env import Obj, Recorder, Webhook, dry_run_admitted, wait_admitting, wait_until
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "aibrix"
 A100 = "simulator-llama2-7b-a100"
@@ -190,6 +190,18 @@ def test_dry_run_shows_the_fix_and_has_no_side_effect(
 ) -> None:
     """``kubectl create --dry-run=server``: gpumix is called with ``dryRun: true``, the
     printed object carries the fix, and nothing is stored or changed."""
+
+    def secret_version() -> str:  # of the webhook's certificate Secret
+        return apiserver.kubectl(
+            "get",
+            "secret",
+            "gpumix-webhook-tls",
+            "-n",
+            "gpumix-system",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ).stdout
+
     a100 = aibrix("heterogeneous-after", namespace)[f"Deployment/{A100}"]
     a40 = aibrix("heterogeneous-before", namespace)[f"Deployment/{A40}"]
     create_and_wait_cached(apiserver, gpumix_webhook, "Deployment", a100)
@@ -209,19 +221,9 @@ def test_dry_run_shows_the_fix_and_has_no_side_effect(
         try:
             wait_until(
                 lambda: (
-                    apiserver.kubectl(
-                        "create",
-                        "--dry-run=server",
-                        "-o",
-                        "name",
-                        "-f",
-                        "-",
-                        input=json.dumps(
-                            a100 | {"metadata": {"name": "probe", "namespace": namespace}}
-                        ),
-                        check=False,
-                    ).returncode
-                    == 0
+                    dry_run_admitted(
+                        apiserver, a100 | {"metadata": {"name": "probe", "namespace": namespace}}
+                    )
                     and any(recorder.requests("Deployment", "probe"))
                 ),
                 timeout_s=15,
@@ -230,15 +232,7 @@ def test_dry_run_shows_the_fix_and_has_no_side_effect(
             patched_before = gpumix_webhook.admissions(path="/mutate", verdict="patched")
             cached_before = gpumix_webhook.cached("Deployment")
             events_before = apiserver.kubectl("get", "events", "-A", "-o", "name").stdout
-            secret_before = apiserver.kubectl(
-                "get",
-                "secret",
-                "gpumix-webhook-tls",
-                "-n",
-                "gpumix-system",
-                "-o",
-                "jsonpath={.metadata.resourceVersion}",
-            ).stdout
+            secret_before = secret_version()
 
             proc = apiserver.kubectl(
                 "create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(a40)
@@ -264,18 +258,7 @@ def test_dry_run_shows_the_fix_and_has_no_side_effect(
     assert get(apiserver, "deployment", A40, namespace) is None
     assert gpumix_webhook.cached("Deployment") == cached_before
     assert apiserver.kubectl("get", "events", "-A", "-o", "name").stdout == events_before
-    assert (
-        apiserver.kubectl(
-            "get",
-            "secret",
-            "gpumix-webhook-tls",
-            "-n",
-            "gpumix-system",
-            "-o",
-            "jsonpath={.metadata.resourceVersion}",
-        ).stdout
-        == secret_before
-    )
+    assert secret_version() == secret_before
 
 
 # --------------------------------------------------------------------------- ceilings
@@ -333,17 +316,7 @@ def test_hpa_without_max_replicas_gets_the_default(
         try:
             wait_until(
                 lambda: (
-                    apiserver.kubectl(
-                        "create",
-                        "--dry-run=server",
-                        "-o",
-                        "name",
-                        "-f",
-                        "-",
-                        input=json.dumps(hpa("v2", "probe", namespace, 1)),
-                        check=False,
-                    ).returncode
-                    == 0
+                    dry_run_admitted(apiserver, hpa("v2", "probe", namespace, 1))
                     and any(recorder.requests(name="probe"))
                 ),
                 timeout_s=15,

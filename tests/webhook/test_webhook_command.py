@@ -110,6 +110,19 @@ def test_bad_kubeconfig_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "cannot load" in capsys.readouterr().err
 
 
+# Serve on loopback, on ports the OS picks, with a certificate valid for 127.0.0.1.
+LOOPBACK = (
+    "--host",
+    "127.0.0.1",
+    "--port",
+    "0",
+    "--metrics-port",
+    "0",
+    "--extra-san",
+    "127.0.0.1",
+)
+
+
 async def _serve_and_probe(
     settings: WebhookSettings, objects: list[dict[str, Any]] | None, ca: Callable[[], bytes]
 ) -> dict[str, Any]:
@@ -152,14 +165,7 @@ async def test_state_mode_serves_without_a_cluster(tmp_path: Path) -> None:
     settings = parse(
         "--state",
         "x",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--extra-san",
-        "127.0.0.1",
+        *LOOPBACK,
         "--write-ca",
         str(ca),
     )
@@ -174,18 +180,7 @@ async def test_state_mode_serves_without_a_cluster(tmp_path: Path) -> None:
 async def test_kubeconfig_mode_bootstraps_and_serves() -> None:
     async with Emulator() as emu:
         emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}})
-        settings = parse(
-            "--kubeconfig",
-            str(emu.kubeconfig()),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--extra-san",
-            "127.0.0.1",
-        )
+        settings = parse("--kubeconfig", str(emu.kubeconfig()), *LOOPBACK)
 
         def ca() -> bytes:  # the certificate is bootstrapped before serving starts
             secret = emu.get("secrets", "gpumix-webhook-tls", "gpumix-system")
@@ -238,8 +233,8 @@ async def test_command_serves_on_the_chosen_loop_and_stops_on_sigterm(
     ca = tmp_path / "ca.pem"
     proc = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "gpumix", "webhook", "--state", str(state)),
-        *("--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"),
-        *("--extra-san", "127.0.0.1", "--write-ca", str(ca), "--event-loop", event_loop),
+        *LOOPBACK,
+        *("--write-ca", str(ca), "--event-loop", event_loop),
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None
