@@ -13,12 +13,12 @@ import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict, TypeGuard
+from typing import Any, Literal, TypedDict
 
 import jsonpatch
 import orjson
 
-from gpumix.kube.fields import as_mapping
+from gpumix.kube.fields import as_mapping, is_mapping
 from gpumix.kube.objects import AutoscalerView, DeploymentView, View, view_of
 from gpumix.kube.policy import DEPLOYMENT_LABEL, GPU_TYPE_LABEL, Mode, Policy
 from gpumix.kube.snapshot import Snapshot
@@ -99,17 +99,12 @@ class ReviewError(ValueError):
         self.uid = uid
 
 
-def _is_map(value: object) -> TypeGuard[Mapping[str, Any]]:
-    # ``type(...) is dict`` first: decoded JSON is plain dicts, and the ABC check costs more.
-    return type(value) is dict or isinstance(value, Mapping)
-
-
 def parse_review(body: object) -> AdmissionRequest:
     """Check an AdmissionReview body and return its request, or raise ReviewError."""
-    if not _is_map(body):
+    if not is_mapping(body):
         raise ReviewError("body must be a JSON object (an AdmissionReview)")
     raw_request = body.get("request")
-    request = raw_request if _is_map(raw_request) else None
+    request = raw_request if is_mapping(raw_request) else None
     uid = ""
     if request is not None and isinstance(request.get("uid"), str):
         uid = request["uid"]
@@ -127,15 +122,15 @@ def parse_review(body: object) -> AdmissionRequest:
     if operation not in ("CREATE", "UPDATE", "DELETE", "CONNECT"):
         raise ReviewError(f"request.operation {operation!r} is not a known operation", uid)
     obj = request.get("object")
-    if not _is_map(obj):
+    if not is_mapping(obj):
         obj = None
     if obj is None and operation in ("CREATE", "UPDATE"):
         raise ReviewError("request.object is missing or not an object", uid)
     old = request.get("oldObject")
-    if old is not None and not _is_map(old):
+    if old is not None and not is_mapping(old):
         raise ReviewError("request.oldObject is not an object", uid)
     kind = request.get("kind")
-    if not _is_map(kind) or not isinstance(kind.get("kind"), str):
+    if not is_mapping(kind) or not isinstance(kind.get("kind"), str):
         raise ReviewError("request.kind is missing or has no kind", uid)
     return {
         "uid": uid,

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
+
+
+def is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
+    # ``type(...) is dict`` first: decoded JSON is plain dicts, and the ABC check costs more
+    return type(value) is dict or isinstance(value, Mapping)
 
 
 def as_mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    return value if is_mapping(value) else {}
 
 
 def as_list(value: object) -> list[Any]:
