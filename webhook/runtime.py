@@ -25,7 +25,7 @@ from webhook.cache import ClusterCache
 from webhook.kubeapi import KubeClient
 from webhook.metrics import WebhookMetrics
 from webhook.server import SnapshotSource, StaticSource, WebhookState, make_app
-from webhook.settings import WebhookSettings
+from webhook.settings import EVENT_LOOPS, WebhookSettings
 from webhook.tls import BootstrapCerts, CertHolder, CertSource, EphemeralCerts, FileCerts
 
 log = logging.getLogger("gpumix.webhook")
@@ -166,9 +166,6 @@ async def serve(
     finally:
         await probes.cleanup()
         await https.cleanup()
-
-
-EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from gpumix.kube.policy import Policy
 
+EVENT_LOOPS = ("uvloop", "asyncio")  # what ``gpumix webhook --event-loop`` accepts
+
 DAY_S = 86_400.0
 
 

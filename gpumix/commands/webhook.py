@@ -14,7 +14,7 @@ from typing import Any
 
 from gpumix.commands.check import file_objects, load_policy
 from gpumix.manifests import InputError, load_sources
-from webhook.settings import DAY_S, TLSSettings, WebhookSettings
+from webhook.settings import DAY_S, EVENT_LOOPS, TLSSettings, WebhookSettings
 
 EXIT_OK, EXIT_INPUT = 0, 2
 
@@ -94,7 +94,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--event-loop",
         default="uvloop",
-        choices=("uvloop", "asyncio"),
+        choices=EVENT_LOOPS,
         help="event loop to serve on (default uvloop; asyncio where uvloop is unavailable)",
     )
     p.set_defaults(func=run)
