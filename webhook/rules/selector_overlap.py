@@ -40,16 +40,6 @@ def check(dep: DeploymentView, snapshot: Snapshot, *, fixable: bool = True) -> l
     return findings
 
 
-def severity_of(a: DeploymentView, b: DeploymentView, snapshot: Snapshot) -> Severity | None:
-    if not (a.in_scope or b.in_scope):
-        return None
-    if not a.gpu_type.same_as(b.gpu_type):
-        return "error"
-    if snapshot.autoscalers_targeting(a.ref) or snapshot.autoscalers_targeting(b.ref):
-        return "error"
-    return "warning"
-
-
 def pair_finding(
     dep: DeploymentView, other: DeploymentView, snapshot: Snapshot, *, fixable: bool
 ) -> Finding | None:
@@ -68,7 +58,8 @@ def pair_finding(
     dep_ref, other_ref = dep.ref, other.ref
     same_type = dep.gpu_type.same_as(other.gpu_type)
     scalers = snapshot.autoscalers_targeting(dep_ref) + snapshot.autoscalers_targeting(other_ref)
-    # as severity_of: an error when the GPU types differ or either is autoscaled
+    # an error when the GPU types differ or either is autoscaled (a scaler counts the
+    # other's pods); two Deployments of one type without autoscalers only warn
     severity: Severity = "error" if not same_type or scalers else "warning"
     if not captured:
         severity = "warning"  # possible, not actual: no pod template is selected by both
