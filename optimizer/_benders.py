@@ -46,11 +46,11 @@ from ortools.linear_solver import pywraplp
 from ortools.sat.python import cp_model
 
 from optimizer._engine import (
-    FRAC_TOL,
     Block,
     FloatArray,
     Outcome,
     _plan_value,
+    clean_split,
     glop,
     with_bound,
 )
@@ -170,10 +170,7 @@ class _Routing:
             w = lam.solution_value()
             if w > 0:
                 f[self.rows_b, route] += w
-        f = np.where(f < FRAC_TOL, 0.0, f)  # solver noise would cost a whole replica
-        sums = f.sum(axis=1, keepdims=True)
-        out: FloatArray = np.divide(f, sums, out=np.zeros_like(f), where=sums > 0)
-        return out
+        return clean_split(f)
 
 
 def _useful_caps(blk: Block) -> FloatArray:

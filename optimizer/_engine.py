@@ -60,6 +60,16 @@ class Outcome:
     nodes: int
 
 
+def clean_split(f: FloatArray) -> FloatArray:
+    """A solver's bucket x type routing with its noise removed: fractions below
+    ``FRAC_TOL`` dropped (a sliver on an unused type would cost a whole replica) and
+    each bucket's row renormalised to 1."""
+    f = np.where(f < FRAC_TOL, 0.0, f)
+    sums = f.sum(axis=1, keepdims=True)
+    out: FloatArray = np.divide(f, sums, out=np.zeros_like(f), where=sums > 0)
+    return out
+
+
 def with_bound(out: Outcome, bound: float) -> Outcome:
     """``out`` with a (larger) proven bound; optimal once the bound reaches its plan."""
     tol = 1e-9 * max(1.0, abs(out.objective))
@@ -262,10 +272,7 @@ class _Lp:
             f = np.zeros(blk.need.shape)
             for (b, g), v in self.cols[m].items():
                 f[b, g] = v.solution_value()
-            f = np.where(f < FRAC_TOL, 0.0, f)  # solver noise would cost a whole replica
-            sums = f.sum(axis=1, keepdims=True)
-            f = np.divide(f, sums, out=np.zeros_like(f), where=sums > 0)
-            out.append(f)
+            out.append(clean_split(f))
         return out
 
 
@@ -471,9 +478,7 @@ def full_mip(
         f = np.zeros(blk.need.shape)
         for b, g, v in cols[m]:
             f[b, g] = max(v.solution_value(), 0.0)
-        f = np.where(f < FRAC_TOL, 0.0, f)  # solver noise would cost a whole replica
-        sums = f.sum(axis=1, keepdims=True)
-        fracs.append(np.divide(f, sums, out=np.zeros_like(f), where=sums > 0))
+        fracs.append(clean_split(f))
     value = _plan_value(blocks, np.array([x for r in reps for x in r], dtype=float))
     bound = float(obj.BestBound())
     status = "optimal" if st == pywraplp.Solver.OPTIMAL else "feasible"
