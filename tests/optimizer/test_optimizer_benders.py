@@ -38,8 +38,8 @@ def test_equals_brute_force(problem) -> None:
 def test_cpsat_master_equals_brute_force(problem) -> None:
     """The same with the CP-SAT master on every instance (tiny ones are otherwise
     enumerated) and a gap wide enough that its answers are often not optimal: the
-    master's earlier solutions, the cutoff below the best plan found and the exact
-    re-solve must still end at the true optimum."""
+    master's earlier solutions, the plans found on the way and the cutoff below the best
+    of them must still end at the true optimum."""
     with (
         mock.patch.object(_benders, "ENUM_MAX", -1),
         mock.patch.object(_benders, "MASTER_GAP", 1.0),
