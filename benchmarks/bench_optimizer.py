@@ -17,7 +17,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -130,7 +130,33 @@ def melange(
     return status, elapsed, float(value) if value is not None else math.nan
 
 
-def run_sizes(sizes, seeds, limit, base_limit, rows, skip_baseline):
+REPEAT_BASELINE_UNDER_S = 10.0  # CBC runs longer than this are not repeated
+
+
+def timed_solve(problem, limit, seed, repeat):
+    """Our result, with the fastest runtime of ``repeat`` identical solves (the machine is
+    noisy; the answer must not change between them)."""
+    first = solve(problem, time_limit_s=limit, seed=seed)
+    fastest = first.runtime_s
+    for _ in range(repeat - 1):
+        again = solve(problem, time_limit_s=limit, seed=seed)
+        if (again.status, again.replicas) != (first.status, first.replicas):
+            raise SystemExit(f"non-deterministic result for {problem.model or 'a model'}")
+        fastest = min(fastest, again.runtime_s)
+    return replace(first, runtime_s=fastest)
+
+
+def timed_melange(instances, pool, limit, repeat):
+    """The baseline, with the fastest of ``repeat`` runs while a run is short."""
+    status, elapsed, value = melange(instances, pool, limit)
+    for _ in range(repeat - 1):
+        if elapsed > REPEAT_BASELINE_UNDER_S or status != "OPTIMAL":
+            break
+        elapsed = min(elapsed, melange(instances, pool, limit)[1])
+    return status, elapsed, value
+
+
+def run_sizes(sizes, seeds, limit, base_limit, rows, skip_baseline, repeat):
     ok = True
     # Our solver runs inside a long-lived process (the controller, `gpumix plan` once):
     # one untimed solve first loads OR-Tools' solvers. CBC starts a process for every
@@ -139,11 +165,11 @@ def run_sizes(sizes, seeds, limit, base_limit, rows, skip_baseline):
     for types, buckets in sizes:
         for seed in range(seeds):
             inst = make_instance(types, buckets, seed)
-            res = solve(to_problem(inst), time_limit_s=limit, seed=seed)
+            res = timed_solve(to_problem(inst), limit, seed, repeat)
             if skip_baseline:
                 b_status, b_time, b_cost = "-", math.nan, math.nan
             else:
-                b_status, b_time, b_cost = melange([inst], None, base_limit)
+                b_status, b_time, b_cost = timed_melange([inst], None, base_limit, repeat)
             check = _record(rows, f"{types}x{buckets}", seed, res, (b_status, b_time, b_cost))
             ok = ok and check != "WORSE"
     return ok
@@ -228,6 +254,13 @@ def main() -> int:
     ap.add_argument("--no-joint", action="store_true")
     ap.add_argument("--joint-only", action="store_true")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="report the fastest of N runs per instance (CBC: only runs under "
+        f"{REPEAT_BASELINE_UNDER_S:.0f} s that prove optimality are repeated)",
+    )
     args = ap.parse_args()
     sizes = QUICK_SIZES if args.quick else SIZES
     if args.sizes:
@@ -238,7 +271,7 @@ def main() -> int:
     rows: list[dict] = []
     ok = True
     if not args.joint_only:
-        ok = run_sizes(sizes, seeds, limit, base_limit, rows, args.no_baseline)
+        ok = run_sizes(sizes, seeds, limit, base_limit, rows, args.no_baseline, max(1, args.repeat))
     if not args.no_joint:
         models, buckets = (10, 20) if args.quick else (50, 40)
         ok = run_joint(models, 8, buckets, limit, base_limit, rows, args.no_baseline) and ok
