@@ -100,6 +100,9 @@ class Snapshot:
         self.namespaces: dict[str, NamespaceView] = {}
         self._index: dict[str, _NamespaceIndex] = {}
         self._targets: dict[ObjectRef, set[ObjectRef]] = {}
+        # GPU capacity per type, computed on first use and forgotten when a Node changes
+        # (admission asks for it on every autoscaler; Nodes change far less often)
+        self._capacity: dict[str, int | None] = {}
 
     # -- building ---------------------------------------------------------------
     @classmethod
@@ -123,6 +126,7 @@ class Snapshot:
                 self._targets.setdefault(view.target, set()).add(view.ref)
         elif isinstance(view, NodeView):
             self.nodes[view.name] = view
+            self._capacity.clear()
         else:
             self.namespaces[view.name] = view
 
@@ -149,6 +153,7 @@ class Snapshot:
             self.remove_deployment(ObjectRef(kind, namespace, name))
         elif kind == "Node":
             self.nodes.pop(name, None)
+            self._capacity.clear()
         elif kind == "Namespace":
             self.namespaces.pop(name, None)
         else:
@@ -175,10 +180,13 @@ class Snapshot:
 
     def gpu_capacity(self, gpu_name: str) -> int | None:
         """Allocatable GPUs on schedulable Nodes of this GPU type; None if no Node has it."""
+        if gpu_name in self._capacity:
+            return self._capacity[gpu_name]
         total: int | None = None
         for node in self.nodes.values():
             if gpu_name in node.gpu_names and not node.unschedulable:
                 total = (total or 0) + node.allocatable_gpus
+        self._capacity[gpu_name] = total
         return total
 
     def namespace(self, name: str) -> NamespaceView | None:

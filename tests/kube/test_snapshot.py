@@ -160,16 +160,17 @@ def test_autoscaler_of_another_kind_does_not_target_a_same_named_deployment() ->
     assert snap.deployment(dep.ref) is dep
 
 
-def from_objects_nodes() -> Snapshot:
-    def node(name: str, gpu: str, count: int, unschedulable: bool = False) -> dict[str, Any]:
-        return {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": name, "labels": {"nvidia.com/gpu.product": gpu}},
-            "spec": {"unschedulable": unschedulable},
-            "status": {"allocatable": {"nvidia.com/gpu": str(count)}},
-        }
+def node(name: str, gpu: str, count: int, unschedulable: bool = False) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"nvidia.com/gpu.product": gpu}},
+        "spec": {"unschedulable": unschedulable},
+        "status": {"allocatable": {"nvidia.com/gpu": str(count)}},
+    }
 
+
+def from_objects_nodes() -> Snapshot:
     return Snapshot.from_objects(
         [
             node("n1", "A100", 8),
@@ -195,3 +196,15 @@ def test_gpu_capacity_and_namespaces() -> None:
     snap.remove("Namespace", "", "ml")
     assert snap.gpu_capacity("A40") is None
     assert snap.namespace("ml") is None
+
+
+def test_gpu_capacity_follows_node_changes_after_it_was_asked() -> None:
+    """Capacity is remembered between questions, and forgotten when a Node changes."""
+    snap = from_objects_nodes()
+    assert snap.gpu_capacity("A100") == 16 and snap.gpu_capacity("L20") is None
+    for obj in (node("n5", "L20", 2), node("n1", "A100", 8, unschedulable=True)):
+        view = view_of(obj, POLICY)
+        assert view is not None
+        snap.put(view)
+    assert snap.gpu_capacity("A100") == 8  # n1 cordoned
+    assert snap.gpu_capacity("L20") == 2  # a new Node of a type not seen before
