@@ -60,6 +60,7 @@ from optimizer._engine import (
     _plan_value,
     clean_split,
     glop,
+    optimal_within,
     with_bound,
 )
 
@@ -362,9 +363,12 @@ class _CpsatMaster:
         self.rows = len(cuts)
 
     def below(self, value: float) -> None:
-        """Seek only plans cheaper than ``value``: any plan worth less than it by more
-        than the scaling error has a scaled objective at most this."""
-        self.m.add(self.objective <= math.ceil((value + self.rounding) * self.scale) - 1)
+        """Seek only plans cheaper than ``value`` by more than the optimality tolerance
+        (``optimal_within``): each of those has a scaled objective at most this limit (the
+        scaling misstates a plan by at most ``rounding``). When the scaling is finer than
+        the tolerance, plans that cost ``value`` are excluded too."""
+        limit = (value - optimal_within(value) + self.rounding) * self.scale
+        self.m.add(self.objective <= math.ceil(limit) - 1)
 
     def solve(self, hint: list[int] | None, seconds: float, effort: float) -> _MasterAnswer:
         """Solve until the relative gap is at most ``MASTER_GAP`` or ``effort`` is spent."""
@@ -454,15 +458,18 @@ def benders(
     cutoff = math.inf  # the master seeks only plans cheaper than this
     patient = False  # the next master gets the whole budget (after a plan, or an empty slice)
 
-    def found(n: FloatArray, split: FloatArray) -> None:
+    def found(n: FloatArray, split: FloatArray) -> bool:
+        """Keep a plan that fits if it is the best so far; whether it was."""
         nonlocal best
         value = _plan_value([blk], n)
-        if best is None or value < best.objective:
-            reps = tuple(round(x) for x in n)
-            best = Outcome("feasible", (reps,), (split,), value, bound, rounds)
+        if best is not None and value >= best.objective - optimal_within(best.objective):
+            return False
+        reps = tuple(round(x) for x in n)
+        best = Outcome("feasible", (reps,), (split,), value, bound, rounds)
+        return True
 
     while rounds < max_rounds:
-        if best is not None and bound >= best.objective - 1e-9 * max(1.0, abs(best.objective)):
+        if best is not None and bound >= best.objective - optimal_within(best.objective):
             break
         remaining = deadline - clock()
         if remaining <= 0 or effort >= master_effort:
@@ -505,8 +512,9 @@ def benders(
         patient = False
         if result.fits:
             assert result.split is not None
-            found(n, result.split)  # the cutoff now asks the master for cheaper plans
-            patient = True
+            if not found(n, result.split):
+                break  # the cutoff cannot tell it from the best plan (coarse scaling)
+            patient = True  # the cutoff now asks the master for cheaper plans
             continue
         add_cut(result.prices)
         for cand in others:  # the master's earlier solutions, newest first

@@ -70,10 +70,14 @@ def clean_split(f: FloatArray) -> FloatArray:
     return out
 
 
+def optimal_within(value: float) -> float:
+    """How close to a plan's objective a proven bound must come to call it optimal."""
+    return 1e-9 * max(1.0, abs(value))
+
+
 def with_bound(out: Outcome, bound: float) -> Outcome:
     """``out`` with a (larger) proven bound; optimal once the bound reaches its plan."""
-    tol = 1e-9 * max(1.0, abs(out.objective))
-    status = "optimal" if bound >= out.objective - tol else out.status
+    status = "optimal" if bound >= out.objective - optimal_within(out.objective) else out.status
     bound = out.objective if status == "optimal" else bound
     return Outcome(status, out.replicas, out.fractions, out.objective, bound, out.nodes)
 

@@ -13,7 +13,7 @@ from optimizer_kit import brute_force, check_plan, make_problem
 from test_optimizer_solve import tiny_problems
 
 from optimizer import Status, _benders, solve
-from optimizer._benders import _objective_scale, _useful_caps, benders
+from optimizer._benders import _CpsatMaster, _objective_scale, _useful_caps, benders
 from optimizer._engine import full_mip
 from optimizer.solve import _block, _merge_buckets, diagnose
 
@@ -158,6 +158,25 @@ def test_infeasible_caps_are_proven() -> None:
     p = _random_problem(2, 4, 200, maxs=[1, 1, 1, 1])
     out = benders(_block_of(p), time_limit_s=LIMIT, seed=0, clock=time.perf_counter)
     assert out.status == "infeasible"
+
+
+def test_cutoff_excludes_plans_that_cost_as_much_as_the_best() -> None:
+    """Below the best plan means cheaper, not equal: with prices such as 0.07 (0.07 * 100
+    is not exactly 7 in floating point) a cutoff that let ties through made the master
+    return equally cheap plans round after round until the budget ran out."""
+    blk = _block_of(make_problem([1.0], [[1.0], [2.0]], [0.07, 0.14]))
+    caps = np.array([2.0, 1.0])
+    scale, rounding = _objective_scale(blk, caps)
+    assert rounding > 0
+    master = _CpsatMaster(blk, caps, scale, rounding, seed=0)
+    master.add_cuts([([1, 2], 2)])  # n0 + 2 n1 >= 2: cheapest plans (2, 0) and (0, 1)
+    first = master.solve(None, LIMIT, 10.0)
+    assert first.state == "solved" and first.counts is not None
+    assert math.isclose(float(blk.cost @ first.counts), 0.14)
+    master.below(0.14)
+    assert master.solve(None, LIMIT, 10.0).state == "infeasible"
+    master.below(0.21 + 1e-6)  # a looser limit added later changes nothing
+    assert master.solve(None, LIMIT, 10.0).state == "infeasible"
 
 
 def test_objective_scale_is_exact_for_decimal_prices_and_bounded_otherwise() -> None:
