@@ -347,7 +347,7 @@ def branch_and_bound(
     open_bound = math.inf
 
     def tol(v: float) -> float:
-        return 1e-9 * max(1.0, abs(v)) if math.isfinite(v) else 0.0
+        return optimal_within(v) if math.isfinite(v) else 0.0
 
     while heap:
         bound, neg_depth, _, node = heap[0]

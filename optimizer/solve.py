@@ -8,7 +8,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from optimizer._engine import Block, Outcome, PoolRow, branch_and_bound, with_bound
+from optimizer._engine import (
+    Block,
+    Outcome,
+    PoolRow,
+    branch_and_bound,
+    optimal_within,
+    with_bound,
+)
 from optimizer._search import search
 from optimizer.model import GpuOption, JointResult, Pool, Problem, Result, Status
 
@@ -264,7 +271,7 @@ def _finish(
     )
     obj = cost + churn
     proven = min(bound, obj)
-    if status == Status.OPTIMAL and obj - proven <= 1e-9 * max(1.0, abs(obj)):
+    if status == Status.OPTIMAL and obj - proven <= optimal_within(obj):
         proven = obj  # the same optimum, summed here in another order than by the search
     return Result(
         status=status,
@@ -463,7 +470,7 @@ def _lagrangian(
             upper = true_obj
             best_plan = plan
         grad = usage - caps
-        close = max(gap_limit * abs(upper), 1e-9 * max(1.0, abs(upper)))
+        close = max(gap_limit * abs(upper), optimal_within(upper))
         if math.isfinite(upper) and best_bound >= upper - close:
             break
         norm = float(grad @ grad)
@@ -583,7 +590,7 @@ def solve_joint(
             incumbent = lag_plan
     exact = settled = False
     if incumbent is not None and _pool_ok(blocks, rows, incumbent):
-        exact = incumbent.objective <= lower + 1e-9 * max(1.0, abs(lower))
+        exact = incumbent.objective <= lower + optimal_within(lower)
         settled = exact or incumbent.objective - lower <= gap_limit * abs(incumbent.objective)
     if settled and incumbent is not None:
         # proven optimal, or within the gap limit: the joint search would not pay
