@@ -21,4 +21,10 @@ def as_list(value: object) -> list[Any]:
 
 def str_map(value: object) -> dict[str, str]:
     """A label/annotation map; entries whose value is not a string are dropped."""
+    if type(value) is dict:  # the common case, decoded JSON: a plain copy when all is well
+        for k, v in value.items():
+            if type(k) is not str or type(v) is not str:
+                break
+        else:
+            return value.copy()
     return {str(k): v for k, v in as_mapping(value).items() if isinstance(v, str)}

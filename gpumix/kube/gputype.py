@@ -47,9 +47,14 @@ def gpu_resources(pod_spec: Mapping[str, Any], policy: Policy) -> dict[str, int]
     (plus the sidecars started before it).
     """
     totals: dict[str, int] = {}
+    init_containers = pod_spec.get("initContainers")
+    if not init_containers:  # the common case: only the app containers count
+        for container in as_list(pod_spec.get("containers")):
+            _add(totals, _container_gpus(container, policy))
+        return {k: v for k, v in totals.items() if v > 0}
     sidecars: dict[str, int] = {}
     init_peak: dict[str, int] = {}
-    for container in as_list(pod_spec.get("initContainers")):
+    for container in as_list(init_containers):
         own = _container_gpus(container, policy)
         if as_mapping(container).get("restartPolicy") == "Always":
             _add(sidecars, own)
@@ -67,9 +72,13 @@ def gpu_resources(pod_spec: Mapping[str, Any], policy: Policy) -> dict[str, int]
 def _container_gpus(container: object, policy: Policy) -> dict[str, int]:
     resources = as_mapping(as_mapping(container).get("resources"))
     seen: dict[str, int] = {}
+    names = policy.gpu_resource_names
     for section in ("requests", "limits"):  # limits overwrite requests
-        for name, qty in as_mapping(resources.get(section)).items():
-            if name in policy.gpu_resource_names or str(name).startswith(MIG_RESOURCE_PREFIX):
+        amounts = resources.get(section)
+        if not amounts:
+            continue
+        for name, qty in as_mapping(amounts).items():
+            if name in names or str(name).startswith(MIG_RESOURCE_PREFIX):
                 seen[str(name)] = _quantity(qty)
     return seen
 
@@ -110,28 +119,39 @@ def _required_affinity_value(pod_spec: Mapping[str, Any], keys: tuple[str, ...])
 
 def gpu_type_of(template: Mapping[str, Any], policy: Policy) -> GpuType:
     """GPU type of a pod template, the first rule that applies (see DESIGN.md)."""
-    labels = str_map(as_mapping(template.get("metadata")).get("labels"))
-    if labels.get(GPU_TYPE_LABEL):
-        return GpuType("pinned", labels[GPU_TYPE_LABEL], f"label {GPU_TYPE_LABEL}")
-    spec = as_mapping(template.get("spec"))
-    node_selector = str_map(spec.get("nodeSelector"))
-    for key in policy.gpu_node_label_keys:
-        if node_selector.get(key):
-            return GpuType("pinned", node_selector[key], f"nodeSelector {key}")
-    key, value = _required_affinity_value(spec, policy.gpu_node_label_keys)
-    if value:
-        return GpuType("pinned", value, f"required node affinity {key}")
-    resources = gpu_resources(spec, policy)
-    migs = sorted(r for r in resources if r.startswith(MIG_RESOURCE_PREFIX))
-    if migs:
-        return GpuType("mig", migs[0], f"resource {migs[0]}")
-    if resources:
-        return GpuType("unpinned", None, f"requests {', '.join(sorted(resources))}")
-    return CPU_ONLY
+    return gpu_facts(template, policy)[0]
 
 
 def gpus_per_replica(template: Mapping[str, Any], policy: Policy) -> int:
-    return sum(gpu_resources(as_mapping(template.get("spec")), policy).values())
+    return gpu_facts(template, policy)[1]
+
+
+def gpu_facts(
+    template: Mapping[str, Any], policy: Policy, labels: Mapping[str, str] | None = None
+) -> tuple[GpuType, int]:
+    """``(gpu_type_of, gpus_per_replica)`` of a pod template, reading it once.
+    ``labels``: the template's labels when the caller has read them already."""
+    if labels is None:
+        labels = str_map(as_mapping(template.get("metadata")).get("labels"))
+    spec = as_mapping(template.get("spec"))
+    resources = gpu_resources(spec, policy)
+    gpus = sum(resources.values())
+    if labels.get(GPU_TYPE_LABEL):
+        return GpuType("pinned", labels[GPU_TYPE_LABEL], f"label {GPU_TYPE_LABEL}"), gpus
+    node_selector = as_mapping(spec.get("nodeSelector"))
+    for key in policy.gpu_node_label_keys:
+        value = node_selector.get(key)
+        if value and isinstance(value, str):
+            return GpuType("pinned", value, f"nodeSelector {key}"), gpus
+    key, value = _required_affinity_value(spec, policy.gpu_node_label_keys)
+    if value:
+        return GpuType("pinned", value, f"required node affinity {key}"), gpus
+    migs = sorted(r for r in resources if r.startswith(MIG_RESOURCE_PREFIX))
+    if migs:
+        return GpuType("mig", migs[0], f"resource {migs[0]}"), gpus
+    if resources:
+        return GpuType("unpinned", None, f"requests {', '.join(sorted(resources))}"), gpus
+    return CPU_ONLY, gpus
 
 
 def model_group(labels: Mapping[str, str], policy: Policy) -> str | None:

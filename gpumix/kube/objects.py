@@ -14,8 +14,7 @@ from typing import Any, Literal
 from gpumix.kube.fields import as_mapping, str_map
 from gpumix.kube.gputype import (
     GpuType,
-    gpu_type_of,
-    gpus_per_replica,
+    gpu_facts,
     model_group,
     node_gpu_names,
 )
@@ -147,27 +146,30 @@ def namespace_of(obj: Mapping[str, Any]) -> str:
 
 
 def deployment_view(obj: Mapping[str, Any], policy: Policy) -> DeploymentView:
+    metadata = meta(obj)
     spec = as_mapping(obj.get("spec"))
     template = as_mapping(spec.get("template"))
     template_labels = str_map(meta(template).get("labels"))
     error: SelectorError | None = None
     try:
         selector = parse_selector(spec.get("selector"), "spec.selector")
-        if selector.is_empty:
+        if not selector.requirements:
             # apps/v1 refuses it: a Deployment's selector is required and non-empty
             raise SelectorError("spec.selector", "is required and must not be empty")
     except SelectorError as exc:
         selector, error = Selector(), exc
-    labels = str_map(meta(obj).get("labels"))
+    labels = str_map(metadata.get("labels"))
+    gpu_type, gpus = gpu_facts(template, policy, template_labels)
     replicas = spec.get("replicas")
+    name, namespace = metadata.get("name"), metadata.get("namespace")
     return DeploymentView(
-        namespace=namespace_of(obj),
-        name=name_of(obj),
+        namespace=namespace if isinstance(namespace, str) and namespace else DEFAULT_NAMESPACE,
+        name=name if isinstance(name, str) else "",
         selector=selector,
         selector_error=error,
         template_labels=template_labels,
-        gpu_type=gpu_type_of(template, policy),
-        gpus_per_replica=gpus_per_replica(template, policy),
+        gpu_type=gpu_type,
+        gpus_per_replica=gpus,
         model=model_group(labels, policy) or model_group(template_labels, policy),
         replicas=replicas if isinstance(replicas, int) and not isinstance(replicas, bool) else None,
     )

@@ -126,7 +126,20 @@ class Selector:
 
     def pinned(self) -> dict[str, frozenset[str]]:
         """Keys whose value is limited to a finite set (In / matchLabels)."""
+        simple = self.simple()
+        if simple is not None:
+            return simple
         return {k: c.allowed for k, c in self.constraints().items() if c.allowed is not None}
+
+    def simple(self) -> dict[str, frozenset[str]] | None:
+        """``{key: values}`` when every requirement is an ``In`` on a key of its own
+        (``matchLabels`` alone, by far the most common selector), else None."""
+        out: dict[str, frozenset[str]] = {}
+        for r in self.requirements:
+            if r.operator != "In" or r.key in out:
+                return None
+            out[r.key] = r.values
+        return out
 
     def describe(self) -> str:
         parts: list[str] = []
@@ -145,6 +158,21 @@ class Selector:
 
 def overlap_witness(a: Selector, b: Selector) -> dict[str, str] | None:
     """A label set that both selectors match, or None when they are disjoint."""
+    sa, sb = a.simple(), b.simple()
+    if sa is not None and sb is not None:
+        # Only ``In`` on distinct keys: a key both pin needs a value in both sets.
+        out: dict[str, str] = {}
+        for key, values in sa.items():
+            other = sb.get(key)
+            if other is not None:
+                values = values & other
+                if not values:
+                    return None
+            out[key] = min(values)
+        for key, values in sb.items():
+            if key not in sa:
+                out[key] = min(values)
+        return out
     ca, cb = a.constraints(), b.constraints()
     witness: dict[str, str] = {}
     for key in ca.keys() | cb.keys():

@@ -173,6 +173,10 @@ class Snapshot:
         refs = self._targets.get(_deployment_ref(deployment), set())
         return [self.autoscalers[r] for r in sorted(refs)]
 
+    def is_autoscaled(self, deployment: ObjectRef) -> bool:
+        """Whether an autoscaler's ``scaleTargetRef`` names this Deployment."""
+        return bool(self._targets.get(_deployment_ref(deployment)))
+
     def deployment(self, ref: ObjectRef) -> DeploymentView | None:
         """The Deployment ``ref`` names; None when missing or ``ref`` is of another kind
         (an autoscaler may target a StatefulSet or a custom resource of the same name)."""

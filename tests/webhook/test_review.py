@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import copy
 import json
+from collections.abc import Iterable
 
 import jsonpatch
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from webhook_kit import (
     deployment,
     hpa,
@@ -303,7 +306,12 @@ def test_mutation_leaves_the_request_untouched_and_its_patch_is_the_full_diff(
     assert verdict.shape == "patched"
     assert request == before
     fixed = jsonpatch.apply_patch(obj, list(verdict.patch))
-    assert jsonpatch.make_patch(obj, fixed).patch == list(verdict.patch)
+    # the same operations as jsonpatch's own diff (whose order follows set iteration)
+    assert _by_path(jsonpatch.make_patch(obj, fixed).patch) == _by_path(verdict.patch)
+
+
+def _by_path(ops: Iterable[dict]) -> list[dict]:
+    return sorted(ops, key=lambda op: (op["path"], op["op"]))
 
 
 def test_derived_patch_walks_only_copied_dicts_and_escapes_keys() -> None:
@@ -326,9 +334,15 @@ def test_derived_patch_walks_only_copied_dicts_and_escapes_keys() -> None:
     patch = _derived_patch(obj, fixed)
     assert obj["spec"]["selector"]["matchLabels"] == {"a/b": "1", "t~x": "2"}
     assert jsonpatch.apply_patch(obj, patch) == fixed
-    assert sorted(op["path"] for op in patch) == sorted(
-        op["path"] for op in jsonpatch.make_patch(obj, fixed).patch
-    )
+    assert _by_path(patch) == _by_path(jsonpatch.make_patch(obj, fixed).patch)
+    # the fixed copy's keys first, in its order, then the removed ones
+    assert [op["path"] for op in patch] == [
+        "/spec/selector/matchLabels/t~0x",
+        "/spec/selector/matchLabels/c~1d",
+        "/spec/selector/matchLabels/a~1b",
+        "/spec/template/metadata/labels/new",
+        "/spec/paused",
+    ]
 
 
 def test_fix_creates_missing_dicts_in_the_copy_only() -> None:
@@ -337,3 +351,56 @@ def test_fix_creates_missing_dicts_in_the_copy_only() -> None:
     isolate_deployment(fixed, GpuType("cpu"))
     assert obj == {"metadata": {"name": "x"}, "spec": {"template": "not a dict"}}
     assert jsonpatch.apply_patch(obj, _derived_patch(obj, fixed)) == fixed
+
+
+_KEYS = st.sampled_from(["a", "a/b", "t~x", "~", "/", "gpumix.io/deployment", "spec"])
+_LEAVES = st.one_of(st.text(max_size=3), st.integers(-2, 2), st.booleans(), st.none())
+_JSON = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=3)),
+    max_leaves=12,
+)
+_PATHS = (
+    ("spec", "selector", "matchLabels"),
+    ("spec", "template", "metadata", "labels"),
+    ("spec",),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    obj=st.dictionaries(_KEYS, _JSON, max_size=3).map(
+        lambda extra: {
+            **extra,
+            "spec": {
+                "selector": {"matchLabels": {"a": "1", "a/b": "2"}},
+                "template": {"metadata": {"labels": {"a": "1", "t~x": "3"}}},
+                "replicas": 1,
+            },
+        }
+    ),
+    edits=st.lists(
+        st.tuples(st.sampled_from(_PATHS), _KEYS, _JSON, st.booleans()), min_size=1, max_size=5
+    ),
+)
+def test_derived_patch_is_jsonpatch_diff_of_the_fixed_copy(obj: dict, edits: list) -> None:
+    """Any edit a fix can make (writes into the dicts ``_copy_for_fix`` copied): the
+    patch turns the object into the fixed copy, leaves the object alone, and, for
+    edits that add or replace (as every fix does), is exactly jsonpatch's own diff."""
+    before = copy.deepcopy(obj)
+    fixed = _copy_for_fix(obj, _PATHS)
+    removed = False
+    for path, key, value, delete in edits:
+        node = fixed
+        for part in path:
+            node = node[part]
+        if delete and key in node:
+            del node[key]
+            removed = True
+        else:
+            node[key] = value
+    patch = _derived_patch(obj, fixed)
+    assert obj == before
+    assert jsonpatch.apply_patch(obj, patch) == fixed
+    if not removed:  # (jsonpatch turns a removal plus an equal addition into a move)
+        assert _by_path(patch) == _by_path(jsonpatch.make_patch(obj, fixed).patch)

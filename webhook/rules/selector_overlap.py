@@ -26,22 +26,33 @@ from webhook.rules.base import Finding, Severity
 RULE = "selector-overlap"
 
 
-def check(dep: DeploymentView, snapshot: Snapshot, *, fixable: bool = True) -> list[Finding]:
-    """Findings about ``dep`` against every other Deployment in the snapshot."""
+def check(
+    dep: DeploymentView, snapshot: Snapshot, *, fixable: bool = True, explain: bool = True
+) -> list[Finding]:
+    """Findings about ``dep`` against every other Deployment in the snapshot.
+
+    ``explain=False`` gives the same findings with a one-line message (the pair
+    only), for callers that act on the verdict and show no message: admission's
+    mutating step."""
     if dep.selector_error is not None:
         return []
     findings: list[Finding] = []
     for other in snapshot.overlap_candidates(dep.selector, dep.namespace):
         if other.name == dep.name or other.selector_error is not None:
             continue
-        finding = pair_finding(dep, other, snapshot, fixable=fixable)
+        finding = pair_finding(dep, other, snapshot, fixable=fixable, explain=explain)
         if finding is not None:
             findings.append(finding)
     return findings
 
 
 def pair_finding(
-    dep: DeploymentView, other: DeploymentView, snapshot: Snapshot, *, fixable: bool
+    dep: DeploymentView,
+    other: DeploymentView,
+    snapshot: Snapshot,
+    *,
+    fixable: bool,
+    explain: bool = True,
 ) -> Finding | None:
     witness = overlap_witness(dep.selector, other.selector)
     if witness is None:
@@ -57,12 +68,25 @@ def pair_finding(
         return None
     dep_ref, other_ref = dep.ref, other.ref
     same_type = dep.gpu_type.same_as(other.gpu_type)
-    scalers = snapshot.autoscalers_targeting(dep_ref) + snapshot.autoscalers_targeting(other_ref)
-    # an error when the GPU types differ or either is autoscaled (a scaler counts the
-    # other's pods); two Deployments of one type without autoscalers only warn
-    severity: Severity = "error" if not same_type or scalers else "warning"
-    if not captured:
-        severity = "warning"  # possible, not actual: no pod template is selected by both
+    # (the autoscalers are listed only for the message)
+    scalers = (
+        snapshot.autoscalers_targeting(dep_ref) + snapshot.autoscalers_targeting(other_ref)
+        if explain
+        else []
+    )
+    autoscaled = (
+        bool(scalers)
+        if explain
+        else snapshot.is_autoscaled(dep_ref) or snapshot.is_autoscaled(other_ref)
+    )
+    # An error when one captures the other's pods and the GPU types differ or either is
+    # autoscaled (a scaler counts the other's pods); two Deployments of one type without
+    # autoscalers only warn, and so does a pair where no pod template is selected by both
+    # (possible, not actual).
+    severity: Severity = "error" if captured and (not same_type or autoscaled) else "warning"
+    if not explain:
+        message = f"selector of {dep_ref} overlaps the selector of {other_ref}"
+        return Finding(RULE, severity, dep_ref, message, (other_ref,), fixable=fixable)
     shared = ", ".join(f"{k}={v}" for k, v in sorted(witness.items())) or "any labels"
     why = []
     if not same_type:

@@ -216,3 +216,36 @@ def test_shared_key_without_capture_is_only_a_warning() -> None:
     a = dep("a100", {**MODEL, "app": "a100"}, gpu="A100", gpus=1)
     b = dep("a40", {**MODEL, "gpumix.io/deployment": "a40"}, gpu="A40", gpus=1)
     assert overlap_findings(a, b) == [("warning", "a100", "a40"), ("warning", "a40", "a100")]
+
+
+def test_unexplained_findings_judge_every_pair_alike() -> None:
+    """``explain=False`` (admission's mutating step) reports the same pairs at the same
+    severities as the full check, with a one-line message."""
+    snap = Snapshot.from_objects(
+        [
+            dep("a100", MODEL, gpu="A100", gpus=1),
+            dep("a40", MODEL, gpu="A40", gpus=1),
+            dep("a40-twin", MODEL, gpu="A40", gpus=1),
+            dep("scaled", {"app": "s"}, gpu="A40", gpus=1),
+            dep("scaled-twin", {"app": "s"}, gpu="A40", gpus=1),
+            hpa("h", "scaled"),
+            dep("web", {"app": "web"}),
+            dep("web-twin", {"app": "web"}),
+            dep("canary", {"app": "s", "track": "canary"}, gpu="A40", gpus=1),
+            dep("unrelated", {"team": "x"}, labels=MODEL),
+        ],
+        POLICY,
+    )
+    severities = set()
+    for view in snap.deployments.values():
+        full = selector_overlap.check(view, snap)
+        short = selector_overlap.check(view, snap, explain=False)
+        assert [(f.severity, f.subject, f.related) for f in short] == [
+            (f.severity, f.subject, f.related) for f in full
+        ]
+        assert all(
+            f.message == f"selector of {f.subject} overlaps the selector of {f.related[0]}"
+            for f in short
+        )
+        severities |= {f.severity for f in full}
+    assert severities == {"error", "warning"}
