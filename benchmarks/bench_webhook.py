@@ -7,11 +7,14 @@ The Kubernetes API emulator runs in this process and holds the cluster
 (``--deployments`` Deployments in ``--namespaces`` namespaces, one HPA per ten
 Deployments, 50 GPU Nodes).  ``gpumix webhook --kubeconfig ...`` runs as a child
 process exactly as it would against a cluster: it lists and watches the
-emulator, bootstraps its certificate into the Secret, and serves HTTPS.  Two
+emulator, bootstraps its certificate into the Secret, and serves HTTPS.  Three
 bare aiohttp TLS endpoints that answer every request with a fixed ``allowed:
-true`` review run as more children with the same certificate, one on the
-standard asyncio event loop and one on uvloop; gpumix is compared with the
-faster of the two.  The load generator is wrk (C; ``apt-get install wrk``; the
+true`` review run as more children with the same certificate: two built on
+``web.Application`` (router and ``AppRunner``), one on the standard asyncio event
+loop and one on uvloop, and one on aiohttp's low-level server (``web.Server`` and
+``ServerRunner``, as gpumix serves) on uvloop.  gpumix is compared with the faster
+of the two ``Application`` endpoints ("vs bare") and with the low-level one ("vs
+low-level bare").  The load generator is wrk (C; ``apt-get install wrk``; the
 throughput part refuses to run without it): one thread keeps ``--concurrency``
 keep-alive connections busy for ``--duration`` seconds per endpoint and round
 with a mix of Deployment and HPA AdmissionReviews, checks every answer (HTTP
@@ -38,6 +41,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -264,16 +268,23 @@ async def wait_ready(child: Child, timeout_s: float = 120) -> float:
     raise RuntimeError("webhook not ready in time")
 
 
-BARE_LOOPS = ("asyncio", "uvloop")
+# (aiohttp server, event loop, name in the report)
+BARES = (
+    ("application", "asyncio", "bare aiohttp TLS on asyncio, fixed allowed review"),
+    ("application", "uvloop", "bare aiohttp TLS on uvloop, fixed allowed review"),
+    ("low-level", "uvloop", "bare aiohttp low-level server TLS on uvloop, fixed allowed review"),
+)
+LOW_LEVEL_BARE = BARES[2][2]
 
 
-async def start_bare(cert: Path, key: Path, event_loop: str) -> Child:
+async def start_bare(cert: Path, key: Path, server: str, event_loop: str) -> Child:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
         "--serve-bare",
         str(cert),
         str(key),
+        server,
         event_loop,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -282,8 +293,11 @@ async def start_bare(cert: Path, key: Path, event_loop: str) -> Child:
     return Child(proc, int(line.split()[1]))
 
 
-def serve_bare(cert: str, key: str, event_loop: str) -> None:
-    """A bare aiohttp TLS endpoint: read the body, answer a fixed allowed review."""
+def serve_bare(cert: str, key: str, server: str, event_loop: str) -> None:
+    """A bare aiohttp TLS endpoint: read the body, answer a fixed allowed review.
+    ``server``: ``application`` (``web.Application``, a catch-all POST route,
+    ``AppRunner``) or ``low-level`` (``web.Server`` and ``ServerRunner``); both read
+    bodies up to 7 MiB."""
     fixed = json.dumps(
         {
             "apiVersion": "admission.k8s.io/v1",
@@ -292,7 +306,7 @@ def serve_bare(cert: str, key: str, event_loop: str) -> None:
         }
     ).encode()
 
-    async def handle(request: web.Request) -> web.Response:
+    async def handle(request: web.BaseRequest) -> web.Response:
         await request.read()
         return web.Response(body=fixed, content_type="application/json")
 
@@ -300,9 +314,21 @@ def serve_bare(cert: str, key: str, event_loop: str) -> None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(cert, key)
-        app = web.Application(client_max_size=7 * 1024 * 1024)
-        app.router.add_post("/{tail:.*}", handle)
-        runner = web.AppRunner(app, access_log=None)
+        runner: web.BaseRunner
+        if server == "low-level":
+            loop = asyncio.get_running_loop()
+            low_level = web.Server(
+                handle,
+                request_factory=partial(
+                    web.BaseRequest, loop=loop, client_max_size=7 * 1024 * 1024
+                ),
+                access_log=None,
+            )
+            runner = web.ServerRunner(low_level)
+        else:
+            app = web.Application(client_max_size=7 * 1024 * 1024)
+            app.router.add_post("/{tail:.*}", handle)
+            runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
         await site.start()
@@ -534,21 +560,16 @@ async def throughput(args: argparse.Namespace) -> tuple[list[Result], list[Resul
                 cert, key = work / "tls.crt", work / "tls.key"
                 cert.write_bytes(data["tls.crt"])
                 key.write_bytes(data["tls.key"])
-                for loop in BARE_LOOPS:
-                    bares.append(await start_bare(cert, key, loop))
+                for server, loop, _ in BARES:
+                    bares.append(await start_bare(cert, key, server, loop))
                 (work / "mix.lua").write_text(WRK_SCRIPT)
                 with (work / "bodies.txt").open("wb") as f:
                     for i, body in enumerate(request_mix(args.namespaces, 2000)):
                         f.write(f"uid-{i}\t".encode() + body + b"\n")
                 # (name, server, url, check the uid)
                 targets = [
-                    (
-                        f"bare aiohttp TLS on {loop}, fixed allowed review",
-                        bare,
-                        f"https://127.0.0.1:{bare.port}/validate",
-                        False,
-                    )
-                    for loop, bare in zip(BARE_LOOPS, bares, strict=True)
+                    (name, bare, f"https://127.0.0.1:{bare.port}/validate", False)
+                    for (_, _, name), bare in zip(BARES, bares, strict=True)
                 ] + [
                     (f"gpumix {path}", webhook, f"https://127.0.0.1:{webhook.port}{path}", True)
                     for path in ("/validate", "/mutate")
@@ -597,9 +618,10 @@ def report(
     args: argparse.Namespace,
     load: tuple[float, float],
 ) -> str:
-    bares = [r for r in results if r.name.startswith("bare")]
+    bares = [r for r in results if r.name.startswith("bare") and r.name != LOW_LEVEL_BARE]
     fastest = max(bares, key=lambda r: r.rps)
     cheapest = min(bares, key=lambda r: r.cpu_us)
+    [low] = [r for r in results if r.name == LOW_LEVEL_BARE]
     lines = [
         f"{args.deployments} Deployments in {args.namespaces} namespaces cached; wrk, one "
         f"thread, {args.concurrency} keep-alive TLS connections, {args.duration:g} s per "
@@ -607,19 +629,21 @@ def report(
         "over the rounds, requests and errors the total (40% new "
         "Deployments, 10% overlapping Deployments, 30% HPAs without maxReplicas, 20% HPAs "
         f"with it); gpumix on {args.event_loop}. Load average {load[0]:.2f} before, "
-        f"{load[1]:.2f} after. 'vs bare' is against the faster bare endpoint "
-        f"({fastest.name.split(',')[0]}), 'capacity vs bare' against the cheaper one "
-        f"({cheapest.name.split(',')[0]}).",
+        f"{load[1]:.2f} after. 'vs bare' is against the faster bare web.Application "
+        f"endpoint ({fastest.name.split(',')[0]}), 'capacity vs bare' (CPU per request) "
+        f"against the cheaper one ({cheapest.name.split(',')[0]}); 'vs low-level bare' and "
+        f"'capacity vs low-level bare' against the bare low-level web.Server endpoint "
+        f"({low.name.split(',')[0]}).",
         "",
-        "| endpoint | requests | req/s | vs bare | p50 ms | p99 ms | errors "
-        "| server CPU µs/req | capacity vs bare |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| endpoint | requests | req/s | vs bare | vs low-level bare | p50 ms | p99 ms | errors "
+        "| server CPU µs/req | capacity vs bare | capacity vs low-level bare |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.name} | {r.requests} | {r.rps:.0f} | {r.rps / fastest.rps:.2f}x | "
-            f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {r.cpu_us:.0f} | "
-            f"{cheapest.cpu_us / r.cpu_us:.2f}x |"
+            f"{r.rps / low.rps:.2f}x | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | "
+            f"{r.cpu_us:.0f} | {cheapest.cpu_us / r.cpu_us:.2f}x | {low.cpu_us / r.cpu_us:.2f}x |"
         )
     lines += [
         "",
@@ -641,8 +665,8 @@ def report(
 
 
 def main() -> int:
-    if len(sys.argv) == 5 and sys.argv[1] == "--serve-bare":
-        serve_bare(sys.argv[2], sys.argv[3], sys.argv[4])
+    if len(sys.argv) == 6 and sys.argv[1] == "--serve-bare":
+        serve_bare(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--concurrency", type=int, default=64)

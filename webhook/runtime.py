@@ -1,8 +1,9 @@
-"""Process wiring: the cluster cache, the certificate and the two apps, started together.
+"""Process wiring: the cluster cache, the certificate and the two servers, started together.
 
-``build`` makes the parts without starting them (the apps' ``cleanup_ctx`` starts
-and stops them); ``serve`` runs the HTTPS app and the plain-HTTP probe app until
-asked to stop.
+``build`` makes the parts without starting them (``Built.start`` and ``Built.stop``,
+or ``async with built``, start and stop them); ``serve`` starts them, runs the HTTPS
+server and the plain-HTTP probe server until asked to stop, and stops them after
+both servers have closed.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +26,7 @@ from gpumix.kube.snapshot import Snapshot
 from webhook.cache import ClusterCache
 from webhook.kubeapi import KubeClient
 from webhook.metrics import WebhookMetrics
-from webhook.server import SnapshotSource, StaticSource, WebhookState, make_app
+from webhook.server import SnapshotSource, StaticSource, WebhookState, make_server
 from webhook.settings import EVENT_LOOPS, WebhookSettings
 from webhook.tls import BootstrapCerts, CertHolder, CertSource, EphemeralCerts, FileCerts
 
@@ -33,12 +35,44 @@ log = logging.getLogger("gpumix.webhook")
 
 @dataclass
 class Built:
-    app: web.Application
-    probe_app: web.Application
+    """The parts of one webhook process.  ``start`` and ``stop`` (or ``async with``)
+    run the cluster cache and the certificate source; a ``web.ServerRunner`` serves
+    each of the two servers."""
+
+    server: web.Server
+    probe_server: web.Server
     ssl_context: ssl.SSLContext
     state: WebhookState
     certs: CertSource
     cache: ClusterCache | None
+    owned_client: KubeClient | None = None
+    """The API client ``build`` connected itself; ``stop`` closes it."""
+
+    async def start(self) -> None:
+        """Start the cluster cache, then load the certificate (before serving)."""
+        if self.cache is not None:
+            await self.cache.start()
+        await self.certs.start()
+
+    async def stop(self) -> None:
+        """Stop the certificate refresh and the cache, close an owned client (after serving)."""
+        await self.certs.stop()
+        if self.cache is not None:
+            await self.cache.stop()
+        if self.owned_client is not None:
+            await self.owned_client.close()
+
+    async def __aenter__(self) -> Built:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
 
 
 async def build(
@@ -48,12 +82,13 @@ async def build(
     client: KubeClient | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Built:
-    """The parts of one webhook process.  With ``state_objects`` no cluster is used."""
+    """The parts of one webhook process, not started.  With ``state_objects`` no
+    cluster is used."""
     metrics = WebhookMetrics()
     holder = CertHolder(metrics)
     cache: ClusterCache | None = None
     source: SnapshotSource
-    own_client = False
+    owned_client: KubeClient | None = None
     if state_objects is not None:
         snapshot = Snapshot.from_objects(state_objects, settings.policy)
         source = StaticSource(snapshot)
@@ -67,8 +102,7 @@ async def build(
         metrics.cache_synced.set(1)
     else:
         if client is None:
-            client = await KubeClient.connect(settings.kubeconfig)
-            own_client = True
+            client = owned_client = await KubeClient.connect(settings.kubeconfig)
         cache = ClusterCache(client, settings.policy, metrics, settings.cache)
         source = cache
     certs: CertSource
@@ -79,21 +113,9 @@ async def build(
     else:
         certs = BootstrapCerts(client, settings.tls, holder, clock)
     state = WebhookState(settings.policy, source, metrics, certs)
-
-    async def parts(app: web.Application) -> AsyncIterator[None]:
-        if cache is not None:
-            await cache.start()
-        await certs.start()
-        yield
-        await certs.stop()
-        if cache is not None:
-            await cache.stop()
-        if own_client and client is not None:
-            await client.close()
-
-    app = make_app(state, contexts=(parts,))
-    probe_app = make_app(state, admission=False)
-    return Built(app, probe_app, holder.context, state, certs, cache)
+    server = make_server(state, lingering_time=2.0)
+    probe_server = make_server(state, admission=False)
+    return Built(server, probe_server, holder.context, state, certs, cache, owned_client)
 
 
 async def freeze_when_synced(
@@ -133,39 +155,44 @@ async def serve(
     """Run the webhook until ``stop`` is set or SIGINT/SIGTERM arrives.  ``freeze_gc``
     (for a webhook process, not in tests): ``freeze_when_synced``."""
     built = await build(settings, state_objects=state_objects, clock=clock)
-    https = web.AppRunner(built.app, access_log=None, handle_signals=False, lingering_time=2.0)
-    probes = web.AppRunner(built.probe_app, access_log=None, handle_signals=False)
-    await https.setup()
-    try:
-        await probes.setup()
-        site = web.TCPSite(https, settings.host, settings.port, ssl_context=built.ssl_context)
-        await site.start()
-        ports = [_bound_port(site), 0]
-        if settings.metrics_port is not None:
-            probe_site = web.TCPSite(probes, settings.host, settings.metrics_port)
-            await probe_site.start()
-            ports[1] = _bound_port(probe_site)
-        log.info("serving HTTPS on %s:%d, probes on port %d", settings.host, *ports)
-        if on_ready is not None:
-            on_ready(ports[0], ports[1])
-        freezer = asyncio.create_task(freeze_when_synced(built.state.source)) if freeze_gc else None
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        handled = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, stop.set)
-                handled.append(sig)
+    # The cache and the certificate start before either server accepts a connection,
+    # and stop after both have closed.
+    async with built:
+        https = web.ServerRunner(built.server, handle_signals=False)
+        probes = web.ServerRunner(built.probe_server, handle_signals=False)
+        await https.setup()
         try:
-            await stop.wait()
+            await probes.setup()
+            site = web.TCPSite(https, settings.host, settings.port, ssl_context=built.ssl_context)
+            await site.start()
+            ports = [_bound_port(site), 0]
+            if settings.metrics_port is not None:
+                probe_site = web.TCPSite(probes, settings.host, settings.metrics_port)
+                await probe_site.start()
+                ports[1] = _bound_port(probe_site)
+            log.info("serving HTTPS on %s:%d, probes on port %d", settings.host, *ports)
+            if on_ready is not None:
+                on_ready(ports[0], ports[1])
+            freezer = (
+                asyncio.create_task(freeze_when_synced(built.state.source)) if freeze_gc else None
+            )
+            stop = stop or asyncio.Event()
+            loop = asyncio.get_running_loop()
+            handled = []
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(sig, stop.set)
+                    handled.append(sig)
+            try:
+                await stop.wait()
+            finally:
+                for sig in handled:
+                    loop.remove_signal_handler(sig)
+                if freezer is not None:
+                    freezer.cancel()
         finally:
-            for sig in handled:
-                loop.remove_signal_handler(sig)
-            if freezer is not None:
-                freezer.cancel()
-    finally:
-        await probes.cleanup()
-        await https.cleanup()
+            await probes.cleanup()
+            await https.cleanup()
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -183,10 +183,12 @@ async def enforce(rendered: Rendered) -> AsyncIterator[Cluster]:
         tls=TLSSettings(namespace=NAMESPACE, extra_sans=("127.0.0.1",)),
         cache=CacheSettings(backoff_initial_s=0.05, backoff_max_s=0.5, discovery_interval_s=1),
     )
-    runner: web.AppRunner | None = None
+    built: Built | None = None
+    runner: web.ServerRunner | None = None
     try:
         built = await build(settings, client=client)
-        runner = web.AppRunner(built.app, access_log=None)
+        await built.start()
+        runner = web.ServerRunner(built.server)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=built.ssl_context)
         await site.start()
@@ -200,6 +202,8 @@ async def enforce(rendered: Rendered) -> AsyncIterator[Cluster]:
     finally:
         if runner is not None:
             await runner.cleanup()
+        if built is not None:
+            await built.stop()
         await client.close()
         await emu.stop()
 

@@ -118,7 +118,7 @@ async def stack(tls_settings: TLSSettings) -> AsyncIterator[Stack]:
     )
     built = await build(settings, client=client)
     try:
-        async with serve_app(built.app, built.ssl_context) as url:
+        async with built, serve_app(built.server, built.ssl_context) as url:
             port = int(url.rsplit(":", 1)[1])
             emu.service_resolver = lambda ns, name, _port, path: f"https://127.0.0.1:{port}{path}"
             assert built.cache is not None and await built.cache.wait_synced(10)

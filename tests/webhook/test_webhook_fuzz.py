@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import web
+from aiohttp.test_utils import BaseTestServer, TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from webhook_kit import deployment, hpa, node, snapshot
@@ -20,7 +21,7 @@ from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
 from webhook.metrics import WebhookMetrics
 from webhook.review import AdmissionRequest, Phase, parse_review, review
-from webhook.server import StaticSource, WebhookState, make_app
+from webhook.server import StaticSource, WebhookState, make_server
 
 FUZZ = settings(
     max_examples=150,
@@ -258,8 +259,19 @@ class _Errors(logging.Handler):
         self.records.append(record)
 
 
+class WebhookTestServer(BaseTestServer):
+    """aiohttp's test server around ``make_server``, the low-level server as deployed."""
+
+    def __init__(self, state: WebhookState) -> None:
+        super().__init__()
+        self.state = state
+
+    async def _make_runner(self, **kwargs: Any) -> web.ServerRunner:
+        return web.ServerRunner(make_server(self.state, **kwargs))
+
+
 class Harness:
-    """One app and client on a private loop, shared by every example of a test."""
+    """One server and client on a private loop, shared by every example of a test."""
 
     def __init__(self, snap: Snapshot) -> None:
         self.loop = asyncio.new_event_loop()
@@ -267,7 +279,7 @@ class Harness:
         self.client: TestClient[Any, Any] = self.loop.run_until_complete(self._start(state))
 
     async def _start(self, state: WebhookState) -> TestClient[Any, Any]:
-        client: TestClient[Any, Any] = TestClient(TestServer(make_app(state)))
+        client: TestClient[Any, Any] = TestClient(WebhookTestServer(state))
         await client.start_server()
         return client
 

@@ -12,6 +12,8 @@ from typing import Any
 import aiohttp
 import jsonpatch
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from webhook_kit import (
     client_context,
     decoded_patch,
@@ -26,7 +28,7 @@ from webhook_kit import (
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
 from webhook.metrics import WebhookMetrics
-from webhook.server import MAX_BODY_BYTES, StaticSource, WebhookState, make_app
+from webhook.server import MAX_BODY_BYTES, StaticSource, WebhookState, make_server
 from webhook.settings import TLSSettings
 from webhook.tls import CertHolder, EphemeralCerts
 
@@ -75,7 +77,7 @@ async def served() -> AsyncIterator[Served]:
     state = WebhookState(Policy(), source, metrics, certs)
     assert certs.bundle is not None
     try:
-        async with serve_app(make_app(state), holder.context) as url:
+        async with serve_app(make_server(state, lingering_time=0.5), holder.context) as url:
             connector = aiohttp.TCPConnector(ssl=client_context(certs.bundle.ca_pem))
             async with aiohttp.ClientSession(connector=connector) as http:
                 yield Served(url, http, state, source)
@@ -261,6 +263,29 @@ async def test_oversized_chunked_body_is_413(served: Served) -> None:
         assert "7 MiB" in (await resp.json())["message"]
 
 
+async def test_body_over_aiohttps_default_cap_is_read(served: Served) -> None:
+    """aiohttp reads at most 1 MiB of a body by default; admission bodies go up to 7 MiB."""
+    for size in (1024 * 1024 + 1, 3 * 1024 * 1024, MAX_BODY_BYTES - 64 * 1024):
+        body = review_body(deployment("big", "solo", model="solo"), uid=f"big-{size}")
+        body["request"]["object"]["metadata"]["annotations"] = {"pad": "x" * size}
+        data = json.dumps(body).encode()
+        assert 1024 * 1024 < len(data) <= MAX_BODY_BYTES
+        status, out = await _raw(served, "/validate", data, "application/json")
+        assert status == 200 and out["response"]["uid"] == f"big-{size}"
+        assert out["response"]["allowed"] is True
+
+
+async def test_expect_100_continue_is_answered(served: Served) -> None:
+    body = review_body(deployment("d"), uid="expect-1")
+    async with served.http.post(served.url + "/validate", json=body, expect100=True) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["response"]["uid"] == "expect-1"
+    async with served.http.post(
+        served.url + "/validate", json=body, headers={"Expect": "something-else"}
+    ) as resp:
+        assert resp.status == 417
+
+
 def _review_with(uid: str, **changes: object) -> dict[str, Any]:
     body = review_body(deployment("d"), uid=uid)
     for key, value in changes.items():
@@ -348,11 +373,105 @@ async def test_readyz_needs_sync_and_certificate(served: Served) -> None:
 async def test_readyz_false_without_certificate() -> None:
     holder = CertHolder()
     state = WebhookState(Policy(), StaticSource(), WebhookMetrics(), holder)
-    async with serve_app(make_app(state, admission=False)) as url, aiohttp.ClientSession() as s:
+    async with (
+        serve_app(make_server(state, admission=False, lingering_time=0.5)) as url,
+        aiohttp.ClientSession() as s,
+    ):
         async with s.get(url + "/readyz") as resp:
             assert resp.status == 503 and "certificate" in await resp.text()
         async with s.post(url + "/validate", json={}) as resp:
-            assert resp.status in (404, 405)  # the probe app has no admission routes
+            assert resp.status in (404, 405)  # the probe server has no admission routes
+
+
+# --------------------------------------------------------------------------- routing
+
+
+async def test_unknown_path_is_404(served: Served) -> None:
+    for method, path in (("GET", "/"), ("POST", "/mutate/"), ("POST", "/admit"), ("GET", "/x")):
+        async with served.http.request(method, served.url + path, json={}) as resp:
+            assert resp.status == 404, (method, path)
+            assert await resp.text() == "404: Not Found"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/mutate", "POST"),
+        ("PUT", "/validate", "POST"),
+        ("HEAD", "/validate", "POST"),
+        ("POST", "/healthz", "GET,HEAD"),
+        ("DELETE", "/readyz", "GET,HEAD"),
+        ("POST", "/metrics", "GET,HEAD"),
+    ],
+)
+async def test_wrong_method_is_405_with_allow(
+    served: Served, method: str, path: str, allow: str
+) -> None:
+    async with served.http.request(method, served.url + path) as resp:
+        assert resp.status == 405
+        assert resp.headers["Allow"] == allow
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+async def test_head_is_served_where_get_is(served: Served, path: str) -> None:
+    async with served.http.get(served.url + path) as got:
+        assert got.status == 200
+        content_type = got.headers["Content-Type"]
+    async with served.http.head(served.url + path) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == content_type
+        assert await resp.read() == b""
+
+
+async def test_probe_server_has_no_admission_routes() -> None:
+    state = WebhookState(Policy(), StaticSource(), WebhookMetrics())
+    async with (
+        serve_app(make_server(state, admission=False, lingering_time=0.5)) as url,
+        aiohttp.ClientSession() as s,
+    ):
+        for path in ("/mutate", "/validate"):
+            async with s.post(url + path, json={}) as resp:
+                assert resp.status == 404
+        async with s.head(url + "/healthz") as resp:
+            assert resp.status == 200
+        async with s.post(url + "/healthz") as resp:
+            assert resp.status == 405 and resp.headers["Allow"] == "GET,HEAD"
+
+
+async def test_unrouted_requests_are_answered_as_aiohttps_router_does() -> None:
+    """The same routes on a ``web.Application``: same status, ``Allow`` and body."""
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app = web.Application()
+    app.add_routes([web.get(p, ok) for p in ("/healthz", "/readyz", "/metrics")])
+    app.add_routes([web.post(p, ok) for p in ("/mutate", "/validate")])
+    reference = TestServer(app)
+    await reference.start_server()
+    state = WebhookState(Policy(), StaticSource(), WebhookMetrics())
+    cases = [
+        (method, path)
+        for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
+        for path in ("/", "/nope", "/healthz/", "/mutate/", "/mutate", "/validate", "/metrics")
+    ] + [("HEAD", "/healthz"), ("HEAD", "/readyz")]
+    try:
+        async with (
+            serve_app(make_server(state, lingering_time=0.5)) as url,
+            aiohttp.ClientSession() as s,
+        ):
+            for method, path in cases:
+                answers = []
+                for base in (url, str(reference.make_url("/"))):
+                    async with s.request(method, base.rstrip("/") + path) as resp:
+                        answers.append((resp.status, resp.headers.get("Allow"), await resp.read()))
+                ours, theirs = answers
+                if theirs[0] in (404, 405):
+                    assert ours == theirs, (method, path)
+                else:  # routed: the handlers differ, the routing does not
+                    assert ours[0] not in (404, 405), (method, path, ours)
+    finally:
+        await reference.close()
 
 
 async def test_metrics_content(served: Served) -> None:

@@ -17,7 +17,7 @@ from gpumix.emulator import Emulator
 from gpumix.kube.policy import Policy
 from webhook.kubeapi import KubeClient
 from webhook.metrics import WebhookMetrics
-from webhook.server import StaticSource, WebhookState, make_app
+from webhook.server import StaticSource, WebhookState, make_server
 from webhook.settings import DAY_S, TLSSettings
 from webhook.tls import (
     BootstrapCerts,
@@ -96,7 +96,7 @@ async def test_tls11_client_is_refused() -> None:
     holder = CertHolder()
     holder.load(bundle.cert_pem, bundle.key_pem)
     state = WebhookState(Policy(), StaticSource(), WebhookMetrics(), holder)
-    async with serve_app(make_app(state), holder.context) as url:
+    async with serve_app(make_server(state, lingering_time=0.5), holder.context) as url:
         port = int(url.rsplit(":", 1)[1])
         old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         old.load_verify_locations(cadata=bundle.ca_pem.decode())
@@ -199,7 +199,7 @@ async def test_rotation_under_concurrent_requests_loses_nothing() -> None:
                     body = await resp.json()
                     results.append((resp.status, uid, body["response"]["uid"]))
 
-    async with serve_app(make_app(state), holder.context) as url:
+    async with serve_app(make_server(state, lingering_time=0.5), holder.context) as url:
         workers = [asyncio.create_task(worker(i, i % 2 == 0)) for i in range(16)]
         serials = {bundle.cert.serial_number}
         for _ in range(5):

@@ -171,10 +171,11 @@ def decoded_patch(response: Obj) -> list[Obj]:
 
 @asynccontextmanager
 async def serve_app(
-    app: web.Application, ssl_context: ssl.SSLContext | None = None
+    server: web.Server, ssl_context: ssl.SSLContext | None = None
 ) -> AsyncIterator[str]:
-    """Serve ``app`` on 127.0.0.1 (a free port); yield its base URL."""
-    runner = web.AppRunner(app, access_log=None, lingering_time=0.5)
+    """Serve ``server`` (``webhook.server.make_server``) on 127.0.0.1 (a free port);
+    yield its base URL."""
+    runner = web.ServerRunner(server)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
