@@ -126,7 +126,11 @@ class BadBody(Exception):
 
 async def read_json(request: web.BaseRequest) -> object:
     """The request body as JSON, or ``BadBody`` saying what is wrong with it."""
-    if request.content_type != "application/json":
+    # kube-apiserver sends exactly "application/json": that needs no header parsing
+    if (
+        request.headers.get(hdrs.CONTENT_TYPE) != "application/json"
+        and request.content_type != "application/json"
+    ):
         raise BadBody(
             400,
             f"Content-Type must be application/json, got {request.content_type or 'none'!r}",
