@@ -2,6 +2,7 @@
 
     python benchmarks/bench_webhook.py [--concurrency 64] [--duration 10] [--rounds 3]
         [--deployments 10000] [--namespaces 100] [--event-loop uvloop|asyncio]
+        [--spin-us 30]
 
 The Kubernetes API emulator runs in this process and holds the cluster
 (``--deployments`` Deployments in ``--namespaces`` namespaces, one HPA per ten
@@ -14,7 +15,11 @@ true`` review run as more children with the same certificate: two built on
 loop and one on uvloop, and one on aiohttp's low-level server (``web.Server`` and
 ``ServerRunner``, as gpumix serves) on uvloop.  gpumix is compared with the faster
 of the two ``Application`` endpoints ("vs bare") and with the low-level one ("vs
-low-level bare").  The load generator is wrk (C; ``apt-get install wrk``; the
+low-level bare").  Two more children are reference points for the budget a
+webhook has above the bare endpoint, not used for the ratios: the low-level
+endpoint that also decodes each body with orjson (the least a webhook that reads
+the request does), and with ``--spin-us N`` one that also spins N µs of CPU per
+request.  The load generator is wrk (C; ``apt-get install wrk``; the
 throughput part refuses to run without it): one thread keeps ``--concurrency``
 keep-alive connections busy for ``--duration`` seconds per endpoint and round
 with a mix of Deployment and HPA AdmissionReviews, checks every answer (HTTP
@@ -268,16 +273,39 @@ async def wait_ready(child: Child, timeout_s: float = 120) -> float:
     raise RuntimeError("webhook not ready in time")
 
 
-# (aiohttp server, event loop, name in the report)
+# (aiohttp server, event loop, work per request, name in the report)
 BARES = (
-    ("application", "asyncio", "bare aiohttp TLS on asyncio, fixed allowed review"),
-    ("application", "uvloop", "bare aiohttp TLS on uvloop, fixed allowed review"),
-    ("low-level", "uvloop", "bare aiohttp low-level server TLS on uvloop, fixed allowed review"),
+    ("application", "asyncio", "read", "bare aiohttp TLS on asyncio, fixed allowed review"),
+    ("application", "uvloop", "read", "bare aiohttp TLS on uvloop, fixed allowed review"),
+    (
+        "low-level",
+        "uvloop",
+        "read",
+        "bare aiohttp low-level server TLS on uvloop, fixed allowed review",
+    ),
 )
-LOW_LEVEL_BARE = BARES[2][2]
+LOW_LEVEL_BARE = BARES[2][3]
+# Reference points below the bare endpoints (not used for the ratios): what the same
+# low-level endpoint costs when it also decodes the body with orjson (the least any
+# webhook that reads the request does), and when it spins ``--spin-us`` of CPU.
+DECODE_BARE = (
+    "low-level",
+    "uvloop",
+    "decode",
+    "bare low-level server on uvloop + orjson decode of the body",
+)
 
 
-async def start_bare(cert: Path, key: Path, server: str, event_loop: str) -> Child:
+def spin_bare(spin_us: float) -> tuple[str, str, str, str]:
+    return (
+        "low-level",
+        "uvloop",
+        f"spin:{spin_us:g}",
+        f"bare low-level server on uvloop + {spin_us:g} µs spin",
+    )
+
+
+async def start_bare(cert: Path, key: Path, server: str, event_loop: str, work: str) -> Child:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
@@ -286,6 +314,7 @@ async def start_bare(cert: Path, key: Path, server: str, event_loop: str) -> Chi
         str(key),
         server,
         event_loop,
+        work,
         stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
@@ -293,11 +322,16 @@ async def start_bare(cert: Path, key: Path, server: str, event_loop: str) -> Chi
     return Child(proc, int(line.split()[1]))
 
 
-def serve_bare(cert: str, key: str, server: str, event_loop: str) -> None:
+def serve_bare(cert: str, key: str, server: str, event_loop: str, work: str) -> None:
     """A bare aiohttp TLS endpoint: read the body, answer a fixed allowed review.
     ``server``: ``application`` (``web.Application``, a catch-all POST route,
     ``AppRunner``) or ``low-level`` (``web.Server`` and ``ServerRunner``); both read
-    bodies up to 7 MiB."""
+    bodies up to 7 MiB.  ``work``: ``read`` (only that), ``decode`` (also
+    ``orjson.loads`` the body) or ``spin:N`` (also spin N µs on the CPU)."""
+    import orjson
+
+    spin_s = float(work.split(":")[1]) / 1e6 if work.startswith("spin:") else 0.0
+    decode = work == "decode"
     fixed = json.dumps(
         {
             "apiVersion": "admission.k8s.io/v1",
@@ -307,7 +341,13 @@ def serve_bare(cert: str, key: str, server: str, event_loop: str) -> None:
     ).encode()
 
     async def handle(request: web.BaseRequest) -> web.Response:
-        await request.read()
+        raw = await request.read()
+        if decode:
+            orjson.loads(raw)
+        if spin_s:
+            until = time.perf_counter() + spin_s
+            while time.perf_counter() < until:
+                pass
         return web.Response(body=fixed, content_type="application/json")
 
     async def main() -> None:
@@ -560,8 +600,11 @@ async def throughput(args: argparse.Namespace) -> tuple[list[Result], list[Resul
                 cert, key = work / "tls.crt", work / "tls.key"
                 cert.write_bytes(data["tls.crt"])
                 key.write_bytes(data["tls.key"])
-                for server, loop, _ in BARES:
-                    bares.append(await start_bare(cert, key, server, loop))
+                kinds = [*BARES, DECODE_BARE]
+                if args.spin_us:
+                    kinds.append(spin_bare(args.spin_us))
+                for server, loop, job, _ in kinds:
+                    bares.append(await start_bare(cert, key, server, loop, job))
                 (work / "mix.lua").write_text(WRK_SCRIPT)
                 with (work / "bodies.txt").open("wb") as f:
                     for i, body in enumerate(request_mix(args.namespaces, 2000)):
@@ -569,7 +612,7 @@ async def throughput(args: argparse.Namespace) -> tuple[list[Result], list[Resul
                 # (name, server, url, check the uid)
                 targets = [
                     (name, bare, f"https://127.0.0.1:{bare.port}/validate", False)
-                    for (_, _, name), bare in zip(BARES, bares, strict=True)
+                    for (_, _, _, name), bare in zip(kinds, bares, strict=True)
                 ] + [
                     (f"gpumix {path}", webhook, f"https://127.0.0.1:{webhook.port}{path}", True)
                     for path in ("/validate", "/mutate")
@@ -618,7 +661,8 @@ def report(
     args: argparse.Namespace,
     load: tuple[float, float],
 ) -> str:
-    bares = [r for r in results if r.name.startswith("bare") and r.name != LOW_LEVEL_BARE]
+    application = {name for server, _, _, name in BARES if server == "application"}
+    bares = [r for r in results if r.name in application]
     fastest = max(bares, key=lambda r: r.rps)
     cheapest = min(bares, key=lambda r: r.cpu_us)
     [low] = [r for r in results if r.name == LOW_LEVEL_BARE]
@@ -665,8 +709,8 @@ def report(
 
 
 def main() -> int:
-    if len(sys.argv) == 6 and sys.argv[1] == "--serve-bare":
-        serve_bare(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
+    if len(sys.argv) == 7 and sys.argv[1] == "--serve-bare":
+        serve_bare(*sys.argv[2:7])
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--concurrency", type=int, default=64)
@@ -679,6 +723,12 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median is shown)")
     p.add_argument(
         "--event-loop", choices=("uvloop", "asyncio"), default="uvloop", help="gpumix's loop"
+    )
+    p.add_argument(
+        "--spin-us",
+        type=float,
+        default=0.0,
+        help="also run the bare low-level endpoint spinning this many µs per request",
     )
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--memory-only", action="store_true")
