@@ -220,7 +220,11 @@ class Child:
                 await self.proc.wait()
 
 
-async def start_webhook(kubeconfig: Path, event_loop: str = "uvloop") -> Child:
+async def start_webhook(
+    kubeconfig: Path, event_loop: str = "uvloop", checkout: Path = REPO
+) -> Child:
+    """``gpumix webhook`` of ``checkout`` (this one, or another, e.g. a git worktree of
+    an earlier commit: ``python -m gpumix`` imports from its working directory)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -240,7 +244,7 @@ async def start_webhook(kubeconfig: Path, event_loop: str = "uvloop") -> Child:
         "INFO",
         "--event-loop",
         event_loop,
-        cwd=str(REPO),
+        cwd=str(checkout),
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None
@@ -566,6 +570,112 @@ async def emulator(deployments: int, namespaces: int) -> AsyncIterator[tuple[Emu
         await emu.stop()
 
 
+def in_process(args: argparse.Namespace) -> str:
+    """CPU per admission without HTTP, by kind of request: decoding the body,
+    ``parse_review``, ``review``, the answer and its encoding, the metrics (what the
+    server's handler does between reading the body and writing the answer).  Also the
+    patch of each fix, derived as the webhook does and by ``jsonpatch.make_patch`` on
+    the same two objects."""
+    import gc
+
+    import jsonpatch
+    import orjson
+
+    from gpumix.kube.policy import Policy
+    from gpumix.kube.snapshot import Snapshot
+    from webhook.metrics import WebhookMetrics
+    from webhook.review import (
+        _CEILING_PATHS,
+        _ISOLATION_PATHS,
+        _copy_for_fix,
+        _derived_patch,
+        _object_of,
+        json_bytes,
+        parse_review,
+        review,
+        to_response,
+    )
+
+    emu = Emulator()
+    populate(emu, args.deployments, args.namespaces)
+    cluster = [
+        o
+        for r in ("namespaces", "deployments", "horizontalpodautoscalers", "nodes")
+        for o in emu.list(r)
+    ]
+    policy = Policy()
+    snapshot = Snapshot.from_objects(cluster, policy)
+    metrics = WebhookMetrics()
+    bodies = request_mix(args.namespaces, 2000)
+    kinds: dict[str, list[bytes]] = {}
+    for body in bodies:
+        name = orjson.loads(body)["request"]["name"]
+        kind = {"new": "new isolated Deployment", "broad": "overlapping Deployment"}.get(
+            name.split("-")[0]
+        ) or ("HPA without maxReplicas" if b'"maxReplicas"' not in body else "HPA with maxReplicas")
+        kinds.setdefault(kind, []).append(body)
+    kinds["the mix"] = bodies
+    gc.collect()
+    gc.freeze()
+
+    def admit(raw: bytes, phase: Any, path: str) -> bytes:
+        started = time.perf_counter()
+        request = parse_review(orjson.loads(raw))
+        verdict = review(request, snapshot, policy, phase)
+        answer = json_bytes(to_response(request["uid"], verdict))
+        metrics.observe(
+            path,
+            request["kind"]["kind"],
+            request["operation"],
+            verdict.shape,
+            time.perf_counter() - started,
+        )
+        if phase == "validate" or verdict.shape == "patched":
+            for f in verdict.findings:
+                metrics.finding(f.rule, f.severity, verdict.mode or "none")
+        return answer
+
+    def best_us(fn: Any, items: list[Any], repeat: int = 9) -> float:
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.process_time()
+            for item in items:
+                fn(item)
+            best = min(best, (time.process_time() - t0) / len(items))
+        return best * 1e6
+
+    lines = [
+        f"In-process CPU per admission, µs (best of 9 passes; {args.deployments} Deployments "
+        "cached):",
+        "",
+        "| requests | count | /validate | /mutate |",
+        "|---|---|---|---|",
+    ]
+    for kind, items in kinds.items():
+        v = best_us(lambda b: admit(b, "validate", "/validate"), items)
+        m = best_us(lambda b: admit(b, "mutate", "/mutate"), items)
+        lines.append(f"| {kind} | {len(items)} | {v:.1f} | {m:.1f} |")
+    pairs = []  # (object, fixed copy sharing what the fix left alone)
+    for body in bodies:
+        request = parse_review(orjson.loads(body))
+        verdict = review(request, snapshot, policy, "mutate")
+        if verdict.shape == "patched":
+            obj = _object_of(request)
+            paths = _ISOLATION_PATHS if obj["kind"] == "Deployment" else _CEILING_PATHS
+            fixed = _copy_for_fix(obj, paths)
+            jsonpatch.apply_patch(fixed, list(verdict.patch), in_place=True)
+            pairs.append((obj, fixed))
+    ours = best_us(lambda p: _derived_patch(*p), pairs)
+    theirs = best_us(lambda p: jsonpatch.make_patch(*p), pairs)
+    lines += [
+        "",
+        f"The patches of the {len(pairs)} fixes, from the object and its fixed copy: "
+        f"{ours:.1f} µs each as derived, {theirs:.1f} µs by jsonpatch.make_patch "
+        f"({theirs / ours:.0f}x).",
+    ]
+    return "\n".join(lines)
+
+
 async def memory(args: argparse.Namespace) -> dict[str, float]:
     out: dict[str, float] = {}
     for label, deps in (("empty", 0), ("full", args.deployments)):
@@ -584,14 +694,16 @@ async def throughput(args: argparse.Namespace) -> tuple[list[Result], list[Resul
     wrk = require_wrk()
     async with emulator(args.deployments, args.namespaces) as (emu, kubeconfig):
         webhook = await start_webhook(kubeconfig, args.event_loop)
+        others = [await start_webhook(kubeconfig, args.event_loop, Path(p)) for p in args.also]
         bares: list[Child] = []
         try:
-            ready_s = await wait_ready(webhook)
-            print(
-                f"# webhook ready (cache synced) after {ready_s:.1f} s; RSS "
-                f"{webhook.rss_mb():.0f} MB",
-                file=sys.stderr,
-            )
+            for child in (webhook, *others):
+                ready_s = await wait_ready(child)
+                print(
+                    f"# webhook ready (cache synced) after {ready_s:.1f} s; RSS "
+                    f"{child.rss_mb():.0f} MB",
+                    file=sys.stderr,
+                )
             secret = emu.get("secrets", "gpumix-webhook-tls", "gpumix-system")
             assert secret is not None
             data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
@@ -614,7 +726,11 @@ async def throughput(args: argparse.Namespace) -> tuple[list[Result], list[Resul
                     (name, bare, f"https://127.0.0.1:{bare.port}/validate", False)
                     for (_, _, _, name), bare in zip(kinds, bares, strict=True)
                 ] + [
-                    (f"gpumix {path}", webhook, f"https://127.0.0.1:{webhook.port}{path}", True)
+                    (f"gpumix{label} {path}", child, f"https://127.0.0.1:{child.port}{path}", True)
+                    for label, child in (
+                        ("", webhook),
+                        *((f"@{Path(p).name}", o) for p, o in zip(args.also, others, strict=True)),
+                    )
                     for path in ("/validate", "/mutate")
                 ]
 
@@ -649,9 +765,8 @@ async def throughput(args: argparse.Namespace) -> tuple[list[Result], list[Resul
                 singles = [await one(target, 1, args.single_duration) for target in targets]
                 return medians, singles
         finally:
-            for bare in bares:
-                await bare.stop()
-            await webhook.stop()
+            for child in (*bares, *others, webhook):
+                await child.stop()
 
 
 def report(
@@ -730,9 +845,25 @@ def main() -> int:
         default=0.0,
         help="also run the bare low-level endpoint spinning this many µs per request",
     )
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="CHECKOUT",
+        help="also run the webhook of another checkout of gpumix (e.g. a git worktree of an "
+        "earlier commit) against the same cluster, interleaved with this one",
+    )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="only measure the admission path in this process, without HTTP",
+    )
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--memory-only", action="store_true")
     args = p.parse_args()
+    if args.in_process:
+        print(in_process(args))
+        return 0
     if not args.memory_only:
         require_wrk()
 
