@@ -694,14 +694,19 @@ async def throughput(args: argparse.Namespace) -> tuple[list[Result], list[Resul
     wrk = require_wrk()
     async with emulator(args.deployments, args.namespaces) as (emu, kubeconfig):
         webhook = await start_webhook(kubeconfig, args.event_loop)
-        others = [await start_webhook(kubeconfig, args.event_loop, Path(p)) for p in args.also]
+        others: list[Child] = []
         bares: list[Child] = []
         try:
-            for child in (webhook, *others):
+            for checkout in (None, *args.also):
+                if checkout is None:
+                    child = webhook
+                else:
+                    child = await start_webhook(kubeconfig, args.event_loop, Path(checkout))
+                    others.append(child)
                 ready_s = await wait_ready(child)
                 print(
-                    f"# webhook ready (cache synced) after {ready_s:.1f} s; RSS "
-                    f"{child.rss_mb():.0f} MB",
+                    f"# webhook of {checkout or REPO} ready (cache synced) after {ready_s:.1f} s;"
+                    f" RSS {child.rss_mb():.0f} MB",
                     file=sys.stderr,
                 )
             secret = emu.get("secrets", "gpumix-webhook-tls", "gpumix-system")
