@@ -72,7 +72,7 @@ class _NamespaceIndex:
         pinned = selector.pinned()
         out: set[str] = set()
         for sig, group in self.groups.items():
-            common = sig & pinned.keys()
+            common = sig.intersection(pinned)
             if not common:
                 out |= group.members
                 continue
