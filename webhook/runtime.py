@@ -17,12 +17,12 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
 from gpumix.kube.snapshot import Snapshot
+from gpumix.lifecycle import Service
 from webhook.cache import ClusterCache
 from webhook.kubeapi import KubeClient
 from webhook.metrics import WebhookMetrics
@@ -34,7 +34,7 @@ log = logging.getLogger("gpumix.webhook")
 
 
 @dataclass
-class Built:
+class Built(Service):
     """The parts of one webhook process.  ``start`` and ``stop`` (or ``async with``)
     run the cluster cache and the certificate source; a ``web.ServerRunner`` serves
     each of the two servers."""
@@ -61,18 +61,6 @@ class Built:
             await self.cache.stop()
         if self.owned_client is not None:
             await self.owned_client.close()
-
-    async def __aenter__(self) -> Built:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 async def build(

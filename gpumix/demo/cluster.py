@@ -27,6 +27,7 @@ from ruamel.yaml import YAML
 from controller.settings import ControllerSettings
 from controller.shell import run_controller
 from gpumix.emulator import Emulator
+from gpumix.lifecycle import Service
 from webhook.runtime import serve as serve_webhook
 from webhook.settings import TLSSettings, WebhookSettings
 
@@ -87,7 +88,7 @@ def node(name: str, pool: NodePool) -> dict[str, Any]:
 
 
 @dataclass
-class DemoCluster:
+class DemoCluster(Service):
     """Start with ``async with DemoCluster() as cluster``; everything stops on exit."""
 
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gpumix-demo-")))
@@ -98,17 +99,6 @@ class DemoCluster:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _api: Any = None
     session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> DemoCluster:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     @property
     def url(self) -> str:

@@ -12,10 +12,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+
+from gpumix.lifecycle import Service
 
 from . import certs
 from .admission import AdmissionCall, AdmissionChain, ServiceResolver, default_service_resolver
@@ -29,7 +30,7 @@ Obj = dict[str, Any]
 MAX_BODY = 3 * 1024 * 1024 + 1024  # kube-apiserver's request size limit is about 3 MiB
 
 
-class Emulator:
+class Emulator(Service):
     """An in-process Kubernetes API server.
 
     ```
@@ -117,18 +118,6 @@ class Emulator:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
-
-    async def __aenter__(self) -> Emulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def url(self) -> str:
