@@ -284,23 +284,14 @@ def _mutate(
     if isinstance(view, DeploymentView):
         if operation != "CREATE":
             return Verdict("allowed", mode=mode)  # a live selector is immutable: never fix it
-        findings = [
-            f
-            for f in selector_overlap.check(view, snapshot, explain=False)
-            if f.severity == "error"
-        ]
+        findings = _overlap_errors(view, snapshot)
         if not findings:
             return Verdict("allowed", mode=mode)
         fixed = _copy_for_fix(obj, _ISOLATION_PATHS)
         isolate_deployment(fixed, view.gpu_type)
         fixed_view = view_of(fixed, policy)
         assert isinstance(fixed_view, DeploymentView)
-        still = [
-            f
-            for f in selector_overlap.check(fixed_view, snapshot, explain=False)
-            if f.severity == "error"
-        ]
-        if still:
+        if _overlap_errors(fixed_view, snapshot):
             # The fix does not remove the overlap (an existing Deployment's selector is
             # the broad one): leave the object as it is; validation denies and explains.
             return Verdict("allowed", findings=tuple(findings), mode=mode)
@@ -322,6 +313,14 @@ def _mutate(
     return Verdict(
         "patched", patch=tuple(patch), warnings=notes, findings=tuple(applied), mode=mode
     )
+
+
+def _overlap_errors(view: DeploymentView, snapshot: Snapshot) -> list[Finding]:
+    """The overlaps a fix must remove (messages are not built: the mutating step
+    shows none, validation explains)."""
+    return [
+        f for f in selector_overlap.check(view, snapshot, explain=False) if f.severity == "error"
+    ]
 
 
 def _keep_isolation(obj: dict[str, Any], old_obj: Mapping[str, Any], mode: Mode) -> Verdict:

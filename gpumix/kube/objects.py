@@ -136,12 +136,20 @@ def meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def name_of(obj: Mapping[str, Any]) -> str:
-    name = meta(obj).get("name")
-    return name if isinstance(name, str) else ""
+    return _name_in(meta(obj))
 
 
 def namespace_of(obj: Mapping[str, Any]) -> str:
-    ns = meta(obj).get("namespace")
+    return _namespace_in(meta(obj))
+
+
+def _name_in(metadata: Mapping[str, Any]) -> str:
+    name = metadata.get("name")
+    return name if isinstance(name, str) else ""
+
+
+def _namespace_in(metadata: Mapping[str, Any]) -> str:
+    ns = metadata.get("namespace")
     return ns if isinstance(ns, str) and ns else DEFAULT_NAMESPACE
 
 
@@ -153,7 +161,7 @@ def deployment_view(obj: Mapping[str, Any], policy: Policy) -> DeploymentView:
     error: SelectorError | None = None
     try:
         selector = parse_selector(spec.get("selector"), "spec.selector")
-        if not selector.requirements:
+        if selector.is_empty:
             # apps/v1 refuses it: a Deployment's selector is required and non-empty
             raise SelectorError("spec.selector", "is required and must not be empty")
     except SelectorError as exc:
@@ -161,10 +169,9 @@ def deployment_view(obj: Mapping[str, Any], policy: Policy) -> DeploymentView:
     labels = str_map(metadata.get("labels"))
     gpu_type, gpus = gpu_facts(template, policy, template_labels)
     replicas = spec.get("replicas")
-    name, namespace = metadata.get("name"), metadata.get("namespace")
     return DeploymentView(
-        namespace=namespace if isinstance(namespace, str) and namespace else DEFAULT_NAMESPACE,
-        name=name if isinstance(name, str) else "",
+        namespace=_namespace_in(metadata),
+        name=_name_in(metadata),
         selector=selector,
         selector_error=error,
         template_labels=template_labels,

@@ -68,17 +68,7 @@ def pair_finding(
         return None
     dep_ref, other_ref = dep.ref, other.ref
     same_type = dep.gpu_type.same_as(other.gpu_type)
-    # (the autoscalers are listed only for the message)
-    scalers = (
-        snapshot.autoscalers_targeting(dep_ref) + snapshot.autoscalers_targeting(other_ref)
-        if explain
-        else []
-    )
-    autoscaled = (
-        bool(scalers)
-        if explain
-        else snapshot.is_autoscaled(dep_ref) or snapshot.is_autoscaled(other_ref)
-    )
+    autoscaled = snapshot.is_autoscaled(dep_ref) or snapshot.is_autoscaled(other_ref)
     # An error when one captures the other's pods and the GPU types differ or either is
     # autoscaled (a scaler counts the other's pods); two Deployments of one type without
     # autoscalers only warn, and so does a pair where no pod template is selected by both
@@ -87,6 +77,7 @@ def pair_finding(
     if not explain:
         message = f"selector of {dep_ref} overlaps the selector of {other_ref}"
         return Finding(RULE, severity, dep_ref, message, (other_ref,), fixable=fixable)
+    scalers = snapshot.autoscalers_targeting(dep_ref) + snapshot.autoscalers_targeting(other_ref)
     shared = ", ".join(f"{k}={v}" for k, v in sorted(witness.items())) or "any labels"
     why = []
     if not same_type:
