@@ -15,6 +15,18 @@ picked up; a CRD that disappears takes its objects with it.
 The cache is ``synced`` when discovery has run and every reflector has listed
 and is connected; a failing list or watch makes it unsynced until it recovers.
 A CRD that appears later does not make it unsynced before its first list.
+
+Synced means current.  Once a reflector has lost its view (a list or watch that
+failed, a ``410 Gone``), it is unsynced at once and becomes synced again only by a
+complete new list, never by resuming a watch from an old ``resourceVersion``: a
+resumed watch can open and then report ``410``, and decisions taken in between
+would rest on a view of unknown age.  A ``410`` is not an outage: the relist
+starts at once.  Failures are retried after a backoff that doubles from
+``backoff_initial_s`` up to ``backoff_max_s``, with jitter (each pause is drawn
+between half and all of the current backoff) so that replicas do not retry in
+step.  An established watch that merely breaks is resumed after the shortest
+pause without turning unsynced (a connection reset is not an outage); when the
+resume fails too, the reflector is unsynced and lists again.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,6 +96,7 @@ class Reflector:
         settings: CacheSettings,
         on_change: Callable[[], None],
         sleep: Sleep = asyncio.sleep,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.resource = resource
         self.client = client
@@ -91,6 +105,7 @@ class Reflector:
         self.settings = settings
         self.on_change = on_change
         self._sleep = sleep
+        self._jitter = jitter
         self.keys: set[tuple[str, str]] = set()
         self.synced = False
         self.resource_version = ""
@@ -183,6 +198,16 @@ class Reflector:
             self.synced = value
             self.on_change()
 
+    def _lost(self) -> None:
+        """The view is no longer known to be current: unsynced now, and only a complete
+        new list makes it synced again (see the module docstring)."""
+        self.resource_version = ""
+        self._set_synced(False)
+
+    def _pause(self, backoff: float) -> float:
+        """A pause of between half and all of ``backoff`` (jitter keeps replicas apart)."""
+        return backoff * (0.5 + 0.5 * self._jitter())
+
     async def run(self) -> None:
         backoff = self.settings.backoff_initial_s
         for _ in range(10**9):  # ends by cancellation, or when an optional CRD goes away
@@ -191,6 +216,7 @@ class Reflector:
                 if not self.resource_version:
                     self.resource_version = await self.relist()
                     self._set_synced(True)
+                    backoff = self.settings.backoff_initial_s
                 query = {
                     "resourceVersion": self.resource_version,
                     "allowWatchBookmarks": "true",
@@ -202,7 +228,6 @@ class Reflector:
                 ):
                     if event.get("type") == "OPENED":
                         opened = True
-                        self._set_synced(True)
                         continue
                     self.apply(event)
                 if time.monotonic() - started > 1.0:
@@ -211,28 +236,31 @@ class Reflector:
                 # A watch that ends at once, again and again, must not spin: back off.
             except ApiError as exc:
                 if exc.code == 410:
+                    # The version is too old (an API-server restart, a compaction): the
+                    # view may miss changes, so it is not current; list again at once.
                     log.info("%s: %s; listing again", self.resource.path, exc.message)
-                    self.resource_version = ""
-                elif exc.code == 404 and self.resource.optional:
+                    self._lost()
+                    backoff = self.settings.backoff_initial_s
+                    continue
+                if exc.code == 404 and self.resource.optional:
                     log.info("%s is gone; dropping its objects", self.resource.path)
                     self.clear()
                     self.gone = True
                     self._set_synced(True)
                     return
-                elif opened and exc.unreachable:
+                if opened and exc.unreachable:
                     # An established watch broke: resume after the shortest pause;
                     # readiness changes only if the API server cannot be reached again
                     # (no flapping on a connection reset).
                     log.info("%s: %s; resuming", self.resource.path, exc.message)
                     backoff = self.settings.backoff_initial_s
                 else:
-                    log.warning("%s: %s; retrying in %.1f s", self.resource.path, exc, backoff)
-                    self._set_synced(False)
+                    log.warning("%s: %s; retrying in ~%.1f s", self.resource.path, exc, backoff)
+                    self._lost()
             except Exception:  # a bug must not stop the cache for good: log it, back off
                 log.exception("%s: unexpected error; listing again", self.resource.path)
-                self.resource_version = ""
-                self._set_synced(False)
-            await self._sleep(backoff)
+                self._lost()
+            await self._sleep(self._pause(backoff))
             backoff = min(backoff * 2, self.settings.backoff_max_s)
 
 

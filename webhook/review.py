@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypedDict
 
 import jsonpatch
@@ -171,8 +171,23 @@ def mode_for(namespace: str, snapshot: Snapshot, policy: Policy) -> Mode:
     return ns.mode if ns is not None and ns.mode is not None else policy.mode
 
 
-def review(request: AdmissionRequest, snapshot: Snapshot, policy: Policy, phase: Phase) -> Verdict:
-    """Decide one admission request.  Never raises for a well-formed request."""
+CACHE_RULE = "cluster-view-not-current"
+"""The finding of a decision refused because the cluster view is not current."""
+
+
+def review(
+    request: AdmissionRequest,
+    snapshot: Snapshot,
+    policy: Policy,
+    phase: Phase,
+    *,
+    current: bool = True,
+) -> Verdict:
+    """Decide one admission request.  Never raises for a well-formed request.
+
+    ``current`` says whether ``snapshot`` is known to be current (the webhook's cache is
+    synced).  When it is not, the validating step does not judge overlaps on it: see
+    ``_not_current``."""
     if request.get("subResource") or request.get("operation") not in ("CREATE", "UPDATE"):
         return Verdict("allowed")
     obj = _object_of(request)
@@ -189,6 +204,10 @@ def review(request: AdmissionRequest, snapshot: Snapshot, policy: Policy, phase:
             verdict = _keep_isolation(obj, old_obj, mode)
             return _warn_selector_change(verdict, obj, old_obj, view, policy)
         return _mutate(obj, view, snapshot, policy, mode, request.get("operation", ""))
+    if not current and isinstance(view, DeploymentView):
+        stale = _not_current(view, old_view, mode)
+        if stale is not None:
+            return stale
     immutable: list[Finding] = []
     if isinstance(view, DeploymentView) and isinstance(old_view, DeploymentView) and old_obj:
         immutable = selector_immutable.check(
@@ -444,6 +463,36 @@ def _validate(
     return Verdict(
         "denied", message=message, code=403, warnings=warnings, findings=tuple(findings), mode=mode
     )
+
+
+def _not_current(view: DeploymentView, old_view: View | None, mode: Mode) -> Verdict | None:
+    """The verdict for a Deployment while the cluster view is not current, or None when
+    the view does not matter for it.
+
+    Overlaps are judged against the other Deployments of the namespace, and a view of
+    unknown age can miss one created a moment ago (right after an API-server restart,
+    a ``410 Gone``, an outage).  So in ``enforce`` mode an in-scope Deployment is
+    refused (code 503: retry shortly) until the view is current again, unless it is an
+    UPDATE that changes nothing overlaps depend on (an image bump, a replica count),
+    which cannot create an overlap.  ``warn`` mode allows with a warning, ``audit``
+    silently (the API server's retry or the controller's audit catches up)."""
+    if not view.in_scope or mode == "audit":
+        return None
+    if isinstance(old_view, DeploymentView) and replace(old_view, replicas=None) == replace(
+        view, replicas=None
+    ):
+        return None
+    message = (
+        "gpumix's view of the cluster is not current (its watch of the API server is "
+        "reconnecting), so overlaps with other Deployments cannot be judged; retry in a "
+        "few seconds"
+    )
+    finding = Finding(CACHE_RULE, "error", view.ref, message)
+    if mode == "warn":
+        return Verdict(
+            "allowed", warnings=(f"{CACHE_RULE}: {message}",), findings=(finding,), mode=mode
+        )
+    return Verdict("denied", message=message, code=503, findings=(finding,), mode=mode)
 
 
 def _isolated(dep: DeploymentView | None) -> bool:

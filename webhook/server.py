@@ -223,7 +223,13 @@ class WebhookHandler:
         operation = admission.get("operation", "")
         uid = admission["uid"]
         try:
-            verdict = review(admission, state.source.snapshot, state.policy, phase)
+            verdict = review(
+                admission,
+                state.source.snapshot,
+                state.policy,
+                phase,
+                current=state.source.synced,
+            )
         except RecursionError:
             # JSON nested hundreds of levels deep parses, but copying it cannot recurse
             # that far: bad input, not a bug. (Checked here, not up front, to keep the

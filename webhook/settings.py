@@ -64,7 +64,10 @@ class CacheSettings:
     page_size: int = 500
     """Objects per list page."""
     backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
+    backoff_max_s: float = 4.0
+    """Retries of a failed list or watch back off up to this (with jitter). While a
+    reflector is not synced, writes in scope are refused, so recovery is kept prompt:
+    a few GETs per resource every few seconds cost the API server little."""
     discovery_interval_s: float = 60.0
     """How often API discovery runs again to pick up autoscaler CRDs installed later."""
     request_timeout_s: float = 30.0
