@@ -136,7 +136,7 @@ def test_required_node_affinity_single_in_value() -> None:
 def test_affinity_that_does_not_pin_one_type(aff: Any) -> None:
     gt = gpu_type_of(template(affinity=aff, limits={"nvidia.com/gpu": "2"}), POLICY)
     assert gt.kind == "unpinned"
-    assert gt.label == "unpinned GPU"
+    assert gt.label == "unpinned accelerator"
 
 
 def test_mig_resource() -> None:

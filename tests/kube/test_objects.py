@@ -201,7 +201,7 @@ def test_node_view() -> None:
         "status": {"allocatable": {"nvidia.com/gpu": "8", "amd.com/gpu": 2, "cpu": "64"}},
     }
     v = view_of(obj, POLICY)
-    assert v == NodeView("n1", frozenset({"A100"}), 10, True)
+    assert v == NodeView("n1", frozenset({"A100"}), 10, True, {"nvidia.com/gpu.product": "A100"})
     obj["status"] = {"allocatable": {"nvidia.com/gpu": "8.5"}}
     v = view_of(obj, POLICY)
     assert isinstance(v, NodeView) and v.allocatable_gpus == 0

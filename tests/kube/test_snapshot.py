@@ -186,7 +186,7 @@ def from_objects_nodes() -> Snapshot:
 
 def test_gpu_capacity_and_namespaces() -> None:
     snap = from_objects_nodes()
-    assert snap.gpu_capacity("A100") == 16
+    assert snap.gpu_capacity("A100") == 24  # the cordoned n3 counts: a drain is temporary
     assert snap.gpu_capacity("A40") == 4
     assert snap.gpu_capacity("L20") is None
     ns = snap.namespace("ml")
@@ -201,10 +201,10 @@ def test_gpu_capacity_and_namespaces() -> None:
 def test_gpu_capacity_follows_node_changes_after_it_was_asked() -> None:
     """Capacity is remembered between questions, and forgotten when a Node changes."""
     snap = from_objects_nodes()
-    assert snap.gpu_capacity("A100") == 16 and snap.gpu_capacity("L20") is None
-    for obj in (node("n5", "L20", 2), node("n1", "A100", 8, unschedulable=True)):
+    assert snap.gpu_capacity("A100") == 24 and snap.gpu_capacity("L20") is None
+    for obj in (node("n5", "L20", 2), node("n1", "A100", 4)):
         view = view_of(obj, POLICY)
         assert view is not None
         snap.put(view)
-    assert snap.gpu_capacity("A100") == 8  # n1 cordoned
+    assert snap.gpu_capacity("A100") == 20  # n1 now has 4
     assert snap.gpu_capacity("L20") == 2  # a new Node of a type not seen before
