@@ -30,7 +30,7 @@ from gpumix.kube.objects import (
     View,
     view_of,
 )
-from gpumix.kube.policy import Policy
+from gpumix.kube.policy import GPU_TYPE_LABEL, Policy
 from gpumix.kube.selectors import Selector
 
 
@@ -223,6 +223,8 @@ class Snapshot:
 
     def _pinned_nodes(self, pin: tuple[str, str]) -> list[NodeView]:
         key, value = pin
+        if key == GPU_TYPE_LABEL:  # the pod label names a type, by any GPU label of a Node
+            return [n for n in self.nodes.values() if value in n.gpu_names]
         return [n for n in self.nodes.values() if n.type_labels.get(key) == value]
 
     def gpu_type_name(self, gpu_type: GpuType) -> str | None:
