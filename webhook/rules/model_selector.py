@@ -58,10 +58,10 @@ def check(dep: DeploymentView, policy: Policy) -> list[Finding]:
             RULE,
             "warning",
             dep.ref,
-            f"the selector of {dep.ref} ({dep.selector.describe()}) selects model group "
-            f"{dep.model} as a whole, so it would take the pods of a Deployment of the same "
-            f"model on another GPU type; isolated with {DEPLOYMENT_LABEL}: <name> in its "
-            "selector and pod template while the selector can still change",
+            f"its selector ({dep.selector.describe()}) selects model group {dep.model} as a "
+            "whole, so it would take the pods of a Deployment of the same model on another "
+            f"GPU type; isolated with {DEPLOYMENT_LABEL}: {dep.name} in its selector and pod "
+            "template while the selector can still change",
             fixable=True,
         )
     ]
