@@ -440,8 +440,8 @@ def test_headline_pair_is_admitted_and_isolated_in_either_order(order: tuple[str
             "model.aibrix.ai/name": "llama2-7b",
             "gpumix.io/deployment": name,
         }
-        assert obj["spec"]["template"]["metadata"]["labels"]["gpumix.io/gpu-type"] == (
-            products[name]
+        assert (
+            obj["spec"]["template"]["metadata"]["labels"]["gpumix.io/gpu-type"] == (products[name])
         )
     # A re-sync of the unchanged manifests (server-side apply sends the selector without
     # the label) is put back to what is stored: no change, no warning but the note.
@@ -588,7 +588,7 @@ def test_invalid_mode_label_is_reported_and_the_policy_mode_applies() -> None:
     assert verdict.warnings[0].startswith(
         "invalid-mode-label: namespace default has the label gpumix.io/mode='off'"
     )
-    assert [f.rule for f in verdict.findings][0] == "invalid-mode-label"
+    assert verdict.findings[0].rule == "invalid-mode-label"
     # on every admission there, whatever the kind
     verdict = decide(hpa("h", "x", 3), snap, "validate")
     assert verdict.shape == "allowed" and len(verdict.warnings) == 1
