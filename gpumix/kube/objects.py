@@ -243,9 +243,13 @@ def node_view(obj: Mapping[str, Any], policy: Policy) -> NodeView:
                 gpus += int(value)
             except ValueError:
                 continue
+    names = node_gpu_names(labels, policy)
+    if gpus:  # a GPU node also answers to its machine type (a pin of accelerator requesters)
+        machine = {labels[k] for k in policy.instance_type_label_keys if labels.get(k)}
+        names = names | machine if machine else names
     return NodeView(
         name=name_of(obj),
-        gpu_names=node_gpu_names(labels, policy),
+        gpu_names=names,
         allocatable_gpus=gpus,
         unschedulable=bool(as_mapping(obj.get("spec")).get("unschedulable")),
         type_labels=node_type_labels(labels, policy),
