@@ -44,9 +44,17 @@ def selects_model_group(dep: DeploymentView, policy: Policy) -> bool:
             by_model = True
         for value in req.values:
             low = value.lower()
-            if (name and name in low) or (type_name and type_name in low):
+            if _names(low, name) or _names(low, type_name):
                 return False
     return by_model
+
+
+def _names(value: str, word: str) -> bool:
+    """Whether a selector value names ``word`` (contains it; a word of under four
+    characters must be the whole value, or ``a`` would be found in ``llama``)."""
+    if not word:
+        return False
+    return value == word if len(word) < 4 else word in value
 
 
 def check(dep: DeploymentView, policy: Policy) -> list[Finding]:
