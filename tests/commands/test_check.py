@@ -653,3 +653,30 @@ def test_fix_isolates_the_first_of_a_model_group_as_the_webhook_does(
     again = write(tmp_path / "again.yaml", fixed)
     _, fixed_twice, err = run(capsys, "-f", str(again), "--fix")
     assert fixed_twice == fixed and "# isolated" not in err
+
+
+def test_cpu_apps_pinned_to_machine_types_are_out_of_scope(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = []
+    for name, machine in (("store-a", "m6i.2xlarge"), ("store-b", "m7g.2xlarge")):
+        docs.append(f"""
+            apiVersion: apps/v1
+            kind: Deployment
+            metadata:
+              name: {name}
+            spec:
+              selector:
+                matchLabels: {{app: storefront}}
+              template:
+                metadata:
+                  labels: {{app: storefront}}
+                spec:
+                  nodeSelector:
+                    node.kubernetes.io/instance-type: {machine}
+                  containers:
+                    - name: nginx
+                      image: nginx:1.27
+            """)
+    f = write(tmp_path / "shop.yaml", "---\n".join(textwrap.dedent(d) for d in docs))
+    assert run(capsys, "-f", str(f)) == (0, "no findings\n", "")
