@@ -89,7 +89,7 @@ class Policy:
     """Deployment label keys whose value names the model group, first match wins."""
     gpu_resource_names: tuple[str, ...] = DEFAULT_GPU_RESOURCE_NAMES
     """Extended resources that count as accelerators (``name*`` matches a prefix)."""
-    gpu_pool_capacity: Mapping[str, int] = field(default_factory=dict)
+    gpu_pool_capacity: Mapping[str, int] = field(default_factory=dict, hash=False)
     """GPUs the pool of a GPU type can scale to (Nodes that do not exist yet count)."""
     exempt_namespaces: frozenset[str] = field(
         default_factory=lambda: frozenset({"kube-system", "gpumix-system"})
