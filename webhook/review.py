@@ -19,10 +19,16 @@ import jsonpatch
 import orjson
 
 from gpumix.kube.fields import as_mapping, is_mapping
-from gpumix.kube.objects import AutoscalerView, DeploymentView, View, view_of
-from gpumix.kube.policy import DEPLOYMENT_LABEL, GPU_TYPE_LABEL, Mode, Policy
+from gpumix.kube.objects import AutoscalerView, DeploymentView, ObjectRef, View, view_of
+from gpumix.kube.policy import DEPLOYMENT_LABEL, GPU_TYPE_LABEL, MODE_LABEL, MODES, Mode, Policy
 from gpumix.kube.snapshot import Snapshot
-from webhook.rules import missing_max_replicas, selector_immutable, selector_overlap
+from webhook.rules import (
+    max_replicas_above_ceiling,
+    missing_max_replicas,
+    model_selector,
+    selector_immutable,
+    selector_overlap,
+)
 from webhook.rules.base import Finding
 from webhook.rules.engine import evaluate
 from webhook.rules.fixes import isolate_deployment, restore_labels, set_ceiling
@@ -166,13 +172,34 @@ def _object_of(request: AdmissionRequest) -> dict[str, Any]:
     return obj
 
 
+INVALID_MODE_RULE = "invalid-mode-label"
+
+
 def mode_for(namespace: str, snapshot: Snapshot, policy: Policy) -> Mode:
+    """The namespace's ``gpumix.io/mode`` label when it is a mode, else the policy's."""
     ns = snapshot.namespace(namespace)
     return ns.mode if ns is not None and ns.mode is not None else policy.mode
 
 
 CACHE_RULE = "cluster-view-not-current"
 """The finding of a decision refused because the cluster view is not current."""
+
+
+def invalid_mode(namespace: str, snapshot: Snapshot, policy: Policy) -> Finding | None:
+    """A warning when the namespace's ``gpumix.io/mode`` label is not a mode: it is
+    ignored and the policy's mode applies (counted as the finding's metric)."""
+    ns = snapshot.namespace(namespace)
+    if ns is None or ns.invalid_mode is None:
+        return None
+    return Finding(
+        INVALID_MODE_RULE,
+        "warning",
+        ObjectRef("Namespace", "", namespace),
+        f"namespace {namespace} has the label {MODE_LABEL}={ns.invalid_mode!r}, which is not "
+        f"one of {', '.join(MODES)}; it is ignored and the policy's mode ({policy.mode}) "
+        f"applies. Fix: kubectl label namespace {namespace} {MODE_LABEL}=<{'|'.join(MODES)}> "
+        "--overwrite",
+    )
 
 
 def review(
@@ -200,7 +227,9 @@ def review(
     old_obj = request.get("oldObject")
     old_view = view_of(old_obj, policy) if old_obj else None
     if phase == "mutate":
-        if isinstance(view, DeploymentView) and old_obj and mode == "enforce":
+        if isinstance(view, DeploymentView) and old_obj:
+            # In every mode: the labels were added when the selector could still change,
+            # and dropping them now is a change the API server refuses.
             verdict = _keep_isolation(obj, old_obj, mode)
             return _warn_selector_change(verdict, obj, old_obj, view, policy)
         return _mutate(obj, view, snapshot, policy, mode, request.get("operation", ""))
@@ -216,7 +245,19 @@ def review(
             old_selector=as_mapping(old_obj.get("spec")).get("selector"),
             new_selector=as_mapping(obj.get("spec")).get("selector"),
         )
-    return _validate(view, old_view, immutable, snapshot, policy, mode)
+    verdict = _validate(view, old_view, immutable, snapshot, policy, mode)
+    bad_mode = invalid_mode(view.namespace, snapshot, policy)
+    if bad_mode is None:
+        return verdict
+    return Verdict(
+        verdict.shape,
+        verdict.message,
+        verdict.code,
+        verdict.patch,
+        (f"{bad_mode.rule}: {bad_mode.message}", *verdict.warnings),
+        (bad_mode, *verdict.findings),
+        verdict.mode,
+    )
 
 
 # The dicts each fix writes to.  (``_child`` in webhook.rules.fixes writes into a
@@ -304,17 +345,20 @@ def _mutate(
         if operation != "CREATE":
             return Verdict("allowed", mode=mode)  # a live selector is immutable: never fix it
         findings = _overlap_errors(view, snapshot)
-        if not findings:
+        # The first of a model group is isolated too, while its selector can still
+        # change: otherwise the next one of the group cannot be fixed (model_selector).
+        first = [] if findings else model_selector.check(view, policy)
+        if not findings and not first:
             return Verdict("allowed", mode=mode)
         fixed = _copy_for_fix(obj, _ISOLATION_PATHS)
         isolate_deployment(fixed, view.gpu_type)
         fixed_view = view_of(fixed, policy)
         assert isinstance(fixed_view, DeploymentView)
-        if _overlap_errors(fixed_view, snapshot):
+        if findings and _overlap_errors(fixed_view, snapshot):
             # The fix does not remove the overlap (an existing Deployment's selector is
             # the broad one): leave the object as it is; validation denies and explains.
             return Verdict("allowed", findings=tuple(findings), mode=mode)
-        applied = findings
+        applied = findings or first
     elif isinstance(view, AutoscalerView):
         applied = missing_max_replicas.check(view, snapshot, policy)
         if not applied:
@@ -328,7 +372,11 @@ def _mutate(
     patch = _derived_patch(obj, fixed)
     if not patch:
         return Verdict("allowed", mode=mode)
-    notes = tuple(f"gpumix fixed {f.rule} on {f.subject}" for f in applied)
+    notes = tuple(
+        f"gpumix fixed {f.rule} on {f.subject}"
+        + (f": {f.message}" if f.severity == "warning" else "")
+        for f in applied
+    )
     return Verdict(
         "patched", patch=tuple(patch), warnings=notes, findings=tuple(applied), mode=mode
     )
@@ -413,6 +461,19 @@ def _warn_selector_change(
     )
 
 
+def ceiling_judged(new: AutoscalerView, old: View | None) -> bool:
+    """Whether admission judges the ceiling: on CREATE, and on an UPDATE that sets or
+    raises it or points the autoscaler at another target. A drain, a cordon or a
+    scale-in of the pool never turns an unchanged re-apply into a denial."""
+    if not isinstance(old, AutoscalerView):
+        return True
+    if new.target != old.target:
+        return True
+    if new.ceiling is None:
+        return False
+    return old.ceiling is None or new.ceiling > old.ceiling
+
+
 def _validate(
     view: DeploymentView | AutoscalerView,
     old_view: View | None,
@@ -422,6 +483,8 @@ def _validate(
     mode: Mode,
 ) -> Verdict:
     findings = evaluate(view, snapshot, policy)
+    if isinstance(view, AutoscalerView) and not ceiling_judged(view, old_view):
+        findings = [f for f in findings if f.rule != max_replicas_above_ceiling.RULE]
     if isinstance(view, DeploymentView) and isinstance(old_view, DeploymentView):
         # An UPDATE is denied for overlaps it creates, not for ones that were already there.
         # (Same pairs at the same or a lower severity; an update that raises a pair to an
@@ -437,7 +500,10 @@ def _validate(
         ]
         findings = immutable + findings
     errors = [f for f in findings if f.severity == "error"]
-    warnings = tuple(f"{f.rule}: {f.message}" for f in findings if f.severity == "warning")
+    # Each finding once (dict keeps the first of equal texts, in order).
+    warnings = tuple(
+        dict.fromkeys(f"{f.rule}: {f.message}" for f in findings if f.severity == "warning")
+    )
     if mode == "audit":
         return Verdict("allowed", findings=tuple(findings), mode=mode)
     if mode == "warn" or not errors:

@@ -24,7 +24,7 @@ from gpumix.manifests import (
     is_kubernetes_object,
     load_sources,
 )
-from webhook.rules import missing_max_replicas, selector_overlap
+from webhook.rules import missing_max_replicas, model_selector, selector_overlap
 from webhook.rules.base import Finding
 from webhook.rules.engine import evaluate_snapshot
 from webhook.rules.fixes import isolate_deployment, set_ceiling
@@ -125,8 +125,11 @@ def apply_fixes(
     snapshot: Snapshot,
     live_refs: set[ObjectRef],
     policy: Policy,
+    isolated: list[str] | None = None,
 ) -> list[str]:
-    """Fix the documents in place; return what still needs a human."""
+    """Fix the documents in place; return what still needs a human. ``isolated`` gets
+    the Deployments isolated as the first of a model group (what the webhook does at
+    CREATE, so Git and the cluster agree)."""
     notes: list[str] = []
     wanted = {(f.rule, f.subject) for f in findings if f.fixable}
     for src in sources:
@@ -135,7 +138,23 @@ def apply_fixes(
                 if not is_kubernetes_object(obj):
                     continue
                 view = view_of(obj, policy)
-                if isinstance(view, DeploymentView) and (selector_overlap.RULE, view.ref) in wanted:
+                if (
+                    isinstance(view, DeploymentView)
+                    and (selector_overlap.RULE, view.ref) not in wanted
+                    and view.ref not in live_refs
+                    and model_selector.selects_model_group(view, policy)
+                ):
+                    isolate_deployment(obj, view.gpu_type)
+                    doc.changed = True
+                    if isolated is not None:
+                        isolated.append(
+                            f"{view.ref}: its selector ({view.selector.describe()}) selects "
+                            f"model group {view.model} as a whole; isolated as the webhook "
+                            "does at CREATE"
+                        )
+                elif (
+                    isinstance(view, DeploymentView) and (selector_overlap.RULE, view.ref) in wanted
+                ):
                     if view.ref in live_refs:
                         notes.append(
                             f"{view.ref} exists in the cluster and spec.selector is immutable: "
@@ -232,7 +251,8 @@ def run(
     findings = evaluate_snapshot(snapshot, policy, subjects)
 
     if args.fix:
-        notes = apply_fixes(sources, findings, snapshot, live_refs, policy)
+        isolated: list[str] = []
+        notes = apply_fixes(sources, findings, snapshot, live_refs, policy, isolated)
         snapshot, subjects = build_snapshot(live, file_objects(sources), policy)
         remaining = evaluate_snapshot(snapshot, policy, subjects)
         notes += live_selector_notes(remaining, snapshot, live_refs, subjects)
@@ -250,6 +270,8 @@ def run(
         report = stderr if not args.in_place else stdout
         fixed = max(len(findings) - len(remaining), 0)
         report.write(f"# fixed {fixed} finding(s); {len(remaining)} still need a human\n")
+        for note in isolated:
+            report.write(f"# isolated {note}\n")
         for note in notes:
             report.write(f"# needs a human: {note}\n")
         if args.output == "json":

@@ -17,21 +17,27 @@ class GpuType:
     """What a Deployment runs on.
 
     ``kind`` is ``pinned`` (a named GPU type), ``mig`` (a MIG slice resource),
-    ``unpinned`` (requests GPUs but may land on any type) or ``cpu``.
-    ``source`` says where the answer came from, for messages.
+    ``unpinned`` (requests accelerators but may land on any type) or ``cpu``.
+    ``source`` says where the answer came from, for messages. ``key`` is the node
+    label key of a pin (``gpumix.io/gpu-type`` for the pod label), so the Nodes can
+    tell which names are one type. ``unread`` lists the node-label keys an unpinned
+    accelerator Deployment pins nodes by that gpumix does not read as a GPU type.
     """
 
     kind: GpuKind
     name: str | None = None
     source: str = ""
+    key: str = ""
+    unread: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
         if self.kind in ("pinned", "mig") and self.name:
             return self.name
-        return "unpinned GPU" if self.kind == "unpinned" else "CPU-only"
+        return "unpinned accelerator" if self.kind == "unpinned" else "CPU-only"
 
     def same_as(self, other: GpuType) -> bool:
+        """Same type by the object alone; ``Snapshot.same_gpu_type`` also asks the Nodes."""
         return (self.kind, self.name) == (other.kind, other.name)
 
 
@@ -72,14 +78,13 @@ def gpu_resources(pod_spec: Mapping[str, Any], policy: Policy) -> dict[str, int]
 def _container_gpus(container: object, policy: Policy) -> dict[str, int]:
     resources = as_mapping(as_mapping(container).get("resources"))
     seen: dict[str, int] = {}
-    names = policy.gpu_resource_names
     for section in ("requests", "limits"):  # limits overwrite requests
         amounts = resources.get(section)
         if not amounts:
             continue
         for name, qty in as_mapping(amounts).items():
-            if name in names or str(name).startswith(MIG_RESOURCE_PREFIX):
-                seen[str(name)] = _quantity(qty)
+            if isinstance(name, str) and policy.is_accelerator(name):
+                seen[name] = _quantity(qty)
     return seen
 
 
@@ -103,18 +108,30 @@ def _quantity(qty: object) -> int:
     return 0
 
 
-def _required_affinity_value(pod_spec: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str, str]:
+def _required_affinity_pins(pod_spec: Mapping[str, Any]) -> dict[str, str]:
+    """``key: value`` of each one-value ``In`` of a single required node-affinity term
+    (several terms are OR-ed: then no key pins one type)."""
     affinity = as_mapping(as_mapping(pod_spec.get("affinity")).get("nodeAffinity"))
+    if not affinity:
+        return {}
     required = as_mapping(affinity.get("requiredDuringSchedulingIgnoredDuringExecution"))
     terms = as_list(required.get("nodeSelectorTerms"))
     if len(terms) != 1:
-        return "", ""  # several terms are OR-ed: not one type
+        return {}
+    pins: dict[str, str] = {}
     for expr in as_list(as_mapping(terms[0]).get("matchExpressions")):
         e = as_mapping(expr)
         values = as_list(e.get("values"))
-        if e.get("key") in keys and e.get("operator") == "In" and len(values) == 1:
-            return str(e["key"]), str(values[0])
-    return "", ""
+        key = e.get("key")
+        if isinstance(key, str) and e.get("operator") == "In" and len(values) == 1:
+            pins.setdefault(key, str(values[0]))
+    return pins
+
+
+def _is_kubernetes_key(key: str) -> bool:
+    """Well-known labels of Kubernetes itself (zone, arch, os, hostname): never a type."""
+    prefix = key.partition("/")[0] if "/" in key else ""
+    return prefix in ("kubernetes.io", "k8s.io") or prefix.endswith((".kubernetes.io", ".k8s.io"))
 
 
 def gpu_type_of(template: Mapping[str, Any], policy: Policy) -> GpuType:
@@ -137,20 +154,34 @@ def gpu_facts(
     resources = gpu_resources(spec, policy)
     gpus = sum(resources.values())
     if labels.get(GPU_TYPE_LABEL):
-        return GpuType("pinned", labels[GPU_TYPE_LABEL], f"label {GPU_TYPE_LABEL}"), gpus
-    node_selector = as_mapping(spec.get("nodeSelector"))
-    for key in policy.gpu_node_label_keys:
-        value = node_selector.get(key)
-        if value and isinstance(value, str):
-            return GpuType("pinned", value, f"nodeSelector {key}"), gpus
-    key, value = _required_affinity_value(spec, policy.gpu_node_label_keys)
-    if value:
-        return GpuType("pinned", value, f"required node affinity {key}"), gpus
+        name = labels[GPU_TYPE_LABEL]
+        return GpuType("pinned", name, f"label {GPU_TYPE_LABEL}", GPU_TYPE_LABEL), gpus
+    node_selector = str_map(spec.get("nodeSelector"))
+    pins = _required_affinity_pins(spec)
+    # A machine type names a GPU type only for a Deployment that requests accelerators.
+    keys = policy.gpu_node_label_keys + (policy.instance_type_label_keys if resources else ())
+    if node_selector:
+        for key in keys:
+            value = node_selector.get(key)
+            if value:
+                return GpuType("pinned", value, f"nodeSelector {key}", key), gpus
+    if pins:
+        for key in keys:
+            value = pins.get(key)
+            if value:
+                return GpuType("pinned", value, f"required node affinity {key}", key), gpus
     migs = sorted(r for r in resources if r.startswith(MIG_RESOURCE_PREFIX))
     if migs:
         return GpuType("mig", migs[0], f"resource {migs[0]}"), gpus
     if resources:
-        return GpuType("unpinned", None, f"requests {', '.join(sorted(resources))}"), gpus
+        unread = tuple(
+            sorted(
+                k for k in {*node_selector, *pins} if k not in keys and not _is_kubernetes_key(k)
+            )
+        )
+        return GpuType(
+            "unpinned", None, f"requests {', '.join(sorted(resources))}", "", unread
+        ), gpus
     return CPU_ONLY, gpus
 
 
@@ -166,3 +197,9 @@ def node_gpu_names(labels: Mapping[str, str], policy: Policy) -> frozenset[str]:
     """Every GPU type name a node answers to (one per GPU label it carries)."""
     names = {labels[k] for k in (GPU_TYPE_LABEL, *policy.gpu_node_label_keys) if labels.get(k)}
     return frozenset(names)
+
+
+def node_type_labels(labels: Mapping[str, str], policy: Policy) -> dict[str, str]:
+    """The labels of a node that can pin a type: GPU keys and machine-type keys."""
+    keys = (GPU_TYPE_LABEL, *policy.gpu_node_label_keys, *policy.instance_type_label_keys)
+    return {k: labels[k] for k in keys if labels.get(k)}

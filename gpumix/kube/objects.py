@@ -17,8 +17,17 @@ from gpumix.kube.gputype import (
     gpu_facts,
     model_group,
     node_gpu_names,
+    node_type_labels,
 )
-from gpumix.kube.policy import DEFAULT_MAX_REPLICAS_ANNOTATION, MODE_LABEL, MODES, Mode, Policy
+from gpumix.kube.policy import (
+    DEFAULT_MAX_REPLICAS_ANNOTATION,
+    GPU_TYPE_LABEL,
+    MIG_RESOURCE_PREFIX,
+    MODE_LABEL,
+    MODES,
+    Mode,
+    Policy,
+)
 from gpumix.kube.selectors import Selector, SelectorError, parse_selector
 
 DEFAULT_NAMESPACE = "default"
@@ -59,8 +68,14 @@ class DeploymentView:
 
     @property
     def in_scope(self) -> bool:
-        """Requests GPUs or carries a model-group label (see DESIGN.md)."""
-        return self.gpus_per_replica > 0 or self.gpu_type.kind != "cpu" or self.model is not None
+        """Requests accelerators, carries a model-group label, or declares its GPU type
+        with the ``gpumix.io/gpu-type`` pod label (docs/design.md). Node selectors alone
+        never bring a Deployment in scope."""
+        return (
+            self.gpus_per_replica > 0
+            or self.model is not None
+            or self.gpu_type.key == GPU_TYPE_LABEL
+        )
 
 
 AutoscalerKind = Literal["HorizontalPodAutoscaler", "ScaledObject", "PodAutoscaler"]
@@ -118,6 +133,8 @@ class NodeView:
     gpu_names: frozenset[str]
     allocatable_gpus: int
     unschedulable: bool = False
+    type_labels: Mapping[str, str] = field(default_factory=dict)
+    """The node's labels that can pin a GPU type (GPU keys and machine-type keys)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +143,8 @@ class NamespaceView:
     mode: Mode | None = None
     default_max_replicas: int | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    invalid_mode: str | None = None
+    """The ``gpumix.io/mode`` label's value when it is not a mode (the policy's applies)."""
 
 
 View = DeploymentView | AutoscalerView | NodeView | NamespaceView
@@ -213,18 +232,27 @@ def node_view(obj: Mapping[str, Any], policy: Policy) -> NodeView:
     status = as_mapping(obj.get("status"))
     alloc = as_mapping(status.get("allocatable"))
     gpus = 0
-    for name in policy.gpu_resource_names:
-        value = alloc.get(name)
+    for name, value in alloc.items():
+        # whole accelerators; MIG slices are a type of their own, not GPUs of the node's
+        if not isinstance(name, str) or name.startswith(MIG_RESOURCE_PREFIX):
+            continue
+        if not policy.is_accelerator(name):
+            continue
         if isinstance(value, (int, str)):
             try:
                 gpus += int(value)
             except ValueError:
                 continue
+    names = node_gpu_names(labels, policy)
+    if gpus:  # a GPU node also answers to its machine type (a pin of accelerator requesters)
+        machine = {labels[k] for k in policy.instance_type_label_keys if labels.get(k)}
+        names = names | machine if machine else names
     return NodeView(
         name=name_of(obj),
-        gpu_names=node_gpu_names(labels, policy),
+        gpu_names=names,
         allocatable_gpus=gpus,
         unschedulable=bool(as_mapping(obj.get("spec")).get("unschedulable")),
+        type_labels=node_type_labels(labels, policy),
     )
 
 
@@ -242,7 +270,11 @@ def namespace_view(obj: Mapping[str, Any]) -> NamespaceView:
     if raw is not None and raw.strip().isascii() and raw.strip().isdigit() and int(raw) > 0:
         default_max = int(raw)
     return NamespaceView(
-        name=name_of(obj), mode=mode, default_max_replicas=default_max, labels=labels
+        name=name_of(obj),
+        mode=mode,
+        default_max_replicas=default_max,
+        labels=labels,
+        invalid_mode=mode_value if mode is None and mode_value is not None else None,
     )
 
 

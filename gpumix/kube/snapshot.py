@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpumix.kube.gputype import GpuType
 from gpumix.kube.objects import (
     AutoscalerView,
     DeploymentView,
@@ -29,7 +30,7 @@ from gpumix.kube.objects import (
     View,
     view_of,
 )
-from gpumix.kube.policy import Policy
+from gpumix.kube.policy import GPU_TYPE_LABEL, Policy
 from gpumix.kube.selectors import Selector
 
 
@@ -100,9 +101,12 @@ class Snapshot:
         self.namespaces: dict[str, NamespaceView] = {}
         self._index: dict[str, _NamespaceIndex] = {}
         self._targets: dict[ObjectRef, set[ObjectRef]] = {}
-        # GPU capacity per type, computed on first use and forgotten when a Node changes
-        # (admission asks for it on every autoscaler; Nodes change far less often)
+        # GPU capacity per type and the Nodes' name of a pinned type, computed on first
+        # use and forgotten when a Node changes (admission asks on every autoscaler and
+        # overlap; Nodes change far less often)
         self._capacity: dict[str, int | None] = {}
+        self._pin_capacity: dict[tuple[str, str], int | None] = {}
+        self._canonical: dict[tuple[str, str], str] = {}
 
     # -- building ---------------------------------------------------------------
     @classmethod
@@ -126,9 +130,14 @@ class Snapshot:
                 self._targets.setdefault(view.target, set()).add(view.ref)
         elif isinstance(view, NodeView):
             self.nodes[view.name] = view
-            self._capacity.clear()
+            self._nodes_changed()
         else:
             self.namespaces[view.name] = view
+
+    def _nodes_changed(self) -> None:
+        self._capacity.clear()
+        self._pin_capacity.clear()
+        self._canonical.clear()
 
     def remove_deployment(self, ref: ObjectRef) -> None:
         old = self.deployments.pop(ref, None)
@@ -153,7 +162,7 @@ class Snapshot:
             self.remove_deployment(ObjectRef(kind, namespace, name))
         elif kind == "Node":
             self.nodes.pop(name, None)
-            self._capacity.clear()
+            self._nodes_changed()
         elif kind == "Namespace":
             self.namespaces.pop(name, None)
         else:
@@ -183,15 +192,68 @@ class Snapshot:
         return self.deployments.get(ref) if ref.kind == "Deployment" else None
 
     def gpu_capacity(self, gpu_name: str) -> int | None:
-        """Allocatable GPUs on schedulable Nodes of this GPU type; None if no Node has it."""
+        """Allocatable GPUs on the Nodes of this GPU type; None if no Node has it.
+
+        Cordoned Nodes count: a drain is temporary, and a ceiling is about what the pool
+        holds, not what is schedulable this minute (docs/design.md, "Ceilings")."""
         if gpu_name in self._capacity:
             return self._capacity[gpu_name]
         total: int | None = None
         for node in self.nodes.values():
-            if gpu_name in node.gpu_names and not node.unschedulable:
+            if gpu_name in node.gpu_names:
                 total = (total or 0) + node.allocatable_gpus
         self._capacity[gpu_name] = total
         return total
+
+    def type_capacity(self, gpu_type: GpuType) -> int | None:
+        """Allocatable GPUs on the Nodes a pinned type lands on (the Nodes whose label
+        ``gpu_type.key`` has its name, cordoned ones too); by name when it has no key."""
+        if gpu_type.name is None:
+            return None
+        if not gpu_type.key:
+            return self.gpu_capacity(gpu_type.name)
+        pin = (gpu_type.key, gpu_type.name)
+        if pin in self._pin_capacity:
+            return self._pin_capacity[pin]
+        total: int | None = None
+        for node in self._pinned_nodes(pin):
+            total = (total or 0) + node.allocatable_gpus
+        self._pin_capacity[pin] = total
+        return total
+
+    def _pinned_nodes(self, pin: tuple[str, str]) -> list[NodeView]:
+        key, value = pin
+        if key == GPU_TYPE_LABEL:  # the pod label names a type, by any GPU label of a Node
+            return [n for n in self.nodes.values() if value in n.gpu_names]
+        return [n for n in self.nodes.values() if n.type_labels.get(key) == value]
+
+    def gpu_type_name(self, gpu_type: GpuType) -> str | None:
+        """The name the Nodes give a pinned type: among the labels every Node of the pin
+        carries with one value, the first by the policy's key order (``gpumix.io/gpu-type``,
+        then ``gpuNodeLabelKeys``, then machine-type keys). So ``p4d.24xlarge`` (machine
+        type) and ``NVIDIA-A100-SXM4-80GB`` (GPU product) on the same Nodes are one type.
+        Without Nodes (or a key) the pin's own value."""
+        if gpu_type.kind != "pinned" or gpu_type.name is None or not gpu_type.key:
+            return gpu_type.name
+        pin = (gpu_type.key, gpu_type.name)
+        cached = self._canonical.get(pin)
+        if cached is not None:
+            return cached
+        nodes = self._pinned_nodes(pin)
+        name = gpu_type.name
+        if nodes:
+            for key, value in nodes[0].type_labels.items():
+                if all(n.type_labels.get(key) == value for n in nodes[1:]):
+                    name = value
+                    break
+        self._canonical[pin] = name
+        return name
+
+    def same_gpu_type(self, a: GpuType, b: GpuType) -> bool:
+        """Whether two Deployments run on one GPU type, by their pins and the Nodes."""
+        if a.kind != "pinned" or b.kind != "pinned":
+            return a.same_as(b)
+        return a.name == b.name or self.gpu_type_name(a) == self.gpu_type_name(b)
 
     def namespace(self, name: str) -> NamespaceView | None:
         return self.namespaces.get(name)

@@ -630,3 +630,53 @@ def test_document_on_the_marker_line_is_read(
 def test_stdin_cannot_feed_both_inputs(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "-f", "-", "--cluster-state", "-"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_fix_isolates_the_first_of_a_model_group_as_the_webhook_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One per-GPU Deployment selecting by its model label alone: nothing to report (it
+    captures nobody yet), but --fix writes the isolation the webhook adds at CREATE, so
+    Git and the cluster agree and a second GPU type can be added later."""
+    docs = [d for d in BEFORE.read_text(encoding="utf-8").split("---\n") if A100 in d]
+    lone = docs[0].replace(
+        "    spec:\n      containers:",
+        "    spec:\n      nodeSelector:\n        nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB\n"
+        "      containers:",
+    )
+    f = write(tmp_path / "lone.yaml", lone)
+    assert run(capsys, "-f", str(f)) == (0, "no findings\n", "")
+    code, fixed, err = run(capsys, "-f", str(f), "--fix")
+    assert code == 0
+    assert f"# isolated Deployment default/{A100}: its selector" in err
+    assert fixed.count(f"gpumix.io/deployment: {A100}") == 2
+    again = write(tmp_path / "again.yaml", fixed)
+    _, fixed_twice, err = run(capsys, "-f", str(again), "--fix")
+    assert fixed_twice == fixed and "# isolated" not in err
+
+
+def test_cpu_apps_pinned_to_machine_types_are_out_of_scope(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = []
+    for name, machine in (("store-a", "m6i.2xlarge"), ("store-b", "m7g.2xlarge")):
+        docs.append(f"""
+            apiVersion: apps/v1
+            kind: Deployment
+            metadata:
+              name: {name}
+            spec:
+              selector:
+                matchLabels: {{app: storefront}}
+              template:
+                metadata:
+                  labels: {{app: storefront}}
+                spec:
+                  nodeSelector:
+                    node.kubernetes.io/instance-type: {machine}
+                  containers:
+                    - name: nginx
+                      image: nginx:1.27
+            """)
+    f = write(tmp_path / "shop.yaml", "---\n".join(textwrap.dedent(d) for d in docs))
+    assert run(capsys, "-f", str(f)) == (0, "no findings\n", "")

@@ -21,15 +21,16 @@ from .envtest import Envtest
 from .gpumix_env import Obj, Webhook, wait_until
 
 PRODUCT_KEY = "nvidia.com/gpu.product"
-MODEL_KEY = "model.aibrix.ai/name"
 PROBE_PERIOD_S = 0.2
 NOT_CURRENT = "not current"
 
 
-def model_deployment(name: str, namespace: str, model: str, product: str) -> Obj:
-    """One per-GPU-type Deployment of ``model`` selecting its pods by the model label
-    alone: two of them on different GPU types select each other's pods."""
-    labels = {MODEL_KEY: model}
+def model_deployment(name: str, namespace: str, app: str, product: str) -> Obj:
+    """One per-GPU-type Deployment of ``app`` selecting its pods by the ``app`` label
+    alone: two of them on different GPU types select each other's pods. (No model-group
+    label: the first of such a pair is not isolated at its create, so the second one
+    overlaps a Deployment that no change to it can fix, and is denied.)"""
+    labels = {"app": app}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

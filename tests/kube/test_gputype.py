@@ -136,7 +136,7 @@ def test_required_node_affinity_single_in_value() -> None:
 def test_affinity_that_does_not_pin_one_type(aff: Any) -> None:
     gt = gpu_type_of(template(affinity=aff, limits={"nvidia.com/gpu": "2"}), POLICY)
     assert gt.kind == "unpinned"
-    assert gt.label == "unpinned GPU"
+    assert gt.label == "unpinned accelerator"
 
 
 def test_mig_resource() -> None:
@@ -229,3 +229,60 @@ def test_node_gpu_names() -> None:
     labels = {"nvidia.com/gpu.product": "NVIDIA-A100", "gpumix.io/gpu-type": "A100", "x": "y"}
     assert node_gpu_names(labels, POLICY) == {"NVIDIA-A100", "A100"}
     assert node_gpu_names({}, POLICY) == frozenset()
+
+
+# --------------------------------------------------------------------------- keys and scope
+
+
+def test_machine_type_is_a_gpu_type_only_for_accelerator_requesters() -> None:
+    pin = {"node.kubernetes.io/instance-type": "p4d.24xlarge"}
+    assert gpu_type_of(template(node_selector=pin), POLICY) == CPU_ONLY
+    gt = gpu_type_of(template(node_selector=pin, limits={"nvidia.com/gpu": 8}), POLICY)
+    assert (gt.kind, gt.name, gt.key) == (
+        "pinned",
+        "p4d.24xlarge",
+        "node.kubernetes.io/instance-type",
+    )
+    # a GPU key wins over the machine type, whatever the order in the nodeSelector
+    both = {**pin, "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    gt = gpu_type_of(template(node_selector=both, limits={"nvidia.com/gpu": 8}), POLICY)
+    assert (gt.name, gt.key) == ("NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu.product")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "accelerator",
+        "aliyun.accelerator/nvidia_name",
+        "eks.tke.cloud.tencent.com/gpu-type",
+        "cloud.google.com/gke-tpu-accelerator",
+        "karpenter.k8s.aws/instance-gpu-name",
+    ],
+)
+def test_well_known_gpu_keys_are_read_by_default(key: str) -> None:
+    gt = gpu_type_of(template(node_selector={key: "X"}, limits={"nvidia.com/gpu": 1}), POLICY)
+    assert (gt.kind, gt.name, gt.key) == ("pinned", "X", key)
+
+
+def test_tpu_deployments_are_accelerator_workloads() -> None:
+    t = template(
+        node_selector={"cloud.google.com/gke-tpu-accelerator": "tpu-v5-lite-podslice"},
+        limits={"google.com/tpu": 4},
+    )
+    gt = gpu_type_of(t, POLICY)
+    assert (gt.kind, gt.name) == ("pinned", "tpu-v5-lite-podslice")
+    assert gpus_per_replica(t, POLICY) == 4
+    assert gpu_type_of(template(limits={"google.com/tpu": 4}), POLICY).label == (
+        "unpinned accelerator"
+    )
+
+
+def test_unreadable_pin_of_an_accelerator_deployment_is_named() -> None:
+    t = template(
+        node_selector={"example.com/gpu": "a100", "topology.kubernetes.io/zone": "z1"},
+        limits={"nvidia.com/gpu": 1},
+    )
+    gt = gpu_type_of(t, POLICY)
+    assert gt.kind == "unpinned" and gt.unread == ("example.com/gpu",)
+    # a CPU app's pins are nobody's business
+    assert gpu_type_of(template(node_selector={"example.com/gpu": "a100"}), POLICY) == CPU_ONLY

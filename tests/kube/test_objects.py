@@ -201,7 +201,7 @@ def test_node_view() -> None:
         "status": {"allocatable": {"nvidia.com/gpu": "8", "amd.com/gpu": 2, "cpu": "64"}},
     }
     v = view_of(obj, POLICY)
-    assert v == NodeView("n1", frozenset({"A100"}), 10, True)
+    assert v == NodeView("n1", frozenset({"A100"}), 10, True, {"nvidia.com/gpu.product": "A100"})
     obj["status"] = {"allocatable": {"nvidia.com/gpu": "8.5"}}
     v = view_of(obj, POLICY)
     assert isinstance(v, NodeView) and v.allocatable_gpus == 0
@@ -237,6 +237,16 @@ def test_namespace_unknown_mode() -> None:
         POLICY,
     )
     assert isinstance(v, NamespaceView) and v.mode is None
+    assert v.invalid_mode == "loud"  # kept, so admission can say it is ignored
+    ok = view_of(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": "ml", "labels": {"gpumix.io/mode": "warn"}},
+        },
+        POLICY,
+    )
+    assert isinstance(ok, NamespaceView) and ok.invalid_mode is None
 
 
 def test_object_ref() -> None:
@@ -255,3 +265,25 @@ def test_other_kinds_have_no_view() -> None:
         view_of({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}, POLICY) is None
     )
     assert view_of({"kind": 3}, POLICY) is None
+
+
+def test_gpu_node_answers_to_its_machine_type_and_a_cpu_node_does_not() -> None:
+    def node_obj(gpus: int) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": "n",
+                "labels": {
+                    "node.kubernetes.io/instance-type": "p4d.24xlarge",
+                    "nvidia.com/gpu.product": "A100",
+                },
+            },
+            "status": {"allocatable": {"nvidia.com/gpu": str(gpus), "google.com/tpu": "0"}},
+        }
+
+    gpu = view_of(node_obj(8), POLICY)
+    assert isinstance(gpu, NodeView) and gpu.gpu_names == {"A100", "p4d.24xlarge"}
+    cpu = view_of(node_obj(0), POLICY)
+    assert isinstance(cpu, NodeView) and cpu.gpu_names == {"A100"}
+    assert cpu.type_labels["node.kubernetes.io/instance-type"] == "p4d.24xlarge"

@@ -186,7 +186,7 @@ def from_objects_nodes() -> Snapshot:
 
 def test_gpu_capacity_and_namespaces() -> None:
     snap = from_objects_nodes()
-    assert snap.gpu_capacity("A100") == 16
+    assert snap.gpu_capacity("A100") == 24  # the cordoned n3 counts: a drain is temporary
     assert snap.gpu_capacity("A40") == 4
     assert snap.gpu_capacity("L20") is None
     ns = snap.namespace("ml")
@@ -201,10 +201,42 @@ def test_gpu_capacity_and_namespaces() -> None:
 def test_gpu_capacity_follows_node_changes_after_it_was_asked() -> None:
     """Capacity is remembered between questions, and forgotten when a Node changes."""
     snap = from_objects_nodes()
-    assert snap.gpu_capacity("A100") == 16 and snap.gpu_capacity("L20") is None
-    for obj in (node("n5", "L20", 2), node("n1", "A100", 8, unschedulable=True)):
+    assert snap.gpu_capacity("A100") == 24 and snap.gpu_capacity("L20") is None
+    for obj in (node("n5", "L20", 2), node("n1", "A100", 4)):
         view = view_of(obj, POLICY)
         assert view is not None
         snap.put(view)
-    assert snap.gpu_capacity("A100") == 8  # n1 cordoned
+    assert snap.gpu_capacity("A100") == 20  # n1 now has 4
     assert snap.gpu_capacity("L20") == 2  # a new Node of a type not seen before
+
+
+def test_two_label_keys_on_the_same_nodes_are_one_gpu_type() -> None:
+    from gpumix.kube.gputype import GpuType
+
+    def a100_node(name: str, cordoned: bool = False) -> dict[str, Any]:
+        labels = {
+            "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+            "node.kubernetes.io/instance-type": "p4d.24xlarge",
+        }
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"unschedulable": cordoned},
+            "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+        }
+
+    by_machine = GpuType("pinned", "p4d.24xlarge", "", "node.kubernetes.io/instance-type")
+    by_product = GpuType("pinned", "NVIDIA-A100-SXM4-80GB", "", "nvidia.com/gpu.product")
+    l4 = GpuType("pinned", "NVIDIA-L4", "", "nvidia.com/gpu.product")
+    snap = Snapshot()
+    assert not snap.same_gpu_type(by_machine, by_product)  # no Nodes say so (yet)
+    for obj in (a100_node("n1"), a100_node("n2", cordoned=True)):
+        view = view_of(obj, POLICY)
+        assert view is not None
+        snap.put(view)
+    assert snap.same_gpu_type(by_machine, by_product)
+    assert snap.gpu_type_name(by_machine) == "NVIDIA-A100-SXM4-80GB"
+    assert not snap.same_gpu_type(by_machine, l4)
+    assert snap.type_capacity(by_machine) == 16 and snap.type_capacity(by_product) == 16
+    assert snap.type_capacity(l4) is None

@@ -124,7 +124,7 @@ async def test_mutate_leaves_an_unfixable_overlap_to_validation(served: Served) 
 
 
 async def test_disjoint_deployment_is_admitted_untouched(served: Served) -> None:
-    obj = deployment("other", gpu_product=A40, model="mistral")
+    obj = deployment("other", selector={"app": "other"}, gpu_product=A40, model="mistral")
     for path in ("/mutate", "/validate"):
         _, out = await served.post(path, review_body(obj))
         assert out["response"]["allowed"] is True

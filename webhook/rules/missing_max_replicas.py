@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpumix.kube.objects import AutoscalerView
+from gpumix.kube.objects import AutoscalerView, DeploymentView
 from gpumix.kube.policy import DEFAULT_MAX_REPLICAS_ANNOTATION, Policy
 from gpumix.kube.snapshot import Snapshot
 from webhook.rules.base import Finding
@@ -20,7 +20,7 @@ def default_ceiling(scaler: AutoscalerView, snapshot: Snapshot, policy: Policy) 
         else policy.default_max_replicas
     )
     value = min(value, policy.hard_max_replicas)
-    capacity = capacity_replicas(scaler, snapshot)
+    capacity = capacity_replicas(scaler, snapshot, policy)
     if capacity is not None:
         value = min(value, max(capacity, 1))
     if scaler.floor is not None and scaler.floor > value:
@@ -28,14 +28,37 @@ def default_ceiling(scaler: AutoscalerView, snapshot: Snapshot, policy: Policy) 
     return value
 
 
-def capacity_replicas(scaler: AutoscalerView, snapshot: Snapshot) -> int | None:
-    """How many replicas of the target fit on the GPUs of its type, when known."""
+def pool_gpus(dep: DeploymentView, snapshot: Snapshot, policy: Policy) -> int | None:
+    """GPUs the pool of the Deployment's type can hold, when known: the allocatable
+    GPUs of its Nodes (cordoned ones too), or the policy's ``gpuPoolCapacity`` for the
+    type when that is more (a pool that scales out, or from zero)."""
+    if dep.gpus_per_replica <= 0 or dep.gpu_type.name is None:
+        return None
+    present = snapshot.type_capacity(dep.gpu_type)
+    declared = _declared(dep, snapshot, policy)
+    if declared is None:
+        return present
+    return declared if present is None else max(present, declared)
+
+
+def _declared(dep: DeploymentView, snapshot: Snapshot, policy: Policy) -> int | None:
+    pools = policy.gpu_pool_capacity
+    if not pools:
+        return None
+    for name in (dep.gpu_type.name, snapshot.gpu_type_name(dep.gpu_type)):
+        if name is not None and name in pools:
+            return pools[name]
+    return None
+
+
+def capacity_replicas(scaler: AutoscalerView, snapshot: Snapshot, policy: Policy) -> int | None:
+    """How many replicas of the target fit on the GPUs its type's pool holds, when known."""
     if scaler.target is None:
         return None
     dep = snapshot.deployment(scaler.target)
-    if dep is None or dep.gpus_per_replica <= 0 or dep.gpu_type.name is None:
+    if dep is None:
         return None
-    gpus = snapshot.gpu_capacity(dep.gpu_type.name)
+    gpus = pool_gpus(dep, snapshot, policy)
     if gpus is None:
         return None
     return gpus // dep.gpus_per_replica

@@ -1,18 +1,16 @@
 """Rule ``selector-overlap``: two Deployments in a namespace select overlapping pods.
 
-Two selectors overlap when some label set satisfies both (exact test).  Among
-overlapping pairs with at least one in-scope Deployment:
+A pair is reported only when one selector *captures* the other's pods (it
+matches the other's pod template), and at least one of the two is in scope:
 
-- error, when one selector captures the other's pod template (it selects the
-  other's pods today) and their GPU types differ or either is the target of an
-  autoscaler (its autoscaler would count the other's pods);
-- warning, for any other captured pair, and for a pair that shares a selector
-  key but captures nothing (a pod could be labelled for both);
-- nothing, for selectors on unrelated keys that capture nothing (``app: web`` vs
-  ``model: llama``): any two such selectors "overlap" in theory, and flagging
-  them would drown the real findings.
+- error, when their GPU types differ, or a Deployment whose selector captures
+  the other's pods is the target of an autoscaler (that autoscaler counts them);
+- warning, for any other captured pair (two controllers own the same pods).
 
-Two out-of-scope Deployments (ordinary CPU apps) are never flagged.
+Selectors that overlap only in theory (a pod would need labels neither pod
+template has) are not reported: nothing is selected twice, and no change to the
+pair could clear such a warning. Two out-of-scope Deployments (ordinary CPU
+apps) are never flagged.
 """
 
 from __future__ import annotations
@@ -54,30 +52,27 @@ def pair_finding(
     fixable: bool,
     explain: bool = True,
 ) -> Finding | None:
-    witness = overlap_witness(dep.selector, other.selector)
-    if witness is None:
-        return None
     # Each fact is computed once here and handed to the message (a hot path: admission).
     takes_other = dep.selector.matches(other.template_labels)
     taken_by_other = other.selector.matches(dep.template_labels)
-    captured = takes_other or taken_by_other
-    if not captured and not (dep.selector.keys & other.selector.keys):
-        # Selectors on unrelated keys: only a pod labelled on purpose for both would match.
-        return None
+    if not (takes_other or taken_by_other):
+        return None  # nothing is selected twice (an overlap in theory only)
     if not (dep.in_scope or other.in_scope):
         return None
     dep_ref, other_ref = dep.ref, other.ref
-    same_type = dep.gpu_type.same_as(other.gpu_type)
-    autoscaled = snapshot.is_autoscaled(dep_ref) or snapshot.is_autoscaled(other_ref)
-    # An error when one captures the other's pods and the GPU types differ or either is
-    # autoscaled (a scaler counts the other's pods); two Deployments of one type without
-    # autoscalers only warn, and so does a pair where no pod template is selected by both
-    # (possible, not actual).
-    severity: Severity = "error" if captured and (not same_type or autoscaled) else "warning"
+    same_type = snapshot.same_gpu_type(dep.gpu_type, other.gpu_type)
+    # Only the autoscaler of a Deployment whose selector takes the other's pods counts them.
+    autoscaled = (takes_other and snapshot.is_autoscaled(dep_ref)) or (
+        taken_by_other and snapshot.is_autoscaled(other_ref)
+    )
+    severity: Severity = "error" if not same_type or autoscaled else "warning"
     if not explain:
         message = f"selector of {dep_ref} overlaps the selector of {other_ref}"
         return Finding(RULE, severity, dep_ref, message, (other_ref,), fixable=fixable)
-    scalers = snapshot.autoscalers_targeting(dep_ref) + snapshot.autoscalers_targeting(other_ref)
+    witness = overlap_witness(dep.selector, other.selector) or {}
+    scalers = (snapshot.autoscalers_targeting(dep_ref) if takes_other else []) + (
+        snapshot.autoscalers_targeting(other_ref) if taken_by_other else []
+    )
     shared = ", ".join(f"{k}={v}" for k, v in sorted(witness.items())) or "any labels"
     why = []
     if not same_type:
@@ -85,6 +80,14 @@ def pair_finding(
     if scalers:
         names = ", ".join(str(s.ref) for s in scalers)
         why.append(f"autoscaled by {names}, which would count the other's pods")
+    for d in (dep, other):
+        if d.gpu_type.unread:
+            keys = ", ".join(d.gpu_type.unread)
+            why.append(
+                f"{d.name} requests accelerators and pins nodes by {keys}, which gpumix does "
+                "not read as a GPU type: if it names the GPU model, add it to the policy's "
+                "gpuNodeLabelKeys"
+            )
     if takes_other:
         why.append(f"its selector matches the pod template of {other.name}")
     if taken_by_other:

@@ -210,12 +210,12 @@ def test_selectors_on_unrelated_keys_that_capture_nothing_are_not_flagged() -> N
     assert overlap_findings(web, llama) == []
 
 
-def test_shared_key_without_capture_is_only_a_warning() -> None:
-    # Each selector pins a key the other's template lacks: nothing is selected by
-    # both today, but a pod labelled for both would be.
+def test_shared_key_without_capture_is_not_reported() -> None:
+    # Each selector pins a key the other's template lacks: nothing is selected by both,
+    # so nothing is reported (a warning here could never be cleared by either side).
     a = dep("a100", {**MODEL, "app": "a100"}, gpu="A100", gpus=1)
     b = dep("a40", {**MODEL, "gpumix.io/deployment": "a40"}, gpu="A40", gpus=1)
-    assert overlap_findings(a, b) == [("warning", "a100", "a40"), ("warning", "a40", "a100")]
+    assert overlap_findings(a, b) == []
 
 
 def test_unexplained_findings_judge_every_pair_alike() -> None:
@@ -249,3 +249,73 @@ def test_unexplained_findings_judge_every_pair_alike() -> None:
         )
         severities |= {f.severity for f in full}
     assert severities == {"error", "warning"}
+
+
+# --------------------------------------------------------------------------- semantics
+
+
+def test_cpu_apps_pinned_to_different_machine_types_are_not_flagged() -> None:
+    def web(name: str, machine: str) -> dict[str, Any]:
+        d = dep(name, {"app": "storefront"})
+        d["spec"]["template"]["spec"]["nodeSelector"] = {
+            "node.kubernetes.io/instance-type": machine
+        }
+        return d
+
+    assert overlap_findings(web("a", "m6i.2xlarge"), web("b", "m7g.2xlarge")) == []
+
+
+def test_machine_type_and_gpu_product_on_the_same_nodes_are_one_type() -> None:
+    a = dep("a", MODEL, gpus=1)
+    a["spec"]["template"]["spec"]["nodeSelector"] = {
+        "node.kubernetes.io/instance-type": "p4d.24xlarge"
+    }
+    b = dep("b", MODEL, gpu="NVIDIA-A100-SXM4-80GB", gpus=1)
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": "n1",
+            "labels": {
+                "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+                "node.kubernetes.io/instance-type": "p4d.24xlarge",
+            },
+        },
+        "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+    }
+    # without Nodes the two names are two types; the Nodes show they are one
+    assert overlap_findings(a, b) == [("error", "a", "b"), ("error", "b", "a")]
+    assert overlap_findings(a, b, node) == [("warning", "a", "b"), ("warning", "b", "a")]
+
+
+def test_pin_by_a_key_gpumix_cannot_read_is_named_with_the_setting() -> None:
+    a = dep("a100", MODEL, gpus=1)
+    a["spec"]["template"]["spec"]["nodeSelector"] = {"example.com/gpu": "a100"}
+    b = dep("l4", MODEL, gpus=1)
+    b["spec"]["template"]["spec"]["nodeSelector"] = {"example.com/gpu": "l4"}
+    snap = Snapshot.from_objects([a, b], POLICY)
+    (f, _) = evaluate_snapshot(snap, POLICY)
+    assert f.severity == "warning"
+    assert "pins nodes by example.com/gpu, which gpumix does not read as a GPU type" in f.message
+    assert "gpuNodeLabelKeys" in f.message
+    keyed = Policy(gpu_node_label_keys=("example.com/gpu",))
+    snap = Snapshot.from_objects([a, b], keyed)
+    assert {x.severity for x in evaluate_snapshot(snap, keyed)} == {"error"}
+
+
+def test_only_the_autoscaler_of_the_capturing_side_counts() -> None:
+    """broad captures narrow's pods, not the other way round: narrow's autoscaler counts
+    only its own pods, so it does not make the pair an error nor appear in the message."""
+    broad = dep("broad", {"app": "s"}, gpu="A40", gpus=1)
+    narrow = dep("narrow", {"app": "s", "track": "canary"}, gpu="A40", gpus=1)
+    snap = Snapshot.from_objects([broad, narrow, hpa("h", "narrow")], POLICY)
+    got = [f for f in evaluate_snapshot(snap, POLICY) if f.rule == selector_overlap.RULE]
+    assert {(f.severity, f.subject.name) for f in got} == {
+        ("warning", "broad"),
+        ("warning", "narrow"),
+    }
+    assert not any("autoscaled by" in f.message for f in got)
+    snap = Snapshot.from_objects([broad, narrow, hpa("h", "broad")], POLICY)
+    got = [f for f in evaluate_snapshot(snap, POLICY) if f.rule == selector_overlap.RULE]
+    assert {f.severity for f in got} == {"error"}
+    assert all("autoscaled by HorizontalPodAutoscaler ml/h" in f.message for f in got)
