@@ -238,10 +238,13 @@ def not_an_object(data: Mapping[str, Any]) -> str | None:
     api_version, kind = data.get("apiVersion"), data.get("kind")
     if api_version is None and kind is None:
         return "not a Kubernetes object (no apiVersion and kind)"
+    problems = []
     for key, value in (("apiVersion", api_version), ("kind", kind)):
         if not isinstance(value, str) or not value:
             what = "missing" if value is None else "empty" if value == "" else _describe(value)
-            return f"not a Kubernetes object ({key} is {what})"
+            problems.append(f"{key} is {what}")
+    if problems:
+        return f"not a Kubernetes object ({', '.join(problems)})"
     return None
 
 
