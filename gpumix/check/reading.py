@@ -81,6 +81,12 @@ class FileResult:
     errors: list[Note] = field(default_factory=list)
 
 
+def read_file(path: str) -> str:
+    """The text of a file as it is (line endings kept: ``--fix`` writes them back)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read()
+
+
 # -- which files ---------------------------------------------------------------------
 def excluded(path: str, root: str, patterns: Iterable[str]) -> bool:
     """``--exclude`` globs match the path as given, the path below the ``-f``

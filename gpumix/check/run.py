@@ -33,6 +33,7 @@ from gpumix.check.reading import (
     Note,
     Reader,
     is_kustomization_file,
+    read_file,
     walk,
 )
 from gpumix.kube.objects import AutoscalerView, DeploymentView, ObjectRef, View
@@ -326,7 +327,7 @@ def read_source(
         text = overrides[src.name]
     if text is None:
         try:
-            text = Path(src.name).read_text(encoding="utf-8")
+            text = read_file(src.name)
         except (OSError, UnicodeDecodeError) as exc:
             report.errors.append(Note(src.name, 0, f"cannot read: {exc}"))
             return FileResult()
@@ -392,7 +393,7 @@ def apply_plans(
     for name, file_plans in by_file.items():
         text = report.texts.get(name)
         if text is None:
-            text = Path(name).read_text(encoding="utf-8")
+            text = read_file(name)
         targets = [Target(p.doc, p.item, _mutation(p)) for p in file_plans]
         try:
             fixed[name] = edit_file(text, name.endswith(".json"), targets)
@@ -450,4 +451,4 @@ def iter_printable(report: Report, fixed: Mapping[str, str]) -> Iterator[tuple[s
         elif name in report.texts:
             yield name, report.texts[name]
         else:
-            yield name, Path(name).read_text(encoding="utf-8")
+            yield name, read_file(name)

@@ -63,9 +63,7 @@ def test_hidden_prowlabels_file_does_not_stop_the_check(repo: Path, capsys: Caps
         ".github/workflows/ci.yaml",
     ],
 )
-def test_non_kubernetes_yaml_is_skipped_not_an_error(
-    path: str, repo: Path, capsys: Capsys
-) -> None:
+def test_non_kubernetes_yaml_is_skipped_not_an_error(path: str, repo: Path, capsys: Capsys) -> None:
     code, doc = run_json(capsys, "-f", str(repo / path))
     assert code == 0
     assert doc["inputErrors"] == [] and doc["findings"] == []
@@ -76,8 +74,10 @@ def test_the_whole_repository(repo: Path, capsys: Capsys) -> None:
     code, doc = run_json(capsys, "-f", str(repo))
     assert doc["inputErrors"] == []
     assert code == 1
-    found = {(f["rule"], f["severity"], f["name"], Path(f["file"]).relative_to(repo).as_posix())
-             for f in doc["findings"]}
+    found = {
+        (f["rule"], f["severity"], f["name"], Path(f["file"]).relative_to(repo).as_posix())
+        for f in doc["findings"]
+    }
     assert found == {
         ("missing-max-replicas", "error", "llama-a40", "deploy/base/autoscaling.yaml"),
         # the dev copy of the tutorial overlaps; the prod copy is fixed
@@ -189,9 +189,7 @@ def test_group_dir_checks_each_directory_alone(repo: Path, capsys: Capsys) -> No
     assert "2 errors, 0 warnings" in out  # no duplicates inside a directory
 
 
-def test_the_same_object_twice_in_one_directory_is_an_error(
-    tmp_path: Path, capsys: Capsys
-) -> None:
+def test_the_same_object_twice_in_one_directory_is_an_error(tmp_path: Path, capsys: Capsys) -> None:
     a = write(tmp_path / "a.yaml", deployment("x", "A100", distinct=True))
     b = write(tmp_path / "b.yaml", "# again\n" + deployment("x", "A100", distinct=False))
     code, doc = run_json(capsys, "-f", str(tmp_path))
