@@ -241,7 +241,7 @@ items:
 """
     f = tmp_path / "alias.yaml"
     f.write_text(text, encoding="utf-8")
-    code, out, err = run(capsys, "-f", str(f), "--fix", "--in-place")
+    code, out, _ = run(capsys, "-f", str(f), "--fix", "--in-place")
     assert code == 1
     assert f.read_text(encoding="utf-8") == text
     assert f"# needs a human: {f}:4: not fixed" in out

@@ -155,7 +155,7 @@ def test_kustomize_renders_the_overlay(repo: Path, capsys: Capsys) -> None:
 
 def test_kustomize_of_a_broken_directory_is_an_input_error(tmp_path: Path, capsys: Capsys) -> None:
     write(tmp_path / "kustomization.yaml", "resources: [missing.yaml]\n")
-    code, out, err = run(capsys, "-k", str(tmp_path))
+    code, _, err = run(capsys, "-k", str(tmp_path))
     assert code == 2
     assert err.startswith(f"error: {tmp_path}: kubectl kustomize failed: ")
 
