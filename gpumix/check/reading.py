@@ -343,15 +343,15 @@ class Reader:
             result.skipped.append(Note(name, 0, f"kustomize file, {role}: not judged or edited"))
             return result
         try:
-            documents = list(enumerate(iter_nodes(text)))
+            # one document at a time: its nodes are dropped once its entries are made
+            for index, (node, data) in enumerate(iter_nodes(text)):
+                self._document(name, unit, index, node, data, result)
         except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
+            result = FileResult()
             if name.endswith(".json"):
                 self._read_json(name, text, unit, result)
             else:
                 self._read_chunks(name, text, unit, result, exc)
-            return result
-        for index, (node, data) in documents:
-            self._document(name, unit, index, node, data, result)
         return result
 
     def _read_json(self, name: str, text: str, unit: str, result: FileResult) -> None:
