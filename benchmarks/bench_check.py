@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import os
 import platform
 import subprocess
@@ -180,7 +181,7 @@ def main_(argv: list[str] | None = None) -> None:
                 f"{t_check / t_base:.2f}x | {rss_base:.0f} MB | {rss_check:.0f} MB |"
             )
     sizes = sorted(timings)
-    for small, large in zip(sizes, sizes[1:], strict=False):
+    for small, large in itertools.pairwise(sizes):
         print(
             f"\n{large:,}/{small:,}: check time ratio {timings[large] / timings[small]:.1f}x "
             f"(size ratio {large / small:.0f}x)"
