@@ -219,8 +219,8 @@ def duplicate_findings(entries: list[Entry], dups: set[tuple[str, str, str]]) ->
             where = ", ".join(o.where for o in others)
             if same_unit:
                 message = (
-                    f"{ref} is also defined at {where} in the same directory: "
-                    "applying both, the last one wins; keep one"
+                    f"{ref} is also defined at {where} in the same directory: applying "
+                    "the directory, the last one wins; each copy is checked with its own file"
                 )
             else:
                 message = (
@@ -229,7 +229,7 @@ def duplicate_findings(entries: list[Entry], dups: set[tuple[str, str, str]]) ->
                 )
             out.append(
                 Located(
-                    Finding(DUPLICATE_RULE, "error" if same_unit else "warning", ref, message),
+                    Finding(DUPLICATE_RULE, "warning", ref, message),
                     c.file,
                     c.line,
                     tuple(o.where for o in others),

@@ -189,17 +189,25 @@ def test_group_dir_checks_each_directory_alone(repo: Path, capsys: Capsys) -> No
     assert "2 errors, 0 warnings" in out  # no duplicates inside a directory
 
 
-def test_the_same_object_twice_in_one_directory_is_an_error(tmp_path: Path, capsys: Capsys) -> None:
+def test_the_same_object_twice_in_one_directory(tmp_path: Path, capsys: Capsys) -> None:
+    # rendered variants of one install side by side: both copies named, each checked
+    # with its own file (the broad copy overlaps nothing there: a warning, exit 0)
     a = write(tmp_path / "a.yaml", deployment("x", "A100", distinct=True))
     b = write(tmp_path / "b.yaml", "# again\n" + deployment("x", "A100", distinct=False))
+    write(tmp_path / "c.yaml", deployment("y", "A40", distinct=False))
     code, doc = run_json(capsys, "-f", str(tmp_path))
-    assert code == 1
     dups = [f for f in doc["findings"] if f["rule"] == "duplicate-object"]
     assert [(f["severity"], f["file"], f["line"]) for f in dups] == [
-        ("error", str(a), 1),
-        ("error", str(b), 2),
+        ("warning", str(a), 1),
+        ("warning", str(b), 2),
     ]
+    assert f"also defined at {b}:2 in the same directory" in dups[0]["message"]
     assert "the last one wins" in dups[0]["message"]
+    # y's broad selector captures the pods of each copy of x (other GPU type): each copy
+    # is judged, each against y
+    overlaps = {(f["name"], f["file"]) for f in doc["findings"] if f["rule"] != "duplicate-object"}
+    assert overlaps == {("x", str(a)), ("x", str(b)), ("y", str(tmp_path / "c.yaml"))}
+    assert code == 1
 
 
 def test_the_same_object_twice_in_one_file(tmp_path: Path, capsys: Capsys) -> None:
