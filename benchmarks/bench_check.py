@@ -157,7 +157,7 @@ def main_(argv: list[str] | None = None) -> None:
         f"{os.cpu_count()} CPUs, {platform.machine()}"
     )
     print(
-        "| Deployments + HPAs | file | C-YAML parse | gpumix check | ratio | "
+        "| Deployments + HPAs | file | C-YAML parse (CPU) | gpumix check (CPU) | ratio | "
         "peak RSS parse | peak RSS check |"
     )
     print("|---|---|---|---|---|---|---|")

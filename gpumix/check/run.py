@@ -71,6 +71,8 @@ class Source:
     root: str
     unit: str
     text: str | None = None
+    rendered: bool = False
+    """A kustomize render: what one cluster receives, always a set of its own."""
 
     @property
     def is_file(self) -> bool:
@@ -130,7 +132,7 @@ def sources(
             out.append(Source(arg, "", os.path.dirname(arg) or "."))
     for directory, text in renders:
         name = f"{directory} (kubectl kustomize)"
-        out.append(Source(name, "", name, text))
+        out.append(Source(name, "", name, text, rendered=True))
     return out
 
 
@@ -161,11 +163,13 @@ def render_kustomize(directory: str) -> tuple[str | None, Note | None]:
 
 
 def group_sources(srcs: list[Source], by: GroupBy) -> list[list[Source]]:
-    if by == "all":
-        return [srcs] if srcs else []
+    """The sets checked together; each kustomize render is one of its own."""
     groups: dict[str, list[Source]] = {}
     for s in srcs:
-        key = s.unit if by == "dir" else s.name
+        if s.rendered:
+            key = "render " + s.name
+        else:
+            key = "" if by == "all" else s.unit if by == "dir" else s.name
         groups.setdefault(key, []).append(s)
     return list(groups.values())
 

@@ -153,6 +153,18 @@ def test_kustomize_renders_the_overlay(repo: Path, capsys: Capsys) -> None:
     assert f["line"] > 1
 
 
+def test_each_render_is_checked_alone(repo: Path, capsys: Capsys) -> None:
+    # two overlays hold the same objects: what two clusters receive, not duplicates
+    deploy = repo / "deploy"
+    code, doc = run_json(
+        capsys, "-k", str(deploy / "overlays" / "prod"), "-k", str(deploy / "base")
+    )
+    assert code == 1
+    assert [(f["rule"], f["file"]) for f in doc["findings"]] == [
+        ("missing-max-replicas", f"{deploy / 'base'} (kubectl kustomize)")
+    ]
+
+
 def test_kustomize_of_a_broken_directory_is_an_input_error(tmp_path: Path, capsys: Capsys) -> None:
     write(tmp_path / "kustomization.yaml", "resources: [missing.yaml]\n")
     code, _, err = run(capsys, "-k", str(tmp_path))
