@@ -22,6 +22,7 @@ import yaml
 
 from gpumix.check.yamlload import iter_nodes, load_one
 
+BOM = "\ufeff"
 Mutation = Callable[[MutableMapping[str, Any]], None]
 
 
@@ -184,6 +185,8 @@ class Target:
 
 def edit_file(text: str, is_json: bool, targets: list[Target]) -> str:
     """The file with the mutations applied as text edits; raises CannotEdit."""
+    if text.startswith(BOM):  # the parser's positions do not count it
+        return BOM + edit_file(text[1:], is_json, targets)
     try:
         docs = list(iter_nodes(text))
     except (yaml.YAMLError, ValueError) as exc:

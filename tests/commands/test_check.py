@@ -675,3 +675,21 @@ def test_document_on_the_marker_line_is_read(
 def test_stdin_cannot_feed_both_inputs(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "-f", "-", "--cluster-state", "-"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_a_broken_document_does_not_hide_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the parser stops at the broken document; the documents around it are still read
+    f = tmp_path / "m.yaml"
+    f.write_text(
+        textwrap.dedent(hpa_yaml("h1", "a")).lstrip("\n")
+        + "---\n# broken\nkind: Deployment\nmetadata: {name: [x\n---\n"
+        + textwrap.dedent(hpa_yaml("h2", "b")).lstrip("\n"),
+        encoding="utf-8",
+    )
+    code, out, err = run(capsys, "-f", str(f), "-o", "json")
+    assert code == 2
+    assert err.startswith(f"error: {f}:15: invalid YAML: ")
+    doc = json.loads(out)
+    assert [(x["name"], x["line"]) for x in doc["findings"]] == [("h1", 1), ("h2", 16)]

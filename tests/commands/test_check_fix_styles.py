@@ -168,6 +168,13 @@ def test_crlf_line_endings_are_kept(tmp_path: Path, capsys: Capsys) -> None:
     assert fixed.count("\r\n") == MIXED_INDENT.count("\n") + 7
 
 
+def test_a_byte_order_mark_is_kept(tmp_path: Path, capsys: Capsys) -> None:
+    text = "\ufeffapiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: h}\n"
+    text += "spec: {scaleTargetRef: {kind: Deployment, name: d}}\n"
+    fixed, _ = fix(tmp_path, capsys, "bom.yaml", text)
+    assert fixed == text.replace("name: d}}", "name: d}, maxReplicas: 10}")
+
+
 def test_list_items_get_the_lines_after_their_mapping(tmp_path: Path, capsys: Capsys) -> None:
     text = """\
 apiVersion: v1
