@@ -28,6 +28,7 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 KUSTOMIZE_KINDS = {"Kustomization", "Component"}
 STDIN = "-"
+MAX_UP = 8
 Path_ = tuple[str | int, ...]
 
 
@@ -213,7 +214,12 @@ def prescan(args: list[str], exclude: list[str]) -> Kustomize:
                     ):
                         k.learn(os.path.join(root, name))
         elif p.is_file():
-            k.learn_directory(str(p.parent))
+            # a patch may sit below the kustomization that names it (patches/x.yaml):
+            # look up to the repository root
+            for directory in [p.resolve().parent, *p.resolve().parent.parents][:MAX_UP]:
+                k.learn_directory(str(directory))
+                if (directory / ".git").exists():
+                    break
     return k
 
 

@@ -82,7 +82,13 @@ spec:
 {line}"""
 
 
-PATCHES = ("hpa-patch.yaml", "deploy-patch.yaml", "json-patch.yaml", "replicas.yaml")
+PATCHES = (
+    "hpa-patch.yaml",
+    "deploy-patch.yaml",
+    "json-patch.yaml",
+    "replicas.yaml",
+    "patches/hpa-floor.yaml",
+)
 
 
 def make_repo(root: Path) -> Path:
@@ -149,6 +155,7 @@ def make_repo(root: Path) -> Path:
           - ../../base
         patches:
           - path: hpa-patch.yaml
+          - path: patches/hpa-floor.yaml
           - path: json-patch.yaml
             target: {kind: Deployment, name: llama-a40}
         patchesStrategicMerge:
@@ -168,6 +175,19 @@ def make_repo(root: Path) -> Path:
           namespace: llm
         spec:
           maxReplicas: 6
+        """,
+    )
+    # a patch without a ceiling: the base's ceiling stays; never "fixed"
+    write(
+        prod / "patches" / "hpa-floor.yaml",
+        """
+        apiVersion: autoscaling/v2
+        kind: HorizontalPodAutoscaler
+        metadata:
+          name: llama-a100
+          namespace: llm
+        spec:
+          minReplicas: 2
         """,
     )
     write(

@@ -126,12 +126,12 @@ def test_patches_are_not_judged(repo: Path, capsys: Capsys) -> None:
 
 def test_fix_never_edits_a_patch_or_a_kustomization(repo: Path, capsys: Capsys) -> None:
     prod = repo / "deploy" / "overlays" / "prod"
-    before = {p: p.read_bytes() for p in prod.iterdir()}
+    before = {p: p.read_bytes() for p in prod.rglob("*") if p.is_file()}
     base_hpa = repo / "deploy" / "base" / "autoscaling.yaml"
     original = base_hpa.read_text()
     code, out, err = run(capsys, "-f", str(repo / "deploy"), "--fix", "--in-place")
     assert code == 0, out + err
-    assert {p: p.read_bytes() for p in prod.iterdir()} == before
+    assert {p: p.read_bytes() for p in prod.rglob("*") if p.is_file()} == before
     # the base HPA got its ceiling, one added line and nothing else
     fixed = base_hpa.read_text()
     assert fixed.replace("  maxReplicas: 10\n", "", 1) == original
