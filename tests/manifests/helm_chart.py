@@ -124,6 +124,9 @@ def normalized(objects: list[Obj]) -> dict[tuple[str, str, str], Obj]:
         labels = meta.get("labels", {})
         for label in HELM_ONLY_LABELS:
             labels.pop(label, None)
+        if obj["kind"] == "CustomResourceDefinition":
+            # Helm installs crds/ as the files are; the base's common label is not in them.
+            labels.pop("app.kubernetes.io/part-of", None)
         pod = obj.get("spec", {}).get("template", {})
         if obj["kind"] == "Deployment":
             annotations = pod["metadata"].get("annotations", {})

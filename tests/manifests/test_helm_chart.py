@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from helm_chart import CHART, NAMESPACE, normalized, run_helm, template, template_error, values_args
-from manifest_objects import MANIFESTS, REPO_ROOT, Obj, Rendered, find, key, of_kind, render
+from manifest_objects import MANIFESTS, REPO_ROOT, Obj, Rendered, find, key, render
 from test_manifest_schemas import _validate
 
 from gpumix.kube.policy import Policy, policy_from_mapping
@@ -59,7 +59,10 @@ CASES: dict[str, dict[str, Any]] = {
             "pdb": {"minAvailable": 2},
             "timeoutSeconds": 3,
             "image": {"repository": "registry.example/gpumix", "tag": "0.1.0-hotfix"},
-            "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}},
+            "resources": {
+                "requests": {"cpu": "50m", "memory": "96Mi"},
+                "limits": {"cpu": "500m", "memory": "256Mi"},
+            },
             "namespaceSelector": {"matchLabels": {"gpumix.io/enabled": "true"}},
             "objectSelector": {"matchExpressions": [{"key": "skip", "operator": "DoesNotExist"}]},
             "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
@@ -72,6 +75,10 @@ CASES: dict[str, dict[str, Any]] = {
         },
     },
 }
+
+
+def of_kind(objects: list[Obj], *kinds: str) -> list[Obj]:
+    return [o for o in objects if o["kind"] in kinds]
 
 
 def deployment(objects: list[Obj], name: str) -> Obj:
@@ -146,7 +153,8 @@ def test_namespaced_objects_go_to_the_release_namespace(
             assert namespace == "monitoring", key(obj)
         else:
             assert namespace == NAMESPACE, key(obj)
-        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm", key(obj)
+        if obj["kind"] != "CustomResourceDefinition":  # crds/ is installed as it is
+            assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm", key(obj)
 
 
 # --------------------------------------------------------------------------- values
@@ -195,9 +203,7 @@ def test_tuned_values_reach_the_objects(charts: dict[str, list[Obj]]) -> None:
     assert webhook["spec"]["replicas"] == 3
     assert find(objects, "PodDisruptionBudget", "gpumix-webhook")["spec"]["minAvailable"] == 2
     assert container(objects, "gpumix-webhook")["image"] == "registry.example/gpumix:0.1.0-hotfix"
-    assert container(objects, "gpumix-webhook")["resources"] == {
-        "requests": {"cpu": "50m", "memory": "96Mi"}
-    }
+    assert container(objects, "gpumix-webhook")["resources"] == CASES["tuned"]["webhook"]["resources"]
     assert webhook["spec"]["template"]["spec"]["tolerations"][0]["key"] == "dedicated"
     for hook in webhooks(objects):
         assert hook["timeoutSeconds"] == 3

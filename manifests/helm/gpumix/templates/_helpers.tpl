@@ -1,6 +1,8 @@
 {{/* Labels every object carries (the kustomize manifests' labels plus Helm's own). */}}
 {{- define "gpumix.labels" -}}
+{{- if not .unnamed }}
 app.kubernetes.io/name: gpumix
+{{- end }}
 {{- with .component }}
 app.kubernetes.io/component: {{ . }}
 {{- end }}
