@@ -57,7 +57,9 @@ class Helm:
         self.binary = helm_binary()
         self.home = env.workdir / "helm-home"
 
-    def __call__(self, *args: str, values: dict[str, Any] | None = None) -> str:
+    def __call__(
+        self, *args: str, values: dict[str, Any] | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         argv = [self.binary, f"--kubeconfig={self.env.kubeconfig}", "--kube-context=admin", *args]
         if values:
             path = self.env.workdir / "helm-values.yaml"
@@ -75,8 +77,9 @@ class Helm:
                 "HELM_DATA_HOME": str(self.home / "data"),
             },
         )
-        assert proc.returncode == 0, f"helm {' '.join(args)} failed:\n{proc.stderr}"
-        return proc.stdout
+        if check:
+            assert proc.returncode == 0, f"helm {' '.join(args)} failed:\n{proc.stderr}"
+        return proc
 
 
 @pytest.fixture(scope="module")
@@ -206,9 +209,7 @@ def test_install_upgrade_uninstall(env: Envtest) -> None:
     }
     crd = get(env, CRD_PATH)
     assert crd is not None and crd["spec"]["names"]["kind"] == "GPUMix"
-    env.kubectl(
-        "wait", "--for=condition=Established", "--timeout=30s", "crd/gpumixes.gpumix.io"
-    )
+    env.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/gpumixes.gpumix.io")
 
     # No webhook pod runs here, so failurePolicy Fail refuses in-scope writes: this is
     # what an orphaned configuration would do after an uninstall.
@@ -234,9 +235,32 @@ def test_install_upgrade_uninstall(env: Envtest) -> None:
     assert read_secret(env) is not None
     bundles = ca_bundles(env)
 
+    # ---- the emergency switch (docs/install.md) takes failurePolicy from Helm: a plain
+    # upgrade stops at the conflict instead of silently undoing it; --force-conflicts
+    # takes it back.
+    env.kubectl(
+        "patch",
+        "validatingwebhookconfiguration",
+        RELEASE,
+        "--type=json",
+        "-p",
+        '[{"op":"replace","path":"/webhooks/0/failurePolicy","value":"Ignore"}]',
+    )
+    upgrade = ("upgrade", RELEASE, str(CHART), "--namespace", NS)
+    conflict = helm(*upgrade, values={"policy": {"defaultMaxReplicas": 5}}, check=False)
+    assert conflict.returncode != 0 and "failurePolicy" in conflict.stderr, conflict.stderr
+    assert failure_policies(env) == {"Fail", "Ignore"}
+    helm(*upgrade, "--force-conflicts", values={"policy": {"defaultMaxReplicas": 5}})
+    assert failure_policies(env) == {"Fail"}
+    assert ca_bundles(env) == bundles
+
     # ---- upgrade: audit mode, no controller. The caBundle the webhook wrote is kept.
     helm(
-        "upgrade", RELEASE, str(CHART), "--namespace", NS,
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NS,
         values={"mode": "audit", "controller": {"enabled": False}},
     )
     assert failure_policies(env) == {"Ignore"}
@@ -257,10 +281,20 @@ def test_install_upgrade_uninstall(env: Envtest) -> None:
 
     # ---- upgrade: given certificate. The webhook loses every write permission.
     helm(
-        "upgrade", RELEASE, str(CHART), "--namespace", NS,
-        values={"certificates": {"mode": "given", "given": {
-            "secretName": "corp-tls", "caBundle": bundles["MutatingWebhookConfiguration"][0],
-        }}},
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NS,
+        values={
+            "certificates": {
+                "mode": "given",
+                "given": {
+                    "secretName": "corp-tls",
+                    "caBundle": bundles["MutatingWebhookConfiguration"][0],
+                },
+            }
+        },
     )
     assert failure_policies(env) == {"Fail"}
     assert "Role/gpumix-webhook" not in rbac(env)

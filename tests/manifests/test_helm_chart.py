@@ -21,7 +21,9 @@ from test_manifest_schemas import _validate
 from gpumix.kube.policy import Policy, policy_from_mapping
 
 WEBHOOK_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
-CA_BUNDLE = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").decode()
+CA_BUNDLE = base64.b64encode(
+    b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+).decode()
 
 CASES: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -35,7 +37,10 @@ CASES: dict[str, dict[str, Any]] = {
         }
     },
     "given-certificate": {
-        "certificates": {"mode": "given", "given": {"secretName": "corp-tls", "caBundle": CA_BUNDLE}}
+        "certificates": {
+            "mode": "given",
+            "given": {"secretName": "corp-tls", "caBundle": CA_BUNDLE},
+        }
     },
     "webhook-only": {"controller": {"enabled": False}},
     "monitoring": {
@@ -144,7 +149,12 @@ def test_every_rendered_object_matches_its_schema(charts: dict[str, list[Obj]], 
 def test_namespaced_objects_go_to_the_release_namespace(
     charts: dict[str, list[Obj]], case: str
 ) -> None:
-    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", *WEBHOOK_KINDS}
+    cluster_scoped = {
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        *WEBHOOK_KINDS,
+    }
     for obj in charts[case]:
         namespace = obj["metadata"].get("namespace")
         if obj["kind"] in cluster_scoped:
@@ -203,7 +213,9 @@ def test_tuned_values_reach_the_objects(charts: dict[str, list[Obj]]) -> None:
     assert webhook["spec"]["replicas"] == 3
     assert find(objects, "PodDisruptionBudget", "gpumix-webhook")["spec"]["minAvailable"] == 2
     assert container(objects, "gpumix-webhook")["image"] == "registry.example/gpumix:0.1.0-hotfix"
-    assert container(objects, "gpumix-webhook")["resources"] == CASES["tuned"]["webhook"]["resources"]
+    assert (
+        container(objects, "gpumix-webhook")["resources"] == CASES["tuned"]["webhook"]["resources"]
+    )
     assert webhook["spec"]["template"]["spec"]["tolerations"][0]["key"] == "dedicated"
     for hook in webhooks(objects):
         assert hook["timeoutSeconds"] == 3
@@ -222,7 +234,9 @@ def test_tuned_values_reach_the_objects(charts: dict[str, list[Obj]]) -> None:
 def test_default_image_is_the_app_version(charts: dict[str, list[Obj]]) -> None:
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     for name in ("gpumix-webhook", "gpumix-controller"):
-        assert container(charts["defaults"], name)["image"] == f"ghcr.io/gpumix/gpumix:{app_version}"
+        assert (
+            container(charts["defaults"], name)["image"] == f"ghcr.io/gpumix/gpumix:{app_version}"
+        )
 
 
 def test_policy_change_rolls_both_deployments(tmp_path: Path) -> None:
@@ -309,9 +323,7 @@ def test_monitoring_objects_carry_the_selector_labels(charts: dict[str, list[Obj
 
 def test_webhook_only_monitors_only_the_webhook(tmp_path: Path) -> None:
     objects = template({"controller": {"enabled": False}, **CASES["monitoring"]}, tmp_path)
-    assert [m["metadata"]["name"] for m in of_kind(objects, "ServiceMonitor")] == [
-        "gpumix-webhook"
-    ]
+    assert [m["metadata"]["name"] for m in of_kind(objects, "ServiceMonitor")] == ["gpumix-webhook"]
 
 
 # --------------------------------------------------------------------------- bad values
@@ -321,7 +333,10 @@ def test_webhook_only_monitors_only_the_webhook(tmp_path: Path) -> None:
     ("values", "message"),
     [
         ({"mode": "enforcing"}, "mode"),
-        ({"policy": {"defaultMaxReplicas": 50, "hardMaxReplicas": 20}}, "policy.defaultMaxReplicas"),
+        (
+            {"policy": {"defaultMaxReplicas": 50, "hardMaxReplicas": 20}},
+            "policy.defaultMaxReplicas",
+        ),
         ({"policy": {"hardMaxReplicas": 0}}, "hardMaxReplicas"),
         ({"webhook": {"failurePolicy": "fail"}}, "failurePolicy"),
         ({"webhook": {"timeoutSeconds": 31}}, "timeoutSeconds"),
