@@ -183,12 +183,13 @@ def render_png(
 
     board = load(name)
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in board["panels"])
-    fig = plt.figure(figsize=(16, rows * 0.42), dpi=100)
-    grid = fig.add_gridspec(rows, 24, hspace=1.6, wspace=0.6)
+    fig = plt.figure(figsize=(16, rows * 0.4), dpi=100)
+    grid = fig.add_gridspec(rows, 24, hspace=0.0, wspace=0.8, top=0.96, bottom=0.03)
     step = max(1.0, (end - start) / 240)
     for panel in board["panels"]:
         g = panel["gridPos"]
-        ax = fig.add_subplot(grid[g["y"] : g["y"] + g["h"], g["x"] : g["x"] + g["w"]])
+        # The last grid row of each panel is left for its title and tick labels.
+        ax = fig.add_subplot(grid[g["y"] + 1 : g["y"] + g["h"] - 1, g["x"] : g["x"] + g["w"]])
         ax.set_title(panel["title"], fontsize=9, loc="left")
         unit = panel["fieldConfig"]["defaults"].get("unit", "")
         series = []
@@ -209,13 +210,13 @@ def render_png(
         if not series:
             ax.text(0.5, 0.5, "No data", ha="center", va="center", transform=ax.transAxes)
         ax.tick_params(labelsize=7)
-        ax.set_xlabel("seconds before the end of the run", fontsize=7)
+        ax.set_xlabel("seconds before the end of the run", fontsize=7, labelpad=1)
         if unit:
             ax.set_ylabel(unit, fontsize=7)
         if series:
             ax.legend(fontsize=6, loc="upper left", frameon=False, ncol=2)
         ax.grid(alpha=0.3)
-    fig.suptitle(board["title"], fontsize=12, x=0.01, ha="left")
+    fig.suptitle(board["title"], fontsize=12, x=0.01, y=0.995, ha="left")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, bbox_inches="tight")
     plt.close(fig)

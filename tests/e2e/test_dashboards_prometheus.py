@@ -201,12 +201,13 @@ class Scenario:
             gpumix(namespace, "qwen", {"prometheus": {"url": dead, "timeoutSeconds": 0.5}}),
         )
         self.step = 0
+        self.hold = 1  # rounds at one load level
 
     def activity(self) -> None:
         """One round: a new load for llama (a solve, maybe a scale), admissions of each
         verdict (a dry run goes through both webhooks, a denial is an overlap)."""
         self.step += 1
-        rps = (12.0, 30.0, 55.0, 20.0)[self.step % 4]
+        rps = (12.0, 30.0, 55.0, 20.0)[(self.step // self.hold) % 4]
         patch = {"spec": {"loadSource": static_load(rps)}}
         self.env.kubectl(
             "patch", "gmx", "llama", "-n", self.namespace, "--type=merge", "-p", json.dumps(patch)
@@ -306,6 +307,7 @@ def test_every_dashboard_query_runs_on_real_metrics(
     scenario = Scenario(apiserver, gpumix_webhook, namespace)
     png_dir = os.environ.get("GPUMIX_DASHBOARD_PNG_DIR")
     rounds = 60 if png_dir else 4
+    scenario.hold = 8 if png_dir else 1
     start = time.time()
     for _ in range(rounds):
         scenario.activity()

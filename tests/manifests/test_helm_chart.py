@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -410,3 +411,43 @@ def test_chart_copies_of_shared_files_are_current() -> None:
     stale = [str(p.relative_to(REPO_ROOT)) for p in sync_chart.stale()]
     assert not stale, f"stale copies in the chart: {stale}; run python tools/helm/sync_chart.py"
     assert (CHART / "crds" / "gpumix.io_gpumixes.yaml").is_file()
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def install_md_documents(kind: str) -> list[Obj]:
+    text = (REPO_ROOT / "docs" / "install.md").read_text(encoding="utf-8")
+    docs = [
+        doc
+        for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL)
+        for doc in yaml.safe_load_all(block)
+        if isinstance(doc, dict) and doc.get("kind") == kind
+    ]
+    assert docs, f"docs/install.md has no {kind} example"
+    return docs
+
+
+def test_install_md_argo_cd_application_renders(tmp_path: Path) -> None:
+    (app,) = install_md_documents("Application")
+    source = app["spec"]["source"]
+    assert (REPO_ROOT / source["path"] / "Chart.yaml").is_file()
+    assert app["spec"]["destination"]["namespace"] == NAMESPACE
+    objects = template(source["helm"]["valuesObject"], tmp_path)
+    assert {"ServiceMonitor", "PrometheusRule"} <= {o["kind"] for o in objects}
+    ignored = {d["kind"] for d in app["spec"]["ignoreDifferences"]}
+    assert ignored == set(WEBHOOK_KINDS)
+    # The ignored field is the one the self-managed certificate leaves out of the chart.
+    for hook in webhooks(objects):
+        assert "caBundle" not in hook["clientConfig"]
+
+
+def test_install_md_flux_helm_release_renders(tmp_path: Path) -> None:
+    (release,) = install_md_documents("HelmRelease")
+    spec = release["spec"]
+    assert (REPO_ROOT / spec["chart"]["spec"]["chart"] / "Chart.yaml").is_file()
+    assert spec["targetNamespace"] == NAMESPACE
+    assert (spec["install"]["crds"], spec["upgrade"]["crds"]) == ("Create", "CreateReplace")
+    objects = template(spec["values"], tmp_path)
+    dashboards = [o for o in objects if o["metadata"]["name"].startswith("gpumix-dashboard")]
+    assert len(dashboards) == 2
