@@ -194,9 +194,9 @@ def test_failure_policy_follows_mode_unless_set(
     assert {h["failurePolicy"] for h in webhooks(charts[case])} == {failure_policy}
 
 
-def test_warn_mode_without_a_failure_policy_fails_closed(tmp_path: Path) -> None:
+def test_warn_mode_without_a_failure_policy_fails_open(tmp_path: Path) -> None:
     objects = template({"mode": "warn"}, tmp_path)
-    assert {h["failurePolicy"] for h in webhooks(objects)} == {"Fail"}
+    assert {h["failurePolicy"] for h in webhooks(objects)} == {"Ignore"}
     ignore = template({"mode": "enforce", "webhook": {"failurePolicy": "Ignore"}}, tmp_path)
     assert {h["failurePolicy"] for h in webhooks(ignore)} == {"Ignore"}
 

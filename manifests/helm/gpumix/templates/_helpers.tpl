@@ -34,14 +34,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- toJson (uniq $list) -}}
 {{- end }}
 
-{{/* failurePolicy: the value, or Ignore in audit mode and Fail otherwise. */}}
+{{/* failurePolicy: the value, or Fail in enforce mode and Ignore in warn and audit
+(modes that never refuse a write should not refuse them during an outage either). */}}
 {{- define "gpumix.failurePolicy" -}}
 {{- if .Values.webhook.failurePolicy -}}
 {{- .Values.webhook.failurePolicy -}}
-{{- else if eq .Values.mode "audit" -}}
-Ignore
-{{- else -}}
+{{- else if eq .Values.mode "enforce" -}}
 Fail
+{{- else -}}
+Ignore
 {{- end -}}
 {{- end }}
 
