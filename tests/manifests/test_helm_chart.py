@@ -32,10 +32,11 @@ CASES: dict[str, dict[str, Any]] = {
     "warn-with-fail": {"mode": "warn", "webhook": {"failurePolicy": "Fail"}},
     "cert-manager": {"certificates": {"mode": "cert-manager"}},
     "cert-manager-own-issuer": {
+        "webhook": {"configurationAnnotations": {"argocd.argoproj.io/sync-wave": "1"}},
         "certificates": {
             "mode": "cert-manager",
             "certManager": {"issuerRef": {"kind": "ClusterIssuer", "name": "corp-ca"}},
-        }
+        },
     },
     "given-certificate": {
         "certificates": {
@@ -298,6 +299,11 @@ def test_own_issuer_replaces_the_self_signed_one(charts: dict[str, list[Obj]]) -
     assert not of_kind(objects, "Issuer")
     certificate = find(objects, "Certificate", "gpumix-webhook-tls")
     assert certificate["spec"]["issuerRef"] == {"kind": "ClusterIssuer", "name": "corp-ca"}
+    for obj in of_kind(objects, *WEBHOOK_KINDS):
+        assert obj["metadata"]["annotations"] == {
+            "argocd.argoproj.io/sync-wave": "1",
+            "cert-manager.io/inject-ca-from": f"{NAMESPACE}/gpumix-webhook-tls",
+        }
 
 
 def test_monitoring_objects_carry_the_selector_labels(charts: dict[str, list[Obj]]) -> None:
@@ -435,6 +441,9 @@ def test_install_md_argo_cd_application_renders(tmp_path: Path) -> None:
     assert app["spec"]["destination"]["namespace"] == NAMESPACE
     objects = template(source["helm"]["valuesObject"], tmp_path)
     assert {"ServiceMonitor", "PrometheusRule"} <= {o["kind"] for o in objects}
+    # The webhook configurations come in a later wave than the webhook Deployment.
+    for obj in of_kind(objects, *WEBHOOK_KINDS):
+        assert obj["metadata"]["annotations"] == {"argocd.argoproj.io/sync-wave": "1"}
     ignored = {d["kind"] for d in app["spec"]["ignoreDifferences"]}
     assert ignored == set(WEBHOOK_KINDS)
     # The ignored field is the one the self-managed certificate leaves out of the chart.
