@@ -11,6 +11,7 @@ release may not adopt.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -155,7 +156,7 @@ def create(env: Envtest, obj: Obj) -> subprocess.CompletedProcess[str]:
     return env.kubectl("create", "-f", "-", input=json.dumps(obj), check=False)
 
 
-def run_webhook(env: Envtest, policy_text: str) -> GpumixProcess:
+def run_webhook(env: Envtest, policy_text: str, *extra: str) -> GpumixProcess:
     """``gpumix webhook`` as the chart's ServiceAccount, with the chart's policy file."""
     policy = env.workdir / "helm-policy.yaml"
     policy.write_text(policy_text)
@@ -170,8 +171,9 @@ def run_webhook(env: Envtest, policy_text: str) -> GpumixProcess:
         f"--metrics-port={http_port}",
         f"--namespace={NS}",
         "--log-level=INFO",
+        *extra,
     ]
-    return GpumixProcess("helm-webhook", args, env.workdir, http_port).start()
+    return GpumixProcess(f"helm-webhook-{len(extra)}", args, env.workdir, http_port).start()
 
 
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/gpumixes.gpumix.io"
@@ -279,25 +281,35 @@ def test_install_upgrade_uninstall(env: Envtest) -> None:
     # Ignore: the unreachable webhook no longer blocks.
     assert create(env, deployment("during-audit", "apps")).returncode == 0
 
-    # ---- upgrade: given certificate. The webhook loses every write permission.
-    helm(
-        "upgrade",
-        RELEASE,
-        str(CHART),
-        "--namespace",
-        NS,
-        values={
-            "certificates": {
-                "mode": "given",
-                "given": {
-                    "secretName": "corp-tls",
-                    "caBundle": bundles["MutatingWebhookConfiguration"][0],
-                },
-            }
-        },
+    # ---- upgrade: a given certificate (your own CA). The caBundle the webhook wrote is
+    # not Helm's, so replacing it is a conflict until --force-conflicts.
+    cert = env.ca.issue(
+        f"gpumix-webhook.{NS}.svc", hosts=[f"gpumix-webhook.{NS}.svc", "127.0.0.1"], server=True
     )
+    given_ca = base64.b64encode(env.ca.cert_pem).decode()
+    given = {
+        "certificates": {"mode": "given", "given": {"secretName": "corp-tls", "caBundle": given_ca}}
+    }
+    conflict = helm(*upgrade, values=given, check=False)
+    assert conflict.returncode != 0 and "caBundle" in conflict.stderr, conflict.stderr
+    helm(*upgrade, "--force-conflicts", values=given)
     assert failure_policies(env) == {"Fail"}
+    assert all(b == [given_ca] for b in ca_bundles(env).values())
     assert "Role/gpumix-webhook" not in rbac(env)
+    # The real webhook serves the given certificate with the chart's read-only RBAC.
+    tls = env.workdir / "given-tls"
+    tls.mkdir()
+    (tls / "tls.crt").write_bytes(cert.cert_pem)
+    (tls / "tls.key").write_bytes(cert.key_pem)
+    webhook = run_webhook(
+        env, policy_now, f"--tls-cert-file={tls / 'tls.crt'}", f"--tls-key-file={tls / 'tls.key'}"
+    )
+    try:
+        webhook.wait_ready()
+    finally:
+        webhook.stop()
+    assert "Forbidden" not in webhook.log(), webhook.log()[-2000:]
+    assert all(b == [given_ca] for b in ca_bundles(env).values())
     role = get(env, "/apis/rbac.authorization.k8s.io/v1/clusterroles/gpumix-webhook")
     assert role is not None
     assert all(set(r["verbs"]) <= {"list", "watch"} for r in role["rules"])
