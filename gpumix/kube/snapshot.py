@@ -10,6 +10,17 @@ are then checked exactly.  Real clusters have few distinct key sets (``app``,
 ``app.kubernetes.io/name``, model labels), so a query touches a handful of
 postings instead of every Deployment.
 
+The ``selector-overlap`` rule reports a pair only when the selectors share a key
+or one selects the other's pod template, so it asks :meth:`Snapshot.related_candidates`,
+which also indexes selector keys that are not pinned and the pod-template labels:
+a selector that pins a value is then answered from postings alone, however many
+Deployments share the namespace (a whole group is no longer taken because it
+pins other keys).
+
+An object that cannot be read at all (:class:`~gpumix.kube.objects.UnreadableObject`)
+is kept out of the views and recorded in ``unreadable``, so its owner can count
+it; objects are read one at a time and one never affects another.
+
 The snapshot is changed only by its owner (the webhook's cache, the CLI while
 loading files); the rules only read it.
 """
@@ -26,8 +37,9 @@ from gpumix.kube.objects import (
     NamespaceView,
     NodeView,
     ObjectRef,
+    UnreadableObject,
     View,
-    view_of,
+    read_view,
 )
 from gpumix.kube.policy import Policy
 from gpumix.kube.selectors import Selector
@@ -39,34 +51,113 @@ class _KeyGroup:
     postings: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
 
+_NONE: frozenset[str] = frozenset()
+
+
+def _add_to(index: dict[Any, set[str]], key: Any, name: str) -> None:
+    posting = index.get(key)
+    if posting is None:
+        index[key] = {name}
+    else:
+        posting.add(name)
+
+
+def _drop_from(index: dict[Any, set[str]], key: Any, name: str) -> None:
+    posting = index.get(key)
+    if posting is not None:
+        posting.discard(name)
+        if not posting:
+            del index[key]
+
+
 @dataclass
 class _NamespaceIndex:
     groups: dict[frozenset[str], _KeyGroup] = field(default_factory=dict)
+    loose: dict[str, set[str]] = field(default_factory=dict)
+    """Selector key -> members whose selector names it without pinning it."""
+    labels: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    """Pod-template label -> members whose template carries it."""
+    members: set[str] = field(default_factory=set)
 
-    def add(self, name: str, selector: Selector) -> None:
+    def add(self, name: str, selector: Selector, template_labels: Mapping[str, str]) -> None:
         pinned = selector.pinned()
         group = self.groups.setdefault(frozenset(pinned), _KeyGroup())
         group.members.add(name)
         for key, values in pinned.items():
             for value in values:
-                group.postings.setdefault((key, value), set()).add(name)
+                _add_to(group.postings, (key, value), name)
+        for key in selector.keys.difference(pinned):
+            _add_to(self.loose, key, name)
+        for item in template_labels.items():
+            _add_to(self.labels, item, name)
+        self.members.add(name)
 
-    def remove(self, name: str, selector: Selector) -> None:
+    def remove(self, name: str, selector: Selector, template_labels: Mapping[str, str]) -> None:
         pinned = selector.pinned()
         sig = frozenset(pinned)
+        for key in selector.keys.difference(pinned):
+            _drop_from(self.loose, key, name)
+        for item in template_labels.items():
+            _drop_from(self.labels, item, name)
+        self.members.discard(name)
         group = self.groups.get(sig)
         if group is None:
             return
         group.members.discard(name)
         for key, values in pinned.items():
             for value in values:
-                posting = group.postings.get((key, value))
-                if posting is not None:
-                    posting.discard(name)
-                    if not posting:
-                        del group.postings[(key, value)]
+                _drop_from(group.postings, (key, value), name)
         if not group.members:
             del self.groups[sig]
+
+    def related(self, selector: Selector, template_labels: Mapping[str, str]) -> set[str]:
+        """A superset of the members that share a selector key with ``selector`` and may
+        overlap it, or whose template it selects, or whose selector selects
+        ``template_labels``: every pair the overlap rule can report."""
+        pinned = selector.pinned()
+        out: set[str] = set()
+        # 1. a selector key in common (and, when both pin it, a value in common)
+        for key in selector.keys:
+            values = pinned.get(key)
+            for sig, group in self.groups.items():
+                if key not in sig:
+                    continue
+                if values is None:
+                    out |= group.members
+                else:
+                    for value in values:
+                        out |= group.postings.get((key, value), _NONE)
+            out |= self.loose.get(key, _NONE)
+        # 2. ``selector`` selects the member's template: it carries a pinned value of each key
+        if pinned:
+            best: set[str] | None = None
+            for key, values in pinned.items():
+                hits: set[str] = set()
+                for value in values:
+                    hits |= self.labels.get((key, value), _NONE)
+                if best is None or len(hits) < len(best):
+                    best = hits
+                if not best:
+                    break
+            out |= best or _NONE
+        else:  # nothing pinned (only Exists, NotIn, DoesNotExist): any template may match
+            out |= self.members
+        # 3. the member's selector selects ``template_labels``: its pinned keys are all there
+        for sig, group in self.groups.items():
+            if not sig:
+                out |= group.members
+                continue
+            if not sig.issubset(template_labels.keys()):
+                continue
+            smallest: set[str] | frozenset[str] | None = None
+            for key in sig:
+                posting = group.postings.get((key, template_labels[key]), _NONE)
+                if smallest is None or len(posting) < len(smallest):
+                    smallest = posting
+                if not smallest:
+                    break
+            out |= smallest or _NONE
+        return out
 
     def candidates(self, selector: Selector) -> set[str]:
         pinned = selector.pinned()
@@ -98,6 +189,8 @@ class Snapshot:
         self.autoscalers: dict[ObjectRef, AutoscalerView] = {}
         self.nodes: dict[str, NodeView] = {}
         self.namespaces: dict[str, NamespaceView] = {}
+        self.unreadable: dict[ObjectRef, str] = {}
+        """Objects that could not be read at all (not in the views), and why."""
         self._index: dict[str, _NamespaceIndex] = {}
         self._targets: dict[ObjectRef, set[ObjectRef]] = {}
         # GPU capacity per type, computed on first use and forgotten when a Node changes
@@ -107,18 +200,33 @@ class Snapshot:
     # -- building ---------------------------------------------------------------
     @classmethod
     def from_objects(cls, objects: Iterable[Mapping[str, Any]], policy: Policy) -> Snapshot:
+        """The views of ``objects``; an object that cannot be read is recorded in
+        ``unreadable`` and the others are read all the same."""
         snap = cls()
         for obj in objects:
-            view = view_of(obj, policy)
+            try:
+                view = read_view(obj, policy)
+            except UnreadableObject as exc:
+                snap.mark_unreadable(exc.ref, exc.reason)
+                continue
             if view is not None:
                 snap.put(view)
         return snap
 
+    def mark_unreadable(self, ref: ObjectRef, reason: str) -> None:
+        """``ref`` could not be read: drop any earlier view of it and record why."""
+        self.remove(ref.kind, ref.namespace, ref.name)
+        self.unreadable[ref] = reason
+
     def put(self, view: View) -> None:
+        if self.unreadable:
+            self.unreadable.pop(_ref_of(view), None)
         if isinstance(view, DeploymentView):
             self.remove_deployment(view.ref)
             self.deployments[view.ref] = view
-            self._index.setdefault(view.namespace, _NamespaceIndex()).add(view.name, view.selector)
+            if view.selector_error is None:  # the rules skip those: keep them out of the index
+                index = self._index.setdefault(view.namespace, _NamespaceIndex())
+                index.add(view.name, view.selector, view.template_labels)
         elif isinstance(view, AutoscalerView):
             self.remove_autoscaler(view.ref)
             self.autoscalers[view.ref] = view
@@ -134,9 +242,9 @@ class Snapshot:
         old = self.deployments.pop(ref, None)
         if old is not None:
             index = self._index.get(old.namespace)
-            if index is not None:
-                index.remove(old.name, old.selector)
-                if not index.groups:
+            if index is not None and old.selector_error is None:
+                index.remove(old.name, old.selector, old.template_labels)
+                if not index.members:
                     del self._index[old.namespace]
 
     def remove_autoscaler(self, ref: ObjectRef) -> None:
@@ -149,6 +257,8 @@ class Snapshot:
                     del self._targets[old.target]
 
     def remove(self, kind: str, namespace: str, name: str) -> None:
+        if self.unreadable:
+            self.unreadable.pop(ObjectRef(kind, namespace, name), None)
         if kind == "Deployment":
             self.remove_deployment(ObjectRef(kind, namespace, name))
         elif kind == "Node":
@@ -167,6 +277,17 @@ class Snapshot:
             return
         for name in sorted(index.candidates(selector)):
             yield self.deployments[ObjectRef("Deployment", namespace, name)]
+
+    def related_candidates(self, dep: DeploymentView) -> Iterator[DeploymentView]:
+        """Deployments in ``dep``'s namespace, by name, that share a selector key with
+        ``dep`` (and may overlap it), or whose pod template its selector matches, or whose
+        selector matches its pod template: a superset of the pairs ``selector-overlap``
+        reports.  Answered from postings when ``dep``'s selector pins a value."""
+        index = self._index.get(dep.namespace)
+        if index is None:
+            return
+        for name in sorted(index.related(dep.selector, dep.template_labels)):
+            yield self.deployments[ObjectRef("Deployment", dep.namespace, name)]
 
     def autoscalers_targeting(self, deployment: ObjectRef) -> list[AutoscalerView]:
         """Autoscalers whose ``scaleTargetRef`` names this Deployment (kind Deployment only)."""
@@ -189,12 +310,23 @@ class Snapshot:
         total: int | None = None
         for node in self.nodes.values():
             if gpu_name in node.gpu_names and not node.unschedulable:
+                if node.unreadable:  # its allocatable GPUs cannot be read: unknown
+                    total = None
+                    break
                 total = (total or 0) + node.allocatable_gpus
         self._capacity[gpu_name] = total
         return total
 
     def namespace(self, name: str) -> NamespaceView | None:
         return self.namespaces.get(name)
+
+
+def _ref_of(view: View) -> ObjectRef:
+    if isinstance(view, NodeView):
+        return ObjectRef("Node", "", view.name)
+    if isinstance(view, NamespaceView):
+        return ObjectRef("Namespace", "", view.name)
+    return view.ref
 
 
 def _deployment_ref(ref: ObjectRef) -> ObjectRef:
