@@ -123,9 +123,14 @@ def _required_affinity_value(pod_spec: Mapping[str, Any], keys: tuple[str, ...])
         e = as_mapping(expr)
         values = as_list(e.get("values"))
         key = e.get("key")
-        if key in keys and e.get("operator") == "In" and len(values) == 1:
-            if isinstance(key, str) and isinstance(values[0], str):
-                return key, values[0]
+        if (
+            key in keys
+            and e.get("operator") == "In"
+            and len(values) == 1
+            and isinstance(key, str)
+            and isinstance(values[0], str)
+        ):
+            return key, values[0]
     return "", ""
 
 

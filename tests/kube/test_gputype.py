@@ -218,10 +218,14 @@ def test_unreadable_mig_quantity_still_gives_the_mig_type() -> None:
     ]
 
 
-@pytest.mark.parametrize(("value", "count"), [("1", 1), (2, 2), (4.0, 4), ("1e1", 10), ("1k", 1000)])
+@pytest.mark.parametrize(
+    ("value", "count"), [("1", 1), (2, 2), (4.0, 4), ("1e1", 10), ("1k", 1000)]
+)
 def test_gpu_quantities_are_read_as_kubernetes_quantities(value: object, count: int) -> None:
     unreadable: list[Unreadable] = []
-    assert gpu_facts(template(limits={"nvidia.com/gpu": value}), POLICY, None, unreadable)[1] == count
+    assert (
+        gpu_facts(template(limits={"nvidia.com/gpu": value}), POLICY, None, unreadable)[1] == count
+    )
     assert unreadable == []
 
 

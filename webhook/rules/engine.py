@@ -12,6 +12,7 @@ from webhook.rules import (
     max_replicas_above_ceiling,
     missing_max_replicas,
     selector_overlap,
+    unreadable_field,
 )
 from webhook.rules.base import Finding, sort_findings
 
@@ -19,7 +20,11 @@ from webhook.rules.base import Finding, sort_findings
 def evaluate(view: View, snapshot: Snapshot, policy: Policy) -> list[Finding]:
     """Findings about one object against the rest of the snapshot."""
     if isinstance(view, DeploymentView):
-        return invalid_selector.check(view) + selector_overlap.check(view, snapshot)
+        return (
+            invalid_selector.check(view)
+            + unreadable_field.check(view)
+            + selector_overlap.check(view, snapshot)
+        )
     if isinstance(view, AutoscalerView):
         return missing_max_replicas.check(view, snapshot, policy) + (
             max_replicas_above_ceiling.check(view, snapshot, policy)

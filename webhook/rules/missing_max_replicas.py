@@ -33,7 +33,9 @@ def capacity_replicas(scaler: AutoscalerView, snapshot: Snapshot) -> int | None:
     if scaler.target is None:
         return None
     dep = snapshot.deployment(scaler.target)
-    if dep is None or dep.gpus_per_replica <= 0 or dep.gpu_type.name is None:
+    if dep is None or not dep.gpus_known:
+        return None  # unknown (an unreadable GPU request: see unreadable_gpus)
+    if dep.gpus_per_replica <= 0 or dep.gpu_type.name is None:
         return None
     gpus = snapshot.gpu_capacity(dep.gpu_type.name)
     if gpus is None:
@@ -41,10 +43,23 @@ def capacity_replicas(scaler: AutoscalerView, snapshot: Snapshot) -> int | None:
     return gpus // dep.gpus_per_replica
 
 
+def unreadable_gpus(scaler: AutoscalerView, snapshot: Snapshot) -> str:
+    """When the target's GPU request cannot be read: a sentence saying so, naming the
+    field, for the messages of the rules that need the capacity; else ""."""
+    dep = snapshot.deployment(scaler.target) if scaler.target else None
+    if dep is None or dep.gpus_known:
+        return ""
+    return (
+        f"the GPU request of {dep.ref} cannot be read ({dep.unreadable[0]}), so the "
+        "GPUs of the cluster could not be taken into account"
+    )
+
+
 def check(scaler: AutoscalerView, snapshot: Snapshot, policy: Policy) -> list[Finding]:
     if scaler.ceiling is not None:
         return []
     value = default_ceiling(scaler, snapshot, policy)
+    unknown = unreadable_gpus(scaler, snapshot)
     return [
         Finding(
             RULE,
@@ -54,7 +69,7 @@ def check(scaler: AutoscalerView, snapshot: Snapshot, policy: Policy) -> list[Fi
             f"ramping load it can create pods until the cluster runs out. Fix: set "
             f"{scaler.ceiling_field} (default {value}: the {DEFAULT_MAX_REPLICAS_ANNOTATION} "
             "namespace annotation, else the policy default, capped by the GPUs of the target's "
-            "type)",
+            "type)" + (f"; {unknown}" if unknown else ""),
             (scaler.target,) if scaler.target else (),
             fixable=True,
         )
