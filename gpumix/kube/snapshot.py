@@ -76,7 +76,9 @@ class _NamespaceIndex:
     loose: dict[str, set[str]] = field(default_factory=dict)
     """Selector key -> members whose selector names it without pinning it."""
     labels: dict[tuple[str, str], set[str]] = field(default_factory=dict)
-    """Pod-template label -> members whose template carries it."""
+    """Pod-template label -> members whose template carries it, when their own selector
+    does not pin it (those are in their group's postings already: most template labels
+    are the selector's, and indexing them twice would double the index)."""
     members: set[str] = field(default_factory=set)
 
     def add(self, name: str, selector: Selector, template_labels: Mapping[str, str]) -> None:
@@ -89,7 +91,8 @@ class _NamespaceIndex:
         for key in selector.keys.difference(pinned):
             _add_to(self.loose, key, name)
         for item in template_labels.items():
-            _add_to(self.labels, item, name)
+            if item[1] not in pinned.get(item[0], _NONE):
+                _add_to(self.labels, item, name)
         self.members.add(name)
 
     def remove(self, name: str, selector: Selector, template_labels: Mapping[str, str]) -> None:
@@ -98,7 +101,8 @@ class _NamespaceIndex:
         for key in selector.keys.difference(pinned):
             _drop_from(self.loose, key, name)
         for item in template_labels.items():
-            _drop_from(self.labels, item, name)
+            if item[1] not in pinned.get(item[0], _NONE):
+                _drop_from(self.labels, item, name)
         self.members.discard(name)
         group = self.groups.get(sig)
         if group is None:
@@ -135,6 +139,9 @@ class _NamespaceIndex:
                 hits: set[str] = set()
                 for value in values:
                     hits |= self.labels.get((key, value), _NONE)
+                    for sig, group in self.groups.items():
+                        if key in sig:
+                            hits |= group.postings.get((key, value), _NONE)
                 if best is None or len(hits) < len(best):
                     best = hits
                 if not best:

@@ -78,7 +78,7 @@ def test_kubernetes_quantities_are_read_exactly(text: str, value: Fraction | int
         ("1ki", "not a quantity"),
         ("1Kib", "not a quantity"),
         ("1e3Ki", "not a quantity"),
-        ("١", "not a quantity"),  # a digit of another script
+        ("\u0661", "not a quantity"),  # ARABIC-INDIC DIGIT ONE: a digit of another script
         ("²", "not a quantity"),
         (float("inf"), "not a finite number"),
         (float("-inf"), "not a finite number"),

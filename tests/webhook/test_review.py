@@ -423,9 +423,7 @@ def with_gpus(obj: dict, value: object) -> dict:
 def wire_request(obj: dict, literal: str) -> dict:
     """The request as the server decodes it from the wire, with a JSON literal (such as
     Infinity or NaN, which the standard library's decoder lets in) as the GPU amount."""
-    body = json.dumps(review_body(with_gpus(obj, "PLACEHOLDER"))).replace(
-        '"PLACEHOLDER"', literal
-    )
+    body = json.dumps(review_body(with_gpus(obj, "PLACEHOLDER"))).replace('"PLACEHOLDER"', literal)
     return parse_review(json.loads(body))
 
 

@@ -66,27 +66,37 @@ def overlaps_of(dep: DeploymentView, snapshot: Snapshot) -> list[Overlap]:
     if dep.selector_error is not None:
         return []
     out: list[Overlap] = []
+    keys = dep.selector.keys
     for other in snapshot.related_candidates(dep):
         if other.name == dep.name or other.selector_error is not None:
             continue
-        pair = overlap(dep, other, snapshot)
+        pair = overlap(dep, other, snapshot, keys)
         if pair is not None:
             out.append(pair)
     return out
 
 
-def overlap(dep: DeploymentView, other: DeploymentView, snapshot: Snapshot) -> Overlap | None:
-    """The pair ``dep``/``other`` when the rule reports it, else None."""
-    witness = overlap_witness(dep.selector, other.selector)
-    if witness is None:
-        return None
+def overlap(
+    dep: DeploymentView,
+    other: DeploymentView,
+    snapshot: Snapshot,
+    keys: frozenset[str] | None = None,
+) -> Overlap | None:
+    """The pair ``dep``/``other`` when the rule reports it, else None.  ``keys``: the
+    keys of ``dep``'s selector, when the caller has them already."""
+    # The cheap tests first: most candidates of a broad selector fail them.
     takes_other = dep.selector.matches(other.template_labels)
     taken_by_other = other.selector.matches(dep.template_labels)
     captured = takes_other or taken_by_other
-    if not captured and not (dep.selector.keys & other.selector.keys):
+    if not captured and (keys if keys is not None else dep.selector.keys).isdisjoint(
+        other.selector.keys
+    ):
         # Selectors on unrelated keys: only a pod labelled on purpose for both would match.
         return None
     if not (dep.in_scope or other.in_scope):
+        return None
+    witness = overlap_witness(dep.selector, other.selector)
+    if witness is None:
         return None
     same_type = dep.gpu_type.same_as(other.gpu_type)
     # An error when one captures the other's pods and the GPU types differ or either is

@@ -251,3 +251,29 @@ def test_unexplained_findings_judge_every_pair_alike() -> None:
         )
         severities |= {f.severity for f in full}
     assert severities == {"error", "warning"}
+
+
+def test_one_finding_per_severity_names_three_and_counts_the_rest() -> None:
+    existing = [dep(f"a100-{i:02d}", MODEL, gpu="A100", gpus=1) for i in range(40)]
+    twins = [dep(f"a40-{i:02d}", MODEL, gpu="A40", gpus=1) for i in range(5)]
+    snap = Snapshot.from_objects([*existing, *twins], POLICY)
+    me = snap.deployments[ObjectRef("Deployment", "ml", "a40-00")]
+    error, warning = selector_overlap.check(me, snap)
+    assert (error.severity, warning.severity) == ("error", "warning")
+    assert [r.name for r in error.related] == [f"a100-{i:02d}" for i in range(40)]
+    assert "a100-01, a100-02 and 37 more Deployments" in error.message
+    assert "a100-03" not in error.message and len(error.message) < 1000
+    assert [r.name for r in warning.related] == ["a40-01", "a40-02", "a40-03", "a40-04"]
+    assert "a40-02, a40-03 and 1 more Deployment." in warning.message
+
+
+def test_exists_selector_over_a_namespace_is_one_bounded_finding() -> None:
+    objs = [dep(f"m{i:03d}", {"model": f"m{i}"}, gpu="A100", gpus=1) for i in range(300)]
+    broad = dep("broad", {"x": "y"}, gpu="A40", gpus=1)
+    broad["spec"]["selector"] = {"matchExpressions": [{"key": "model", "operator": "Exists"}]}
+    broad["spec"]["template"]["metadata"]["labels"] = {"model": "any"}
+    snap = Snapshot.from_objects([*objs, broad], POLICY)
+    me = snap.deployments[ObjectRef("Deployment", "ml", "broad")]
+    [finding] = selector_overlap.check(me, snap)
+    assert len(finding.related) == 300 and "and 297 more" in finding.message
+    assert len(finding.message) < 1000
