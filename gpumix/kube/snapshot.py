@@ -54,6 +54,23 @@ class _KeyGroup:
 _NONE: frozenset[str] = frozenset()
 
 
+def _may_overlap(
+    group: _KeyGroup, sig: frozenset[str], pinned: Mapping[str, frozenset[str]]
+) -> set[str]:
+    """The members of ``group`` whose selector may overlap one pinning ``pinned``: the
+    smallest posting of a key both pin, or the whole group when they pin none in common."""
+    best: set[str] | None = None
+    for key in sig.intersection(pinned):
+        hits: set[str] = set()
+        for value in pinned[key]:
+            hits |= group.postings.get((key, value), _NONE)
+        if best is None or len(hits) < len(best):
+            best = hits
+        if not best:
+            break
+    return group.members if best is None else best
+
+
 def _add_to(index: dict[Any, set[str]], key: Any, name: str) -> None:
     posting = index.get(key)
     if posting is None:
@@ -79,6 +96,9 @@ class _NamespaceIndex:
     """Pod-template label -> members whose template carries it, when their own selector
     does not pin it (those are in their group's postings already: most template labels
     are the selector's, and indexing them twice would double the index)."""
+    label_keys: dict[str, set[str]] = field(default_factory=dict)
+    """Pod-template label key -> members whose template carries it and whose selector
+    does not name it (those are found through their selector)."""
     members: set[str] = field(default_factory=set)
 
     def add(self, name: str, selector: Selector, template_labels: Mapping[str, str]) -> None:
@@ -90,9 +110,12 @@ class _NamespaceIndex:
                 _add_to(group.postings, (key, value), name)
         for key in selector.keys.difference(pinned):
             _add_to(self.loose, key, name)
+        selector_keys = selector.keys
         for item in template_labels.items():
             if item[1] not in pinned.get(item[0], _NONE):
                 _add_to(self.labels, item, name)
+            if item[0] not in selector_keys:
+                _add_to(self.label_keys, item[0], name)
         self.members.add(name)
 
     def remove(self, name: str, selector: Selector, template_labels: Mapping[str, str]) -> None:
@@ -100,9 +123,12 @@ class _NamespaceIndex:
         sig = frozenset(pinned)
         for key in selector.keys.difference(pinned):
             _drop_from(self.loose, key, name)
+        selector_keys = selector.keys
         for item in template_labels.items():
             if item[1] not in pinned.get(item[0], _NONE):
                 _drop_from(self.labels, item, name)
+            if item[0] not in selector_keys:
+                _drop_from(self.label_keys, item[0], name)
         self.members.discard(name)
         group = self.groups.get(sig)
         if group is None:
@@ -114,24 +140,47 @@ class _NamespaceIndex:
         if not group.members:
             del self.groups[sig]
 
+    def _carrying_a_key(self, selector: Selector) -> set[str] | frozenset[str]:
+        """A superset of the members whose template a selector that pins nothing may
+        select: those whose template carries a key it requires (``Exists``), the
+        smallest such set; every member when it requires none."""
+        best: set[str] | None = None
+        for req in selector.requirements:
+            if req.operator != "Exists":
+                continue
+            hits = set(self.label_keys.get(req.key, _NONE)) | self.loose.get(req.key, _NONE)
+            for sig, group in self.groups.items():
+                if req.key in sig:
+                    hits |= group.members
+            if best is None or len(hits) < len(best):
+                best = hits
+        return self.members if best is None else best
+
     def related(self, selector: Selector, template_labels: Mapping[str, str]) -> set[str]:
         """A superset of the members that share a selector key with ``selector`` and may
         overlap it, or whose template it selects, or whose selector selects
         ``template_labels``: every pair the overlap rule can report."""
         pinned = selector.pinned()
+        keys = selector.keys
         out: set[str] = set()
-        # 1. a selector key in common (and, when both pin it, a value in common)
-        for key in selector.keys:
-            values = pinned.get(key)
-            for sig, group in self.groups.items():
-                if key not in sig:
-                    continue
-                if values is None:
-                    out |= group.members
-                else:
-                    for value in values:
-                        out |= group.postings.get((key, value), _NONE)
-            out |= self.loose.get(key, _NONE)
+        # 1. a selector key in common, among the members that may overlap (``candidates``:
+        # where a group pins a key ``selector`` pins too, only that key's postings)
+        loose: set[str] | frozenset[str] = _NONE
+        for key in keys:
+            more = self.loose.get(key)
+            if more:
+                loose = more if not loose else loose | more
+        for sig, group in self.groups.items():
+            shares_key = not sig.isdisjoint(keys)
+            if not shares_key and not loose:
+                continue
+            may_overlap = _may_overlap(group, sig, pinned)
+            if shares_key:
+                out |= may_overlap
+            elif len(loose) < len(may_overlap):
+                out.update(name for name in loose if name in may_overlap)
+            else:
+                out.update(name for name in may_overlap if name in loose)
         # 2. ``selector`` selects the member's template: it carries a pinned value of each key
         if pinned:
             best: set[str] | None = None
@@ -147,8 +196,8 @@ class _NamespaceIndex:
                 if not best:
                     break
             out |= best or _NONE
-        else:  # nothing pinned (only Exists, NotIn, DoesNotExist): any template may match
-            out |= self.members
+        else:
+            out |= self._carrying_a_key(selector)
         # 3. the member's selector selects ``template_labels``: its pinned keys are all there
         for sig, group in self.groups.items():
             if not sig:

@@ -652,13 +652,15 @@ def test_a_gpu_quantity_gpumix_cannot_read_never_makes_the_webhook_unready(
         container = stored["spec"]["template"]["spec"]["containers"][0]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "10e399"
         wait_until(
-            lambda: metric_sum(
-                gpumix_webhook.metrics(),
-                "gpumix_cache_unreadable_objects",
-                kind="Deployment",
-                handling="kept",
-            )
-            > kept,
+            lambda: (
+                metric_sum(
+                    gpumix_webhook.metrics(),
+                    "gpumix_cache_unreadable_objects",
+                    kind="Deployment",
+                    handling="kept",
+                )
+                > kept
+            ),
             timeout_s=15,
             what="the unreadable Deployment counted in the webhook's cache",
         )
