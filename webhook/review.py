@@ -237,9 +237,10 @@ def _unreadable_object(
     """An object of a kind the rules judge that cannot be read at all: the mode
     decides, as for any error finding (enforce: denied; warn: a warning; audit: a
     metric).  Any other kind is allowed."""
-    kind, api_version = obj.get("kind"), obj.get("apiVersion")
-    judged = (kind == "Deployment" and str(api_version).startswith("apps/")) or (
-        isinstance(kind, str) and autoscaler_info(str(api_version), kind) is not None
+    kind, raw_version = obj.get("kind"), obj.get("apiVersion")
+    api_version = raw_version if isinstance(raw_version, str) else ""
+    judged = (kind == "Deployment" and api_version.startswith("apps/")) or (
+        isinstance(kind, str) and autoscaler_info(api_version, kind) is not None
     )
     namespace = exc.ref.namespace
     if not judged:
