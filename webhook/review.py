@@ -199,12 +199,14 @@ def review(request: AdmissionRequest, snapshot: Snapshot, policy: Policy, phase:
         return Verdict("allowed", message=f"namespace {view.namespace} is exempt")
     mode = mode_for(view.namespace, snapshot, policy)
     old_obj = request.get("oldObject")
-    old_view = _old_view(old_obj, policy)  # read once, for both steps' needs
+    # Each object of the request is turned into a view once, and only where it is used.
     if phase == "mutate":
         if isinstance(view, DeploymentView) and old_obj and mode == "enforce":
             verdict = _keep_isolation(obj, old_obj, mode)
+            old_view = _old_view(old_obj, policy)
             return _warn_selector_change(verdict, obj, old_obj, view, old_view)
         return _mutate(obj, view, snapshot, policy, mode, request.get("operation", ""))
+    old_view = _old_view(old_obj, policy)
     immutable: list[Finding] = []
     if isinstance(view, DeploymentView) and isinstance(old_view, DeploymentView) and old_obj:
         immutable = selector_immutable.check(
@@ -461,7 +463,8 @@ def _validate(
     policy: Policy,
     mode: Mode,
 ) -> Verdict:
-    findings = evaluate(view, snapshot, policy)
+    update = isinstance(view, DeploymentView) and isinstance(old_view, DeploymentView)
+    findings = evaluate(view, snapshot, policy, overlaps=not update)
     if isinstance(view, DeploymentView) and isinstance(old_view, DeploymentView):
         # An UPDATE is denied for overlaps it creates, not for ones that were already there.
         # (Same pairs at the same or a lower severity; an update that raises a pair to an
@@ -473,7 +476,7 @@ def _validate(
         kept = [p for p in pairs if (p.other.ref, p.severity) in before]
         findings = (
             immutable
-            + [f for f in findings if f.rule != selector_overlap.RULE]
+            + findings
             + selector_overlap.findings(view, new, snapshot)
             + [_as_warning(f) for f in selector_overlap.findings(view, kept, snapshot)]
         )

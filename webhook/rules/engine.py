@@ -17,13 +17,16 @@ from webhook.rules import (
 from webhook.rules.base import Finding, sort_findings
 
 
-def evaluate(view: View, snapshot: Snapshot, policy: Policy) -> list[Finding]:
-    """Findings about one object against the rest of the snapshot."""
+def evaluate(
+    view: View, snapshot: Snapshot, policy: Policy, *, overlaps: bool = True
+) -> list[Finding]:
+    """Findings about one object against the rest of the snapshot.  ``overlaps=False``
+    leaves ``selector-overlap`` out, for a caller that judges the pairs itself."""
     if isinstance(view, DeploymentView):
         return (
             invalid_selector.check(view)
             + unreadable_field.check(view)
-            + selector_overlap.check(view, snapshot)
+            + (selector_overlap.check(view, snapshot) if overlaps else [])
         )
     if isinstance(view, AutoscalerView):
         return missing_max_replicas.check(view, snapshot, policy) + (
