@@ -550,3 +550,12 @@ def test_update_splits_new_overlaps_from_ones_already_there() -> None:
     assert [[r.name for r in f.related] for f in kept] == [["scaled"]]
     assert kept[0].severity == "warning" and "[selector-overlap]" in verdict.message
     assert "scaled" not in verdict.message
+
+
+def test_an_unreadable_namespace_default_is_named_where_the_default_is_used() -> None:
+    snap = snapshot(namespace("default", annotations={"gpumix.io/default-max-replicas": "lots"}))
+    verdict = decide(hpa("h", "d"), snap, "mutate")
+    assert verdict.shape == "patched" and verdict.patch[0]["value"] == POLICY.default_max_replicas
+    [finding] = verdict.findings
+    assert "metadata.annotations[gpumix.io/default-max-replicas]" in finding.message
+    assert "must be a positive integer" in finding.message

@@ -60,6 +60,11 @@ def check(scaler: AutoscalerView, snapshot: Snapshot, policy: Policy) -> list[Fi
         return []
     value = default_ceiling(scaler, snapshot, policy)
     unknown = unreadable_gpus(scaler, snapshot)
+    ns = snapshot.namespace(scaler.namespace)
+    if ns is not None and ns.unreadable:
+        unknown = "; ".join(
+            [*([unknown] if unknown else []), f"Namespace {ns.name}: {ns.unreadable[0]}"]
+        )
     return [
         Finding(
             RULE,
