@@ -8,6 +8,12 @@ list again.  A relist replaces that resource's objects only once the new list
 is complete, so nothing is lost or missing in between.  Only views
 (``gpumix.kube.objects.view_of``) are stored, never whole objects.
 
+Each object is turned into its view on its own (``read_view``): a value gpumix
+cannot read is named in the view (and the rules report it), and an object that
+cannot be read at all is left out and recorded in the snapshot's ``unreadable``;
+neither stops the list, the watch or readiness.  Both are counted in
+``gpumix_cache_unreadable_objects``.
+
 Autoscaler CRDs (KEDA ``ScaledObject``, AIBrix ``PodAutoscaler``) are found by
 API discovery, again every ``discovery_interval_s``, so CRDs installed later are
 picked up; a CRD that disappears takes its objects with it.
@@ -40,11 +46,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpumix.kube.objects import View, namespace_of, view_of
+from gpumix.kube.objects import ObjectRef, UnreadableObject, View, namespace_of, read_view
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
 from webhook.kubeapi import ApiError, KubeClient
-from webhook.metrics import WebhookMetrics
+from webhook.metrics import CACHE_KINDS, WebhookMetrics
 from webhook.settings import CacheSettings
 
 log = logging.getLogger("gpumix.webhook.cache")
@@ -107,6 +113,10 @@ class Reflector:
         self._sleep = sleep
         self._jitter = jitter
         self.keys: set[tuple[str, str]] = set()
+        self.partial: set[tuple[str, str]] = set()
+        """Keys of objects kept as views that name fields gpumix cannot read."""
+        self.skipped: set[tuple[str, str]] = set()
+        """Keys of objects that could not be read at all (left out of the views)."""
         self.synced = False
         self.resource_version = ""
         self.relists = 0
@@ -122,21 +132,49 @@ class Reflector:
         ns = namespace_of(obj) if self.resource.namespaced else ""
         return ns, name if isinstance(name, str) else ""
 
-    def _view(self, obj: dict[str, Any]) -> View | None:
+    def _view(self, obj: dict[str, Any]) -> View | UnreadableObject | None:
+        """The object's view; an UnreadableObject when it cannot be read at all (this
+        object's conversion is isolated from every other's)."""
         # List items carry no apiVersion/kind; watch events do: set both the same way.
         obj["apiVersion"] = self.resource.api_version
         obj["kind"] = self.resource.kind
-        return view_of(obj, self.policy)
+        try:
+            return read_view(obj, self.policy)
+        except UnreadableObject as exc:
+            key = self._key(obj)
+            log.warning(
+                "%s %s: %s; left out of the cache",
+                self.resource.kind,
+                f"{key[0]}/{key[1]}" if key[0] else key[1],
+                exc.reason,
+                exc_info=exc.__cause__,
+            )
+            return exc
+
+    def _store(self, key: tuple[str, str], view: View | UnreadableObject) -> None:
+        if isinstance(view, UnreadableObject):
+            self.snapshot.mark_unreadable(ObjectRef(self.resource.kind, *key), view.reason)
+            self.skipped.add(key)
+            self.partial.discard(key)
+        else:
+            self.snapshot.put(view)
+            self.skipped.discard(key)
+            if getattr(view, "unreadable", ()):
+                self.partial.add(key)
+            else:
+                self.partial.discard(key)
+        self.keys.add(key)
 
     def _put(self, obj: dict[str, Any]) -> None:
         view = self._view(obj)
         if view is not None:
-            self.snapshot.put(view)
-            self.keys.add(self._key(obj))
+            self._store(self._key(obj), view)
 
     def _remove(self, key: tuple[str, str]) -> None:
         self.snapshot.remove(self.resource.kind, key[0], key[1])
         self.keys.discard(key)
+        self.partial.discard(key)
+        self.skipped.discard(key)
 
     def clear(self) -> None:
         for key in list(self.keys):
@@ -148,7 +186,7 @@ class Reflector:
         Each page is turned into views at once, so only views (not 10,000 whole
         objects) are held until the list is complete and applied.
         """
-        views: dict[tuple[str, str], View] = {}
+        views: dict[tuple[str, str], View | UnreadableObject] = {}
         cont = ""
         version = ""
         for _ in range(MAX_PAGES):
@@ -170,8 +208,7 @@ class Reflector:
         for key in self.keys - views.keys():
             self._remove(key)
         for key, view in views.items():
-            self.snapshot.put(view)
-            self.keys.add(key)
+            self._store(key, view)
         self.relists += 1
         self.on_change()
         return version
@@ -308,6 +345,14 @@ class ClusterCache:
             self.metrics.cache_objects.labels(kind="Node").set(len(snap.nodes))
             self.metrics.cache_objects.labels(kind="Namespace").set(len(snap.namespaces))
             self.metrics.cache_synced.set(1 if synced else 0)
+            unreadable = {(k, h): 0 for k in CACHE_KINDS for h in ("kept", "skipped")}
+            for reflector in self.reflectors.values():
+                kind = reflector.resource.kind
+                kind = kind if kind in CACHE_KINDS else "Autoscaler"
+                unreadable[kind, "kept"] += len(reflector.partial)
+                unreadable[kind, "skipped"] += len(reflector.skipped)
+            for (kind, handling), count in unreadable.items():
+                self.metrics.cache_unreadable.labels(kind=kind, handling=handling).set(count)
 
     async def wait_synced(self, timeout_s: float) -> bool:
         try:

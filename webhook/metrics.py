@@ -174,6 +174,13 @@ class WebhookMetrics:
             "1 when every watched resource has been listed and is current.",
             registry=r,
         )
+        self.cache_unreadable = Gauge(
+            "gpumix_cache_unreadable_objects",
+            "Objects with values gpumix cannot read, by kind: kept (as views that name the "
+            "unreadable fields; the rules report them) or skipped (not readable at all).",
+            ("kind", "handling"),
+            registry=r,
+        )
         self.cert_expiry = Gauge(
             "gpumix_webhook_cert_expiry_timestamp_seconds",
             "Expiry (notAfter, Unix time) of the serving certificate in use.",
@@ -181,6 +188,8 @@ class WebhookMetrics:
         )
         for kind in CACHE_KINDS:
             self.cache_objects.labels(kind=kind).set(0)
+            for handling in ("kept", "skipped"):
+                self.cache_unreadable.labels(kind=kind, handling=handling).set(0)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

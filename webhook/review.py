@@ -19,7 +19,16 @@ import jsonpatch
 import orjson
 
 from gpumix.kube.fields import as_mapping, is_mapping
-from gpumix.kube.objects import AutoscalerView, DeploymentView, ObjectRef, View, view_of
+from gpumix.kube.objects import (
+    AutoscalerView,
+    DeploymentView,
+    ObjectRef,
+    UnreadableObject,
+    View,
+    autoscaler_info,
+    read_view,
+    view_of,
+)
 from gpumix.kube.policy import DEPLOYMENT_LABEL, GPU_TYPE_LABEL, MODE_LABEL, MODES, Mode, Policy
 from gpumix.kube.snapshot import Snapshot
 from webhook.rules import (
@@ -28,6 +37,7 @@ from webhook.rules import (
     model_selector,
     selector_immutable,
     selector_overlap,
+    unreadable_field,
 )
 from webhook.rules.base import Finding
 from webhook.rules.engine import evaluate
@@ -218,21 +228,26 @@ def review(
     if request.get("subResource") or request.get("operation") not in ("CREATE", "UPDATE"):
         return Verdict("allowed")
     obj = _object_of(request)
-    view = view_of(obj, policy)
+    try:
+        view = read_view(obj, policy)
+    except UnreadableObject as exc:
+        return _unreadable_object(exc, obj, snapshot, policy, phase)
     if not isinstance(view, (DeploymentView, AutoscalerView)):
         return Verdict("allowed")
     if view.namespace in policy.exempt_namespaces:
         return Verdict("allowed", message=f"namespace {view.namespace} is exempt")
     mode = mode_for(view.namespace, snapshot, policy)
     old_obj = request.get("oldObject")
-    old_view = view_of(old_obj, policy) if old_obj else None
+    # Each object of the request is turned into a view once, and only where it is used.
     if phase == "mutate":
         if isinstance(view, DeploymentView) and old_obj:
             # In every mode: the labels were added when the selector could still change,
             # and dropping them now is a change the API server refuses.
             verdict = _keep_isolation(obj, old_obj, mode)
-            return _warn_selector_change(verdict, obj, old_obj, view, policy)
+            old_view = _old_view(old_obj, policy)
+            return _warn_selector_change(verdict, obj, old_obj, view, old_view)
         return _mutate(obj, view, snapshot, policy, mode, request.get("operation", ""))
+    old_view = _old_view(old_obj, policy)
     if not current and isinstance(view, DeploymentView):
         stale = _not_current(view, old_view, mode)
         if stale is not None:
@@ -258,6 +273,50 @@ def review(
         (bad_mode, *verdict.findings),
         verdict.mode,
     )
+
+
+def _old_view(old_obj: Mapping[str, Any] | None, policy: Policy) -> View | None:
+    """The view of the object before an UPDATE; None when absent or unreadable (the
+    update is then judged as if the object were new)."""
+    if not old_obj:
+        return None
+    try:
+        return read_view(old_obj, policy)
+    except UnreadableObject:
+        return None
+
+
+def _unreadable_object(
+    exc: UnreadableObject,
+    obj: Mapping[str, Any],
+    snapshot: Snapshot,
+    policy: Policy,
+    phase: Phase,
+) -> Verdict:
+    """An object of a kind the rules judge that cannot be read at all: the mode
+    decides, as for any error finding (enforce: denied; warn: a warning; audit: a
+    metric).  Any other kind is allowed."""
+    kind, raw_version = obj.get("kind"), obj.get("apiVersion")
+    api_version = raw_version if isinstance(raw_version, str) else ""
+    judged = (kind == "Deployment" and api_version.startswith("apps/")) or (
+        isinstance(kind, str) and autoscaler_info(api_version, kind) is not None
+    )
+    namespace = exc.ref.namespace
+    if not judged:
+        return Verdict("allowed")
+    if namespace in policy.exempt_namespaces:
+        return Verdict("allowed", message=f"namespace {namespace} is exempt")
+    mode = mode_for(namespace, snapshot, policy)
+    finding = Finding(
+        unreadable_field.RULE,
+        "error",
+        exc.ref,
+        f"{exc}. gpumix cannot judge an object it cannot read. Fix: check the object's "
+        "fields (nesting, types)",
+    )
+    if phase == "mutate":
+        return Verdict("allowed", findings=(finding,), mode=mode)
+    return _verdict([finding], snapshot, mode)
 
 
 # The dicts each fix writes to.  (``_child`` in webhook.rules.fixes writes into a
@@ -373,9 +432,11 @@ def _mutate(
     if not patch:
         return Verdict("allowed", mode=mode)
     notes = tuple(
-        f"gpumix fixed {f.rule} on {f.subject}"
-        + (f": {f.message}" if f.severity == "warning" else "")
-        for f in applied
+        dict.fromkeys(
+            f"gpumix fixed {f.rule} on {f.subject}"
+            + (f": {f.message}" if f.severity == "warning" else "")
+            for f in applied
+        )
     )
     return Verdict(
         "patched", patch=tuple(patch), warnings=notes, findings=tuple(applied), mode=mode
@@ -432,13 +493,12 @@ def _warn_selector_change(
     obj: dict[str, Any],
     old_obj: Mapping[str, Any],
     view: DeploymentView,
-    policy: Policy,
+    old_view: View | None,
 ) -> Verdict:
     """kube-apiserver refuses a selector change in its own validation, which runs
     before validating webhooks; a warning from the mutating step still reaches the
     user with the API's error, and says how to recreate the Deployment."""
     fixed = jsonpatch.apply_patch(obj, list(verdict.patch)) if verdict.patch else obj
-    old_view = view_of(old_obj, policy)
     if not isinstance(old_view, DeploymentView):
         return verdict
     findings = selector_immutable.check(
@@ -482,23 +542,31 @@ def _validate(
     policy: Policy,
     mode: Mode,
 ) -> Verdict:
-    findings = evaluate(view, snapshot, policy)
+    update = isinstance(view, DeploymentView) and isinstance(old_view, DeploymentView)
+    findings = evaluate(view, snapshot, policy, overlaps=not update)
     if isinstance(view, AutoscalerView) and not ceiling_judged(view, old_view):
         findings = [f for f in findings if f.rule != max_replicas_above_ceiling.RULE]
     if isinstance(view, DeploymentView) and isinstance(old_view, DeploymentView):
         # An UPDATE is denied for overlaps it creates, not for ones that were already there.
         # (Same pairs at the same or a lower severity; an update that raises a pair to an
         # error, e.g. by re-pinning the GPU type, is judged as new.)
-        before = {
-            (r, f.severity) for f in selector_overlap.check(old_view, snapshot) for r in f.related
-        }
-        findings = [
-            _as_warning(f)
-            if f.rule == selector_overlap.RULE and all((r, f.severity) in before for r in f.related)
-            else f
-            for f in findings
-        ]
-        findings = immutable + findings
+        earlier = selector_overlap.overlaps_of(old_view, snapshot)
+        before = {(p.other.ref, p.severity) for p in earlier}
+        pairs = selector_overlap.overlaps_of(view, snapshot)
+        new = [p for p in pairs if (p.other.ref, p.severity) not in before]
+        kept = [p for p in pairs if (p.other.ref, p.severity) in before]
+        findings = (
+            immutable
+            + findings
+            + selector_overlap.findings(view, new, snapshot)
+            + [_as_warning(f) for f in selector_overlap.findings(view, kept, snapshot)]
+        )
+    return _verdict(findings, snapshot, mode)
+
+
+def _verdict(findings: list[Finding], snapshot: Snapshot, mode: Mode) -> Verdict:
+    """What the mode makes of these findings: denied (enforce, with errors), allowed
+    with warnings (warn), or allowed and only recorded (audit)."""
     errors = [f for f in findings if f.severity == "error"]
     # Each finding once (dict keeps the first of equal texts, in order).
     warnings = tuple(
@@ -520,8 +588,11 @@ def _validate(
         }
     )
     if broad:
+        named = ", ".join(broad[: selector_overlap.NAMED])
+        if len(broad) > selector_overlap.NAMED:
+            named += f" and {len(broad) - selector_overlap.NAMED} more"
         message += (
-            f" | {', '.join(broad)} already exist(s) with a broad selector, so fixing this "
+            f" | {named} already exist(s) with a broad selector, so fixing this "
             "object alone cannot remove the overlap. A Deployment's selector is immutable: "
             "recreate the existing one(s) with a distinct selector label (run "
             "`gpumix check --fix` on the manifests to see the change), then apply this again"
@@ -590,7 +661,8 @@ def to_response(uid: str, verdict: Verdict) -> AdmissionReviewResponse:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json_bytes(list(verdict.patch))).decode()
     if verdict.warnings:
-        response["warnings"] = [_warning_text(w) for w in verdict.warnings]
+        # each once (kubectl prints every one), in the order they came
+        response["warnings"] = list(dict.fromkeys(_warning_text(w) for w in verdict.warnings))
     return {"apiVersion": ADMISSION_API_VERSION, "kind": "AdmissionReview", "response": response}
 
 

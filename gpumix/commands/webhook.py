@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpumix.commands.check import file_objects, load_policy
-from gpumix.manifests import InputError, load_sources
+from gpumix.kube.objects import UnreadableObject, read_view, ref_of
+from gpumix.kube.policy import Policy
+from gpumix.manifests import InputError, is_kubernetes_object, load_sources
 from webhook.settings import DAY_S, EVENT_LOOPS, TLSSettings, WebhookSettings
 
 EXIT_OK, EXIT_INPUT = 0, 2
@@ -130,10 +132,24 @@ def settings_from_args(args: argparse.Namespace) -> WebhookSettings:
     )
 
 
-def state_objects(path: str) -> list[Mapping[str, Any]]:
+def state_objects(path: str, policy: Policy) -> list[Mapping[str, Any]]:
+    """The objects of a state file; raise InputError (file, document, field) for the
+    first one gpumix cannot read, or that has a value it cannot read: the webhook would
+    judge against a cluster state it does not know."""
     sources, errors = load_sources([path], sys.stdin)
     if errors:
         raise errors[0]
+    for src in sources:
+        for doc in src.documents:
+            for obj in doc.objects():
+                if not is_kubernetes_object(obj):
+                    continue
+                try:
+                    view = read_view(obj, policy)
+                except UnreadableObject as exc:
+                    raise InputError(src.path, str(exc), doc.index) from exc
+                for fact in getattr(view, "unreadable", ()):
+                    raise InputError(src.path, f"{ref_of(obj)}: field {fact}", doc.index)
     return list(file_objects(sources))
 
 
@@ -146,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         settings = settings_from_args(args)
-        objects = state_objects(settings.state_file) if settings.state_file else None
+        objects = (
+            state_objects(settings.state_file, settings.policy) if settings.state_file else None
+        )
     except InputError as exc:
         sys.stderr.write(f"gpumix webhook: {exc}\n")
         return EXIT_INPUT

@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gpumix.kube.fields import as_list, as_mapping, str_map
+from gpumix.kube.fields import Unreadable, as_list, as_mapping, short_value, str_map
 from gpumix.kube.policy import GPU_TYPE_LABEL, MIG_RESOURCE_PREFIX, Policy
+from gpumix.kube.quantity import QuantityError, whole_quantity
 
 GpuKind = Literal["pinned", "mig", "unpinned", "cpu"]
 
@@ -44,8 +45,17 @@ class GpuType:
 CPU_ONLY = GpuType("cpu", None, "no GPU resources requested")
 
 
-def gpu_resources(pod_spec: Mapping[str, Any], policy: Policy) -> dict[str, int]:
+def gpu_resources(
+    pod_spec: Mapping[str, Any],
+    policy: Policy,
+    unreadable: list[tuple[str, Unreadable]] | None = None,
+    path: str = "spec",
+) -> dict[str, int]:
     """GPU-like extended resources one replica requests (limits win over requests).
+
+    A quantity that cannot be read (not a quantity, fractional, negative, beyond
+    Kubernetes' range) counts as 0 here and is appended to ``unreadable`` as
+    ``(resource name, fact)``, with its field path under ``path``.
 
     As the scheduler counts them: the app containers and the sidecars (init
     containers with ``restartPolicy: Always``) add up; an ordinary init
@@ -55,27 +65,32 @@ def gpu_resources(pod_spec: Mapping[str, Any], policy: Policy) -> dict[str, int]
     totals: dict[str, int] = {}
     init_containers = pod_spec.get("initContainers")
     if not init_containers:  # the common case: only the app containers count
-        for container in as_list(pod_spec.get("containers")):
-            _add(totals, _container_gpus(container, policy))
+        for i, container in enumerate(as_list(pod_spec.get("containers"))):
+            _add(totals, _container_gpus(container, policy, unreadable, f"{path}.containers[{i}]"))
         return {k: v for k, v in totals.items() if v > 0}
     sidecars: dict[str, int] = {}
     init_peak: dict[str, int] = {}
-    for container in as_list(init_containers):
-        own = _container_gpus(container, policy)
+    for i, container in enumerate(as_list(init_containers)):
+        own = _container_gpus(container, policy, unreadable, f"{path}.initContainers[{i}]")
         if as_mapping(container).get("restartPolicy") == "Always":
             _add(sidecars, own)
         else:
             for name, qty in own.items():
                 init_peak[name] = max(init_peak.get(name, 0), qty + sidecars.get(name, 0))
-    for container in as_list(pod_spec.get("containers")):
-        _add(totals, _container_gpus(container, policy))
+    for i, container in enumerate(as_list(pod_spec.get("containers"))):
+        _add(totals, _container_gpus(container, policy, unreadable, f"{path}.containers[{i}]"))
     _add(totals, sidecars)
     for name, qty in init_peak.items():
         totals[name] = max(totals.get(name, 0), qty)
     return {k: v for k, v in totals.items() if v > 0}
 
 
-def _container_gpus(container: object, policy: Policy) -> dict[str, int]:
+def _container_gpus(
+    container: object,
+    policy: Policy,
+    unreadable: list[tuple[str, Unreadable]] | None,
+    path: str,
+) -> dict[str, int]:
     resources = as_mapping(as_mapping(container).get("resources"))
     seen: dict[str, int] = {}
     for section in ("requests", "limits"):  # limits overwrite requests
@@ -83,29 +98,23 @@ def _container_gpus(container: object, policy: Policy) -> dict[str, int]:
         if not amounts:
             continue
         for name, qty in as_mapping(amounts).items():
-            if isinstance(name, str) and policy.is_accelerator(name):
-                seen[name] = _quantity(qty)
+            if not isinstance(name, str) or not policy.is_accelerator(name):
+                continue
+            try:
+                seen[name] = whole_quantity(qty)
+            except QuantityError as exc:
+                seen[name] = 0
+                if unreadable is not None:
+                    fact = Unreadable(
+                        f"{path}.resources.{section}[{name}]", short_value(qty), str(exc)
+                    )
+                    unreadable.append((name, fact))
     return seen
 
 
 def _add(into: dict[str, int], more: Mapping[str, int]) -> None:
     for name, qty in more.items():
         into[name] = into.get(name, 0) + qty
-
-
-def _quantity(qty: object) -> int:
-    if isinstance(qty, bool):
-        return 0
-    if isinstance(qty, int):
-        return qty
-    if isinstance(qty, float):
-        return int(qty)
-    if isinstance(qty, str):
-        try:
-            return int(float(qty))
-        except ValueError:
-            return 0
-    return 0
 
 
 def _required_affinity_pins(pod_spec: Mapping[str, Any]) -> dict[str, str]:
@@ -144,15 +153,26 @@ def gpus_per_replica(template: Mapping[str, Any], policy: Policy) -> int:
 
 
 def gpu_facts(
-    template: Mapping[str, Any], policy: Policy, labels: Mapping[str, str] | None = None
+    template: Mapping[str, Any],
+    policy: Policy,
+    labels: Mapping[str, str] | None = None,
+    unreadable: list[Unreadable] | None = None,
 ) -> tuple[GpuType, int]:
     """``(gpu_type_of, gpus_per_replica)`` of a pod template, reading it once.
-    ``labels``: the template's labels when the caller has read them already."""
+    ``labels``: the template's labels when the caller has read them already.
+    GPU quantities that cannot be read are appended to ``unreadable`` (paths under
+    ``spec.template``); they count as 0 GPUs, but their resource still decides the
+    type (a MIG slice, or an unpinned GPU)."""
     if labels is None:
         labels = str_map(as_mapping(template.get("metadata")).get("labels"))
     spec = as_mapping(template.get("spec"))
-    resources = gpu_resources(spec, policy)
+    bad: list[tuple[str, Unreadable]] = []
+    resources = gpu_resources(spec, policy, bad, "spec.template.spec")
     gpus = sum(resources.values())
+    if bad:
+        if unreadable is not None:
+            unreadable.extend(fact for _, fact in bad)
+        resources = {**{name: 0 for name, _ in bad}, **resources}
     if labels.get(GPU_TYPE_LABEL):
         name = labels[GPU_TYPE_LABEL]
         return GpuType("pinned", name, f"label {GPU_TYPE_LABEL}", GPU_TYPE_LABEL), gpus

@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 
+from gpumix.kube.fields import Unreadable
 from gpumix.kube.gputype import (
     CPU_ONLY,
     GpuType,
+    gpu_facts,
     gpu_resources,
     gpu_type_of,
     gpus_per_replica,
@@ -162,8 +164,6 @@ def test_unpinned(resource: str) -> None:
         template(),
         template(limits={"cpu": "2", "memory": "1Gi"}),
         template(limits={"nvidia.com/gpu": 0}),
-        template(limits={"nvidia.com/gpu": "lots"}),
-        template(limits={"nvidia.com/gpu": True}),
         {},
         {"spec": {"containers": "nope"}},
         {"metadata": {"labels": ["x"]}, "spec": {"containers": [None, 3]}},
@@ -173,6 +173,60 @@ def test_cpu_only(t: dict[str, Any]) -> None:
     assert gpu_type_of(t, POLICY) == CPU_ONLY
     assert CPU_ONLY.label == "CPU-only"
     assert gpus_per_replica(t, POLICY) == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("lots", "not a quantity"),
+        (True, "a boolean is not a quantity"),
+        ("10e399", "out of range"),  # what the API server stores for 1e400
+        ("1e400", "out of range"),
+        ("inf", "not a quantity"),
+        (float("inf"), "not a finite number"),
+        (float("nan"), "not a finite number"),
+        ("0.5", "must be a whole number"),
+        ("-1", "must not be negative"),
+        ({"nested": ["x"]}, "must be a string or a number, got dict"),
+    ],
+)
+def test_unreadable_gpu_quantity_is_a_named_fact_not_a_crash(value: object, reason: str) -> None:
+    t: dict[str, Any] = {
+        "spec": {
+            "containers": [
+                {"resources": {"limits": {"cpu": "1"}}},
+                {"resources": {"requests": {"nvidia.com/gpu": value}}},
+            ]
+        }
+    }
+    unreadable: list[Unreadable] = []
+    gpu_type, gpus = gpu_facts(t, POLICY, None, unreadable)
+    # the resource is requested, so the type says so; only its amount is unknown
+    assert gpu_type.kind == "unpinned" and gpus == 0
+    [fact] = unreadable
+    assert fact.field == "spec.template.spec.containers[1].resources.requests[nvidia.com/gpu]"
+    assert reason in fact.reason
+
+
+def test_unreadable_mig_quantity_still_gives_the_mig_type() -> None:
+    unreadable: list[Unreadable] = []
+    t = template(limits={"nvidia.com/mig-1g.10gb": "1e400", "nvidia.com/gpu": "1"})
+    gpu_type, gpus = gpu_facts(t, POLICY, None, unreadable)
+    assert (gpu_type.kind, gpu_type.name, gpus) == ("mig", "nvidia.com/mig-1g.10gb", 1)
+    assert [u.field for u in unreadable] == [
+        "spec.template.spec.containers[0].resources.limits[nvidia.com/mig-1g.10gb]"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "count"), [("1", 1), (2, 2), (4.0, 4), ("1e1", 10), ("1k", 1000)]
+)
+def test_gpu_quantities_are_read_as_kubernetes_quantities(value: object, count: int) -> None:
+    unreadable: list[Unreadable] = []
+    assert (
+        gpu_facts(template(limits={"nvidia.com/gpu": value}), POLICY, None, unreadable)[1] == count
+    )
+    assert unreadable == []
 
 
 def test_gpus_per_replica_limits_win_and_containers_add_up() -> None:

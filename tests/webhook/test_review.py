@@ -27,8 +27,10 @@ from gpumix.kube.objects import view_of
 from gpumix.kube.policy import Policy
 from webhook.review import (
     ReviewError,
+    Verdict,
     _copy_for_fix,
     _derived_patch,
+    json_bytes,
     parse_review,
     review,
     to_response,
@@ -596,3 +598,154 @@ def test_invalid_mode_label_is_reported_and_the_policy_mode_applies() -> None:
     assert not decide(hpa("h", "x", 3), snap, "mutate").warnings
     audit = decide(hpa("h", "x", 3), snap, "validate", policy=Policy(mode="audit"))
     assert "the policy's mode (audit) applies" in audit.warnings[0]
+# -- values gpumix cannot read -----------------------------------------------------------
+
+GPU_FIELD = "spec.template.spec.containers[0].resources.limits[nvidia.com/gpu]"
+
+
+def with_gpus(obj: dict, value: object) -> dict:
+    obj["spec"]["template"]["spec"]["containers"][0]["resources"] = {
+        "limits": {"nvidia.com/gpu": value}
+    }
+    return obj
+
+
+def wire_request(obj: dict, literal: str) -> dict:
+    """The request as the server decodes it from the wire, with a JSON literal (such as
+    Infinity or NaN, which the standard library's decoder lets in) as the GPU amount."""
+    body = json.dumps(review_body(with_gpus(obj, "PLACEHOLDER"))).replace('"PLACEHOLDER"', literal)
+    return parse_review(json.loads(body))
+
+
+@pytest.mark.parametrize("literal", ['"inf"', '"1e400"', '"10e399"', "1e400", "Infinity", "NaN"])
+def test_unreadable_gpu_request_is_judged_by_the_mode_never_a_500(literal: str) -> None:
+    snap = snapshot(namespace("warned", labels={"gpumix.io/mode": "warn"}))
+    request = wire_request(deployment("huge"), literal)
+    for phase in ("mutate", "validate"):
+        verdict = review(request, snap, POLICY, phase)
+        json.loads(json_bytes(to_response("u", verdict)))  # the answer serializes
+    # enforce: denied, naming the field
+    assert verdict.shape == "denied" and verdict.code == 403
+    assert GPU_FIELD in verdict.message and "unreadable-field" in verdict.message
+    # warn: allowed with the same finding as a warning; audit: only recorded
+    warned = wire_request(deployment("huge", "warned"), literal)
+    verdict = review(warned, snap, POLICY, "validate")
+    assert verdict.shape == "allowed" and any(GPU_FIELD in w for w in verdict.warnings)
+    verdict = review(request, snap, Policy(mode="audit"), "validate")
+    assert verdict.shape == "allowed" and not verdict.warnings
+    assert [f.rule for f in verdict.findings] == ["unreadable-field"]
+
+
+def test_unreadable_gpu_request_still_counts_for_the_overlap_rule() -> None:
+    """Its type (an unpinned GPU) is still read: an overlap with it is still an error."""
+    snap = snapshot(with_gpus(deployment("huge"), "10e399"))
+    verdict = decide(deployment("a40", gpu_product="A40"), snap, "validate")
+    assert verdict.shape == "denied" and "selector-overlap" in verdict.message
+
+
+def test_ceiling_rules_say_when_the_targets_gpus_cannot_be_read() -> None:
+    snap = snapshot(
+        with_gpus(deployment("huge", gpu_product="A100"), "1e400"), node("n", "A100", 8)
+    )
+    verdict = decide(hpa("h", "huge"), snap, "mutate")
+    assert verdict.shape == "patched"  # the default ceiling, not capped by capacity
+    assert verdict.patch[0]["value"] == POLICY.default_max_replicas
+    [finding] = verdict.findings
+    assert "cannot be read" in finding.message and GPU_FIELD in finding.message
+    verdict = decide(hpa("h", "huge", 50), snap, "validate")
+    assert verdict.shape == "allowed"
+    assert any("max-replicas-above-ceiling" in w and GPU_FIELD in w for w in verdict.warnings)
+
+
+def test_an_object_that_cannot_be_read_at_all_is_judged_by_the_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gpumix.kube.objects as objects
+
+    def failing(obj: object, policy: Policy) -> object:
+        raise RecursionError  # what a value nested past the interpreter's limit raises
+
+    monkeypatch.setattr(objects, "deployment_view", failing)
+    snap = snapshot(namespace("warned", labels={"gpumix.io/mode": "warn"}))
+    assert decide(deployment("d"), snap, "mutate").shape == "allowed"
+    verdict = decide(deployment("d"), snap, "validate")
+    assert verdict.shape == "denied"
+    assert "Deployment default/d: cannot be read: nested too deeply" in verdict.message
+    verdict = decide(deployment("d", "warned"), snap, "validate")
+    assert verdict.shape == "allowed" and "nested too deeply" in verdict.warnings[0]
+    assert decide(deployment("d", "kube-system"), snap, "validate").shape == "allowed"
+
+
+# -- bounded messages, warnings once ---------------------------------------------------
+
+
+def broad_many(count: int) -> list[dict]:
+    return [deployment(f"old-{i:03d}", gpu_product="A100") for i in range(count)]
+
+
+def test_denial_names_at_most_three_others_and_counts_the_rest() -> None:
+    snap = snapshot(*broad_many(81))
+    verdict = decide(deployment("a40", gpu_product="A40"), snap, "validate")
+    assert verdict.shape == "denied"
+    assert verdict.message.count("[selector-overlap]") == 1
+    assert "old-000" in verdict.message and "old-001, old-002 and 78 more" in verdict.message
+    assert "old-003" not in verdict.message.split("already exist")[0]
+    assert len(verdict.message) < 2000
+    [finding] = [f for f in verdict.findings if f.rule == "selector-overlap"]
+    assert len(finding.related) == 81  # every pair is still known, only not all named
+
+
+def test_an_exists_selector_over_a_big_namespace_gives_a_bounded_answer() -> None:
+    snap = snapshot(*broad_many(500))
+    broad = deployment("any-model", gpu_product="A40")
+    broad["spec"]["selector"] = {
+        "matchExpressions": [{"key": "model.aibrix.ai/name", "operator": "Exists"}]
+    }
+    verdict = decide(broad, snap, "validate")
+    assert verdict.shape == "denied" and "and 497 more" in verdict.message
+    assert len(json_bytes(to_response("u", verdict))) < 4000
+
+
+def test_mutate_sends_each_warning_once() -> None:
+    snap = snapshot(*[isolated(f"old-{i}", "A100") for i in range(81)])
+    verdict = decide(deployment("a40", gpu_product="A40"), snap, "mutate")
+    assert verdict.shape == "patched"
+    warnings = to_response("u", verdict)["response"]["warnings"]
+    assert warnings == ["gpumix fixed selector-overlap on Deployment default/a40"]
+
+
+def test_repeated_warnings_are_sent_once_in_their_order() -> None:
+    verdict = Verdict("allowed", warnings=("b", "a", "b", "a", "c"))
+    assert to_response("u", verdict)["response"]["warnings"] == ["b", "a", "c"]
+
+
+def test_update_splits_new_overlaps_from_ones_already_there() -> None:
+    """An UPDATE that re-pins the GPU type (A40 -> A100) raises one pair to an error
+    (a40: the types now differ), keeps one error (scaled: autoscaled, before and after)
+    and lowers one (twin: now the same type): only the new error denies."""
+    scaled = deployment("scaled", gpu_product="A100")
+    snap = snapshot(
+        scaled,
+        hpa("h", "scaled"),
+        deployment("twin", gpu_product="A100"),
+        deployment("a40", gpu_product="A40"),
+    )
+    old = deployment("me", gpu_product="A40")
+    new = deployment("me", gpu_product="A100")
+    verdict = decide(new, snap, "validate", "UPDATE", old=old)
+    assert verdict.shape == "denied"
+    errors = [f for f in verdict.findings if f.severity == "error"]
+    assert [[r.name for r in f.related] for f in errors] == [["a40"]]
+    kept = [f for f in verdict.findings if f.message.startswith("(already present")]
+    assert [[r.name for r in f.related] for f in kept] == [["scaled"]]
+    assert kept[0].severity == "warning" and "[selector-overlap]" in verdict.message
+    assert "scaled" not in verdict.message
+
+
+def test_an_unreadable_namespace_default_is_named_where_the_default_is_used() -> None:
+    snap = snapshot(namespace("default", annotations={"gpumix.io/default-max-replicas": "lots"}))
+    verdict = decide(hpa("h", "d"), snap, "mutate")
+    assert verdict.shape == "patched" and verdict.patch[0]["value"] == POLICY.default_max_replicas
+    [finding] = verdict.findings
+    assert "metadata.annotations[gpumix.io/default-max-replicas]" in finding.message
+    assert "must be a positive integer" in finding.message

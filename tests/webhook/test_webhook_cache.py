@@ -336,3 +336,73 @@ async def test_after_a_failure_only_a_new_list_makes_the_view_current() -> None:
     assert reflector.relists == 2
     # the backoff doubles and is jittered (here: half of each step)
     assert pauses[:3] == [FAST.backoff_initial_s / 2, FAST.backoff_initial_s, 0.04]
+def gpu_request(obj: dict[str, Any], value: object) -> dict[str, Any]:
+    obj["spec"]["template"]["spec"]["containers"][0]["resources"] = {
+        "limits": {"nvidia.com/gpu": value}
+    }
+    return obj
+
+
+async def test_objects_that_cannot_be_read_do_not_stop_the_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GPU quantity the API server accepts but gpumix cannot count (``10e399``, its
+    form of ``1e400``) is kept as a view naming the field, in any namespace; an object
+    whose conversion fails outright (a defect in a reader, simulated here) is left out.
+    Neither stops the list or the watch: every other object is cached and the cache
+    syncs (readiness)."""
+    import gpumix.kube.objects as objects
+
+    real = objects.deployment_view
+
+    def failing(obj: Any, policy: Policy) -> Any:
+        if objects.name_of(obj).startswith("broken"):
+            raise RuntimeError("a reader defect")
+        return real(obj, policy)
+
+    monkeypatch.setattr(objects, "deployment_view", failing)
+    emulator = Emulator(bookmark_interval_s=0.2)
+    emulator.create(namespace("team"))
+    emulator.create(gpu_request(deployment("huge", "kube-system"), "10e399"))
+    emulator.create(gpu_request(deployment("huge", "team"), "10e399"))
+    emulator.create(deployment("broken-1", "team"))
+    for i in range(10):  # more than one list page around them
+        emulator.create(deployment(f"d{i}", "team"))
+    await emulator.start()
+    client = await KubeClient.connect(str(emulator.kubeconfig()))
+    metrics = WebhookMetrics()
+    c = ClusterCache(client, Policy(), metrics, FAST)
+    try:
+        await c.start()
+        assert await c.wait_synced(10)
+        snap = c.snapshot
+        assert {f"d{i}" for i in range(10)} <= {r.name for r in snap.deployments}
+        for ns in ("team", "kube-system"):
+            huge = snap.deployments[dep_ref("huge", ns)]
+            assert [u.field for u in huge.unreadable] == [
+                "spec.template.spec.containers[0].resources.limits[nvidia.com/gpu]"
+            ]
+            assert huge.in_scope and huge.gpu_type.kind == "unpinned"
+        assert dep_ref("broken-1", "team") not in snap.deployments
+        assert "a reader defect" in snap.unreadable[dep_ref("broken-1", "team")]
+        gauge = metrics.cache_unreadable
+        assert gauge.labels(kind="Deployment", handling="kept")._value.get() == 2
+        assert gauge.labels(kind="Deployment", handling="skipped")._value.get() == 1
+        assert metrics.cache_synced._value.get() == 1
+        # the watch too: a new unreadable object, then the fix of one, are applied in turn
+        emulator.create(deployment("broken-2", "team"))
+        emulator.create(gpu_request(deployment("later", "team"), "inf"))
+        await until(lambda: dep_ref("broken-2", "team") in snap.unreadable)
+        await until(lambda: dep_ref("later", "team") in snap.deployments)
+        assert snap.deployments[dep_ref("later", "team")].unreadable
+        emulator.put(gpu_request(deployment("huge", "team"), "1"))
+        await until(lambda: not snap.deployments[dep_ref("huge", "team")].unreadable)
+        emulator.delete("deployments", "broken-1", "team")
+        await until(lambda: dep_ref("broken-1", "team") not in snap.unreadable)
+        assert gauge.labels(kind="Deployment", handling="skipped")._value.get() == 1
+        assert gauge.labels(kind="Deployment", handling="kept")._value.get() == 2
+        assert c.synced
+    finally:
+        await c.stop()
+        await client.close()
+        await emulator.stop()

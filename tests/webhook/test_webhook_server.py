@@ -347,6 +347,29 @@ async def test_deeply_nested_object_with_uid_is_a_400_review(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@pytest.mark.parametrize("literal", ['"inf"', '"1e400"', '"10e399"', "1e400", "Infinity", "NaN"])
+async def test_gpu_amount_gpumix_cannot_read_is_a_denial_naming_the_field_not_a_500(
+    served: Served, literal: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = review_body(deployment("huge", "solo", model="solo"), uid="huge-1")
+    container = body["request"]["object"]["spec"]["template"]["spec"]["containers"][0]
+    container["resources"] = {"limits": {"nvidia.com/gpu": "PLACEHOLDER"}}
+    raw = json.dumps(body).replace('"PLACEHOLDER"', literal).encode()
+    for path in ("/mutate", "/validate"):
+        async with served.http.post(
+            served.url + path, data=raw, headers={"Content-Type": "application/json"}
+        ) as resp:
+            assert resp.status == 200
+            answer = (await resp.json())["response"]
+        assert answer["uid"] == "huge-1"
+    assert answer["allowed"] is False and answer["status"]["code"] == 403
+    assert (
+        "spec.template.spec.containers[0].resources.limits[nvidia.com/gpu]"
+        in answer["status"]["message"]
+    )
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 async def test_error_messages_quoting_the_request_are_clipped(served: Served) -> None:
     body = review_body(deployment("d"), uid="big")
     body["apiVersion"] = "x" * 100_000

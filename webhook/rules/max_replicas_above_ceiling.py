@@ -11,7 +11,7 @@ from gpumix.kube.objects import AutoscalerView
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
 from webhook.rules.base import Finding
-from webhook.rules.missing_max_replicas import capacity_replicas, pool_gpus
+from webhook.rules.missing_max_replicas import capacity_replicas, pool_gpus, unreadable_gpus
 
 RULE = "max-replicas-above-ceiling"
 
@@ -29,6 +29,18 @@ def check(scaler: AutoscalerView, snapshot: Snapshot, policy: Policy) -> list[Fi
                 f"{scaler.ref} sets {scaler.ceiling_field}={scaler.ceiling}, above the policy's "
                 f"hard limit of {policy.hard_max_replicas}. Fix: lower it to at most "
                 f"{policy.hard_max_replicas}",
+                related,
+            )
+        ]
+    unknown = unreadable_gpus(scaler, snapshot)
+    if unknown:
+        return [
+            Finding(
+                RULE,
+                "warning",
+                scaler.ref,
+                f"{scaler.ref} sets {scaler.ceiling_field}={scaler.ceiling}, which gpumix could "
+                f"check only against the hard limit: {unknown}",
                 related,
             )
         ]

@@ -56,18 +56,36 @@ def capacity_replicas(scaler: AutoscalerView, snapshot: Snapshot, policy: Policy
     if scaler.target is None:
         return None
     dep = snapshot.deployment(scaler.target)
-    if dep is None:
-        return None
+    if dep is None or not dep.gpus_known:
+        return None  # unknown (an unreadable GPU request: see unreadable_gpus)
     gpus = pool_gpus(dep, snapshot, policy)
     if gpus is None:
         return None
     return gpus // dep.gpus_per_replica
 
 
+def unreadable_gpus(scaler: AutoscalerView, snapshot: Snapshot) -> str:
+    """When the target's GPU request cannot be read: a sentence saying so, naming the
+    field, for the messages of the rules that need the capacity; else ""."""
+    dep = snapshot.deployment(scaler.target) if scaler.target else None
+    if dep is None or dep.gpus_known:
+        return ""
+    return (
+        f"the GPU request of {dep.ref} cannot be read ({dep.unreadable[0]}), so the "
+        "GPUs of the cluster could not be taken into account"
+    )
+
+
 def check(scaler: AutoscalerView, snapshot: Snapshot, policy: Policy) -> list[Finding]:
     if scaler.ceiling is not None:
         return []
     value = default_ceiling(scaler, snapshot, policy)
+    unknown = unreadable_gpus(scaler, snapshot)
+    ns = snapshot.namespace(scaler.namespace)
+    if ns is not None and ns.unreadable:
+        unknown = "; ".join(
+            [*([unknown] if unknown else []), f"Namespace {ns.name}: {ns.unreadable[0]}"]
+        )
     return [
         Finding(
             RULE,
@@ -77,7 +95,7 @@ def check(scaler: AutoscalerView, snapshot: Snapshot, policy: Policy) -> list[Fi
             f"ramping load it can create pods until the cluster runs out. Fix: set "
             f"{scaler.ceiling_field} (default {value}: the {DEFAULT_MAX_REPLICAS_ANNOTATION} "
             "namespace annotation, else the policy default, capped by the GPUs of the target's "
-            "type)",
+            "type)" + (f"; {unknown}" if unknown else ""),
             (scaler.target,) if scaler.target else (),
             fixable=True,
         )

@@ -54,9 +54,10 @@ def hpa(name: str, target: str, ns: str = "ml") -> dict[str, Any]:
 def overlap_findings(*objs: dict[str, Any]) -> list[tuple[str, str, str]]:
     snap = Snapshot.from_objects(objs, POLICY)
     return [
-        (f.severity, f.subject.name, f.related[0].name)
+        (f.severity, f.subject.name, r.name)
         for f in evaluate_snapshot(snap, POLICY)
         if f.rule == selector_overlap.RULE
+        for r in f.related
     ]
 
 
@@ -244,7 +245,8 @@ def test_unexplained_findings_judge_every_pair_alike() -> None:
             (f.severity, f.subject, f.related) for f in full
         ]
         assert all(
-            f.message == f"selector of {f.subject} overlaps the selector of {f.related[0]}"
+            f.message.startswith(f"selector of {f.subject} overlaps the selector of {f.related[0]}")
+            and len(f.message) < 200
             for f in short
         )
         severities |= {f.severity for f in full}
@@ -319,3 +321,27 @@ def test_only_the_autoscaler_of_the_capturing_side_counts() -> None:
     got = [f for f in evaluate_snapshot(snap, POLICY) if f.rule == selector_overlap.RULE]
     assert {f.severity for f in got} == {"error"}
     assert all("autoscaled by HorizontalPodAutoscaler ml/h" in f.message for f in got)
+def test_one_finding_per_severity_names_three_and_counts_the_rest() -> None:
+    existing = [dep(f"a100-{i:02d}", MODEL, gpu="A100", gpus=1) for i in range(40)]
+    twins = [dep(f"a40-{i:02d}", MODEL, gpu="A40", gpus=1) for i in range(5)]
+    snap = Snapshot.from_objects([*existing, *twins], POLICY)
+    me = snap.deployments[ObjectRef("Deployment", "ml", "a40-00")]
+    error, warning = selector_overlap.check(me, snap)
+    assert (error.severity, warning.severity) == ("error", "warning")
+    assert [r.name for r in error.related] == [f"a100-{i:02d}" for i in range(40)]
+    assert "a100-01, a100-02 and 37 more Deployments" in error.message
+    assert "a100-03" not in error.message and len(error.message) < 1000
+    assert [r.name for r in warning.related] == ["a40-01", "a40-02", "a40-03", "a40-04"]
+    assert "a40-02, a40-03 and 1 more Deployment." in warning.message
+
+
+def test_exists_selector_over_a_namespace_is_one_bounded_finding() -> None:
+    objs = [dep(f"m{i:03d}", {"model": f"m{i}"}, gpu="A100", gpus=1) for i in range(300)]
+    broad = dep("broad", {"x": "y"}, gpu="A40", gpus=1)
+    broad["spec"]["selector"] = {"matchExpressions": [{"key": "model", "operator": "Exists"}]}
+    broad["spec"]["template"]["metadata"]["labels"] = {"model": "any"}
+    snap = Snapshot.from_objects([*objs, broad], POLICY)
+    me = snap.deployments[ObjectRef("Deployment", "ml", "broad")]
+    [finding] = selector_overlap.check(me, snap)
+    assert len(finding.related) == 300 and "and 297 more" in finding.message
+    assert len(finding.message) < 1000
