@@ -61,7 +61,9 @@ def snap(
     pools: dict[str, GpuPool] | None = None,
     **spec_kw: Any,
 ) -> MixSnapshot:
-    obj = gpumix(load=[bucket(512, 128, 10)], **spec_kw)
+    # the fake solvers here change their answer for the same load: no tolerance band
+    extra = {"tolerance": 0.0, **spec_kw.pop("extra", {})}
+    obj = gpumix(load=[bucket(512, 128, 10)], extra=extra, **spec_kw)
     try:
         spec: Any = parse_spec(obj)
     except SpecError as exc:
@@ -188,14 +190,30 @@ def test_ceilings_spec_max_free_gpus_and_autoscaler() -> None:
     pools = {"A100": GpuPool(8, 4), "A40": GpuPool(16, 16)}
     solver = FakeSolver({"A100": 50, "A40": 50})
     out = plan(snap(members, pools=pools), load(), PlanPolicy(solver, POLICY), T0)
-    # A100: (4 free + 2 held) // 2 per replica = 3; A40: the HPA ceiling 3
-    assert {o.gpu_type: o.max_replicas for o in solver.problems[0].options} == {"A100": 3, "A40": 3}
+    # A100: (4 free + 2 held) // 2 per replica = 3; A40 runs what its HPA chose (1): the
+    # others are planned around its actual replicas, not the 3 it could grow to
+    options = {o.gpu_type: (o.min_replicas, o.max_replicas) for o in solver.problems[0].options}
+    assert options == {"A100": (0, 3), "A40": (1, 1)}
     assert [(a.deployment, a.to_replicas) for a in out.scales] == [("a100", 3)]
     entries = {e["deployment"]: e for e in out.status["plan"]}
     assert "free A100 GPUs" in entries["a100"]["ceilingReason"]
-    assert entries["a40"]["recommendedReplicas"] == 3
+    assert entries["a40"]["recommendedReplicas"] == 1
+    assert entries["a40"]["ceiling"] == 3
     assert "HorizontalPodAutoscaler default/h" in entries["a40"]["autoscaledBy"]
     assert cond(out, "Scaling")["reason"] == "MembersAutoscaled"
+
+
+def test_member_whose_autoscaler_follows_the_recommendation_is_planned_freely() -> None:
+    auto = autoscaler_view(hpa("h", "a40", 3), AUTOSCALER_KINDS["HorizontalPodAutoscaler"])
+    a40 = member("a40", "A40", 1, autoscalers=[auto])
+    follower = Member(a40.deployment, 0, a40.autoscalers, follows_plan=True)
+    solver = FakeSolver({"A100": 1, "A40": 50})
+    out = plan(snap([member("a100", "A100", 1), follower]), load(), PlanPolicy(solver, POLICY), T0)
+    options = {o.gpu_type: (o.min_replicas, o.max_replicas) for o in solver.problems[0].options}
+    assert options["A40"] == (0, 3)
+    entries = {e["deployment"]: e for e in out.status["plan"]}
+    assert entries["a40"]["recommendedReplicas"] == 3
+    assert out.scales == ()
 
 
 def test_above_ceiling_is_lowered_at_once() -> None:

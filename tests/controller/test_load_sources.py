@@ -23,7 +23,13 @@ from controller_helpers import (
     wait_for,
 )
 
-from controller.load import PrometheusClient, joint_estimate, marginal, prometheus_load
+from controller.load import (
+    PrometheusClient,
+    joint_estimate,
+    marginal,
+    prometheus_load,
+    window_problem,
+)
 from controller.plan import LoadObservation, LoadUnavailable
 from controller.spec import PrometheusLoad
 
@@ -46,6 +52,7 @@ class FakePrometheus:
 
     def __init__(self) -> None:
         self.newest = time.time()
+        self.scrape = 1.0
         self.rate = 10.0
         self.prompt: dict[str, float] | None = {"512": 10.0, "+Inf": 10.0}
         self.gen: dict[str, float] | None = {"128": 10.0, "+Inf": 10.0}
@@ -56,8 +63,19 @@ class FakePrometheus:
         self.queries.append(q)
         t = float(request.query["time"])
         result: list[dict[str, Any]] = []
-        if q.startswith("max(timestamp("):
-            result = [{"metric": {}, "value": [t, str(self.newest)]}]
+        if q.startswith("timestamp("):
+            result = [{"metric": {"pod": "a"}, "value": [t, str(self.newest)]}]
+        elif q.endswith("s]"):  # the counter's raw samples in the window
+            w = float(q.rsplit("[", 1)[1][:-2])
+            points = []
+            k = math.floor(self.newest)
+            while k > t - w and k <= t:
+                points.append([k, str(self.rate * k)])
+                k -= self.scrape
+            values = sorted(points)
+            result = [{"metric": {"pod": "a"}, "values": values}] if values else []
+            body = {"status": "success", "data": {"resultType": "matrix", "result": result}}
+            return web.json_response(body)
         elif "prompt_tokens_bucket" in q and self.prompt is not None:
             result = [{"metric": {"le": k}, "value": [t, str(v)]} for k, v in self.prompt.items()]
         elif "generation_tokens_bucket" in q and self.gen is not None:
@@ -80,6 +98,64 @@ async def fake_prom() -> AsyncIterator[tuple[FakePrometheus, str]]:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     yield fake, f"http://127.0.0.1:{port}"
     await runner.cleanup()
+
+
+def _series(start: float, end: float, step: float, rate: float, base: float = 1e4) -> Any:
+    out = []
+    t = start
+    while t <= end:
+        out.append((t, base + rate * (t - start)))
+        t += step
+    return out
+
+
+def test_window_problem_fresh_covered_series_pass() -> None:
+    now = 1000.0
+    a = (("pod", "a"),)
+    b = (("pod", "b"),)
+    series = {a: _series(941.0, 999.0, 2.0, 5.0), b: _series(941.5, 999.5, 2.0, 3.0)}
+    live = {a: 999.0, b: 999.5}
+    assert window_problem(series, live, now, 60, 20, "m") is None
+
+
+def test_window_problem_vanished_series_is_missing_not_zero() -> None:
+    now = 1000.0
+    a = (("pod", "a"),)
+    b = (("pod", "b"),)
+    # b stopped 10 s ago (Prometheus wrote its staleness marker: not live any more)
+    series = {a: _series(941.0, 999.0, 2.0, 5.0), b: _series(941.0, 990.0, 2.0, 5.0)}
+    gone = window_problem(series, {a: 999.0}, now, 60, 20, "m")
+    assert isinstance(gone, LoadUnavailable) and gone.problem == "missing"
+    assert 'pod="b"' in gone.reason
+    # no staleness marker (Prometheus restarted without the target): the age tells
+    gone = window_problem(series, {a: 999.0, b: 990.0}, now, 60, 20, "m")
+    assert isinstance(gone, LoadUnavailable) and gone.problem == "missing"
+    # every series old: stale
+    old = {a: _series(900.0, 970.0, 2.0, 5.0)}
+    stale = window_problem(old, {a: 970.0}, now, 120, 20, "m")
+    assert isinstance(stale, LoadUnavailable) and stale.problem == "stale"
+    assert window_problem({}, {}, now, 60, 20, "m") == LoadUnavailable(
+        "missing", "no series of m in Prometheus"
+    )
+
+
+def test_window_problem_uncovered_window_is_partial() -> None:
+    now = 1000.0
+    a = (("pod", "a"),)
+    # Prometheus lost the first half of the window: the counter was already high
+    lost = {a: _series(971.0, 999.0, 2.0, 5.0, base=1e4)}
+    partial = window_problem(lost, {a: 999.0}, now, 60, 20, "m")
+    assert isinstance(partial, LoadUnavailable) and partial.problem == "partial"
+    # a new Pod: its counter started at zero inside the window, rate() sees all of it
+    born = {a: _series(971.0, 999.0, 2.0, 5.0, base=3.0)}
+    assert window_problem(born, {a: 999.0}, now, 60, 20, "m") is None
+    # a gap in the middle of the window does not change a counter's increase
+    gap = {a: _series(941.0, 960.0, 2.0, 5.0) + _series(985.0, 999.0, 2.0, 5.0, base=1e4 + 220)}
+    assert window_problem(gap, {a: 999.0}, now, 60, 20, "m") is None
+    # one sample only: rate() would not count the series
+    one = {a: [(999.0, 5.0)], (("pod", "b"),): _series(941.0, 999.0, 2.0, 5.0)}
+    thin = window_problem(one, {a: 999.0, (("pod", "b"),): 999.0}, now, 60, 20, "m")
+    assert isinstance(thin, LoadUnavailable) and thin.problem == "partial"
 
 
 async def test_prometheus_classification(fake_prom: tuple[FakePrometheus, str]) -> None:
