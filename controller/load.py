@@ -10,7 +10,7 @@ finished requests (``vllm:request_prompt_tokens_bucket``,
 exported, so it is estimated as the outer product of the two marginals scaled
 by the request rate, i.e. assuming input and output lengths independent::
 
-    R          = sum(rate(vllm:request_success_total[w]))
+    R          = sum over the counter's series of increase / sampled span (raw samples in w)
     p_in(i)    = (rate of prompt bucket le_i - rate of le_{i-1}) / rate of le=+Inf
     p_out(j)   = the same over the generation histogram
     rate(i, j) = R * p_in(i) * p_out(j)
@@ -92,15 +92,19 @@ def window_problem(
     series: Mapping[Labels, Samples],
     live: Mapping[Labels, float],
     now: float,
+    at: float,
     window_s: float,
     staleness_s: float,
     metric: str,
 ) -> LoadUnavailable | None:
-    """Why the counter's samples cannot be trusted for ``rate()`` over the window (None: they can).
+    """Why the counter's samples cannot be trusted for ``rate()`` over the window ending at
+    ``at`` (None: they can).
 
-    ``series``: raw samples ``(time, value)`` per series in ``(now - window_s, now]``;
+    ``series``: raw samples ``(time, value)`` per series in ``(at - window_s, at]``;
     ``live``: newest sample time of every series Prometheus still returns at ``now``.
-    Pure (``now`` is passed in).
+    The rates are evaluated at ``at``, the newest live sample, not at ``now``: a rate
+    evaluated a scrape interval or more after a series' last sample is extrapolated only
+    half an interval and comes out low.  Pure (both times are passed in).
     """
     newest_by_series = {k: max(t for t, _ in v) for k, v in series.items() if v}
     newest_by_series.update({k: max(t, newest_by_series.get(k, t)) for k, t in live.items()})
@@ -139,8 +143,7 @@ def window_problem(
             newest,
         )
     if interval is not None:
-        start = now - window_s
-        uncovered = sorted(k for k, v in series.items() if not _covers(v, start, interval))
+        uncovered = sorted(k for k, v in series.items() if not _covers(v, at - window_s))
         if uncovered:
             return LoadUnavailable(
                 "partial",
@@ -152,28 +155,46 @@ def window_problem(
     return None
 
 
-def _covers(samples: Samples, start: float, interval: float) -> bool:
-    """Does ``rate()`` over the window see all of this counter's increase in it?
+def _covers(samples: Samples, start: float) -> bool:
+    """Do this counter's samples cover the window from ``start``?
 
-    The first sample must lie within about one scrape interval of the window start
-    (Prometheus extrapolates fully only then), or the counter must have been born in
-    the window: extrapolating its first value back to zero at its rate lands inside
-    the window (Prometheus does the same), as for a new Pod.  Gaps inside the window
-    do not matter for a counter; lost data at its start does.
+    The rule of Prometheus' own extrapolation: the first sample lies within 1.1 average
+    sample intervals of the window start, or the counter's zero does (a counter born in
+    the window, as a new Pod's).  Gaps inside the window do not matter for a counter;
+    lost data at its start (Prometheus lost its storage, or scraping started late) does.
     """
+    if len(samples) < MIN_SAMPLES:
+        return False
     first_t, first_v = samples[0]
-    if first_t - start <= 1.5 * interval:
-        return True
     last_t = samples[-1][0]
+    sampled = last_t - first_t
+    if sampled <= 0:
+        return False
+    average = sampled / (len(samples) - 1)
+    to_start = first_t - start
+    increase = _increase(samples)
+    if first_v >= 0 and increase > 0:
+        to_start = min(to_start, sampled * first_v / increase)
+    return to_start < 1.1 * average
+
+
+def _increase(samples: Samples) -> float:
+    """A counter's increase over its samples (a drop is a restart from zero, as in rate())."""
     increase = 0.0
-    prev = first_v
-    for _, v in samples[1:]:
-        increase += v - prev if v >= prev else v
-        prev = v
-    if increase <= 0 or last_t <= first_t:
-        return first_v <= 0
-    to_zero = first_v * (last_t - first_t) / increase
-    return first_t - to_zero >= start - interval
+    for (_, a), (_, b) in itertools.pairwise(samples):
+        increase += b - a if b >= a else b
+    return increase
+
+
+def series_rate(samples: Samples) -> float:
+    """A counter's per-second rate over the span of its own samples (0 with fewer than two).
+
+    Unlike ``rate()`` this does not extrapolate to the window's ends, so a window whose
+    newest samples are a little older than the evaluation time does not read low.
+    """
+    if len(samples) < MIN_SAMPLES or samples[-1][0] <= samples[0][0]:
+        return 0.0
+    return _increase(samples) / (samples[-1][0] - samples[0][0])
 
 
 def static_load(source: StaticLoad, now: float) -> LoadObservation:
@@ -296,26 +317,34 @@ async def prometheus_load(client: PrometheusClient, source: PrometheusLoad, now:
     sel = source.selector
     counter = _selector(source.success_metric, sel)
     try:
-        window, live_rows = await asyncio.gather(
-            client.samples(f"{counter}[{w}]", now), client.query(f"timestamp({counter})", now)
-        )
+        live = {
+            _labels_key(labels): t
+            for labels, t in await client.query(f"timestamp({counter})", now)
+        }
+        at = max(live.values()) if live else now
+        window = await client.samples(f"{counter}[{w}]", at)
     except PrometheusError as exc:
         return LoadUnavailable("missing", str(exc))
-    live = {_labels_key(labels): t for labels, t in live_rows}
     problem = window_problem(
-        window, live, now, source.window_seconds, source.staleness_seconds, source.success_metric
+        window,
+        live,
+        now,
+        at,
+        source.window_seconds,
+        source.staleness_seconds,
+        source.success_metric,
     )
     if problem is not None:
         return problem
-    observed = max(live.values())
+    observed = at
+    now = at  # every rate is evaluated at the newest sample (see window_problem)
     try:
         if source.query is not None:
             return await _direct(client, source, now, observed)
         prompt_q = f"sum by (le) (rate({_selector(source.prompt_bucket_metric, sel)}[{w}]))"
         gen_q = f"sum by (le) (rate({_selector(source.generation_bucket_metric, sel)}[{w}]))"
-        rate_q = f"sum(rate({counter}[{w}]))"
-        prompt_raw, gen_raw, rate_raw = await asyncio.gather(
-            client.query(prompt_q, now), client.query(gen_q, now), client.query(rate_q, now)
+        prompt_raw, gen_raw = await asyncio.gather(
+            client.query(prompt_q, now), client.query(gen_q, now)
         )
     except PrometheusError as exc:
         return LoadUnavailable("missing", str(exc))
@@ -324,7 +353,6 @@ async def prometheus_load(client: PrometheusClient, source: PrometheusLoad, now:
         for name, raw in (
             (source.prompt_bucket_metric, prompt_raw),
             (source.generation_bucket_metric, gen_raw),
-            (source.success_metric, rate_raw),
         )
         if not raw
     ]
@@ -339,7 +367,8 @@ async def prometheus_load(client: PrometheusClient, source: PrometheusLoad, now:
         gen = {_le(labels["le"]): v for labels, v in gen_raw if "le" in labels}
     except ValueError as exc:
         return LoadUnavailable("partial", f"unreadable le label: {exc}", observed)
-    rate = sum(v for _, v in rate_raw)
+    # the request rate from the counter's raw samples (already read): no extrapolation
+    rate = sum(series_rate(v) for v in window.values())
     if any(not math.isfinite(v) or v < 0 for v in (rate, *prompt.values(), *gen.values())):
         return LoadUnavailable("partial", "a rate is negative or not a number", observed)
     if math.inf not in prompt or math.inf not in gen:

@@ -115,7 +115,7 @@ def test_window_problem_fresh_covered_series_pass() -> None:
     b = (("pod", "b"),)
     series = {a: _series(941.0, 999.0, 2.0, 5.0), b: _series(941.5, 999.5, 2.0, 3.0)}
     live = {a: 999.0, b: 999.5}
-    assert window_problem(series, live, now, 60, 20, "m") is None
+    assert window_problem(series, live, now, 999.5, 60, 20, "m") is None
 
 
 def test_window_problem_vanished_series_is_missing_not_zero() -> None:
@@ -124,17 +124,17 @@ def test_window_problem_vanished_series_is_missing_not_zero() -> None:
     b = (("pod", "b"),)
     # b stopped 10 s ago (Prometheus wrote its staleness marker: not live any more)
     series = {a: _series(941.0, 999.0, 2.0, 5.0), b: _series(941.0, 990.0, 2.0, 5.0)}
-    gone = window_problem(series, {a: 999.0}, now, 60, 20, "m")
+    gone = window_problem(series, {a: 999.0}, now, 999.0, 60, 20, "m")
     assert isinstance(gone, LoadUnavailable) and gone.problem == "missing"
     assert 'pod="b"' in gone.reason
     # no staleness marker (Prometheus restarted without the target): the age tells
-    gone = window_problem(series, {a: 999.0, b: 990.0}, now, 60, 20, "m")
+    gone = window_problem(series, {a: 999.0, b: 990.0}, now, 999.0, 60, 20, "m")
     assert isinstance(gone, LoadUnavailable) and gone.problem == "missing"
     # every series old: stale
     old = {a: _series(900.0, 970.0, 2.0, 5.0)}
-    stale = window_problem(old, {a: 970.0}, now, 120, 20, "m")
+    stale = window_problem(old, {a: 970.0}, now, 970.0, 120, 20, "m")
     assert isinstance(stale, LoadUnavailable) and stale.problem == "stale"
-    assert window_problem({}, {}, now, 60, 20, "m") == LoadUnavailable(
+    assert window_problem({}, {}, now, 999.0, 60, 20, "m") == LoadUnavailable(
         "missing", "no series of m in Prometheus"
     )
 
@@ -144,17 +144,17 @@ def test_window_problem_uncovered_window_is_partial() -> None:
     a = (("pod", "a"),)
     # Prometheus lost the first half of the window: the counter was already high
     lost = {a: _series(971.0, 999.0, 2.0, 5.0, base=1e4)}
-    partial = window_problem(lost, {a: 999.0}, now, 60, 20, "m")
+    partial = window_problem(lost, {a: 999.0}, now, 999.0, 60, 20, "m")
     assert isinstance(partial, LoadUnavailable) and partial.problem == "partial"
     # a new Pod: its counter started at zero inside the window, rate() sees all of it
     born = {a: _series(971.0, 999.0, 2.0, 5.0, base=3.0)}
-    assert window_problem(born, {a: 999.0}, now, 60, 20, "m") is None
+    assert window_problem(born, {a: 999.0}, now, 999.0, 60, 20, "m") is None
     # a gap in the middle of the window does not change a counter's increase
     gap = {a: _series(941.0, 960.0, 2.0, 5.0) + _series(985.0, 999.0, 2.0, 5.0, base=1e4 + 220)}
-    assert window_problem(gap, {a: 999.0}, now, 60, 20, "m") is None
+    assert window_problem(gap, {a: 999.0}, now, 999.0, 60, 20, "m") is None
     # one sample only: rate() would not count the series
     one = {a: [(999.0, 5.0)], (("pod", "b"),): _series(941.0, 999.0, 2.0, 5.0)}
-    thin = window_problem(one, {a: 999.0, (("pod", "b"),): 999.0}, now, 60, 20, "m")
+    thin = window_problem(one, {a: 999.0, (("pod", "b"),): 999.0}, now, 999.0, 60, 20, "m")
     assert isinstance(thin, LoadUnavailable) and thin.problem == "partial"
 
 
