@@ -26,9 +26,10 @@ Safety rules, in the order they are applied (docs/controller.md explains them):
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypedDict
 
 from controller.spec import (
@@ -38,6 +39,7 @@ from controller.spec import (
     PrometheusLoad,
     Slo,
     SpecError,
+    StaticLoad,
 )
 from gpumix.kube.objects import AutoscalerView, DeploymentView, ObjectRef
 from gpumix.kube.policy import Policy
@@ -464,7 +466,7 @@ def plan(snapshot: MixSnapshot, load: Load, policy: PlanPolicy, now: float) -> A
 
     ceilings = {m.name: _ceiling(m, spec, snapshot.pools) for m in snapshot.members}
     bounds = {m.name: _bounds(m, spec, ceilings[m.name][0]) for m in snapshot.members}
-    basis = plan_basis(load, snapshot.generation)
+    basis = plan_basis(load, spec_fingerprint(spec))
     kept = _kept_solution(snapshot, spec, memory, bounds, basis)
     if kept is not None:
         solution = kept
@@ -820,7 +822,14 @@ def _bound_key(le: float) -> str:
     return "+Inf" if math.isinf(le) else f"{le:g}"
 
 
-def plan_basis(load: LoadObservation, generation: int) -> dict[str, object]:
+def spec_fingerprint(spec: GPUMixSpec) -> str:
+    """A digest of everything in the spec but the load: a change re-plans at once (a
+    static load is in the spec too, and its changes go through the tolerance instead)."""
+    rest = replace(spec, load_source=StaticLoad(()))
+    return hashlib.sha256(repr(rest).encode()).hexdigest()[:16]
+
+
+def plan_basis(load: LoadObservation, spec_digest: str) -> dict[str, object]:
     """The load a plan is made for, as kept in ``status.planBasis``: the request rate
     per input-token bound and per output-token bound (the two marginals)."""
     inputs: dict[str, float] = {}
@@ -830,7 +839,7 @@ def plan_basis(load: LoadObservation, generation: int) -> dict[str, object]:
         key = _bound_key(x.output_tokens)
         outputs[key] = outputs.get(key, 0.0) + x.rps
     return {
-        "generation": generation,
+        "spec": spec_digest,
         "requestsPerSecond": round(sum(x.rps for x in load.buckets), 4),
         "inputTokens": {k: round(v, 4) for k, v in sorted(inputs.items())},
         "outputTokens": {k: round(v, 4) for k, v in sorted(outputs.items())},
@@ -876,7 +885,7 @@ def _kept_solution(
     old = previous.get("planBasis")
     if spec.tolerance <= 0 or not isinstance(old, Mapping):
         return None
-    if old.get("generation") != snap.generation or previous.get("solverStatus") not in (
+    if old.get("spec") != basis.get("spec") or previous.get("solverStatus") not in (
         "OPTIMAL",
         "FEASIBLE",
     ):

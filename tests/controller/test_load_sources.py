@@ -51,7 +51,7 @@ class FakePrometheus:
     """Answers the controller's instant queries from settable values."""
 
     def __init__(self) -> None:
-        self.newest = time.time()
+        self.newest: float | None = None  # None: a sample every second up to the query time
         self.scrape = 1.0
         self.rate = 10.0
         self.prompt: dict[str, float] | None = {"512": 10.0, "+Inf": 10.0}
@@ -62,13 +62,14 @@ class FakePrometheus:
         q = request.query["query"]
         self.queries.append(q)
         t = float(request.query["time"])
+        newest = t if self.newest is None else self.newest
         result: list[dict[str, Any]] = []
         if q.startswith("timestamp("):
-            result = [{"metric": {"pod": "a"}, "value": [t, str(self.newest)]}]
+            result = [{"metric": {"pod": "a"}, "value": [t, str(newest)]}]
         elif q.endswith("s]"):  # the counter's raw samples in the window
             w = float(q.rsplit("[", 1)[1][:-2])
             points = []
-            k = math.floor(self.newest)
+            k = math.floor(newest)
             while k > t - w and k <= t:
                 points.append([k, str(self.rate * k)])
                 k -= self.scrape
@@ -206,7 +207,7 @@ async def test_stale_load_keeps_replicas(
             what="a LoadStale Event",
         )
         # fresh data again: the plan applies (10 req/s of small requests: 2 A40, 0 A100)
-        fake.newest = time.time()
+        fake.newest = None
         await wait_for(
             lambda: replicas(emu, "llama-a40") == 2, timeout=10, what="plan on fresh load"
         )
@@ -218,3 +219,39 @@ async def test_stale_load_keeps_replicas(
             what="LoadAvailable=False",
         )
         assert replicas(emu, "llama-a40") == 2
+
+
+async def test_status_after_an_outage_has_no_stale_fields_and_is_not_rewritten(
+    emu: Any, api: Any, fake_prom: tuple[FakePrometheus, str]
+) -> None:
+    fake, url = fake_prom
+    emu.create(node("a40-0", "A40", 8))
+    emu.create(node("a100-0", "A100", 8))
+    emu.create(deployment("llama-a100", "A100", replicas=1))
+    emu.create(deployment("llama-a40", "A40", replicas=1))
+    prom = {"prometheus": {"url": url, "stalenessSeconds": 60, "windowSeconds": 60}}
+    emu.create(gpumix(extra={"loadSource": prom, "intervalSeconds": 1}))
+    async with running(api, settings(), solver=GreedySolver()) as run:
+        await wait_for(lambda: replicas(emu, "llama-a40") == 2, what="the first plan")
+        fake.newest = time.time() - 3600  # outage: stale
+        await wait_for(
+            lambda: "reason" in gmx_status(emu).get("load", {}), what="the load's reason"
+        )
+        fake.newest = None  # recovery
+        await wait_for(
+            lambda: condition(gmx_status(emu), "LoadAvailable").get("status") == "True",
+            what="load back",
+        )
+        load = gmx_status(emu)["load"]
+        assert "reason" not in load and load["requestsPerSecond"] == 10.0
+        await wait_for(
+            lambda: "LoadAvailable" in {e["reason"] for e in emu.list("events", "default")},
+            what="the LoadAvailable Event",
+        )
+        # passes that find nothing new write no status
+        patches = run.controller.kube.calls["patch"]
+        passes = run.controller.passes
+        await wait_for(lambda: run.controller.passes >= passes + 3, what="three more passes")
+        assert run.controller.kube.calls["patch"] == patches
+        events = [e["reason"] for e in emu.list("events", "default")]
+        assert events.count("LoadStale") == 1 and events.count("LoadAvailable") == 1
