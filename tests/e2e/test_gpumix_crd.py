@@ -153,7 +153,7 @@ def test_status_goes_through_the_status_subresource(
     ("verb", "resource", "allowed"),
     [
         ("patch", "gpumixes.gpumix.io/status", True),
-        ("update", "gpumixes.gpumix.io/status", True),
+        ("update", "gpumixes.gpumix.io/status", False),
         ("watch", "gpumixes.gpumix.io", True),
         ("patch", "gpumixes.gpumix.io", False),
         ("update", "gpumixes.gpumix.io", False),
