@@ -318,8 +318,7 @@ async def prometheus_load(client: PrometheusClient, source: PrometheusLoad, now:
     counter = _selector(source.success_metric, sel)
     try:
         live = {
-            _labels_key(labels): t
-            for labels, t in await client.query(f"timestamp({counter})", now)
+            _labels_key(labels): t for labels, t in await client.query(f"timestamp({counter})", now)
         }
         at = max(live.values()) if live else now
         window = await client.samples(f"{counter}[{w}]", at)
