@@ -571,10 +571,8 @@ class Controller:
         """What ``/metrics/<ns>/<deployment>`` serves: this replica's plan while it leads,
         else (standby, or a new leader before its first pass) the leader's last plan as
         written to the GPUMix status, so no replica answers 404 for a planned Deployment."""
-        if self.can_write():
-            own = self.recommendations.get((ns, name))
-            if own is not None:
-                return own
+        if self.can_write() and self.synced:
+            return self.recommendations.get((ns, name))
         return self.leader_plan.get((ns, name))
 
     async def read_leader_plan(self) -> None:
@@ -598,6 +596,7 @@ class Controller:
     def _stand_by(self) -> None:
         """Not leading: export no plan of our own (the leader's gauges are the truth)."""
         self._led = False
+        self.synced = False
         self.recommendations.clear()
         self._rec_owner.clear()
         self.metrics.recommended_replicas.clear()
