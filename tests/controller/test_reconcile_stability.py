@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from typing import Any
 
 import aiohttp
@@ -18,8 +20,9 @@ from controller_helpers import (
     settings,
     wait_for,
 )
-from prometheus_client import Counter
+from prometheus_client import Counter, generate_latest
 
+from controller.kubeio import KubeIO
 from controller.shell import Controller
 
 
@@ -153,3 +156,55 @@ async def test_standby_serves_the_leaders_plan_and_exports_no_plan_gauges(emu: A
                 assert status == 404
             assert b.controller.kube.calls["put"] == 0
             assert b.controller.kube.calls["patch"] == 0
+
+
+class Switch:
+    """A leadership that the test turns on and off."""
+
+    def __init__(self) -> None:
+        self.leading = True
+
+    def is_leader(self) -> bool:
+        return self.leading
+
+    async def run(self, stop: Any) -> None:
+        await stop.wait()
+
+
+async def test_losing_leadership_clears_the_plan_gauges(emu: Any, api: Any) -> None:
+
+    cluster(emu)
+    emu.create(gpumix(load=[bucket(512, 128, 10.0)]))
+    switch = Switch()
+    async with aiohttp.ClientSession() as session:
+        ctl = Controller(
+            settings(),
+            KubeIO(api),
+            clock=time.time,
+            session=session,
+            solver=GreedySolver(),
+            leadership=switch,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.create_task(ctl.work_loop(stop))
+        try:
+            await wait_for(lambda: replicas(emu, "llama-a40") == 2, what="the leader's plan")
+
+            def exported() -> str:
+                return generate_latest(ctl.metrics.registry).decode()
+
+            assert "gpumix_recommended_replicas{" in exported()
+            switch.leading = False
+            await wait_for(
+                lambda: "gpumix_recommended_replicas{" not in exported(),
+                what="the plan gauges cleared",
+            )
+            assert "gpumix_plan_cost_per_hour{" not in exported()
+            assert "gpumix_load_available{" not in exported()
+            # what it serves now is the leader's plan from the status
+            await wait_for(lambda: ctl.leader_plan_read, what="the leader's plan read")
+            rec = ctl.recommendation("default", "llama-a40")
+            assert rec is not None and rec.replicas == 2
+        finally:
+            stop.set()
+            await loop
