@@ -67,6 +67,10 @@ INVALID = {
         {"loadSource": {"prometheus": {"url": "prometheus:9090"}}},
         "spec.loadSource.prometheus.url: Invalid value",
     ),
+    "gpu-type-without-price": (
+        {"gpuTypes": {"H100": {"maxReplicas": 4}}},
+        "spec.gpuTypes: Invalid value: every spec.gpuTypes key needs a price in spec.prices",
+    ),
     "zero-gpus-per-replica": (
         {"gpuTypes": {"A100": {"gpusPerReplica": 0}}},
         "spec.gpuTypes.A100.gpusPerReplica: Invalid value: 0",
