@@ -879,8 +879,8 @@ def _kept_solution(
     basis: Mapping[str, object],
 ) -> MixSolution | None:
     """The previous plan, when the load stayed within ``spec.tolerance`` of the load it was
-    made for and it is still valid (same spec generation and members, recommendations within
-    the members' current bounds); None: solve again."""
+    made for and it is still valid (the same spec but for the load, the same members, the
+    recommendations within the members' current bounds); None: solve again."""
     previous = snap.previous_status
     old = previous.get("planBasis")
     if spec.tolerance <= 0 or not isinstance(old, Mapping):
