@@ -336,6 +336,14 @@ async def test_prometheus_restarts_never_lower_replicas(
         async with running(api, settings(), solver=GreedySolver()):
             await planned(emu)
             with ReplicaWatch(emu, MEMBERS) as watch:
+                # down for a while, then back with its data and its targets: the window
+                # has a gap, the counters kept counting
+                prom.stop()
+                await broken_then_repaired(emu, watch, {"LoadMissing"}, 1.0)
+                prom.start(targets)
+                await prom.ready()
+                await recovered(emu, watch)
+            with ReplicaWatch(emu, MEMBERS) as watch:
                 # restarted with its data but a configuration that lost the targets: the
                 # old samples are there, no new ones come
                 prom.stop()
