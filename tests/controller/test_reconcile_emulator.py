@@ -122,7 +122,9 @@ async def test_autoscaled_member_is_not_scaled(emu: Any, api: Any) -> None:
         )
         assert replicas(emu, "llama-a40") == 1  # untouched
         entry = next(e for e in gmx_status(emu)["plan"] if e["deployment"] == "llama-a40")
-        assert entry["recommendedReplicas"] == 5  # clamped to the HPA's ceiling
+        # planned with the replicas its HPA chose; the other member takes the rest
+        assert entry["recommendedReplicas"] == 1
+        assert entry["ceiling"] == 5
         assert "HorizontalPodAutoscaler default/llama-a40" in entry["autoscaledBy"]
         import aiohttp
 
@@ -131,7 +133,7 @@ async def test_autoscaled_member_is_not_scaled(emu: Any, api: Any) -> None:
             async with http.get(url) as resp:
                 text = await resp.text()
             assert resp.status == 200
-            assert 'vllm:deployment_replicas{model_name="llama"} 5' in text
+            assert 'vllm:deployment_replicas{model_name="llama"} 1' in text
             async with http.get(f"{run.controller.metrics_url}/metrics/default/nope") as resp:
                 assert resp.status == 404
             async with http.get(f"{run.controller.metrics_url}/metrics") as resp:
