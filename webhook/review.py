@@ -100,7 +100,12 @@ class ReviewError(ValueError):
 
 
 def parse_review(body: object) -> AdmissionRequest:
-    """Check an AdmissionReview body and return its request, or raise ReviewError."""
+    """Check an AdmissionReview body and return its request, or raise ReviewError.
+
+    Fields the API server always sends as strings must be strings (or absent, where
+    optional): anything else is reported by its JSON type, never printed, so a value
+    nested a thousand levels deep costs no recursion.
+    """
     if not is_mapping(body):
         raise ReviewError("body must be a JSON object (an AdmissionReview)")
     raw_request = body.get("request")
@@ -110,17 +115,18 @@ def parse_review(body: object) -> AdmissionRequest:
         uid = request["uid"]
     if body.get("apiVersion") != ADMISSION_API_VERSION:
         raise ReviewError(
-            f"apiVersion must be {ADMISSION_API_VERSION}, got {body.get('apiVersion')!r}", uid
+            f"apiVersion must be {ADMISSION_API_VERSION}, got {_describe(body.get('apiVersion'))}",
+            uid,
         )
     if body.get("kind") != "AdmissionReview":
-        raise ReviewError(f"kind must be AdmissionReview, got {body.get('kind')!r}", uid)
+        raise ReviewError(f"kind must be AdmissionReview, got {_describe(body.get('kind'))}", uid)
     if request is None:
         raise ReviewError("request is missing or not an object", uid)
     if not uid:
         raise ReviewError("request.uid is missing or not a string")
     operation = request.get("operation")
     if operation not in ("CREATE", "UPDATE", "DELETE", "CONNECT"):
-        raise ReviewError(f"request.operation {operation!r} is not a known operation", uid)
+        raise ReviewError(f"request.operation {_describe(operation)} is not a known operation", uid)
     obj = request.get("object")
     if not is_mapping(obj):
         obj = None
@@ -135,18 +141,41 @@ def parse_review(body: object) -> AdmissionRequest:
     return {
         "uid": uid,
         "kind": {
-            "group": str(kind.get("group", "")),
-            "version": str(kind.get("version", "")),
-            "kind": str(kind["kind"]),
+            "group": _string(kind, "group", "request.kind.group", uid),
+            "version": _string(kind, "version", "request.kind.version", uid),
+            "kind": kind["kind"],
         },
-        "name": str(request.get("name") or ""),
-        "namespace": str(request.get("namespace") or ""),
-        "operation": str(operation),
-        "subResource": str(request.get("subResource") or ""),
+        "name": _string(request, "name", "request.name", uid),
+        "namespace": _string(request, "namespace", "request.namespace", uid),
+        "operation": operation,
+        "subResource": _string(request, "subResource", "request.subResource", uid),
         "object": dict(obj) if obj is not None else {},
         "oldObject": dict(old) if old is not None else None,
         "dryRun": bool(request.get("dryRun", False)),
     }
+
+
+def _string(parent: Mapping[str, Any], key: str, where: str, uid: str) -> str:
+    """An optional string field ("" when absent or null), or ReviewError naming it."""
+    value = parent.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ReviewError(f"{where} must be a string, got {_describe(value)}", uid)
+    return value
+
+
+def _describe(value: object) -> str:
+    """A request value in an error message: short, and without walking into it."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= 100 else value[:97] + "...")
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if is_mapping(value):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
 
 
 def _object_of(request: AdmissionRequest) -> dict[str, Any]:

@@ -101,8 +101,8 @@ async def build(
     else:
         certs = BootstrapCerts(client, settings.tls, holder, clock)
     state = WebhookState(settings.policy, source, metrics, certs)
-    server = make_server(state, lingering_time=2.0)
-    probe_server = make_server(state, admission=False)
+    server = make_server(state, limits=settings.server, lingering_time=2.0)
+    probe_server = make_server(state, admission=False, limits=settings.server)
     return Built(server, probe_server, holder.context, state, certs, cache, owned_client)
 
 
