@@ -136,8 +136,12 @@ def parse_review(body: object) -> AdmissionRequest:
     if old is not None and not is_mapping(old):
         raise ReviewError("request.oldObject is not an object", uid)
     kind = request.get("kind")
-    if not is_mapping(kind) or not isinstance(kind.get("kind"), str):
-        raise ReviewError("request.kind is missing or has no kind", uid)
+    if not is_mapping(kind):
+        raise ReviewError("request.kind is missing or not an object", uid)
+    if not isinstance(kind.get("kind"), str):
+        raise ReviewError(
+            f"request.kind.kind must be a string, got {_describe(kind.get('kind'))}", uid
+        )
     return {
         "uid": uid,
         "kind": {
