@@ -71,6 +71,8 @@ NESTING_MESSAGE = "request body nests too deeply to be a Kubernetes object"
 SERVER_NAME = "gpumix-webhook"
 """The ``Server`` header: no software versions (aiohttp would send Python's and its own)."""
 RETRY_AFTER_S = 1
+LINGER_MAX_BYTES = 256 * 1024
+"""Of a body left unread, at most this much is read and dropped after the answer."""
 JSON_HEADERS = {hdrs.CONTENT_TYPE: "application/json", hdrs.SERVER: SERVER_NAME}
 
 
@@ -262,15 +264,14 @@ def parse_json(raw: bytes | bytearray) -> object:
 
 
 def refused_busy(budget: BodyBudget) -> Refused:
-    return Refused(
-        "busy",
-        status_response(
-            429,
-            f"the webhook is reading {budget.in_flight} bytes of request bodies, its limit; "
-            f"retry in {RETRY_AFTER_S} s",
-            details={"retryAfterSeconds": RETRY_AFTER_S},
-        ),
+    response = status_response(
+        429,
+        f"the webhook is reading {budget.in_flight} bytes of request bodies, its limit; "
+        f"retry in {RETRY_AFTER_S} s",
+        details={"retryAfterSeconds": RETRY_AFTER_S},
     )
+    response.headers[hdrs.RETRY_AFTER] = str(RETRY_AFTER_S)
+    return Refused("busy", response)
 
 
 def refused_slow(timeout_s: float) -> Refused:
@@ -369,11 +370,13 @@ class WebhookHandler:
                 if not request.content.at_eof():
                     # the unread rest of the body must not be taken as a request
                     response.force_close()
+                    _abandon_body(request)
                 return response
             except Refused as refused:
                 state.metrics.refused(refused.reason)
                 log.debug("%s refused: %s", path, refused.reason)
                 refused.response.force_close()
+                _abandon_body(request)
                 return refused.response
             except (ConnectionError, RequestPayloadError) as exc:
                 # The client hung up, or its body broke off (a bad chunk, fewer bytes than
@@ -435,6 +438,14 @@ class WebhookHandler:
 _SERVER_HEADER = {hdrs.SERVER: SERVER_NAME}
 
 
+def _abandon_body(request: web.BaseRequest) -> None:
+    protocol = request.protocol
+    if isinstance(protocol, Connection):
+        length = request.content_length
+        received = request.content.total_bytes if length is not None else 0
+        protocol.abandon_body(None if length is None else length - received)
+
+
 async def _expect(request: web.BaseRequest) -> web.Response | None:
     """``Expect`` as aiohttp's router answers it: ``100 Continue``, or 417 (with a
     ``Status`` body, the connection closed) when unknown."""
@@ -478,7 +489,14 @@ class Connection(RequestHandler):
     read.  Waiting between requests is aiohttp's keep-alive timeout (the idle timeout).
     """
 
-    __slots__ = ("_between_requests", "_header_deadline", "_header_handle", "_header_timeout")
+    __slots__ = (
+        "_abandoned",
+        "_answered_payload",
+        "_between_requests",
+        "_header_deadline",
+        "_header_handle",
+        "_header_timeout",
+    )
 
     def __init__(self, manager: WebhookServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -486,6 +504,19 @@ class Connection(RequestHandler):
         self._header_deadline = 0.0
         self._header_handle: asyncio.TimerHandle | None = None
         self._between_requests = False
+        self._answered_payload: StreamReader | None = None
+        self._abandoned = False
+
+    def abandon_body(self, remaining: int | None) -> None:
+        """The rest of the current request's body will not be read.  When more than
+        256 KiB (or an unknown amount) is still to come, the connection is dropped once
+        the answer is written, as Go's server does, instead of reading and discarding
+        the rest for ``lingering_time`` and waiting for TLS's closing handshake: neither
+        costs anything then.  (A client still sending may see a reset rather than the
+        answer; the API server retries on either.)"""
+        if remaining is None or remaining > LINGER_MAX_BYTES:
+            self._lingering_time = 0.0
+            self._abandoned = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -496,6 +527,12 @@ class Connection(RequestHandler):
             self._header_handle.cancel()
             self._header_handle = None
         self._header_deadline = 0.0
+        payload = self._answered_payload
+        if payload is not None and not payload.is_eof():
+            # aiohttp may still be reading the rest of an answered request's body
+            # ("lingering"); without this it would wait on a closed connection and log
+            # a RuntimeError as an unhandled exception.
+            payload.feed_eof()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -512,6 +549,9 @@ class Connection(RequestHandler):
     ) -> tuple[web.StreamResponse, bool]:
         answered = await super().finish_response(request, resp, start_time)
         self._between_requests = True
+        self._answered_payload = request.content
+        if self._abandoned and self.transport is not None:
+            self.transport.abort()
         return answered
 
     def _await_headers(self) -> None:
