@@ -27,7 +27,13 @@ from prometheus_client.registry import Collector
 KNOWN_KINDS = frozenset({"Deployment", "HorizontalPodAutoscaler", "ScaledObject", "PodAutoscaler"})
 KNOWN_OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
 CACHE_KINDS = ("Deployment", "Autoscaler", "Node", "Namespace")
-REFUSAL_REASONS = ("busy", "body-timeout", "body-incomplete", "header-timeout")
+REFUSAL_REASONS = (
+    "busy",
+    "body-timeout",
+    "body-incomplete",
+    "header-timeout",
+    "too-many-connections",
+)
 """Why the HTTPS server stopped reading a request (``gpumix_webhook_requests_refused_total``)."""
 
 # Admission runs in well under a millisecond; the API server's default timeout is 10 s.
@@ -196,7 +202,7 @@ class WebhookMetrics:
             "gpumix_webhook_requests_refused",
             "Requests the HTTPS server stopped reading, by reason: busy (the in-flight body "
             "budget is used up: 429), body-timeout (408), body-incomplete (the client hung "
-            "up or broke off its body), header-timeout (connection closed).",
+            "up or broke off its body), header-timeout and too-many-connections (connection closed).",
             ("reason",),
             registry=r,
         )

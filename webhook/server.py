@@ -520,6 +520,12 @@ class Connection(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        manager = self._manager
+        if isinstance(manager, WebhookServer) and manager.over_capacity():
+            manager.on_refused("too-many-connections")
+            log.debug("closing a connection: %d are open", manager.max_connections)
+            self.force_close()
+            return
         self._await_headers()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -609,12 +615,18 @@ class WebhookServer(web.Server):
         handler: WebhookHandler,
         *,
         header_timeout_s: float,
+        max_connections: int,
         on_refused: Callable[[str], None],
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
         self.header_timeout_s = header_timeout_s
+        self.max_connections = max_connections
         self.on_refused = on_refused
+
+    def over_capacity(self) -> bool:
+        """More connections than allowed (the one just made included)."""
+        return len(self._connections) > self.max_connections
 
     def __call__(self) -> RequestHandler:
         return Connection(self, loop=self._loop, **self._kwargs)
@@ -642,6 +654,7 @@ def make_server(
     return WebhookServer(
         handler,
         header_timeout_s=limits.header_timeout_s,
+        max_connections=limits.max_connections,
         on_refused=state.metrics.refused,
         # Bodies are read and capped in ``read_body``, never by aiohttp (nor decompressed).
         request_factory=partial(web.BaseRequest, loop=loop, client_max_size=MAX_BODY_BYTES + 1),

@@ -91,6 +91,10 @@ class ServerSettings:
     """A kept-alive connection without a request this long is closed.  Longer than the
     90 s after which kube-apiserver's HTTP client drops its own idle connections, so
     that it closes first and never sends a request into a connection being closed."""
+    max_connections: int = 512
+    """Open connections at once; one more is closed as soon as its TLS handshake is done.
+    Each connection may buffer up to about 0.5 MiB of what it sends before its request is
+    looked at, so this bounds that memory too."""
     max_body_bytes_in_flight: int = 64 * MIB
     """Bytes of request bodies (as declared by ``Content-Length``) being read or reviewed
     at once, over all connections.  A request that would pass it is refused at once with

@@ -127,6 +127,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="close a kept-alive connection idle this long (default %(default)g)",
     )
     p.add_argument(
+        "--max-connections",
+        type=int,
+        default=limits.max_connections,
+        metavar="N",
+        help="open connections at once; more are closed at once (default %(default)d)",
+    )
+    p.add_argument(
         "--max-body-mib-in-flight",
         type=int,
         default=limits.max_body_bytes_in_flight // MIB,
@@ -171,6 +178,8 @@ def settings_from_args(args: argparse.Namespace) -> WebhookSettings:
             raise InputError(flag, f"must be a positive number of seconds, got {seconds:g}")
     if args.cert_reload_failure_grace < 0:
         raise InputError("--cert-reload-failure-grace", "must not be negative")
+    if args.max_connections < 1:
+        raise InputError("--max-connections", "must be at least 1")
     if args.max_body_mib_in_flight < 10:
         raise InputError(
             "--max-body-mib-in-flight", "must be at least 10, so that a 7 MiB body fits"
@@ -199,6 +208,7 @@ def settings_from_args(args: argparse.Namespace) -> WebhookSettings:
             header_timeout_s=args.header_timeout,
             body_timeout_s=args.body_timeout,
             idle_timeout_s=args.idle_timeout,
+            max_connections=args.max_connections,
             max_body_bytes_in_flight=args.max_body_mib_in_flight * MIB,
         ),
     )

@@ -85,7 +85,9 @@ async def served() -> AsyncIterator[Served]:
     bundle = new_bundle(("127.0.0.1",), time.time(), DAY_S)
     holder = CertHolder()
     holder.load(bundle.cert_pem, bundle.key_pem)
-    state = WebhookState(Policy(), StaticSource(snapshot(deployment("a"))), WebhookMetrics(), holder)
+    state = WebhookState(
+        Policy(), StaticSource(snapshot(deployment("a"))), WebhookMetrics(), holder
+    )
     server = make_server(state, limits=LIMITS, lingering_time=0.5)
     async with serve_app(server, holder.context) as url:
         host, port = url.split("://")[1].rsplit(":", 1)
@@ -222,6 +224,32 @@ async def test_header_deadline_starts_at_the_first_byte_of_a_further_request(
     assert await _closed_within(reader, 2)
     assert 0.3 < time.monotonic() - started < 0.9  # the header timeout, not the idle one
     writer.close()
+
+
+async def test_connections_past_the_limit_are_closed_at_once() -> None:
+    bundle = new_bundle(("127.0.0.1",), time.time(), DAY_S)
+    holder = CertHolder()
+    holder.load(bundle.cert_pem, bundle.key_pem)
+    state = WebhookState(Policy(), StaticSource(), WebhookMetrics(), holder)
+    limits = ServerSettings(max_connections=3)
+    async with serve_app(make_server(state, limits=limits), holder.context) as url:
+        host, port = url.split("://")[1].rsplit(":", 1)
+        tls = client_context(bundle.ca_pem)
+        held = [await asyncio.open_connection(host, int(port), ssl=tls) for _ in range(3)]
+        extra = await asyncio.open_connection(host, int(port), ssl=tls)
+        assert await _closed_within(extra[0], 1)
+        for reader, _ in held:
+            assert not await _closed_within(reader, 0.05)
+        held[0][1].close()
+        await asyncio.sleep(0.1)
+        reader, writer = await asyncio.open_connection(host, int(port), ssl=tls)
+        writer.write(_small_review("room"))
+        status, _, body = await asyncio.wait_for(read_response(reader), 2)
+        assert status == 200 and json.loads(body)["response"]["uid"] == "room"
+        for _, w in [*held[1:], (reader, writer), extra]:
+            w.close()
+    text = state.metrics.render()[0].decode()
+    assert 'gpumix_webhook_requests_refused_total{reason="too-many-connections"} 1.0' in text
 
 
 # --------------------------------------------------------------------------- a real process
