@@ -202,7 +202,8 @@ class WebhookMetrics:
             "gpumix_webhook_requests_refused",
             "Requests the HTTPS server stopped reading, by reason: busy (the in-flight body "
             "budget is used up: 429), body-timeout (408), body-incomplete (the client hung "
-            "up or broke off its body), header-timeout and too-many-connections (connection closed).",
+            "up or broke off its body), header-timeout and too-many-connections (connection "
+            "closed).",
             ("reason",),
             registry=r,
         )

@@ -37,7 +37,7 @@ from webhook.server import (
     WebhookState,
     make_server,
 )
-from webhook.settings import MIB, DAY_S, ServerSettings
+from webhook.settings import DAY_S, MIB, ServerSettings
 from webhook.tls import CertHolder, new_bundle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,7 +111,7 @@ async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
     try:
         while await asyncio.wait_for(reader.read(65536), seconds):
             pass
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         return False
     except (ConnectionError, ssl.SSLError):
         pass

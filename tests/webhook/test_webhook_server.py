@@ -509,7 +509,7 @@ async def test_no_response_discloses_software_versions(served: Served) -> None:
     for path in ("/healthz", "/readyz", "/metrics"):
         async with served.http.get(served.url + path) as resp:
             answers.append(resp.headers.get("Server"))
-    status, headers, _ = await http_exchange(served.url, b"BAD\r\n\r\n", served.tls)
+    _, headers, _ = await http_exchange(served.url, b"BAD\r\n\r\n", served.tls)
     answers.append(headers.get("server"))
     assert answers == [SERVER_NAME] * len(answers)
 
