@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
@@ -157,6 +158,54 @@ def parse_review(body: object) -> AdmissionRequest:
         "oldObject": dict(old) if old is not None else None,
         "dryRun": bool(request.get("dryRun", False)),
     }
+
+
+_JSON_TOKEN = re.compile(rb'\s*(?:("(?:[^"\\]|\\.)*")|([{}\[\]:,])|[^\s{}\[\]:,"]+)')
+
+
+def uid_in_prefix(raw: bytes | bytearray, limit: int = 65536, max_tokens: int = 20_000) -> str:
+    """``request.uid`` of a body the JSON decoders refuse (nested deeper than they
+    recurse), read without recursion from its first ``limit`` bytes; "" when it is not
+    there.  kube-apiserver writes ``request`` and its ``uid`` first, so a deep object
+    further on does not hide it, and the API server gets an answer it can show."""
+    # one frame per open container: [is_object, key being read, expecting a key]
+    stack: list[list[Any]] = []
+    view = bytes(raw[:limit])
+    at = 0
+    for _ in range(max_tokens):
+        match = _JSON_TOKEN.match(view, at)
+        if match is None:
+            return ""
+        at = match.end()
+        string, punct = match.group(1), match.group(2)
+        top = stack[-1] if stack else None
+        if punct in (b"{", b"["):
+            stack.append([punct == b"{", None, punct == b"{"])
+        elif punct in (b"}", b"]"):
+            if not stack:
+                return ""
+            stack.pop()
+        elif punct == b":" and top is not None:
+            top[2] = False
+        elif punct == b"," and top is not None and top[0]:
+            top[1], top[2] = None, True
+        elif string is not None and top is not None:
+            try:
+                text = json.loads(string)
+            except ValueError:
+                return ""
+            if top[0] and top[2]:
+                top[1] = text
+            elif (
+                len(stack) == 2
+                and stack[0][0]
+                and stack[0][1] == "request"
+                and top[0]
+                and top[1] == "uid"
+                and isinstance(text, str)
+            ):
+                return text
+    return ""
 
 
 def _string(parent: Mapping[str, Any], key: str, where: str, uid: str) -> str:
@@ -537,4 +586,5 @@ __all__ = [
     "parse_review",
     "review",
     "to_response",
+    "uid_in_prefix",
 ]

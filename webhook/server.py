@@ -58,6 +58,7 @@ from webhook.review import (
     parse_review,
     review,
     to_response,
+    uid_in_prefix,
 )
 from webhook.settings import MIB, ServerSettings
 
@@ -257,7 +258,7 @@ def parse_json(raw: bytes | bytearray) -> object:
     try:
         body = json.loads(raw)
     except RecursionError:
-        raise BadBody(400, NESTING_MESSAGE) from None
+        raise BadBody(400, NESTING_MESSAGE, uid_in_prefix(raw)) from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise BadBody(400, f"request body is not valid JSON: {exc}") from None
     return body
