@@ -152,7 +152,13 @@ async def serve(
         await https.setup()
         try:
             await probes.setup()
-            site = web.TCPSite(https, settings.host, settings.port, ssl_context=built.ssl_context)
+            site = HTTPSSite(
+                https,
+                settings.host,
+                settings.port,
+                ssl_context=built.ssl_context,
+                handshake_timeout_s=settings.server.header_timeout_s,
+            )
             await site.start()
             ports = [_bound_port(site), 0]
             if settings.metrics_port is not None:
@@ -240,6 +246,32 @@ def run(
         log.info("not glibc: malloc thresholds left as they are")
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(serve(settings, state_objects=state_objects, freeze_gc=True))
+
+
+class HTTPSSite(web.TCPSite):
+    """aiohttp's TCP site with a TLS handshake timeout: a connection that has not
+    finished its handshake this long after it was accepted is closed (the event loop's
+    default is 60 s; connections are counted against ``max_connections`` only once
+    their handshake is done)."""
+
+    def __init__(self, *args: Any, handshake_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handshake_timeout_s = handshake_timeout_s
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+            ssl_handshake_timeout=self.handshake_timeout_s if self._ssl_context else None,
+        )
 
 
 def _bound_port(site: web.TCPSite) -> int:

@@ -1,7 +1,7 @@
 """Abusive HTTPS clients, run as their own process so that their TLS work does not slow
 down the test's own (ordinary) client:
 
-    python abusive_clients.py HOST PORT CA_FILE SECONDS BIG SLOWLORIS IDLE
+    python abusive_clients.py HOST PORT CA_FILE SECONDS BIG SLOWLORIS IDLE NO_HANDSHAKE
 
 runs for SECONDS and prints, as JSON, what each kind of client saw."""
 
@@ -66,7 +66,10 @@ async def big_body(host: str, port: int, tls: ssl.SSLContext, deadline: float) -
 async def slowloris(host: str, port: int, tls: ssl.SSLContext, deadline: float) -> float:
     """Headers a byte every half second: seconds until the server hung up (-1: never)."""
     started = time.monotonic()
-    reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+    try:
+        reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+    except (ConnectionError, ssl.SSLError, OSError):  # hung up during the handshake
+        return time.monotonic() - started
     try:
         writer.write(b"POST /validate HTTP/1.1\r\nHost: w\r\nX-Slow: ")
         while time.monotonic() < deadline:
@@ -81,10 +84,14 @@ async def slowloris(host: str, port: int, tls: ssl.SSLContext, deadline: float) 
         writer.transport.abort()
 
 
-async def idle(host: str, port: int, tls: ssl.SSLContext, deadline: float) -> float:
-    """A connection that never sends: seconds until the server hung up (-1: never)."""
+async def idle(host: str, port: int, tls: ssl.SSLContext | None, deadline: float) -> float:
+    """A connection that never sends (``tls`` None: not even a TLS handshake): seconds
+    until the server hung up (-1: never)."""
     started = time.monotonic()
-    reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+    try:
+        reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+    except (ConnectionError, ssl.SSLError, OSError):  # hung up during the handshake
+        return time.monotonic() - started
     try:
         closed = await closed_within(reader, max(0.01, deadline - time.monotonic()))
         return time.monotonic() - started if closed else -1.0
@@ -95,15 +102,17 @@ async def idle(host: str, port: int, tls: ssl.SSLContext, deadline: float) -> fl
 async def main(host: str, port: int, ca_file: str, seconds: float, counts: list[int]) -> None:
     tls = ssl.create_default_context(cafile=ca_file)
     deadline = time.monotonic() + seconds
-    big, slow, quiet = counts
+    big, slow, quiet, no_handshake = counts
     results = await asyncio.gather(
         asyncio.gather(*(idle(host, port, tls, deadline) for _ in range(quiet))),
         asyncio.gather(*(slowloris(host, port, tls, deadline) for _ in range(slow))),
         asyncio.gather(*(big_body(host, port, tls, deadline) for _ in range(big))),
+        asyncio.gather(*(idle(host, port, None, deadline) for _ in range(no_handshake))),
     )
-    json.dump({"idle": results[0], "slowloris": results[1], "big": results[2]}, sys.stdout)
+    keys = ("idle", "slowloris", "big", "no_handshake")
+    json.dump(dict(zip(keys, results, strict=True)), sys.stdout)
 
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    asyncio.run(main(a[0], int(a[1]), a[2], float(a[3]), [int(x) for x in a[4:7]]))
+    asyncio.run(main(a[0], int(a[1]), a[2], float(a[3]), [int(x) for x in a[4:8]]))
