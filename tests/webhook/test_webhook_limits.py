@@ -365,9 +365,9 @@ async def test_memory_stays_under_the_limit_while_abusive_clients_run(tmp_path: 
     """80 clients declaring 7 MiB bodies, sending 6.75 MiB and stalling (again and again),
     200 slowloris, 200 idle connections and 100 that never start TLS, for 8 s against
     ``gpumix webhook`` with the shipped limits (timeouts shortened so that the test takes
-    seconds); an ordinary client meanwhile sends a review every 50 ms.  The process stays under the shipped memory
-    limit, the ordinary client is served throughout, and every idle and slow connection
-    is closed by the server within its timeout."""
+    seconds); an ordinary client meanwhile sends a review every 50 ms.  The process
+    stays under the shipped memory limit, the ordinary client is served throughout, and
+    every idle, slow and handshake-less connection is closed by the server."""
     seen = await run_abuse(tmp_path)
     peak = seen["peak"]
     assert peak < _memory_limit_bytes(), f"peak RSS {peak / MIB:.0f} MiB"
