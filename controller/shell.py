@@ -527,6 +527,20 @@ class Controller:
         self.metrics.load_available.labels(ns, name).set(1 if actions.load_available else 0)
         if actions.cost_per_hour is not None:
             self.metrics.plan_cost.labels(ns, name).set(actions.cost_per_hour)
+        status = actions.status
+        best = status.get("bestSingleTypeCostPerHour")
+        if best is not None:
+            self.metrics.best_single_type_cost.labels(ns, name).set(best)
+        solver = status.get("solverStatus")
+        if solver:
+            self.metrics.solver_status.set((ns, name), solver)
+        held = None
+        if not actions.load_available:
+            held = next(
+                (c["reason"] for c in status.get("conditions", []) if c["type"] == "LoadAvailable"),
+                "LoadMissing",
+            )
+        self.metrics.fail_static.set((ns, name), held)
 
     def _forget(self, key: tuple[str, str]) -> None:
         self._due.pop(key, None)
@@ -539,6 +553,10 @@ class Controller:
             self.metrics.load_available.remove(*key)
         with contextlib.suppress(KeyError):
             self.metrics.plan_cost.remove(*key)
+        with contextlib.suppress(KeyError):
+            self.metrics.best_single_type_cost.remove(*key)
+        self.metrics.solver_status.forget(key)
+        self.metrics.fail_static.forget(key)
 
     def _export_cluster_metrics(self, state: ClusterState) -> None:
         m = self.metrics
@@ -602,6 +620,9 @@ class Controller:
         self.metrics.recommended_replicas.clear()
         self.metrics.plan_cost.clear()
         self.metrics.load_available.clear()
+        self.metrics.best_single_type_cost.clear()
+        self.metrics.solver_status.clear()
+        self.metrics.fail_static.clear()
 
     # -- watches ---------------------------------------------------------------------------
 
@@ -956,3 +977,4 @@ async def run_controller(
             stopper.cancel()
             if runner is not None:
                 await runner.cleanup()
+

@@ -195,12 +195,19 @@ async def test_stale_load_keeps_replicas(
     prom = {"prometheus": {"url": url, "stalenessSeconds": 60, "windowSeconds": 60}}
     emu.create(gpumix(extra={"loadSource": prom, "intervalSeconds": 1}))
     fake.newest = time.time() - 3600
-    async with running(api, settings(), solver=GreedySolver()):
+    async with running(api, settings(), solver=GreedySolver()) as run:
+        registry = run.controller.metrics.registry
+
+        def held(reason: str) -> float | None:
+            labels = {"namespace": "default", "gpumix": "llama", "reason": reason}
+            return registry.get_sample_value("gpumix_fail_static", labels)
+
         await wait_for(
             lambda: condition(gmx_status(emu), "LoadAvailable").get("reason") == "LoadStale",
             what="LoadStale",
         )
         assert (replicas(emu, "llama-a100"), replicas(emu, "llama-a40")) == (3, 4)
+        await wait_for(lambda: held("LoadStale") == 1.0, what="gpumix_fail_static LoadStale 1")
         assert condition(gmx_status(emu), "Scaling")["reason"] == "LoadUnavailable"
         await wait_for(
             lambda: any(e["reason"] == "LoadStale" for e in emu.list("events", "default")),
@@ -211,6 +218,14 @@ async def test_stale_load_keeps_replicas(
         await wait_for(
             lambda: replicas(emu, "llama-a40") == 2, timeout=10, what="plan on fresh load"
         )
+        await wait_for(lambda: held("LoadStale") == 0.0, what="gpumix_fail_static back to 0")
+        solver = {"namespace": "default", "gpumix": "llama"}
+        # (the test's greedy solver reports no single-type cost: no series then)
+        assert registry.get_sample_value("gpumix_best_single_type_cost_per_hour", solver) == (
+            gmx_status(emu).get("bestSingleTypeCostPerHour")
+        )
+        status = gmx_status(emu)["solverStatus"]
+        assert registry.get_sample_value("gpumix_solver_status", {**solver, "status": status}) == 1
         # the scrape target disappears: missing data, replicas stay where they are
         fake.prompt = fake.gen = None
         fake.newest = time.time() - 3600
