@@ -34,8 +34,8 @@ import uvloop
 from aiohttp import web
 from webhook_kit import deployment, snapshot
 from gpumix.kube.policy import Policy
-from webhook.metrics import WebhookMetrics
-from webhook.server import StaticSource, WebhookState, make_server
+from gpumix.webhook.metrics import WebhookMetrics
+from gpumix.webhook.server import StaticSource, WebhookState, make_server
 
 async def main():
     snap = snapshot(*[deployment(f"d{{i}}", f"ns{{i % 10}}", model=f"m{{i}}") for i in range(200)])

@@ -19,9 +19,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.kubeio import KubeError, KubeIO, resource_path
-from controller.plan import GpuPool
-from controller.spec import GROUP, PLURAL, VERSION
+from gpumix.controller.kubeio import KubeError, KubeIO, resource_path
+from gpumix.controller.plan import GpuPool
+from gpumix.controller.spec import GROUP, PLURAL, VERSION
 from gpumix.kube.fields import as_mapping, str_map
 from gpumix.kube.gputype import gpu_resources
 from gpumix.kube.objects import (

@@ -49,8 +49,8 @@ from typing import Any
 
 import aiohttp
 
-from controller.plan import Load, LoadObservation, LoadUnavailable
-from controller.spec import GPUMixSpec, LoadBucket, PrometheusLoad, StaticLoad
+from gpumix.controller.plan import Load, LoadObservation, LoadUnavailable
+from gpumix.controller.spec import GPUMixSpec, LoadBucket, PrometheusLoad, StaticLoad
 
 MAX_BUCKETS = 10_000
 

@@ -2,7 +2,7 @@
 
 Pure: no I/O and no clock (``now`` is passed in, seconds since the epoch).
 The optimizer is reached through ``policy.solver``, a callable that the shell
-wires to :func:`optimizer.solve` (see ``controller/optimize.py``), so this
+wires to :func:`gpumix.optimizer.solve` (see ``controller/optimize.py``), so this
 module stays independent of the solver library and tests can pass a fake.
 
 Safety rules, in the order they are applied (docs/controller.md explains them):
@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypedDict
 
-from controller.spec import (
+from gpumix.controller.spec import (
     KIND,
     GPUMixSpec,
     LoadBucket,

@@ -27,14 +27,14 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
-from controller.audit import Auditor
-from controller.cluster import ClusterState, ServedCache, labels_of, read_cluster
-from controller.kubeio import KubeError, KubeIO, resource_path
-from controller.leader import AlwaysLeader, LeaderElector, LeaseSettings
-from controller.load import LoadReader
-from controller.metrics import ControllerMetrics, PublishedRecommendation, metrics_app
-from controller.optimize import profiles_from_config_map, resolve_inline, solve_mix
-from controller.plan import (
+from gpumix.controller.audit import Auditor
+from gpumix.controller.cluster import ClusterState, ServedCache, labels_of, read_cluster
+from gpumix.controller.kubeio import KubeError, KubeIO, resource_path
+from gpumix.controller.leader import AlwaysLeader, LeaderElector, LeaseSettings
+from gpumix.controller.load import LoadReader
+from gpumix.controller.metrics import ControllerMetrics, PublishedRecommendation, metrics_app
+from gpumix.controller.optimize import profiles_from_config_map, resolve_inline, solve_mix
+from gpumix.controller.plan import (
     Actions,
     EventAction,
     GpuPool,
@@ -49,8 +49,8 @@ from controller.plan import (
     format_time,
     plan,
 )
-from controller.settings import ControllerSettings
-from controller.spec import (
+from gpumix.controller.settings import ControllerSettings
+from gpumix.controller.spec import (
     API_VERSION,
     GROUP,
     KIND,

@@ -16,8 +16,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from optimizer._benders import benders
-from optimizer._engine import (
+from gpumix.optimizer._benders import benders
+from gpumix.optimizer._engine import (
     LARGE_NODES,
     Block,
     Outcome,

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from optimizer._engine import (
+from gpumix.optimizer._engine import (
     Block,
     Outcome,
     PoolRow,
@@ -16,8 +16,8 @@ from optimizer._engine import (
     optimal_within,
     with_bound,
 )
-from optimizer._search import search
-from optimizer.model import GpuOption, JointResult, Pool, Problem, Result, Status
+from gpumix.optimizer._search import search
+from gpumix.optimizer.model import GpuOption, JointResult, Pool, Problem, Result, Status
 
 Clock = Callable[[], float]
 JOINT_NODES = 300  # node budget of the last joint step (nodes, not seconds: deterministic)

@@ -49,9 +49,9 @@ from typing import Any
 from gpumix.kube.objects import ObjectRef, UnreadableObject, View, namespace_of, read_view
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
-from webhook.kubeapi import ApiError, KubeClient
-from webhook.metrics import CACHE_KINDS, WebhookMetrics
-from webhook.settings import CacheSettings
+from gpumix.webhook.kubeapi import ApiError, KubeClient
+from gpumix.webhook.metrics import CACHE_KINDS, WebhookMetrics
+from gpumix.webhook.settings import CacheSettings
 
 log = logging.getLogger("gpumix.webhook.cache")
 

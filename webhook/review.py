@@ -32,7 +32,7 @@ from gpumix.kube.objects import (
 )
 from gpumix.kube.policy import DEPLOYMENT_LABEL, GPU_TYPE_LABEL, MODE_LABEL, MODES, Mode, Policy
 from gpumix.kube.snapshot import Snapshot
-from webhook.rules import (
+from gpumix.webhook.rules import (
     max_replicas_above_ceiling,
     missing_max_replicas,
     model_selector,
@@ -40,9 +40,9 @@ from webhook.rules import (
     selector_overlap,
     unreadable_field,
 )
-from webhook.rules.base import Finding
-from webhook.rules.engine import evaluate
-from webhook.rules.fixes import isolate_deployment, restore_labels, set_ceiling
+from gpumix.webhook.rules.base import Finding
+from gpumix.webhook.rules.engine import evaluate
+from gpumix.webhook.rules.fixes import isolate_deployment, restore_labels, set_ceiling
 
 Phase = Literal["mutate", "validate"]
 Shape = Literal["allowed", "denied", "patched", "errored"]

@@ -24,12 +24,12 @@ from aiohttp import web
 
 from gpumix.kube.snapshot import Snapshot
 from gpumix.lifecycle import Service
-from webhook.cache import ClusterCache
-from webhook.kubeapi import KubeClient
-from webhook.metrics import WebhookMetrics
-from webhook.server import SnapshotSource, StaticSource, WebhookState, make_server
-from webhook.settings import EVENT_LOOPS, WebhookSettings
-from webhook.tls import BootstrapCerts, CertHolder, CertSource, EphemeralCerts, FileCerts
+from gpumix.webhook.cache import ClusterCache
+from gpumix.webhook.kubeapi import KubeClient
+from gpumix.webhook.metrics import WebhookMetrics
+from gpumix.webhook.server import SnapshotSource, StaticSource, WebhookState, make_server
+from gpumix.webhook.settings import EVENT_LOOPS, WebhookSettings
+from gpumix.webhook.tls import BootstrapCerts, CertHolder, CertSource, EphemeralCerts, FileCerts
 
 log = logging.getLogger("gpumix.webhook")
 

@@ -47,8 +47,8 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
-from webhook.metrics import WebhookMetrics
-from webhook.review import (
+from gpumix.webhook.metrics import WebhookMetrics
+from gpumix.webhook.review import (
     AdmissionReviewResponse,
     Phase,
     ReviewError,
@@ -60,7 +60,7 @@ from webhook.review import (
     to_response,
     uid_in_prefix,
 )
-from webhook.settings import MIB, ServerSettings
+from gpumix.webhook.settings import MIB, ServerSettings
 
 log = logging.getLogger("gpumix.webhook")
 

@@ -55,9 +55,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from webhook.kubeapi import ApiError, KubeClient
-from webhook.metrics import WebhookMetrics
-from webhook.settings import TLSSettings
+from gpumix.webhook.kubeapi import ApiError, KubeClient
+from gpumix.webhook.metrics import WebhookMetrics
+from gpumix.webhook.settings import TLSSettings
 
 log = logging.getLogger("gpumix.webhook.tls")
 

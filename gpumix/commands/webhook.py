@@ -16,7 +16,7 @@ from gpumix.commands.check import file_objects, load_policy
 from gpumix.kube.objects import UnreadableObject, read_view, ref_of
 from gpumix.kube.policy import Policy
 from gpumix.manifests import InputError, is_kubernetes_object, load_sources
-from webhook.settings import (
+from gpumix.webhook.settings import (
     DAY_S,
     EVENT_LOOPS,
     MIB,
@@ -238,8 +238,8 @@ def state_objects(path: str, policy: Policy) -> list[Mapping[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from webhook.kubeapi import ApiError
-    from webhook.runtime import run as run_webhook
+    from gpumix.webhook.kubeapi import ApiError
+    from gpumix.webhook.runtime import run as run_webhook
 
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

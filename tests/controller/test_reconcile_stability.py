@@ -22,8 +22,8 @@ from controller_helpers import (
 )
 from prometheus_client import Counter, generate_latest
 
-from controller.kubeio import KubeIO
-from controller.shell import Controller
+from gpumix.controller.kubeio import KubeIO
+from gpumix.controller.shell import Controller
 
 
 def cluster(emu: Any) -> None:

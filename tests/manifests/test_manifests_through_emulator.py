@@ -26,9 +26,9 @@ from manifest_objects import NAMESPACE, REPO_ROOT, Obj, Rendered
 from gpumix.emulator import Emulator
 from gpumix.kube.objects import ObjectRef
 from gpumix.kube.policy import Policy, policy_from_mapping
-from webhook.kubeapi import KubeClient
-from webhook.runtime import Built, build
-from webhook.settings import CacheSettings, TLSSettings, WebhookSettings
+from gpumix.webhook.kubeapi import KubeClient
+from gpumix.webhook.runtime import Built, build
+from gpumix.webhook.settings import CacheSettings, TLSSettings, WebhookSettings
 
 AUTOSCALER_CRDS = REPO_ROOT / "tests" / "e2e" / "crds"
 A100, L20 = "NVIDIA-A100-SXM4-80GB", "NVIDIA-L20"

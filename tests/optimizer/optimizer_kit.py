@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from optimizer import Bucket, GpuOption, Problem, Result
+from gpumix.optimizer import Bucket, GpuOption, Problem, Result
 
 TOL = 1e-6
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from optimizer import Bucket, Status, solve
-from optimizer.profiles import (
+from gpumix.optimizer import Bucket, Status, solve
+from gpumix.optimizer.profiles import (
     LoadHistogram,
     ProfileError,
     Slo,

@@ -25,7 +25,7 @@ from webhook_kit import (
 from gpumix.kube.gputype import GpuType
 from gpumix.kube.objects import view_of
 from gpumix.kube.policy import Policy
-from webhook.review import (
+from gpumix.webhook.review import (
     ReviewError,
     Verdict,
     _copy_for_fix,
@@ -35,7 +35,7 @@ from webhook.review import (
     review,
     to_response,
 )
-from webhook.rules.fixes import isolate_deployment
+from gpumix.webhook.rules.fixes import isolate_deployment
 
 POLICY = Policy()
 

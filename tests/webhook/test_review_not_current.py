@@ -10,7 +10,7 @@ from typing import Any
 from webhook_kit import deployment, hpa, namespace, review_body, snapshot
 
 from gpumix.kube.policy import Policy
-from webhook.review import CACHE_RULE, Verdict, parse_review, review
+from gpumix.webhook.review import CACHE_RULE, Verdict, parse_review, review
 
 POLICY = Policy()
 

@@ -16,10 +16,10 @@ from gpumix.emulator import Emulator
 from gpumix.kube.objects import ObjectRef
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
-from webhook.cache import BUILTIN_RESOURCES, ClusterCache, Reflector
-from webhook.kubeapi import ApiError, KubeClient
-from webhook.metrics import WebhookMetrics
-from webhook.settings import CacheSettings
+from gpumix.webhook.cache import BUILTIN_RESOURCES, ClusterCache, Reflector
+from gpumix.webhook.kubeapi import ApiError, KubeClient
+from gpumix.webhook.metrics import WebhookMetrics
+from gpumix.webhook.settings import CacheSettings
 
 CRD_DIR = Path(__file__).resolve().parents[1] / "e2e" / "crds"
 FAST = CacheSettings(

@@ -20,9 +20,9 @@ from webhook_kit import deployment, hpa, review_body
 from gpumix.cli import build_parser, main
 from gpumix.commands.webhook import settings_from_args
 from gpumix.emulator import Emulator
-from webhook.runtime import freeze_when_synced, loop_factory, serve
-from webhook.server import StaticSource
-from webhook.settings import DAY_S, WebhookSettings
+from gpumix.webhook.runtime import freeze_when_synced, loop_factory, serve
+from gpumix.webhook.server import StaticSource
+from gpumix.webhook.settings import DAY_S, WebhookSettings
 
 
 def parse(*argv: str) -> WebhookSettings:

@@ -29,9 +29,9 @@ from webhook_kit import (
 
 from gpumix.emulator import Emulator
 from gpumix.kube.objects import ObjectRef
-from webhook.kubeapi import KubeClient
-from webhook.runtime import Built, build
-from webhook.settings import CacheSettings, TLSSettings, WebhookSettings
+from gpumix.webhook.kubeapi import KubeClient
+from gpumix.webhook.runtime import Built, build
+from gpumix.webhook.settings import CacheSettings, TLSSettings, WebhookSettings
 
 TESTS = Path(__file__).resolve().parents[1]
 FIXTURES = TESTS / "fixtures" / "aibrix"

@@ -38,10 +38,10 @@ from webhook_kit import (
 from gpumix.kube.objects import view_of
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
-from webhook.metrics import WebhookMetrics
-from webhook.review import AdmissionRequest, Phase, parse_review, review
-from webhook.server import StaticSource, WebhookState, make_server
-from webhook.settings import ServerSettings
+from gpumix.webhook.metrics import WebhookMetrics
+from gpumix.webhook.review import AdmissionRequest, Phase, parse_review, review
+from gpumix.webhook.server import StaticSource, WebhookState, make_server
+from gpumix.webhook.settings import ServerSettings
 
 FUZZ = settings(
     max_examples=150,

@@ -28,8 +28,8 @@ from webhook_kit import (
 )
 
 from gpumix.kube.policy import Policy
-from webhook.metrics import WebhookMetrics
-from webhook.server import (
+from gpumix.webhook.metrics import WebhookMetrics
+from gpumix.webhook.server import (
     MAX_BODY_BYTES,
     SMALL_BODY_BYTES,
     BodyBudget,
@@ -37,8 +37,8 @@ from webhook.server import (
     WebhookState,
     make_server,
 )
-from webhook.settings import DAY_S, MIB, ServerSettings
-from webhook.tls import CertHolder, new_bundle
+from gpumix.webhook.settings import DAY_S, MIB, ServerSettings
+from gpumix.webhook.tls import CertHolder, new_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 

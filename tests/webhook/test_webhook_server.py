@@ -31,10 +31,16 @@ from webhook_kit import (
 
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
-from webhook.metrics import WebhookMetrics
-from webhook.server import MAX_BODY_BYTES, SERVER_NAME, StaticSource, WebhookState, make_server
-from webhook.settings import TLSSettings
-from webhook.tls import CertHolder, EphemeralCerts
+from gpumix.webhook.metrics import WebhookMetrics
+from gpumix.webhook.server import (
+    MAX_BODY_BYTES,
+    SERVER_NAME,
+    StaticSource,
+    WebhookState,
+    make_server,
+)
+from gpumix.webhook.settings import TLSSettings
+from gpumix.webhook.tls import CertHolder, EphemeralCerts
 
 
 @dataclass
@@ -695,7 +701,7 @@ async def test_metrics_registries_are_per_app() -> None:
 
 def test_review_does_not_block_the_loop_long() -> None:
     """Review of a Deployment against 2,000 cached ones stays far below a millisecond budget."""
-    from webhook.review import parse_review, review
+    from gpumix.webhook.review import parse_review, review
 
     objs = [
         deployment(f"m{i}-{t}", f"ns{i % 20}", model=f"m{i}", gpu_product=t)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from test_rule_selector_overlap import POLICY, dep
 
 from gpumix.kube.objects import DeploymentView, view_of
-from webhook.rules import model_selector
+from gpumix.webhook.rules import model_selector
 
 
 def test_model_selector_short_names_only_match_whole_values() -> None:
