@@ -19,6 +19,7 @@ from typing import Any, Literal, TypedDict
 import jsonpatch
 import orjson
 
+from gpumix.kube.admission import judged
 from gpumix.kube.fields import as_mapping, is_mapping
 from gpumix.kube.objects import (
     AutoscalerView,
@@ -308,6 +309,10 @@ def review(
     synced).  When it is not, the validating step does not judge overlaps on it: see
     ``_not_current``."""
     if request.get("subResource") or request.get("operation") not in ("CREATE", "UPDATE"):
+        return Verdict("allowed")
+    # The rule the webhook configurations' matchConditions apply in the API server: a
+    # Deployment that cannot be in scope, before or after, is not judged here either.
+    if not judged(request["kind"]["group"], request.get("object"), request.get("oldObject"), policy):
         return Verdict("allowed")
     obj = _object_of(request)
     try:
