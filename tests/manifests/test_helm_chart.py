@@ -19,6 +19,7 @@ from helm_chart import CHART, NAMESPACE, normalized, run_helm, template, templat
 from manifest_objects import MANIFESTS, REPO_ROOT, Obj, Rendered, find, key, render
 from test_manifest_schemas import _validate
 
+from gpumix.kube.admission import match_condition
 from gpumix.kube.policy import Policy, policy_from_mapping
 
 WEBHOOK_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
@@ -59,7 +60,7 @@ CASES: dict[str, dict[str, Any]] = {
             "exemptNamespaces": ["kube-system", "istio-system"],
             "gpuNodeLabelKeys": ["example.com/gpu"],
             "modelLabelKeys": ["example.com/model"],
-            "gpuResourceNames": ["nvidia.com/gpu", "example.com/npu"],
+            "gpuResourceNames": ["nvidia.com/gpu", "example.com/npu", "acme.io/tpu-*"],
         },
         "webhook": {
             "replicas": 3,
@@ -185,6 +186,17 @@ def test_policy_and_webhook_selector_share_the_exemptions(
         assert hook["clientConfig"]["service"]["namespace"] == NAMESPACE
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_match_condition_is_generated_from_the_chart_policy(
+    charts: dict[str, list[Obj]], case: str
+) -> None:
+    """The CEL that keeps out-of-scope writes in the API server is the core's for the
+    policy the chart renders (its model labels and accelerator names)."""
+    objects = charts[case]
+    for hook in webhooks(objects):
+        assert hook["matchConditions"] == [match_condition(policy(objects))], hook["name"]
+
+
 @pytest.mark.parametrize(
     ("case", "failure_policy"),
     [("defaults", "Fail"), ("audit", "Ignore"), ("warn-with-fail", "Fail"), ("tuned", "Fail")],
@@ -209,7 +221,7 @@ def test_tuned_values_reach_the_objects(charts: dict[str, list[Obj]]) -> None:
     assert pol.exempt_namespaces == {"kube-system", "istio-system", NAMESPACE}
     assert pol.gpu_node_label_keys == ("example.com/gpu",)
     assert pol.model_label_keys == ("example.com/model",)
-    assert pol.gpu_resource_names == ("nvidia.com/gpu", "example.com/npu")
+    assert pol.gpu_resource_names == ("nvidia.com/gpu", "example.com/npu", "acme.io/tpu-*")
 
     webhook = deployment(objects, "gpumix-webhook")
     assert webhook["spec"]["replicas"] == 3

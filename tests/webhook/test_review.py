@@ -511,6 +511,24 @@ def test_restoring_labels_of_an_earlier_fix_works_in_every_mode() -> None:
 # --------------------------------------------------------------------------- scope
 
 
+def test_a_cpu_deployment_is_not_judged_at_admission_but_by_the_audit() -> None:
+    """The API server does not send it (matchConditions) and review() agrees; a CPU
+    selector that captures a GPU Deployment's pods is reported by the audit."""
+    from gpumix.webhook.rules.engine import evaluate_snapshot
+
+    gpu = deployment("llama", selector={"app": "llama"}, gpu_product="A100")
+    cpu = deployment("proxy", model=None, selector={"app": "llama"}, gpus=0)
+    snap = snapshot(gpu)
+    for phase in ("mutate", "validate"):
+        verdict = decide(cpu, snap, phase)
+        assert verdict.shape == "allowed" and not verdict.findings and not verdict.warnings
+    snap = snapshot(gpu, cpu)
+    audit = evaluate_snapshot(snap, POLICY)
+    assert any(f.rule == "selector-overlap" and f.subject.name == "proxy" for f in audit)
+    # the GPU Deployment created next to it is judged, the pair with it
+    assert decide(gpu, snapshot(cpu), "validate").shape == "denied"
+
+
 def test_cpu_apps_pinned_to_machine_types_are_out_of_scope() -> None:
     def web(name: str, instance_type: str) -> dict:
         d = deployment(name, model=None, selector={"app": "storefront"}, gpus=0)

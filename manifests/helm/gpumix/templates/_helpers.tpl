@@ -88,3 +88,39 @@ gpuResourceNames: {{ toJson . }}
 {{- fail "certificates.given.caBundle is required when certificates.mode is given (base64 of the PEM CA that signed the Secret)" -}}
 {{- end -}}
 {{- end }}
+
+{{/* The webhooks' match condition: gpumix/kube/admission.py's cel_expression for the
+policy's modelLabelKeys and gpuResourceNames (empty: gpumix/kube/policy.py's defaults).
+tests/manifests/test_helm_chart.py holds the two equal for default and custom values. */}}
+{{- define "gpumix.scopeExpression" -}}
+{{- $models := .Values.policy.modelLabelKeys | default (list "gpumix.io/model" "model.aibrix.ai/name") -}}
+{{- $names := .Values.policy.gpuResourceNames | default (list "nvidia.com/gpu" "nvidia.com/mig-*" "amd.com/gpu" "google.com/tpu") -}}
+{{- $exact := list -}}
+{{- $prefixes := list -}}
+{{- range $names -}}
+{{- if hasSuffix "*" . -}}
+{{- $prefixes = append $prefixes (trimSuffix "*" .) -}}
+{{- else -}}
+{{- $exact = append $exact . -}}
+{{- end -}}
+{{- end -}}
+{{- $model := toJson $models -}}
+{{- $templateKeys := toJson (append $models "gpumix.io/gpu-type") -}}
+{{- $accelerator := printf "r in %s || %s.exists(p, r.startsWith(p))" (toJson $exact) (toJson $prefixes) -}}
+request.resource.group != "apps" ||
+[object, oldObject].exists(o, o != null && (
+  (has(o.metadata.labels) && {{ $model }}.exists(k,
+    k in o.metadata.labels && o.metadata.labels[k] != "")) ||
+  (has(o.spec.template.metadata) && has(o.spec.template.metadata.labels) && {{ $templateKeys }}.exists(k,
+    k in o.spec.template.metadata.labels && o.spec.template.metadata.labels[k] != "")) ||
+  (has(o.spec.template.spec) && (
+    (has(o.spec.template.spec.containers) ? o.spec.template.spec.containers : []) +
+    (has(o.spec.template.spec.initContainers) ? o.spec.template.spec.initContainers : [])
+  ).exists(c, has(c.resources) && (
+    (has(c.resources.limits) && c.resources.limits.exists(r,
+      {{ $accelerator }})) ||
+    (has(c.resources.requests) && c.resources.requests.exists(r,
+      {{ $accelerator }}))))))) ||
+(oldObject != null && has(oldObject.spec.selector) && has(oldObject.spec.selector.matchLabels) &&
+  "gpumix.io/deployment" in oldObject.spec.selector.matchLabels)
+{{ end }}
