@@ -312,7 +312,8 @@ def review(
         return Verdict("allowed")
     # The rule the webhook configurations' matchConditions apply in the API server: a
     # Deployment that cannot be in scope, before or after, is not judged here either.
-    if not judged(request["kind"]["group"], request.get("object"), request.get("oldObject"), policy):
+    group = request["kind"]["group"]
+    if not judged(group, request.get("object"), request.get("oldObject"), policy):
         return Verdict("allowed")
     obj = _object_of(request)
     try:

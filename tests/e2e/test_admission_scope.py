@@ -57,8 +57,12 @@ def deployment(
         spec["containers"][0]["resources"] = resources
     if init is not None:
         spec["initContainers"] = [
-            {"name": "side", "image": "registry.k8s.io/pause:3.10", "restartPolicy": "Always",
-             "resources": init}
+            {
+                "name": "side",
+                "image": "registry.k8s.io/pause:3.10",
+                "restartPolicy": "Always",
+                "resources": init,
+            }
         ]
     if node_selector:
         spec["nodeSelector"] = node_selector
@@ -263,7 +267,11 @@ def test_cpu_deployments_are_decided_without_a_webhook_call(
         assert after_gpu - start == 2  # the metric counts: mutate and validate
         cpu = [deployment(f"cpu-{i}") for i in range(20)]
         apiserver.kubectl(
-            "create", "-n", namespace, "-f", "-",
+            "create",
+            "-n",
+            namespace,
+            "-f",
+            "-",
             input=json.dumps({"apiVersion": "v1", "kind": "List", "items": cpu}),
         )
         assert webhook_calls(apiserver, namespace) - after_gpu == 0

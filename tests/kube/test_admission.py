@@ -20,8 +20,17 @@ label_keys = st.sampled_from(
 label_values = st.sampled_from(["", "llama", "NVIDIA-A100"])
 labels = st.dictionaries(label_keys, label_values, max_size=3)
 resource_names = st.sampled_from(
-    ["cpu", "memory", "nvidia.com/gpu", "nvidia.com/mig-1g.5gb", "nvidia.com/mig", "amd.com/gpu",
-     "google.com/tpu", "example.com/widget", "nvidia.com/gpux"]
+    [
+        "cpu",
+        "memory",
+        "nvidia.com/gpu",
+        "nvidia.com/mig-1g.5gb",
+        "nvidia.com/mig",
+        "amd.com/gpu",
+        "google.com/tpu",
+        "example.com/widget",
+        "nvidia.com/gpux",
+    ]
 )
 quantities = st.sampled_from(["0", "1", "2", "1e400", "0.5", "100m", "-1"])
 amounts = st.dictionaries(resource_names, quantities, max_size=3)

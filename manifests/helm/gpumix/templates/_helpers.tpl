@@ -111,7 +111,8 @@ request.resource.group != "apps" ||
 [object, oldObject].exists(o, o != null && (
   (has(o.metadata.labels) && {{ $model }}.exists(k,
     k in o.metadata.labels && o.metadata.labels[k] != "")) ||
-  (has(o.spec.template.metadata) && has(o.spec.template.metadata.labels) && {{ $templateKeys }}.exists(k,
+  (has(o.spec.template.metadata) && has(o.spec.template.metadata.labels) &&
+    {{ $templateKeys }}.exists(k,
     k in o.spec.template.metadata.labels && o.spec.template.metadata.labels[k] != "")) ||
   (has(o.spec.template.spec) && (
     (has(o.spec.template.spec.containers) ? o.spec.template.spec.containers : []) +
