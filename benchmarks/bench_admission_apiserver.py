@@ -1,0 +1,339 @@
+"""gpumix webhook CPU per admission and memory, behind a real kube-apiserver.
+
+    python benchmarks/bench_admission_apiserver.py [--deployments 10000] [--writes 1000]
+        [--rate 100]
+
+Starts the test kube-apiserver and etcd (``tools/envtest/build.sh``), stores
+``--deployments`` GPU Deployments (in 100 namespaces, before any webhook is
+registered), then starts ``gpumix webhook`` as its ServiceAccount with the shipped
+policy and webhook configurations (``tests/e2e/gpumix_env.start_webhook``) and waits
+until its cache holds them all.  Then, at ``--rate`` writes/s (open loop, four client
+threads), ``--writes`` server-side dry-run creates of each kind go through admission:
+GPU Deployments (mutate + validate), HPAs without maxReplicas (mutate patches the
+default, validate judges it) and CPU Deployments (decided by the match condition).
+For each kind: the webhook process's user + system CPU (``/proc/<pid>/stat``) over the
+writes divided by the writes, the same for an idle stretch of equal length (what the
+process spends with no writes: watches, timers), the API server's webhook calls, and
+the client's p50/p99.  The webhook's RSS is read after sync and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.envtest import Envtest, ensure_binaries  # noqa: E402
+from tests.e2e.gpumix_env import (  # noqa: E402
+    apply_webhook_configurations,
+    delete_webhook_configurations,
+    install_prerequisites,
+    parse_metrics,
+    render_manifests,
+    start_webhook,
+    stop_webhook,
+    wait_until,
+    webhook_configurations,
+)
+
+
+def gpu_deployment(name: str, namespace: str) -> dict[str, Any]:
+    limits = {"nvidia.com/gpu": "1"}
+    labels = {"app": name, "gpumix.io/deployment": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": {**labels, "gpumix.io/gpu-type": "NVIDIA-A100"}},
+                "spec": {
+                    "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100"},
+                    "containers": [
+                        {
+                            "name": "engine",
+                            "image": "vllm/vllm-openai:v0.6.3",
+                            "resources": {"limits": limits},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def cpu_deployment(name: str, namespace: str) -> dict[str, Any]:
+    """A Deployment no rule judges: no accelerator, no model or GPU-type label."""
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]},
+            },
+        },
+    }
+
+
+def hpa(name: str, namespace: str, ceiling: int | None = None) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d-0"},
+            "minReplicas": 1,
+        },
+    }
+    if ceiling is not None:
+        obj["spec"]["maxReplicas"] = ceiling
+    return obj
+
+
+def serve_bare(cert: str, key: str) -> None:
+    """The floor of an aiohttp webhook: a low-level aiohttp TLS server on uvloop that
+    decodes each body with orjson and allows it, echoing its uid."""
+    import asyncio
+    import ssl
+    from functools import partial
+
+    import orjson
+    import uvloop
+    from aiohttp import web
+
+    async def handle(request: web.BaseRequest) -> web.Response:
+        uid = orjson.loads(await request.read())["request"]["uid"]
+        answer = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}
+        answer["response"] = {"uid": uid, "allowed": True}
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+    async def main() -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        loop = asyncio.get_running_loop()
+        server = web.Server(
+            handle,
+            request_factory=partial(web.BaseRequest, loop=loop, client_max_size=7 * 1024 * 1024),
+            access_log=None,
+        )
+        runner = web.ServerRunner(server)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+        await site.start()
+        print(f"PORT {site._server.sockets[0].getsockname()[1]}", flush=True)  # type: ignore[union-attr]
+        await asyncio.sleep(3600)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+
+
+def start_bare(env: Envtest) -> tuple[subprocess.Popen[str], int]:
+    pair = env.ca.issue("bench-bare", hosts=["127.0.0.1"], server=True)
+    cert, key = env.workdir / "pki" / "bare.crt", env.workdir / "pki" / "bare.key"
+    cert.write_bytes(pair.cert_pem)
+    key.write_bytes(pair.key_pem)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-bare", str(cert), str(key)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline().split()[1])
+
+
+def bare_configurations(env: Envtest, objects: list[Any], port: int) -> list[Any]:
+    configs = webhook_configurations(objects, port)
+    for config in configs:
+        for hook in config["webhooks"]:
+            hook["clientConfig"]["caBundle"] = base64.b64encode(env.ca.cert_pem).decode()
+    return configs
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def post(env: Envtest, obj: dict[str, Any], dry_run: bool) -> float:
+    api = "/apis/apps/v1" if obj["kind"] == "Deployment" else "/apis/autoscaling/v2"
+    plural = "deployments" if obj["kind"] == "Deployment" else "horizontalpodautoscalers"
+    path = f"{api}/namespaces/{obj['metadata']['namespace']}/{plural}"
+    start = time.perf_counter()
+    status, body = env.request("POST", path + ("?dryRun=All" if dry_run else ""), obj)
+    if status != 201:
+        raise SystemExit(f"create {obj['kind']} {obj['metadata']['name']}: {status} {body}")
+    return time.perf_counter() - start
+
+
+def open_loop(env: Envtest, objects: list[dict[str, Any]], rate: float) -> list[float]:
+    """Send each object at its scheduled time (``rate`` per second), dry run."""
+    times: list[float] = []
+    lock = threading.Lock()
+    t0 = time.perf_counter()
+
+    def one(i: int) -> None:
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        took = post(env, objects[i], True)
+        with lock:
+            times.append(took)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(one, range(len(objects))))
+    return times
+
+
+def webhook_calls(env: Envtest) -> float:
+    status, text = env.request("GET", "/metrics")
+    assert status == 200 and isinstance(text, str)
+    total = 0.0
+    for series, value in parse_metrics(text).items():
+        if series.startswith("apiserver_admission_webhook_admission_duration_seconds_count{") and (
+            'name="mutate.gpumix.io"' in series or 'name="validate.gpumix.io"' in series
+        ):
+            total += value
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deployments", type=int, default=10000)
+    parser.add_argument("--writes", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=100.0)
+    args = parser.parse_args()
+    env = Envtest(ensure_binaries()).start()
+    try:
+        objects = render_manifests()
+        env.install_crds()
+        install_prerequisites(env, objects)
+        namespaces = [f"bench-{i}" for i in range(100)]
+        env.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "List",
+                    "items": [
+                        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}
+                        for n in namespaces
+                    ],
+                }
+            ),
+        )
+        stored = [
+            gpu_deployment(f"d-{i}", namespaces[i % len(namespaces)])
+            for i in range(args.deployments)
+        ]
+        t = time.monotonic()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda o: post(env, o, False), stored))
+        print(f"stored {len(stored)} Deployments in {time.monotonic() - t:.0f} s")
+        kinds = {
+            "GPU Deployment": lambda tag: [
+                gpu_deployment(f"{tag}-{i}", namespaces[i % 100]) for i in range(args.writes)
+            ],
+            # the bare endpoint adds no default ceiling: its HPAs carry one
+            "HPA (without maxReplicas; bare: with)": lambda tag: [
+                hpa(f"{tag}-{i}", namespaces[i % 100], 4 if tag == "bare" else None)
+                for i in range(args.writes)
+            ],
+            "CPU Deployment": lambda tag: [
+                cpu_deployment(f"{tag}-{i}", namespaces[i % 100]) for i in range(args.writes)
+            ],
+        }
+        print(
+            f"{args.deployments} Deployments stored; {args.writes} dry-run creates of each "
+            f"kind at {args.rate:.0f}/s, one webhook registered at a time"
+        )
+        print("| webhook | writes | webhook calls | webhook CPU ms per write | p50 ms | p99 ms |")
+        print("|---|---|---|---|---|---|")
+        results: dict[tuple[str, str], float] = {}
+
+        def measure(label: str, pid: int, tag: str) -> None:
+            for kind, make in kinds.items():
+                items = make(tag)
+                calls0, cpu0 = webhook_calls(env), cpu_seconds(pid)
+                times = open_loop(env, items, args.rate)
+                cpu1, calls1 = cpu_seconds(pid), webhook_calls(env)
+                qs = statistics.quantiles(times, n=100)
+                results[(label, kind)] = (cpu1 - cpu0) / len(items) * 1e3
+                print(
+                    f"| {label} | {kind} | {calls1 - calls0:.0f} | "
+                    f"{results[(label, kind)]:.3f} | {qs[49] * 1e3:.1f} | {qs[98] * 1e3:.1f} |",
+                    flush=True,
+                )
+
+        bare, port = start_bare(env)
+        try:
+            apply_webhook_configurations(env, bare_configurations(env, objects, port))
+            wait_until(
+                lambda: (
+                    post(env, gpu_deployment("probe", namespaces[0]), True)
+                    and webhook_calls(env) > 0
+                ),
+                timeout_s=20,
+                what="the bare endpoint registered",
+            )
+            measure("bare aiohttp + orjson decode", bare.pid, "bare")
+        finally:
+            delete_webhook_configurations(env)
+            bare.terminate()
+            bare.wait(10)
+        webhook = start_webhook(env, objects)
+        try:
+            wait_until(
+                lambda: webhook.cached("Deployment") >= args.deployments,
+                timeout_s=300,
+                what="the webhook cache",
+            )
+            pid = webhook.process.proc.popen.pid  # type: ignore[union-attr]
+            time.sleep(2)
+            rss_synced = rss_mb(pid)
+            measure("gpumix", pid, "gpumix")
+            print(
+                f"gpumix webhook RSS: {rss_synced:.1f} MB after sync, "
+                f"{rss_mb(pid):.1f} MB at the end"
+            )
+            for kind in kinds:
+                bare_ms = results[("bare aiohttp + orjson decode", kind)]
+                if bare_ms:
+                    print(f"gpumix vs bare, {kind}: {results[('gpumix', kind)] / bare_ms:.2f}x")
+        finally:
+            stop_webhook(webhook)
+    finally:
+        env.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve-bare":
+        serve_bare(sys.argv[2], sys.argv[3])
+    else:
+        main()
