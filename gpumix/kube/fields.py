@@ -3,6 +3,7 @@ values that cannot be read are named as :class:`Unreadable` facts."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
@@ -30,6 +31,12 @@ def str_map(value: object) -> dict[str, str]:
         else:
             return value.copy()
     return {str(k): v for k, v in as_mapping(value).items() if isinstance(v, str)}
+
+
+def shared(text: str) -> str:
+    """One string object for a text that repeats across many cached views (a namespace,
+    a GPU type name); a ``str`` subclass (a YAML reader's quoted scalar) is kept as is."""
+    return sys.intern(text) if type(text) is str else text
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gpumix.kube.fields import Unreadable, as_list, as_mapping, short_value, str_map
+from gpumix.kube.fields import Unreadable, as_list, as_mapping, shared, short_value, str_map
 from gpumix.kube.policy import GPU_TYPE_LABEL, MIG_RESOURCE_PREFIX, Policy
 from gpumix.kube.quantity import QuantityError, whole_quantity
 
@@ -43,6 +43,7 @@ class GpuType:
 
 
 CPU_ONLY = GpuType("cpu", None, "no GPU resources requested")
+_LABEL_SOURCE = f"label {GPU_TYPE_LABEL}"
 
 
 def gpu_resources(
@@ -175,7 +176,8 @@ def gpu_facts(
         resources = {**{name: 0 for name, _ in bad}, **resources}
     if labels.get(GPU_TYPE_LABEL):
         name = labels[GPU_TYPE_LABEL]
-        return GpuType("pinned", name, f"label {GPU_TYPE_LABEL}", GPU_TYPE_LABEL), gpus
+        # Type names and sources repeat across thousands of cached views: one string each.
+        return GpuType("pinned", shared(name), _LABEL_SOURCE, GPU_TYPE_LABEL), gpus
     node_selector = str_map(spec.get("nodeSelector"))
     pins = _required_affinity_pins(spec)
     # A machine type names a GPU type only for a Deployment that requests accelerators.
@@ -184,15 +186,17 @@ def gpu_facts(
         for key in keys:
             value = node_selector.get(key)
             if value:
-                return GpuType("pinned", value, f"nodeSelector {key}", key), gpus
+                source = shared(f"nodeSelector {key}")
+                return GpuType("pinned", shared(value), source, key), gpus
     if pins:
         for key in keys:
             value = pins.get(key)
             if value:
-                return GpuType("pinned", value, f"required node affinity {key}", key), gpus
+                source = shared(f"required node affinity {key}")
+                return GpuType("pinned", shared(value), source, key), gpus
     migs = sorted(r for r in resources if r.startswith(MIG_RESOURCE_PREFIX))
     if migs:
-        return GpuType("mig", migs[0], f"resource {migs[0]}"), gpus
+        return GpuType("mig", shared(migs[0]), shared(f"resource {migs[0]}")), gpus
     if resources:
         unread = tuple(
             sorted(

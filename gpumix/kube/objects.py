@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gpumix.kube.fields import Unreadable, as_mapping, short_value, str_map
+from gpumix.kube.fields import Unreadable, as_mapping, shared, short_value, str_map
 from gpumix.kube.gputype import (
     GpuType,
     gpu_facts,
@@ -182,7 +182,8 @@ def _name_in(metadata: Mapping[str, Any]) -> str:
 
 def _namespace_in(metadata: Mapping[str, Any]) -> str:
     ns = metadata.get("namespace")
-    return ns if isinstance(ns, str) and ns else DEFAULT_NAMESPACE
+    # interned: thousands of cached views share a few namespace names
+    return shared(ns) if isinstance(ns, str) and ns else DEFAULT_NAMESPACE
 
 
 def deployment_view(obj: Mapping[str, Any], policy: Policy) -> DeploymentView:

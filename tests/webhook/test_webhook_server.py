@@ -176,8 +176,8 @@ async def test_dry_run_gets_the_same_answer(served: Served) -> None:
 async def test_update_changing_the_selector_is_denied_with_how_to_recreate(
     served: Served,
 ) -> None:
-    old = deployment("web", "iso", model=None, gpus=0, selector={"app": "web"})
-    new = deployment("web", "iso", model=None, gpus=0, selector={"app": "web", "tier": "x"})
+    old = deployment("web", "iso", model=None, gpus=1, selector={"app": "web"})
+    new = deployment("web", "iso", model=None, gpus=1, selector={"app": "web", "tier": "x"})
     _, out = await served.post("/validate", review_body(new, "UPDATE", old=old, uid="up"))
     response = out["response"]
     assert response["uid"] == "up" and response["allowed"] is False
