@@ -389,7 +389,8 @@ class Webhook:
 
 def wait_admitting(env: Envtest, timeout_s: float = 30.0) -> None:
     """Until the API server gets answers from the gpumix webhooks (a server-side dry run
-    of a Deployment in ``default`` goes through both without an error)."""
+    of a Deployment in ``default`` goes through both without an error; it requests a
+    GPU, as a CPU app is not sent to them)."""
     probe = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -398,7 +399,15 @@ def wait_admitting(env: Envtest, timeout_s: float = 30.0) -> None:
             "selector": {"matchLabels": {"app": "e2e-admission-probe"}},
             "template": {
                 "metadata": {"labels": {"app": "e2e-admission-probe"}},
-                "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "registry.k8s.io/pause:3.10",
+                            "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                        }
+                    ]
+                },
             },
         },
     }

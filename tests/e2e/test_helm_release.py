@@ -136,8 +136,12 @@ def rbac(env: Envtest) -> set[str]:
     return out
 
 
-def deployment(name: str, namespace: str) -> Obj:
+def deployment(name: str, namespace: str, *, gpus: int = 1) -> Obj:
+    """A Deployment in gpumix's scope (it requests a GPU), or with ``gpus=0`` a CPU app."""
     labels = {"app": name}
+    container: Obj = {"name": "c", "image": "registry.k8s.io/pause:3.10"}
+    if gpus:
+        container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -146,7 +150,7 @@ def deployment(name: str, namespace: str) -> Obj:
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]},
+                "spec": {"containers": [container]},
             },
         },
     }
@@ -217,6 +221,8 @@ def test_install_upgrade_uninstall(env: Envtest) -> None:
     # what an orphaned configuration would do after an uninstall.
     refused = create(env, deployment("before-uninstall", "apps"))
     assert refused.returncode != 0 and "gpumix.io" in refused.stderr, refused.stderr
+    # A CPU app is outside the match condition: the API server never calls the webhook.
+    assert create(env, deployment("cpu-app", "apps", gpus=0)).returncode == 0
     # The release namespace is exempt, so gpumix can always be repaired.
     assert create(env, deployment("repair", NS)).returncode == 0
 
