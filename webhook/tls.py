@@ -55,7 +55,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gpumix.webhook.kubeapi import ApiError, KubeClient
+from gpumix.kubeio.client import ApiError, KubeClient
 from gpumix.webhook.metrics import WebhookMetrics
 from gpumix.webhook.settings import TLSSettings
 

@@ -16,8 +16,14 @@ from gpumix.emulator import Emulator
 from gpumix.kube.objects import ObjectRef
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
-from gpumix.webhook.cache import BUILTIN_RESOURCES, ClusterCache, Reflector
-from gpumix.webhook.kubeapi import ApiError, KubeClient
+from gpumix.webhook.cache import (
+    BUILTIN_RESOURCES,
+    ClusterCache,
+    Reflector,
+    ViewStore,
+    informer_settings,
+)
+from gpumix.kubeio.client import ApiError, KubeClient
 from gpumix.webhook.metrics import WebhookMetrics
 from gpumix.webhook.settings import CacheSettings
 
@@ -228,9 +234,8 @@ async def test_watches_that_end_at_once_are_backed_off() -> None:
     reflector = Reflector(
         BUILTIN_RESOURCES[2],
         server,
-        Snapshot(),
-        Policy(),  # type: ignore[arg-type]
-        FAST,
+        ViewStore(Snapshot(), Policy()),
+        informer_settings(FAST),
         lambda: None,
         sleep,
         jitter=lambda: 1.0,  # the top of the jitter range: the backoff itself
@@ -286,9 +291,8 @@ def _scripted_reflector(
     reflector = Reflector(
         BUILTIN_RESOURCES[2],
         server,  # type: ignore[arg-type]
-        Snapshot(),
-        Policy(),
-        FAST,
+        ViewStore(Snapshot(), Policy()),
+        informer_settings(FAST),
         lambda: None,
         sleep,
         jitter=lambda: 0.0,  # the bottom of the jitter range: half the backoff

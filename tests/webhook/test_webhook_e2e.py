@@ -29,7 +29,7 @@ from webhook_kit import (
 
 from gpumix.emulator import Emulator
 from gpumix.kube.objects import ObjectRef
-from gpumix.webhook.kubeapi import KubeClient
+from gpumix.kubeio.client import KubeClient
 from gpumix.webhook.runtime import Built, build
 from gpumix.webhook.settings import CacheSettings, TLSSettings, WebhookSettings
 
