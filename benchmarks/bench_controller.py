@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gpumix.controller.kubeio import KubeIO  # noqa: E402
+
 from gpumix.controller.optimize import solve_mix  # noqa: E402
 from gpumix.controller.plan import MixProblem, MixSolution  # noqa: E402
 from gpumix.controller.settings import ControllerSettings  # noqa: E402

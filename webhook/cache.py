@@ -72,7 +72,7 @@ class ViewStore:
         self.skipped: dict[str, set[Key]] = {}
         """Per kind, keys of objects that could not be read at all (left out of the views)."""
 
-    def convert(self, resource: Resource, obj: Json) -> View | UnreadableObject:
+    def convert(self, resource: Resource, obj: Json) -> View | UnreadableObject | None:
         """The object's view; an UnreadableObject when it cannot be read at all (this
         object's conversion is isolated from every other's)."""
         try:

@@ -23,9 +23,9 @@ from typing import Any
 from aiohttp import web
 
 from gpumix.kube.snapshot import Snapshot
+from gpumix.kubeio.client import KubeClient
 from gpumix.lifecycle import Service
 from gpumix.webhook.cache import ClusterCache
-from gpumix.kubeio.client import KubeClient
 from gpumix.webhook.metrics import WebhookMetrics
 from gpumix.webhook.server import SnapshotSource, StaticSource, WebhookState, make_server
 from gpumix.webhook.settings import EVENT_LOOPS, WebhookSettings

@@ -221,12 +221,12 @@ async def test_two_controllers_only_the_leader_writes(emu: Any) -> None:
 
 
 async def test_losing_the_lease_stops_writes_at_once(emu: Any, api: Any) -> None:
-    from gpumix.controller.kubeio import KubeIO
     from gpumix.controller.leader import LeaderElector, LeaseSettings
+    from gpumix.kubeio.client import KubeClient
 
     emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}})
     now = [1000.0]
-    kube = KubeIO(api)
+    kube = KubeClient(api)
     cfg = LeaseSettings(identity="a", lease_duration_s=10, renew_deadline_s=8)
     a = LeaderElector(kube, cfg, lambda: now[0])
     b = LeaderElector(kube, LeaseSettings(identity="b", lease_duration_s=10), lambda: now[0])

@@ -16,6 +16,7 @@ from gpumix.emulator import Emulator
 from gpumix.kube.objects import ObjectRef
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
+from gpumix.kubeio.client import ApiError, KubeClient
 from gpumix.webhook.cache import (
     BUILTIN_RESOURCES,
     ClusterCache,
@@ -23,7 +24,6 @@ from gpumix.webhook.cache import (
     ViewStore,
     informer_settings,
 )
-from gpumix.kubeio.client import ApiError, KubeClient
 from gpumix.webhook.metrics import WebhookMetrics
 from gpumix.webhook.settings import CacheSettings
 
@@ -340,6 +340,8 @@ async def test_after_a_failure_only_a_new_list_makes_the_view_current() -> None:
     assert reflector.relists == 2
     # the backoff doubles and is jittered (here: half of each step)
     assert pauses[:3] == [FAST.backoff_initial_s / 2, FAST.backoff_initial_s, 0.04]
+
+
 def gpu_request(obj: dict[str, Any], value: object) -> dict[str, Any]:
     obj["spec"]["template"]["spec"]["containers"][0]["resources"] = {
         "limits": {"nvidia.com/gpu": value}
