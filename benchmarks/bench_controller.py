@@ -286,7 +286,7 @@ def write_scaling_docs(text: str) -> None:
     if SCALING_SECTION in doc:
         start = doc.index(SCALING_SECTION)
         nxt = doc.find("\n## ", start + len(SCALING_SECTION))
-        doc = doc[:start] + body + (doc[nxt + 1 :] if nxt != -1 else "")
+        doc = doc[:start] + body + ("\n" + doc[nxt + 1 :] if nxt != -1 else "")
     else:
         doc = doc.rstrip("\n") + "\n\n" + body
     path.write_text(doc)
@@ -320,7 +320,7 @@ def write_docs(text: str) -> None:
     if SECTION in doc:
         start = doc.index(SECTION)
         nxt = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + body + (doc[nxt + 1 :] if nxt != -1 else "")
+        doc = doc[:start] + body + ("\n" + doc[nxt + 1 :] if nxt != -1 else "")
     else:
         doc = doc.rstrip("\n") + "\n\n" + body
     path.write_text(doc)
