@@ -155,6 +155,8 @@ class Reflector:
         self._jitter = jitter
         self.keys: set[Key] = set()
         self.synced = False
+        self.has_synced = False
+        """Synced at least once (a late CRD counts for readiness only from then on)."""
         self.resource_version = ""
         self.relists = 0
         self.gone = False
@@ -238,6 +240,7 @@ class Reflector:
     def _set_synced(self, value: bool) -> None:
         if self.synced != value:
             self.synced = value
+            self.has_synced = self.has_synced or value
             self.on_change()
 
     def _lost(self) -> None:
@@ -399,7 +402,7 @@ class Informer:
         for r in self.reflectors.values():
             if r.gone or r.synced:
                 continue
-            if r.late and r.relists == 0 and not self.strict_crds:
+            if r.late and not r.has_synced and not self.strict_crds:
                 continue
             return False
         if self.strict_crds:
