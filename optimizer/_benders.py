@@ -30,9 +30,9 @@ objective cutoff), so a master with no solution proves the best plan optimal. A 
 gets its whole remaining budget only after a plan was found or its slice found nothing.
 The search ends when the bound reaches the best plan.
 
-The master's effort is a budget counted in CP-SAT's deterministic time (work, not seconds,
-so the result does not depend on the machine's speed), and so is the number of rounds; the
-caller hands an unfinished search to another method and keeps the larger proven bound.
+The search starts from a plan (every bucket on its cheapest type per request) and runs
+until the bound reaches the best plan or the deadline; a stopped search returns its best
+plan and bound. (Round and effort caps exist for tests only.)
 
 Exactness: cuts are scaled to integers with their coefficients rounded *up* (valid, as
 counts are non-negative) and the right-hand side rounded up to the next integer after a
@@ -435,15 +435,13 @@ def benders(
     clock: Callable[[], float],
     max_rounds: int | None = None,
     master_effort: float = math.inf,
-    only_enumerable: bool = False,
 ) -> Outcome:
     """Solve one model exactly in count space (see the module docstring).
 
     Returns "optimal" or "infeasible" when finished; when the time limit (or a round or
     effort limit, for tests) stops it, "feasible" with the best plan and the best proven
-    bound, or "unknown" with that bound when no plan was found. ``only_enumerable``:
-    give up at once (no rounds, no bound) unless the master is small enough to
-    enumerate. Raises ``NumericTrouble`` when a solver fails on the numbers."""
+    bound, or "unknown" with that bound when no plan was found. Raises
+    ``NumericTrouble`` when a solver fails on the numbers."""
     start = clock()
     deadline = start + max(time_limit_s, 0.0)
     need, usable = blk.need, blk.usable
@@ -453,8 +451,6 @@ def benders(
     if np.any(lb > caps):
         return Outcome("infeasible", (), (), math.nan, math.nan, 0)
     enumerate_counts = _grid_size(lb, caps) <= ENUM_MAX
-    if only_enumerable and not enumerate_counts:
-        return Outcome("unknown", (), (), math.nan, -math.inf, 0)
     routing = _Routing(need, usable, _base_prices(blk), seed)
 
     cuts: list[tuple[list[int], int]] = []
