@@ -42,8 +42,18 @@ MAX_PLAN_REPLICAS = 1e5  # the fewest replicas the load can need (each bucket at
 # ---------------------------------------------------------------- validation
 
 
+def _finite(x: object) -> bool:
+    """A number (not a bool) that is a finite float (an int too large for one is not)."""
+    if not isinstance(x, int | float) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:
+        return False
+
+
 def _finite_nonneg(x: object) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+    return _finite(x) and x >= 0  # type: ignore[operator]
 
 
 def _in_range(x: object, low: float, high: float) -> bool:
@@ -377,11 +387,7 @@ def _fail(
 
 
 def _limit_errors(time_limit_s: float) -> list[str]:
-    if (
-        not isinstance(time_limit_s, int | float)
-        or not math.isfinite(time_limit_s)
-        or time_limit_s <= 0
-    ):
+    if not _finite(time_limit_s) or time_limit_s <= 0:
         return [f"time_limit_s: must be a finite number > 0, got {time_limit_s!r}"]
     return []
 

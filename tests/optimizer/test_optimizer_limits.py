@@ -13,7 +13,7 @@ from optimizer_kit import check_plan, make_problem
 from ortools.linear_solver import pywraplp
 from test_optimizer_benders import _random_problem
 
-from optimizer import Pool, Status, solve, solve_joint
+from optimizer import Bucket, GpuOption, Pool, Problem, Status, solve, solve_joint
 
 # What the limit may be overrun by: 5% plus 20 ms (the result is assembled after the
 # search stops, and a solver checks its clock only now and then).
@@ -25,6 +25,19 @@ def _within_limit(elapsed: float, limit: float) -> bool:
     return elapsed <= limit * (1 + SLACK_FRACTION) + SLACK_S
 
 
+def _timed(run, limit: float, attempts: int = 3):
+    """``run(limit)`` and its wall time; on this shared machine a process can lose the CPU
+    for a tenth of a second, so a run over the allowance is tried again (up to
+    ``attempts`` runs): a solve that overruns by design overruns every time."""
+    for _ in range(attempts):
+        started = time.perf_counter()
+        out = run(limit)
+        elapsed = time.perf_counter() - started
+        if _within_limit(elapsed, limit):
+            break
+    return out, elapsed
+
+
 def test_time_limit_bounds_the_whole_solve() -> None:
     """A 16-type, 600-bucket model that takes far longer than these limits to prove
     (random rates: near ties everywhere): each run stops within its limit and returns the
@@ -32,9 +45,7 @@ def test_time_limit_bounds_the_whole_solve() -> None:
     p = _random_problem(0, 16, 600)
     solve(make_problem([1.0], [[1.0], [2.0], [3.0]], [1.0, 1.5, 2.0]))  # loads the solvers
     for limit in (0.1, 0.3, 1.0):
-        started = time.perf_counter()
-        res = solve(p, time_limit_s=limit)
-        elapsed = time.perf_counter() - started
+        res, elapsed = _timed(lambda t: solve(p, time_limit_s=t), limit)
         assert _within_limit(elapsed, limit), (limit, elapsed)
         assert res.status == Status.FEASIBLE, res.status
         assert res.gap > 0 and res.bound < res.objective
@@ -46,9 +57,7 @@ def test_joint_time_limit_bounds_the_whole_solve() -> None:
     problems = [_random_problem(seed, 12, 300, model=f"m{seed}") for seed in (1, 2, 3)]
     pool = Pool({"g0": 3, "g1": 3})
     for limit in (0.2, 0.6):
-        started = time.perf_counter()
-        jr = solve_joint(problems, pool, time_limit_s=limit)
-        elapsed = time.perf_counter() - started
+        jr, elapsed = _timed(lambda t: solve_joint(problems, pool, time_limit_s=t), limit)
         assert _within_limit(elapsed, limit), (limit, elapsed)
         assert jr.status in (Status.FEASIBLE, Status.UNKNOWN), jr.status
 
@@ -125,6 +134,23 @@ def test_numbers_out_of_range_are_rejected_naming_the_field(capfd, kwargs, needl
     assert res.status == Status.INVALID
     assert any(needle in e for e in res.errors), res.errors
     assert capfd.readouterr().err == ""
+
+
+def test_integers_too_large_for_a_float_are_rejected_by_name() -> None:
+    """Before, these ended in one error naming no field ("int too large to convert")."""
+    huge = 10**400
+    p = Problem(
+        (Bucket(1, 1),),
+        (huge,),
+        (GpuOption("a", (huge,), huge),),
+        churn_weight=huge,
+    )
+    res = solve(p, time_limit_s=10)
+    assert res.status == Status.INVALID
+    for field in ("load[0]", "gpus[a].rates[0]", "gpus[a].price_per_hour", "churn_weight"):
+        assert any(e.startswith(field) for e in res.errors), (field, res.errors)
+    res = solve(make_problem([1.0], [[1.0]], [1.0]), time_limit_s=huge)
+    assert res.status == Status.INVALID and res.errors[0].startswith("time_limit_s:")
 
 
 def test_the_range_limits_themselves_are_accepted() -> None:
