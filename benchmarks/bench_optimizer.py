@@ -448,6 +448,26 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def limit_check(limits: list[float]) -> bool:
+    """Wall time of ``solve`` on an instance that does not finish (16 x 2000 seed 3)
+    at each limit, against the allowance of 5% + 20 ms."""
+    solve(to_problem(make_instance(4, 20, 999)), time_limit_s=10)
+    problem = to_problem(make_instance(16, 2000, 3))
+    ok = True
+    for limit in limits:
+        start = time.perf_counter()
+        res = solve(problem, time_limit_s=limit)
+        elapsed = time.perf_counter() - start
+        allowed = 0.05 * limit + 0.02
+        ok = ok and elapsed - limit <= allowed
+        print(
+            f"16x2000 s3 limit {limit:g} s: {elapsed:.3f} s {res.status.value} "
+            f"overrun {elapsed - limit:+.3f} s (allowed {allowed:.3f})",
+            flush=True,
+        )
+    return ok
+
+
 HELD_OUT_SEEDS = [1001, 1002, 1003]
 HELD_OUT_SIZES = [(3, 50), (6, 200), (12, 800), (16, 2000)]
 
@@ -460,6 +480,11 @@ def main() -> int:
         action="store_true",
         help=f"seeds {HELD_OUT_SEEDS} (never used for tuning), sizes "
         f"{', '.join(f'{t}x{b}' for t, b in HELD_OUT_SIZES)}, every shape",
+    )
+    ap.add_argument(
+        "--limit-check",
+        metavar="LIMITS",
+        help="only measure the time limit's overrun at these limits, e.g. 0.1,1,10",
     )
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1")
     ap.add_argument("--seed-list", default=None, help="e.g. 1001,1002")
@@ -486,6 +511,8 @@ def main() -> int:
         f"optimality within {REPEAT_BASELINE_UNDER_S:.0f} s)",
     )
     args = ap.parse_args()
+    if args.limit_check:
+        return 0 if limit_check([float(x) for x in args.limit_check.split(",")]) else 1
     sizes = QUICK_SIZES if args.quick else SIZES
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
     shapes = ["roofline"]
