@@ -30,7 +30,7 @@ LOAD_TOL = 1e-6  # a replica may carry its capacity times (1 + LOAD_TOL): float 
 # Input ranges. Beyond them the numbers are unit mistakes (a rate of 1e-9 req/s is one
 # request in 30 years) and the solvers' arithmetic loses its meaning, so such a problem
 # is INVALID, naming the field, before any solver sees it.
-MIN_RATE = 1e-4  # req/s per replica: a positive rate below this is rejected
+MIN_RATE = 1e-6  # req/s per replica: a positive rate below this is rejected
 MAX_RATE = 1e6  # req/s per replica
 MIN_LOAD = 1e-6  # req/s per bucket: a positive load below this is rejected
 MAX_LOAD = 1e6  # req/s per bucket

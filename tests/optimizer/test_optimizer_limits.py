@@ -156,7 +156,7 @@ def test_integers_too_large_for_a_float_are_rejected_by_name() -> None:
 def test_the_range_limits_themselves_are_accepted() -> None:
     p = make_problem(
         [1e-6, 1e5, 0.0],
-        [[1e-4, 1e6, 1.0], [1.0, 1e3, 0.0]],
+        [[1e-6, 1e6, 1.0], [1.0, 1e3, 0.0]],
         [1e6, 0.0],
         mins=[0, 10**4],
         churn_weight=1e6,
