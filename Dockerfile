@@ -18,10 +18,11 @@ COPY gpumix ./gpumix
 COPY webhook ./webhook
 COPY controller ./controller
 COPY optimizer ./optimizer
-# A wheel of gpumix itself, then that wheel with its dependencies into the venv.
+# A wheel of gpumix itself, then that wheel with every extra (webhook, controller,
+# CLI and demo) and the dependencies into the venv.
 RUN --mount=type=cache,target=/root/.cache/pip \
     /opt/gpumix/bin/pip wheel --no-deps --wheel-dir /src/dist . \
- && /opt/gpumix/bin/pip install /src/dist/gpumix-*.whl \
+ && /opt/gpumix/bin/pip install "$(echo /src/dist/gpumix-*.whl)[all]" \
  && /opt/gpumix/bin/gpumix --help > /dev/null
 
 FROM ${PYTHON_IMAGE}

@@ -34,11 +34,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from controller.kubeio import KubeIO  # noqa: E402
-from controller.optimize import solve_mix  # noqa: E402
-from controller.plan import MixProblem, MixSolution  # noqa: E402
-from controller.settings import ControllerSettings  # noqa: E402
-from controller.shell import ALL, Controller  # noqa: E402
+from gpumix.controller.kubeio import KubeIO  # noqa: E402
+from gpumix.controller.optimize import solve_mix  # noqa: E402
+from gpumix.controller.plan import MixProblem, MixSolution  # noqa: E402
+from gpumix.controller.settings import ControllerSettings  # noqa: E402
+from gpumix.controller.shell import ALL, Controller  # noqa: E402
 from gpumix.emulator.server import Emulator  # noqa: E402
 from gpumix.kube.policy import Policy  # noqa: E402
 

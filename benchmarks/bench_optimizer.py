@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pulp
 from ortools.linear_solver import pywraplp
 
-from optimizer import Bucket, GpuOption, Pool, Problem, Status, solve, solve_joint
+from gpumix.optimizer import Bucket, GpuOption, Pool, Problem, Status, solve, solve_joint
 
 SIZES = [(2, 20), (4, 100), (8, 300), (16, 500), (16, 2000)]
 QUICK_SIZES = [(2, 20), (4, 100), (8, 300)]

@@ -14,6 +14,14 @@ Both must find the same pairs.  Run::
 
     python benchmarks/bench_overlap.py        # 1k, 5k, 10k Deployments in 100, then 10 namespaces
     python benchmarks/bench_overlap.py --sizes 2000 --namespaces 10 --repeat 1
+
+``--admission`` measures instead what one admission costs (``review``, both
+steps, CPU time) when the same Deployments share one namespace against when they
+are spread over 100: a new Deployment whose selector pins a value no other
+selector uses (``model.aibrix.ai/name: fresh-<i>``), and one whose selector is
+``model.aibrix.ai/name Exists`` (the time and the size of the answer)::
+
+    python benchmarks/bench_overlap.py --admission --sizes 10000
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ from gpumix.kube.objects import DeploymentView, View, view_of
 from gpumix.kube.policy import Policy
 from gpumix.kube.selectors import overlaps
 from gpumix.kube.snapshot import Snapshot
-from webhook.rules import selector_overlap
-from webhook.rules.engine import evaluate_snapshot
+from gpumix.webhook.review import json_bytes, parse_review, review, to_response
+from gpumix.webhook.rules import selector_overlap
+from gpumix.webhook.rules.engine import evaluate_snapshot
 
 Pair = frozenset[tuple[str, str]]
 T = TypeVar("T")
@@ -167,10 +176,12 @@ def indexed_pairs(views: list[View], policy: Policy) -> set[Pair]:
     pairs: set[Pair] = set()
     for f in evaluate_snapshot(snapshot, policy):
         if f.rule == selector_overlap.RULE:
-            other = f.related[0]
-            pairs.add(
-                frozenset({(f.subject.namespace, f.subject.name), (other.namespace, other.name)})
-            )
+            for other in f.related:
+                pairs.add(
+                    frozenset(
+                        {(f.subject.namespace, f.subject.name), (other.namespace, other.name)}
+                    )
+                )
     return pairs
 
 
@@ -207,13 +218,102 @@ def best_of(repeat: int, fn: Callable[[], T], budget_s: float = 3.0) -> tuple[fl
     return best, result
 
 
+def _request(obj: dict[str, Any], uid: str) -> Any:
+    group, _, version = obj["apiVersion"].rpartition("/")
+    body = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": group, "version": version, "kind": obj["kind"]},
+            "name": obj["metadata"]["name"],
+            "namespace": obj["metadata"]["namespace"],
+            "operation": "CREATE",
+            "object": obj,
+        },
+    }
+    return parse_review(body)
+
+
+def admission_cost(n: int, namespaces: int, seed: int, repeat: int) -> tuple[float, float, int]:
+    """CPU µs per admission (validate + mutate) of a Deployment pinning a fresh value, in
+    ``team-000``; and for a ``model.aibrix.ai/name Exists`` selector there: ms and bytes."""
+    policy = Policy()
+    snapshot = Snapshot.from_objects(generate(n, namespaces, seed), policy)
+    fresh = [
+        _request(
+            _deployment(
+                "team-000",
+                f"fresh-{i}",
+                {"model.aibrix.ai/name": f"fresh-{i}"},
+                [],
+                template_labels={"model.aibrix.ai/name": f"fresh-{i}"},
+                gpu="A100",
+            ),
+            f"uid-{i}",
+        )
+        for i in range(200)
+    ]
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.process_time()
+        for request in fresh:
+            for phase in ("mutate", "validate"):
+                verdict = review(request, snapshot, policy, phase)
+                assert verdict.allowed, verdict.message
+        best = min(best, (time.process_time() - started) / len(fresh))
+    broad = _deployment(
+        "team-000", "any-model", {}, [], template_labels={"model.aibrix.ai/name": "x"}, gpu="A40"
+    )
+    broad["spec"]["selector"] = {
+        "matchExpressions": [{"key": "model.aibrix.ai/name", "operator": "Exists"}]
+    }
+    request = _request(broad, "uid-broad")
+    exists_best, size = float("inf"), 0
+    for _ in range(repeat):
+        started = time.process_time()
+        verdict = review(request, snapshot, policy, "validate")
+        answer = json_bytes(to_response("uid-broad", verdict))
+        exists_best = min(exists_best, time.process_time() - started)
+        size = len(answer)
+    return best * 1e6, exists_best * 1e3, size
+
+
+def admission(args: argparse.Namespace) -> int:
+    print(
+        f"# python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"seed {args.seed}, best of {args.repeat}; CPU time per admission (mutate + validate)"
+    )
+    print(
+        "| Deployments | pinned fresh value: 100 namespaces (µs) | 1 namespace (µs) | ratio "
+        "| `Exists` in 1 namespace (ms) | its answer (bytes) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n in args.sizes:
+        spread, _, _ = admission_cost(n, 100, args.seed, args.repeat)
+        crowded, exists_ms, size = admission_cost(n, 1, args.seed, args.repeat)
+        print(
+            f"| {n} | {spread:.1f} | {crowded:.1f} | {crowded / spread:.2f}x | {exists_ms:.1f} "
+            f"| {size} |",
+            flush=True,
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 10000])
     parser.add_argument("--namespaces", type=int, nargs="+", default=[100, 10])
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--admission",
+        action="store_true",
+        help="measure one admission in a crowded namespace against a spread cluster",
+    )
     args = parser.parse_args(argv)
+    if args.admission:
+        return admission(args)
     policy = Policy()
     print(
         f"# python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "

@@ -583,8 +583,8 @@ def in_process(args: argparse.Namespace) -> str:
 
     from gpumix.kube.policy import Policy
     from gpumix.kube.snapshot import Snapshot
-    from webhook.metrics import WebhookMetrics
-    from webhook.review import (
+    from gpumix.webhook.metrics import WebhookMetrics
+    from gpumix.webhook.review import (
         _CEILING_PATHS,
         _ISOLATION_PATHS,
         _copy_for_fix,

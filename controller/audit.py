@@ -20,13 +20,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from controller.cluster import ServedCache, build_state, read_autoscalers
-from controller.kubeio import KubeError, KubeIO, resource_path
-from controller.metrics import ControllerMetrics
-from controller.plan import format_time
+from gpumix.controller.cluster import ServedCache, build_state, read_autoscalers
+from gpumix.controller.kubeio import KubeError, KubeIO, resource_path
+from gpumix.controller.metrics import ControllerMetrics
+from gpumix.controller.plan import format_time
 from gpumix.kube.policy import Policy
-from webhook.rules.base import Finding
-from webhook.rules.engine import evaluate_snapshot
+from gpumix.webhook.rules.base import Finding
+from gpumix.webhook.rules.engine import evaluate_snapshot
 
 log = logging.getLogger("gpumix.controller.audit")
 

@@ -19,9 +19,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.kubeio import KubeError, KubeIO, resource_path
-from controller.plan import GpuPool
-from controller.spec import GROUP, PLURAL, VERSION
+from gpumix.controller.kubeio import KubeError, KubeIO, resource_path
+from gpumix.controller.plan import GpuPool
+from gpumix.controller.spec import GROUP, PLURAL, VERSION
 from gpumix.kube.fields import as_mapping, str_map
 from gpumix.kube.gputype import gpu_resources
 from gpumix.kube.objects import (
@@ -55,6 +55,8 @@ class ClusterState:
     free: dict[str, int]
     committed: dict[ObjectRef, int]
     """GPUs each Deployment holds: its bound pods plus its unscheduled replicas."""
+    follows_plan: frozenset[ObjectRef] = frozenset()
+    """Autoscalers whose metric is gpumix's recommendation for their target."""
     read_at: float = field(default_factory=time.monotonic)
 
     def pools(self) -> dict[str, GpuPool]:
@@ -143,10 +145,14 @@ def build_state(
         view = deployment_view(d, policy)
         snap.put(view)
         raw[view.ref] = d
+    followers: set[ObjectRef] = set()
     for a in autoscalers:
         info = AUTOSCALER_KINDS.get(a.get("kind"))  # type: ignore[arg-type]
         if info is not None:
-            snap.put(autoscaler_view(a, info))
+            scaler = autoscaler_view(a, info)
+            snap.put(scaler)
+            if follows_recommendation(a):
+                followers.add(scaler.ref)
     node_types: dict[str, frozenset[str]] = {}
     capacity: dict[str, int] = {}
     for n in nodes:
@@ -195,7 +201,26 @@ def build_state(
             committed_by_type.get(view.gpu_type.name, 0) + unscheduled
         )
     free = {gpu: cap - committed_by_type.get(gpu, 0) for gpu, cap in capacity.items()}
-    return ClusterState(gpumixes, raw, snap, capacity, free, committed)
+    return ClusterState(
+        gpumixes, raw, snap, capacity, free, committed, follows_plan=frozenset(followers)
+    )
+
+
+def follows_recommendation(autoscaler: Mapping[str, Any]) -> bool:
+    """Is this an AIBrix PodAutoscaler whose only metric is gpumix's recommendation for its
+    target (``path: /metrics/<namespace>/<deployment>``, docs/controller.md)?"""
+    if autoscaler.get("kind") != "PodAutoscaler":
+        return False
+    meta = as_mapping(autoscaler.get("metadata"))
+    spec = as_mapping(autoscaler.get("spec"))
+    target = as_mapping(spec.get("scaleTargetRef"))
+    sources = spec.get("metricsSources")
+    if not isinstance(sources, list) or not sources:
+        return False
+    want = f"/metrics/{meta.get('namespace') or 'default'}/{target.get('name')}"
+    return all(
+        isinstance(x, Mapping) and str(x.get("path") or "").rstrip("/") == want for x in sources
+    )
 
 
 def labels_of(obj: Mapping[str, Any]) -> dict[str, str]:

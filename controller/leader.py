@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.kubeio import KubeError, KubeIO, resource_path
+from gpumix.controller.kubeio import KubeError, KubeIO, resource_path
 
 log = logging.getLogger("gpumix.controller.leader")
 

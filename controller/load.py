@@ -10,7 +10,7 @@ finished requests (``vllm:request_prompt_tokens_bucket``,
 exported, so it is estimated as the outer product of the two marginals scaled
 by the request rate, i.e. assuming input and output lengths independent::
 
-    R          = sum(rate(vllm:request_success_total[w]))
+    R          = sum over the counter's series of increase / sampled span (raw samples in w)
     p_in(i)    = (rate of prompt bucket le_i - rate of le_{i-1}) / rate of le=+Inf
     p_out(j)   = the same over the generation histogram
     rate(i, j) = R * p_in(i) * p_out(j)
@@ -25,25 +25,176 @@ Fail static: an unreachable server, an error answer, no series (``missing``),
 one of the three series absent or inconsistent (``partial``), or a newest
 sample older than ``stalenessSeconds`` (``stale``) all return
 :class:`~controller.plan.LoadUnavailable`; the plan then keeps replicas.
+
+Freshness and coverage are judged per series of the request counter from its
+raw samples in the rate window (``counter{sel}[w]``, one instant query) and
+the series Prometheus still considers live (``timestamp(counter{sel})``, which
+honours Prometheus' staleness markers), by :func:`window_problem`: a series
+that had samples in the window but is no longer live has *disappeared* and
+its requests would silently drop out of ``rate()``, so the load is missing
+(not lower) until the series has left the window; a series whose samples do
+not cover the window (scrapes lost, Prometheus restarted without its data)
+makes ``rate()`` underestimate, so the load is partial; every series older than
+``stalenessSeconds`` makes it stale.  Reasons carry no ages or counts that
+change from pass to pass, so a held condition is not rewritten every pass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
-from controller.plan import Load, LoadObservation, LoadUnavailable
-from controller.spec import GPUMixSpec, LoadBucket, PrometheusLoad, StaticLoad
+from gpumix.controller.plan import Load, LoadObservation, LoadUnavailable
+from gpumix.controller.spec import GPUMixSpec, LoadBucket, PrometheusLoad, StaticLoad
 
 MAX_BUCKETS = 10_000
 
 
 class PrometheusError(Exception):
     pass
+
+
+Labels = tuple[tuple[str, str], ...]
+Samples = list[tuple[float, float]]
+MIN_SAMPLES = 2
+"""``rate()`` needs two samples of a series; with fewer its requests are not counted."""
+GAP_INTERVALS = 3.0
+"""A series whose newest sample is this many scrape intervals old has stopped being scraped."""
+
+
+def _labels_key(labels: Mapping[str, str]) -> Labels:
+    return tuple(sorted((k, v) for k, v in labels.items() if k != "__name__"))
+
+
+def _describe(key: Labels) -> str:
+    return "{" + ",".join(f'{k}="{v}"' for k, v in key) + "}"
+
+
+def scrape_interval(series: Mapping[Labels, Samples]) -> float | None:
+    """The median spacing of consecutive samples over all series (None: fewer than 2)."""
+    gaps = sorted(
+        b[0] - a[0]
+        for samples in series.values()
+        for a, b in itertools.pairwise(samples)
+        if b[0] > a[0]
+    )
+    if not gaps:
+        return None
+    return gaps[len(gaps) // 2]
+
+
+def window_problem(
+    series: Mapping[Labels, Samples],
+    live: Mapping[Labels, float],
+    now: float,
+    at: float,
+    window_s: float,
+    staleness_s: float,
+    metric: str,
+) -> LoadUnavailable | None:
+    """Why the counter's samples cannot be trusted for ``rate()`` over the window ending at
+    ``at`` (None: they can).
+
+    ``series``: raw samples ``(time, value)`` per series in ``(at - window_s, at]``;
+    ``live``: newest sample time of every series Prometheus still returns at ``now``.
+    The rates are evaluated at ``at``, the newest live sample, not at ``now``: a rate
+    evaluated a scrape interval or more after a series' last sample is extrapolated only
+    half an interval and comes out low.  Pure (both times are passed in).
+    """
+    newest_by_series = {k: max(t for t, _ in v) for k, v in series.items() if v}
+    newest_by_series.update({k: max(t, newest_by_series.get(k, t)) for k, t in live.items()})
+    if not newest_by_series:
+        return LoadUnavailable("missing", f"no series of {metric} in Prometheus")
+    newest = max(newest_by_series.values())
+    if now - newest > staleness_s:
+        return LoadUnavailable(
+            "stale",
+            f"every {metric} series' newest sample is older than the staleness limit "
+            f"{staleness_s:g}s",
+            newest,
+        )
+    interval = scrape_interval(series)
+    gone_after = staleness_s if interval is None else min(staleness_s, GAP_INTERVALS * interval)
+    vanished = sorted(
+        k
+        for k, t in newest_by_series.items()
+        if k not in live or now - live[k] > gone_after or now - t > gone_after
+    )
+    if vanished:
+        return LoadUnavailable(
+            "missing",
+            f"{len(vanished)} of {len(newest_by_series)} {metric} series stopped reporting "
+            f"within the {window_s:g}s window (first: {_describe(vanished[0])}); their requests "
+            "would drop out of the rate, so the load is read again once they have left the "
+            "window or are back",
+            newest,
+        )
+    thin = sorted(k for k in live if len(series.get(k, ())) < MIN_SAMPLES)
+    if thin:
+        return LoadUnavailable(
+            "partial",
+            f"{len(thin)} {metric} series have fewer than {MIN_SAMPLES} samples in the "
+            f"{window_s:g}s window (first: {_describe(thin[0])})",
+            newest,
+        )
+    if interval is not None:
+        uncovered = sorted(k for k, v in series.items() if not _covers(v, at - window_s))
+        if uncovered:
+            return LoadUnavailable(
+                "partial",
+                f"the samples of {len(uncovered)} {metric} series do not cover the "
+                f"{window_s:g}s window (first: {_describe(uncovered[0])}): scrapes were lost "
+                "or Prometheus lost data, and rate() would underestimate",
+                newest,
+            )
+    return None
+
+
+def _covers(samples: Samples, start: float) -> bool:
+    """Do this counter's samples cover the window from ``start``?
+
+    The rule of Prometheus' own extrapolation: the first sample lies within 1.1 average
+    sample intervals of the window start, or the counter's zero does (a counter born in
+    the window, as a new Pod's).  Gaps inside the window do not matter for a counter;
+    lost data at its start (Prometheus lost its storage, or scraping started late) does.
+    """
+    if len(samples) < MIN_SAMPLES:
+        return False
+    first_t, first_v = samples[0]
+    last_t = samples[-1][0]
+    sampled = last_t - first_t
+    if sampled <= 0:
+        return False
+    average = sampled / (len(samples) - 1)
+    to_start = first_t - start
+    increase = _increase(samples)
+    if first_v >= 0 and increase > 0:
+        to_start = min(to_start, sampled * first_v / increase)
+    return to_start < 1.1 * average
+
+
+def _increase(samples: Samples) -> float:
+    """A counter's increase over its samples (a drop is a restart from zero, as in rate())."""
+    increase = 0.0
+    for (_, a), (_, b) in itertools.pairwise(samples):
+        increase += b - a if b >= a else b
+    return increase
+
+
+def series_rate(samples: Samples) -> float:
+    """A counter's per-second rate over the span of its own samples (0 with fewer than two).
+
+    Unlike ``rate()`` this does not extrapolate to the window's ends, so a window whose
+    newest samples are a little older than the evaluation time does not read low.
+    """
+    if len(samples) < MIN_SAMPLES or samples[-1][0] <= samples[0][0]:
+        return 0.0
+    return _increase(samples) / (samples[-1][0] - samples[0][0])
 
 
 def static_load(source: StaticLoad, now: float) -> LoadObservation:
@@ -103,7 +254,26 @@ class PrometheusClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.queries = 0
 
-    async def query(self, promql: str, at: float) -> list[tuple[dict[str, str], float]]:
+    async def samples(self, promql: str, at: float) -> dict[Labels, Samples]:
+        """Raw samples of a range-vector selector (``metric{sel}[w]``) per series."""
+        data = await self._get(promql, at)
+        if data.get("resultType") != "matrix":
+            raise PrometheusError(f"query {promql!r} returned {data.get('resultType')}")
+        out: dict[Labels, Samples] = {}
+        for series in (data.get("result") or [])[:MAX_BUCKETS]:
+            if not isinstance(series, dict):
+                continue
+            points: Samples = []
+            for point in series.get("values") or []:
+                try:
+                    points.append((float(point[0]), float(point[1])))
+                except (IndexError, TypeError, ValueError):
+                    continue
+            metric = series.get("metric") or {}
+            out[_labels_key({str(k): str(v) for k, v in metric.items()})] = sorted(points)
+        return out
+
+    async def _get(self, promql: str, at: float) -> dict[str, Any]:
         self.queries += 1
         try:
             async with self._session.get(
@@ -119,6 +289,12 @@ class PrometheusClient:
             error = body.get("error") if isinstance(body, dict) else None
             raise PrometheusError(f"query {promql!r} failed (HTTP {status}): {error or body}")
         data = body.get("data") or {}
+        if not isinstance(data, dict):
+            raise PrometheusError(f"query {promql!r} answered without data")
+        return data
+
+    async def query(self, promql: str, at: float) -> list[tuple[dict[str, str], float]]:
+        data = await self._get(promql, at)
         if data.get("resultType") not in ("vector", "scalar"):
             raise PrometheusError(f"query {promql!r} returned {data.get('resultType')}")
         out: list[tuple[dict[str, str], float]] = []
@@ -139,37 +315,43 @@ async def prometheus_load(client: PrometheusClient, source: PrometheusLoad, now:
     """Read and estimate the bucketed load; never raises for data problems."""
     w = f"{source.window_seconds}s"
     sel = source.selector
-    fresh_q = f"max(timestamp({_selector(source.success_metric, sel)}))"
+    counter = _selector(source.success_metric, sel)
     try:
-        fresh = await client.query(fresh_q, now)
+        live = {
+            _labels_key(labels): t for labels, t in await client.query(f"timestamp({counter})", now)
+        }
+        at = max(live.values()) if live else now
+        window = await client.samples(f"{counter}[{w}]", at)
+    except PrometheusError as exc:
+        return LoadUnavailable("missing", str(exc))
+    problem = window_problem(
+        window,
+        live,
+        now,
+        at,
+        source.window_seconds,
+        source.staleness_seconds,
+        source.success_metric,
+    )
+    if problem is not None:
+        return problem
+    observed = at
+    now = at  # every rate is evaluated at the newest sample (see window_problem)
+    try:
         if source.query is not None:
-            return await _direct(client, source, now, fresh)
+            return await _direct(client, source, now, observed)
         prompt_q = f"sum by (le) (rate({_selector(source.prompt_bucket_metric, sel)}[{w}]))"
         gen_q = f"sum by (le) (rate({_selector(source.generation_bucket_metric, sel)}[{w}]))"
-        rate_q = f"sum(rate({_selector(source.success_metric, sel)}[{w}]))"
-        prompt_raw, gen_raw, rate_raw = await asyncio.gather(
-            client.query(prompt_q, now), client.query(gen_q, now), client.query(rate_q, now)
+        prompt_raw, gen_raw = await asyncio.gather(
+            client.query(prompt_q, now), client.query(gen_q, now)
         )
     except PrometheusError as exc:
         return LoadUnavailable("missing", str(exc))
-    if not fresh and not prompt_raw and not gen_raw:
-        return LoadUnavailable(
-            "missing", f"no series for {source.success_metric} {sel or ''} in Prometheus".strip()
-        )
-    observed = fresh[0][1] if fresh else None
-    if observed is not None and now - observed > source.staleness_seconds:
-        return LoadUnavailable(
-            "stale",
-            f"newest {source.success_metric} sample is {now - observed:.0f}s old "
-            f"(staleness limit {source.staleness_seconds}s)",
-            observed,
-        )
     missing = [
         name
         for name, raw in (
             (source.prompt_bucket_metric, prompt_raw),
             (source.generation_bucket_metric, gen_raw),
-            (source.success_metric, rate_raw),
         )
         if not raw
     ]
@@ -184,7 +366,8 @@ async def prometheus_load(client: PrometheusClient, source: PrometheusLoad, now:
         gen = {_le(labels["le"]): v for labels, v in gen_raw if "le" in labels}
     except ValueError as exc:
         return LoadUnavailable("partial", f"unreadable le label: {exc}", observed)
-    rate = sum(v for _, v in rate_raw)
+    # the request rate from the counter's raw samples (already read): no extrapolation
+    rate = sum(series_rate(v) for v in window.values())
     if any(not math.isfinite(v) or v < 0 for v in (rate, *prompt.values(), *gen.values())):
         return LoadUnavailable("partial", "a rate is negative or not a number", observed)
     if math.inf not in prompt or math.inf not in gen:
@@ -195,26 +378,17 @@ async def prometheus_load(client: PrometheusClient, source: PrometheusLoad, now:
         )
     buckets = joint_estimate(rate, prompt, gen)
     return LoadObservation(
-        buckets,
-        observed if observed is not None else now,
-        "prometheus",
-        note="input/output estimated as independent",
+        buckets, observed, "prometheus", note="input/output estimated as independent"
     )
 
 
 async def _direct(
-    client: PrometheusClient,
-    source: PrometheusLoad,
-    now: float,
-    fresh: list[tuple[dict[str, str], float]],
+    client: PrometheusClient, source: PrometheusLoad, now: float, observed: float
 ) -> Load:
     assert source.query is not None
-    observed = fresh[0][1] if fresh else None
-    if observed is not None and now - observed > source.staleness_seconds:
-        return LoadUnavailable("stale", f"newest sample is {now - observed:.0f}s old", observed)
     rows = await client.query(source.query, now)
     if not rows:
-        return LoadUnavailable("missing", f"query {source.query!r} returned no series")
+        return LoadUnavailable("missing", f"query {source.query!r} returned no series", observed)
     buckets: list[LoadBucket] = []
     for labels, value in rows:
         if source.input_label not in labels or source.output_label not in labels:
@@ -231,7 +405,7 @@ async def _direct(
             return LoadUnavailable("partial", "a bucket label is not a number", observed)
     if any(not math.isfinite(b.rps) or b.rps < 0 for b in buckets):
         return LoadUnavailable("partial", "a rate is negative or not a number", observed)
-    return LoadObservation(tuple(buckets), observed or now, "prometheus")
+    return LoadObservation(tuple(buckets), observed, "prometheus")
 
 
 class LoadReader:

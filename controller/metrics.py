@@ -31,6 +31,33 @@ from prometheus_client import (
 AIBRIX_METRIC = "vllm:deployment_replicas"
 
 
+class OneHot:
+    """A gauge of one GPUMix's current state, one series per value (as kube-state-metrics
+    exports phases): 1 for the current value, 0 for the values seen before."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self._seen: dict[tuple[str, str], set[str]] = {}
+
+    def set(self, key: tuple[str, str], value: str | None) -> None:
+        """``value`` None: no current value (every series of ``key`` is 0)."""
+        seen = self._seen.setdefault(key, set())
+        for old in seen:
+            if old != value:
+                self.gauge.labels(*key, old).set(0)
+        if value is not None:
+            seen.add(value)
+            self.gauge.labels(*key, value).set(1)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        for value in self._seen.pop(key, set()):
+            self.gauge.remove(*key, value)
+
+    def clear(self) -> None:
+        self._seen.clear()
+        self.gauge.clear()
+
+
 @dataclass
 class ControllerMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
@@ -90,6 +117,31 @@ class ControllerMetrics:
             "Cost per hour of the last plan.",
             ["namespace", "gpumix"],
             registry=r,
+        )
+        self.best_single_type_cost = Gauge(
+            "gpumix_best_single_type_cost_per_hour",
+            "Cost per hour of the cheapest plan that uses one GPU type only, for the same load "
+            "(what the mix saves is the difference to gpumix_plan_cost_per_hour).",
+            ["namespace", "gpumix"],
+            registry=r,
+        )
+        self.solver_status = OneHot(
+            Gauge(
+                "gpumix_solver_status",
+                "1 for the optimizer status of the last plan (OPTIMAL, FEASIBLE, INFEASIBLE, "
+                "...), 0 for the others seen before.",
+                ["namespace", "gpumix", "status"],
+                registry=r,
+            )
+        )
+        self.fail_static = OneHot(
+            Gauge(
+                "gpumix_fail_static",
+                "1 while the GPUMix holds its replicas because its load cannot be used, by the "
+                "condition's reason (LoadMissing, LoadStale, LoadPartial); 0 otherwise.",
+                ["namespace", "gpumix", "reason"],
+                registry=r,
+            )
         )
         self.solve_duration = Histogram(
             "gpumix_solve_duration_seconds",

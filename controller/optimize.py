@@ -20,15 +20,15 @@ from typing import Any
 
 import yaml
 
-import optimizer
-from controller.plan import (
+from gpumix import optimizer
+from gpumix.controller.plan import (
     MixProblem,
     MixSolution,
     ProfileSet,
     ProfilesUnavailable,
     SolverStatus,
 )
-from controller.spec import (
+from gpumix.controller.spec import (
     GPUMixSpec,
     InlineProfile,
     ProfileBucket,
@@ -37,8 +37,8 @@ from controller.spec import (
     _inline_profile,
     _Reader,
 )
-from optimizer.profiles import ProfileError, apply_slo, parse_profile
-from optimizer.profiles import Slo as OptSlo
+from gpumix.optimizer.profiles import ProfileError, apply_slo, parse_profile
+from gpumix.optimizer.profiles import Slo as OptSlo
 
 ProfileResult = ProfileSet | ProfilesUnavailable
 
@@ -137,7 +137,7 @@ def resolve_inline(spec: GPUMixSpec) -> ProfileResult | None:
 
 
 def solve_mix(problem: MixProblem) -> MixSolution:
-    """Solve with :func:`optimizer.solve`, plus the best single-GPU-type plan for comparison."""
+    """Solve with :func:`gpumix.optimizer.solve`, and the best single-GPU-type plan to compare."""
     started = time.perf_counter()
     try:
         built = build_problem(problem)

@@ -2,7 +2,7 @@
 
 Pure: no I/O and no clock (``now`` is passed in, seconds since the epoch).
 The optimizer is reached through ``policy.solver``, a callable that the shell
-wires to :func:`optimizer.solve` (see ``controller/optimize.py``), so this
+wires to :func:`gpumix.optimizer.solve` (see ``controller/optimize.py``), so this
 module stays independent of the solver library and tests can pass a fake.
 
 Safety rules, in the order they are applied (docs/controller.md explains them):
@@ -26,18 +26,20 @@ Safety rules, in the order they are applied (docs/controller.md explains them):
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypedDict
 
-from controller.spec import (
+from gpumix.controller.spec import (
     KIND,
     GPUMixSpec,
     LoadBucket,
     PrometheusLoad,
     Slo,
     SpecError,
+    StaticLoad,
 )
 from gpumix.kube.objects import AutoscalerView, DeploymentView, ObjectRef
 from gpumix.kube.policy import Policy
@@ -63,6 +65,10 @@ class Member:
     """GPUs the member holds now (counted as not free in its pool)."""
     autoscalers: tuple[AutoscalerView, ...] = ()
     """Autoscalers that target this Deployment."""
+    follows_plan: bool = False
+    """Its autoscalers take their replicas from gpumix's recommendation (so plan it freely)."""
+    replicas_manager: str | None = None
+    """Field manager that last set ``spec.replicas``, when it is not gpumix."""
 
     @property
     def name(self) -> str:
@@ -224,6 +230,7 @@ class GPUMixStatus(TypedDict, total=False):
     solveSeconds: float
     solverMessage: str
     load: LoadStatus
+    planBasis: dict[str, object]
     lastPlanTime: str
     conditions: list[Condition]
 
@@ -308,6 +315,8 @@ class _Memory:
     last_scale_time: float | None = None
     pending_since: float | None = None
     pending_floor: int | None = None
+    current: int | None = None
+    autoscaled: bool = False
 
 
 def _memory(status: Mapping[str, object]) -> dict[str, _Memory]:
@@ -320,11 +329,14 @@ def _memory(status: Mapping[str, object]) -> dict[str, _Memory]:
             continue
         rec = entry.get("recommendedReplicas")
         floor = entry.get("scaleDownFloor")
+        current = entry.get("currentReplicas")
         out[str(entry["deployment"])] = _Memory(
             recommended=rec if isinstance(rec, int) and not isinstance(rec, bool) else None,
             last_scale_time=parse_time(entry.get("lastScaleTime")),
             pending_since=parse_time(entry.get("scaleDownPendingSince")),
             pending_floor=floor if isinstance(floor, int) and not isinstance(floor, bool) else None,
+            current=current if isinstance(current, int) and not isinstance(current, bool) else None,
+            autoscaled=bool(entry.get("autoscaledBy")),
         )
     return out
 
@@ -374,6 +386,12 @@ class _Builder:
             new["reason"],
             new["message"],
         )
+
+    def transitioned(self, ctype: str) -> bool:
+        """Did this condition's status or reason change (Events fire only on these)?"""
+        old = self.previous.get(ctype, {})
+        new = self.conditions[ctype]
+        return (old.get("status"), old.get("reason")) != (new["status"], new["reason"])
 
     def event(self, etype: EventType, reason: str, message: str) -> None:
         self.events.append(EventAction(self.snap.ref, etype, reason, message))
@@ -428,7 +446,7 @@ def plan(snapshot: MixSnapshot, load: Load, policy: PlanPolicy, now: float) -> A
             "LoadUnavailable",
             "replicas are kept as they are until load data is available again (fail static)",
         )
-        if b.changed("LoadAvailable"):
+        if b.transitioned("LoadAvailable"):
             b.event("Warning", reason, f"{why}; keeping current replicas")
         return _hold(b, snapshot, memory, spec, load, spec_interval=spec.interval_seconds)
     assert isinstance(load, LoadObservation)
@@ -440,34 +458,46 @@ def plan(snapshot: MixSnapshot, load: Load, policy: PlanPolicy, now: float) -> A
         f"{total:.3g} req/s in {len(load.buckets)} buckets from {load.source}"
         + (f" ({load.note})" if load.note else ""),
     )
-    if b.changed("LoadAvailable") and b.previous.get("LoadAvailable", {}).get("status") == "False":
+    if (
+        b.transitioned("LoadAvailable")
+        and b.previous.get("LoadAvailable", {}).get("status") == "False"
+    ):
         b.event("Normal", "LoadAvailable", "load data is available again")
 
     ceilings = {m.name: _ceiling(m, spec, snapshot.pools) for m in snapshot.members}
-    options = tuple(
-        TypeOption(
-            gpu_type=_gpu_name(m),
-            price_per_hour=spec.prices[_gpu_name(m)],
-            gpus_per_replica=_gpus(m, spec),
-            min_replicas=min(spec.limits(_gpu_name(m)).min_replicas, ceilings[m.name][0]),
-            max_replicas=ceilings[m.name][0],
-            current_replicas=m.replicas,
+    bounds = {m.name: _bounds(m, spec, ceilings[m.name][0]) for m in snapshot.members}
+    basis = plan_basis(load, spec_fingerprint(spec))
+    kept = _kept_solution(snapshot, spec, memory, bounds, basis)
+    if kept is not None:
+        solution = kept
+        previous_basis = snapshot.previous_status.get("planBasis")
+        if isinstance(previous_basis, Mapping):
+            basis = dict(previous_basis)
+    else:
+        options = tuple(
+            TypeOption(
+                gpu_type=_gpu_name(m),
+                price_per_hour=spec.prices[_gpu_name(m)],
+                gpus_per_replica=_gpus(m, spec),
+                min_replicas=bounds[m.name][0],
+                max_replicas=bounds[m.name][1],
+                current_replicas=m.replicas,
+            )
+            for m in snapshot.members
         )
-        for m in snapshot.members
-    )
-    assert isinstance(snapshot.profiles, ProfileSet)
-    solution = policy.solver(
-        MixProblem(
-            model=spec.model,
-            options=options,
-            load=load.buckets,
-            slo=spec.slo,
-            headroom=spec.headroom,
-            churn_weight=spec.churn_weight,
-            profiles=snapshot.profiles.payload,
-            time_limit_s=spec.solver_time_limit_seconds,
+        assert isinstance(snapshot.profiles, ProfileSet)
+        solution = policy.solver(
+            MixProblem(
+                model=spec.model,
+                options=options,
+                load=load.buckets,
+                slo=spec.slo,
+                headroom=spec.headroom,
+                churn_weight=spec.churn_weight,
+                profiles=snapshot.profiles.payload,
+                time_limit_s=spec.solver_time_limit_seconds,
+            )
         )
-    )
     load_status = _load_status(load)
     if not solution.usable:
         why = f"solver status {solution.status}: {solution.message or 'no plan'}"
@@ -499,7 +529,8 @@ def plan(snapshot: MixSnapshot, load: Load, policy: PlanPolicy, now: float) -> A
     for m in snapshot.members:
         gpu = _gpu_name(m)
         ceiling, ceiling_reason = ceilings[m.name]
-        rec = max(0, min(int(solution.replicas.get(gpu, m.replicas)), ceiling))
+        low, high = bounds[m.name]
+        rec = max(low, min(int(solution.replicas.get(gpu, m.replicas)), high))
         mem = memory.get(m.name, _Memory())
         entry: MemberStatus = {
             "deployment": m.name,
@@ -513,6 +544,20 @@ def plan(snapshot: MixSnapshot, load: Load, policy: PlanPolicy, now: float) -> A
         if mem.last_scale_time is not None:
             entry["lastScaleTime"] = format_time(mem.last_scale_time)
         recs.append(Recommendation(snapshot.namespace, m.name, gpu, spec.model, rec))
+        if (
+            m.replicas_manager is not None
+            and mem.current is not None
+            and mem.current != m.replicas
+            and spec.mode == "scale"
+            and not m.autoscalers
+        ):
+            b.event(
+                "Warning",
+                "ScaleOverridden",
+                f"{m.name} ({gpu}) was scaled from {mem.current} to {m.replicas} by "
+                f"{m.replicas_manager}; in mode scale gpumix owns its replicas and applies "
+                f"the plan ({rec})",
+            )
         if m.autoscalers:
             by = ", ".join(str(a.ref) for a in m.autoscalers)
             entry["autoscaledBy"] = by
@@ -591,7 +636,8 @@ def plan(snapshot: MixSnapshot, load: Load, policy: PlanPolicy, now: float) -> A
         if not scales and pending and not autoscaled:
             reason = "StabilizingScaleDown"
         b.condition("Scaling", "True", reason, "; ".join(parts) or "replicas match the plan")
-    if autoscaled and b.changed("Scaling"):
+    was_autoscaled = sorted(n for n, x in memory.items() if x.autoscaled)
+    if autoscaled and sorted(autoscaled) != was_autoscaled:
         b.event(
             "Normal",
             "MembersAutoscaled",
@@ -603,6 +649,7 @@ def plan(snapshot: MixSnapshot, load: Load, policy: PlanPolicy, now: float) -> A
         solverStatus=solution.status,
         solveSeconds=round(solution.solve_seconds, 4),
         load=load_status,
+        planBasis=basis,
         lastPlanTime=format_time(now),
     )
     if solution.cost_per_hour is not None:
@@ -620,7 +667,7 @@ def plan(snapshot: MixSnapshot, load: Load, policy: PlanPolicy, now: float) -> A
         tuple(recs),
         True,
         solution.cost_per_hour,
-        solution.solve_seconds,
+        None if kept is not None else solution.solve_seconds,
         requeue,
     )
 
@@ -704,6 +751,17 @@ def _validate(snap: MixSnapshot, spec: GPUMixSpec) -> tuple[str, list[str]]:
                     f"Deployment has (profiles: {', '.join(sorted(known)) or 'none'})",
                 )
             )
+    if by_type:
+        for gpu in sorted(spec.gpu_types):
+            if gpu not in by_type:
+                problems.append(
+                    (
+                        "UnknownGpuType",
+                        f"spec.gpuTypes names GPU type {gpu}, which no member Deployment runs "
+                        f"on (members run on: {', '.join(sorted(by_type))}); its limits would "
+                        "apply to nothing",
+                    )
+                )
     for gpu, names in sorted(by_type.items()):
         if gpu not in spec.prices:
             problems.append(
@@ -729,7 +787,7 @@ def _load_problem(load: Load, spec: GPUMixSpec, now: float) -> tuple[LoadProblem
         age = now - load.observed_at
         limit = spec.load_source.staleness_seconds
         if age > limit:
-            return "stale", f"newest load sample is {age:.0f}s old (staleness limit {limit}s)"
+            return "stale", f"the newest load sample is older than the staleness limit {limit}s"
     bad = [x for x in load.buckets if not math.isfinite(x.rps) or x.rps < 0]
     if bad:
         return "partial", f"{len(bad)} load buckets have no valid rate"
@@ -748,6 +806,117 @@ def _load_status(load: Load) -> LoadStatus:
         "buckets": len(load.buckets),
         "observedTime": format_time(load.observed_at),
     }
+
+
+def _bounds(m: Member, spec: GPUMixSpec, ceiling: int) -> tuple[int, int]:
+    """The replicas the solver may give a member: a member whose own autoscaler does not
+    follow gpumix's recommendation runs what that autoscaler chose, so it is planned with
+    its actual replicas (the others may not count on capacity it could take up)."""
+    if m.autoscalers and not m.follows_plan:
+        fixed = min(m.replicas, ceiling)
+        return fixed, fixed
+    return min(spec.limits(_gpu_name(m)).min_replicas, ceiling), ceiling
+
+
+def _bound_key(le: float) -> str:
+    return "+Inf" if math.isinf(le) else f"{le:g}"
+
+
+def spec_fingerprint(spec: GPUMixSpec) -> str:
+    """A digest of everything in the spec but the load: a change re-plans at once (a
+    static load is in the spec too, and its changes go through the tolerance instead)."""
+    rest = replace(spec, load_source=StaticLoad(()))
+    return hashlib.sha256(repr(rest).encode()).hexdigest()[:16]
+
+
+def plan_basis(load: LoadObservation, spec_digest: str) -> dict[str, object]:
+    """The load a plan is made for, as kept in ``status.planBasis``: the request rate
+    per input-token bound and per output-token bound (the two marginals)."""
+    inputs: dict[str, float] = {}
+    outputs: dict[str, float] = {}
+    for x in load.buckets:
+        inputs[_bound_key(x.input_tokens)] = inputs.get(_bound_key(x.input_tokens), 0.0) + x.rps
+        key = _bound_key(x.output_tokens)
+        outputs[key] = outputs.get(key, 0.0) + x.rps
+    return {
+        "spec": spec_digest,
+        "requestsPerSecond": round(sum(x.rps for x in load.buckets), 4),
+        "inputTokens": {k: round(v, 4) for k, v in sorted(inputs.items())},
+        "outputTokens": {k: round(v, 4) for k, v in sorted(outputs.items())},
+    }
+
+
+def load_distance(old: Mapping[str, object], new: Mapping[str, object]) -> float:
+    """How far a load moved from a plan basis: the larger of the two marginals' L1
+    distances, as a fraction of the basis' request rate (0: same, inf: from zero)."""
+
+    def rates(basis: Mapping[str, object], key: str) -> dict[str, float]:
+        raw = basis.get(key)
+        if not isinstance(raw, Mapping):
+            return {}
+        return {
+            str(k): float(v)
+            for k, v in raw.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+
+    total = old.get("requestsPerSecond")
+    base = float(total) if isinstance(total, int | float) and not isinstance(total, bool) else 0.0
+    moved = 0.0
+    for key in ("inputTokens", "outputTokens"):
+        a, b = rates(old, key), rates(new, key)
+        moved = max(moved, sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in {*a, *b}))
+    if base <= 0:
+        return 0.0 if moved <= 0 else math.inf
+    return moved / base
+
+
+def _kept_solution(
+    snap: MixSnapshot,
+    spec: GPUMixSpec,
+    memory: Mapping[str, _Memory],
+    bounds: Mapping[str, tuple[int, int]],
+    basis: Mapping[str, object],
+) -> MixSolution | None:
+    """The previous plan, when the load stayed within ``spec.tolerance`` of the load it was
+    made for and it is still valid (the same spec but for the load, the same members, the
+    recommendations within the members' current bounds); None: solve again."""
+    previous = snap.previous_status
+    old = previous.get("planBasis")
+    if spec.tolerance <= 0 or not isinstance(old, Mapping):
+        return None
+    if old.get("spec") != basis.get("spec") or previous.get("solverStatus") not in (
+        "OPTIMAL",
+        "FEASIBLE",
+    ):
+        return None
+    if set(memory) != {m.name for m in snap.members}:
+        return None
+    replicas: dict[str, int] = {}
+    for m in snap.members:
+        rec = memory[m.name].recommended
+        low, high = bounds[m.name]
+        if rec is None or not low <= rec <= high:
+            return None
+        replicas[_gpu_name(m)] = rec
+    if load_distance(old, basis) > spec.tolerance:
+        return None
+    cost = previous.get("costPerHour")
+    best_cost = previous.get("bestSingleTypeCostPerHour")
+    best = previous.get("bestSingleType")
+    message = previous.get("solverMessage")
+    status = previous.get("solverStatus")
+    return MixSolution(
+        "FEASIBLE" if status == "FEASIBLE" else "OPTIMAL",
+        replicas,
+        cost_per_hour=float(cost) if isinstance(cost, int | float) else None,
+        best_single_type_cost_per_hour=float(best_cost)
+        if isinstance(best_cost, int | float)
+        else None,
+        best_single_type=best if isinstance(best, str) else None,
+        solve_seconds=0.0,
+        message=message if isinstance(message, str) else "",
+    )
 
 
 def _ceiling(m: Member, spec: GPUMixSpec, pools: Mapping[str, GpuPool]) -> tuple[int, str]:
@@ -851,7 +1020,15 @@ def _hold(
     load_known = load_cond is not None and load_cond["status"] in ("True", "False")
     if load_known:
         extra["load"] = _load_status(load)
-    for key in ("costPerHour", "bestSingleTypeCostPerHour", "bestSingleType", "lastPlanTime"):
+    for key in (
+        "costPerHour",
+        "bestSingleTypeCostPerHour",
+        "bestSingleType",
+        "solverStatus",
+        "solverMessage",
+        "planBasis",
+        "lastPlanTime",
+    ):
         if key in previous:
             extra[key] = previous[key]
     status = b.status(**extra)

@@ -27,14 +27,14 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
-from controller.audit import Auditor
-from controller.cluster import ClusterState, ServedCache, labels_of, read_cluster
-from controller.kubeio import KubeError, KubeIO, resource_path
-from controller.leader import AlwaysLeader, LeaderElector, LeaseSettings
-from controller.load import LoadReader
-from controller.metrics import ControllerMetrics, PublishedRecommendation, metrics_app
-from controller.optimize import profiles_from_config_map, resolve_inline, solve_mix
-from controller.plan import (
+from gpumix.controller.audit import Auditor
+from gpumix.controller.cluster import ClusterState, ServedCache, labels_of, read_cluster
+from gpumix.controller.kubeio import KubeError, KubeIO, resource_path
+from gpumix.controller.leader import AlwaysLeader, LeaderElector, LeaseSettings
+from gpumix.controller.load import LoadReader
+from gpumix.controller.metrics import ControllerMetrics, PublishedRecommendation, metrics_app
+from gpumix.controller.optimize import profiles_from_config_map, resolve_inline, solve_mix
+from gpumix.controller.plan import (
     Actions,
     EventAction,
     GpuPool,
@@ -49,8 +49,8 @@ from controller.plan import (
     format_time,
     plan,
 )
-from controller.settings import ControllerSettings
-from controller.spec import (
+from gpumix.controller.settings import ControllerSettings
+from gpumix.controller.spec import (
     API_VERSION,
     GROUP,
     KIND,
@@ -69,7 +69,11 @@ Clock = Callable[[], float]
 Key = tuple[str, str | None]
 ALL: Key = ("*", None)
 VOLATILE_STATUS_KEYS = ("lastPlanTime", "solveSeconds")
+STANDBY_READ_S = 2.0
+"""How often a standby re-reads the leader's plan from the GPUMix status."""
 COMPONENT = "gpumix-controller"
+FIELD_MANAGER = "gpumix-controller"
+"""The field manager of gpumix's writes (so a replica count set by anyone else is seen)."""
 
 
 class Leadership(Protocol):
@@ -139,6 +143,10 @@ class Controller:
         self.queue = WorkQueue()
         self.leadership: Leadership = leadership or AlwaysLeader()
         self.recommendations: dict[tuple[str, str], PublishedRecommendation] = {}
+        self.leader_plan: dict[tuple[str, str], PublishedRecommendation] = {}
+        """The recommendations in the GPUMixes' status, as the leader last wrote them."""
+        self.leader_plan_read = False
+        self._led = False
         self._rec_owner: dict[tuple[str, str], tuple[str, str]] = {}
         self._due: dict[tuple[str, str], float] = {}
         self._backoff: dict[tuple[str, str], float] = {}
@@ -284,11 +292,15 @@ class Controller:
             if not any(labels.get(k) == spec.model for k in keys):
                 continue
             view = state.snapshot.deployments[ref]
+            scalers = tuple(state.snapshot.autoscalers_targeting(ref))
             out.append(
                 Member(
                     view,
                     state.committed.get(ref, 0),
-                    tuple(state.snapshot.autoscalers_targeting(ref)),
+                    scalers,
+                    follows_plan=bool(scalers)
+                    and all(a.ref in state.follows_plan for a in scalers),
+                    replicas_manager=replicas_manager(raw),
                 )
             )
         return tuple(sorted(out, key=lambda m: m.name))
@@ -410,7 +422,9 @@ class Controller:
                 "spec": {"replicas": action.to_replicas},
             }
             try:
-                await self.kube.request("PUT", path, body=body)
+                await self.kube.request(
+                    "PUT", path, body=body, query=[("fieldManager", FIELD_MANAGER)]
+                )
                 return True, ""
             except KubeError as exc:
                 if exc.status == 409:
@@ -430,18 +444,19 @@ class Controller:
         return False, f"still conflicting after {self.settings.scale_attempts} attempts"
 
     async def _write_status(self, obj: Obj, status: dict[str, Any]) -> bool:
+        """JSON merge patch from the status as read to ``status``: keys that are gone are
+        sent as null at every depth, so no stale field survives (lists are replaced whole)."""
         ns, name = _key_of(obj)
-        old = obj.get("status") or {}
-        patch_status: dict[str, Any] = dict(status)
-        for key in old:
-            if key not in patch_status:
-                patch_status[key] = None
+        patch_status = merge_patch(obj.get("status") or {}, status)
+        if not patch_status:
+            return False
         path = resource_path(GROUP, VERSION, PLURAL, ns, name) + "/status"
         try:
             out = await self.kube.request(
                 "PATCH",
                 path,
                 body={"status": patch_status},
+                query=[("fieldManager", FIELD_MANAGER)],
                 content_type="application/merge-patch+json",
             )
         except KubeError as exc:
@@ -512,6 +527,20 @@ class Controller:
         self.metrics.load_available.labels(ns, name).set(1 if actions.load_available else 0)
         if actions.cost_per_hour is not None:
             self.metrics.plan_cost.labels(ns, name).set(actions.cost_per_hour)
+        status = actions.status
+        best = status.get("bestSingleTypeCostPerHour")
+        if best is not None:
+            self.metrics.best_single_type_cost.labels(ns, name).set(best)
+        solver = status.get("solverStatus")
+        if solver:
+            self.metrics.solver_status.set((ns, name), solver)
+        held = None
+        if not actions.load_available:
+            held = next(
+                (c["reason"] for c in status.get("conditions", []) if c["type"] == "LoadAvailable"),
+                "LoadMissing",
+            )
+        self.metrics.fail_static.set((ns, name), held)
 
     def _forget(self, key: tuple[str, str]) -> None:
         self._due.pop(key, None)
@@ -524,6 +553,10 @@ class Controller:
             self.metrics.load_available.remove(*key)
         with contextlib.suppress(KeyError):
             self.metrics.plan_cost.remove(*key)
+        with contextlib.suppress(KeyError):
+            self.metrics.best_single_type_cost.remove(*key)
+        self.metrics.solver_status.forget(key)
+        self.metrics.fail_static.forget(key)
 
     def _export_cluster_metrics(self, state: ClusterState) -> None:
         m = self.metrics
@@ -553,7 +586,43 @@ class Controller:
             m.autoscaler_ceiling_gpus.labels(gpu).set(total)
 
     def recommendation(self, ns: str, name: str) -> PublishedRecommendation | None:
-        return self.recommendations.get((ns, name))
+        """What ``/metrics/<ns>/<deployment>`` serves: this replica's plan while it leads,
+        else (standby, or a new leader before its first pass) the leader's last plan as
+        written to the GPUMix status, so no replica answers 404 for a planned Deployment."""
+        if self.can_write() and self.synced:
+            return self.recommendations.get((ns, name))
+        return self.leader_plan.get((ns, name))
+
+    async def read_leader_plan(self) -> None:
+        """Read the recommendations of every GPUMix's status (one list call)."""
+        body = await self.kube.request(
+            "GET", resource_path(GROUP, VERSION, PLURAL, self.settings.namespace)
+        )
+        plan: dict[tuple[str, str], PublishedRecommendation] = {}
+        for obj in (body or {}).get("items") or []:
+            ns, _ = _key_of(obj)
+            model = (obj.get("spec") or {}).get("model")
+            for entry in (obj.get("status") or {}).get("plan") or []:
+                if not isinstance(entry, dict) or not isinstance(model, str):
+                    continue
+                dep, rec = entry.get("deployment"), entry.get("recommendedReplicas")
+                if isinstance(dep, str) and isinstance(rec, int) and not isinstance(rec, bool):
+                    plan[(ns, dep)] = PublishedRecommendation(model, rec)
+        self.leader_plan = plan
+        self.leader_plan_read = True
+
+    def _stand_by(self) -> None:
+        """Not leading: export no plan of our own (the leader's gauges are the truth)."""
+        self._led = False
+        self.synced = False
+        self.recommendations.clear()
+        self._rec_owner.clear()
+        self.metrics.recommended_replicas.clear()
+        self.metrics.plan_cost.clear()
+        self.metrics.load_available.clear()
+        self.metrics.best_single_type_cost.clear()
+        self.metrics.solver_status.clear()
+        self.metrics.fail_static.clear()
 
     # -- watches ---------------------------------------------------------------------------
 
@@ -648,6 +717,7 @@ class Controller:
     async def work_loop(self, stop: asyncio.Event) -> None:
         backoff = 0.5
         next_resync = self.clock()
+        next_standby_read = self.clock()
         while not stop.is_set():
             now = self.clock()
             if now >= next_resync:
@@ -673,9 +743,20 @@ class Controller:
             if not self.can_write():
                 for key in keys:  # keep them for when we lead
                     self.queue.add(key)
+                if self._led or not self.leader_plan_read:
+                    self._stand_by()
+                if self.clock() >= next_standby_read:
+                    next_standby_read = self.clock() + STANDBY_READ_S
+                    try:
+                        await self.read_leader_plan()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.warning("reading the leader's plan failed", extra={"error": str(exc)})
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
                 continue
+            self._led = True
             try:
                 await self.reconcile_pass(keys)
                 backoff = 0.5
@@ -707,7 +788,11 @@ class Controller:
                 await asyncio.wait_for(stop.wait(), interval)
 
     def ready(self) -> bool:
-        return self.synced or not self.can_write()
+        """Leader: after its first cluster read; standby: once it has read the leader's plan
+        (it then serves it, so a Service in front of both replicas never answers 404)."""
+        if self.can_write():
+            return self.synced or self.leader_plan_read
+        return self.leader_plan_read
 
 
 def _key_of(obj: Obj) -> tuple[str, str]:
@@ -720,13 +805,57 @@ def _selected(keys: set[Key], ns: str, name: str) -> bool:
 
 
 def _status_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Does the status differ in more than timestamps (so it is worth a write)?"""
+
     def strip(s: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in s.items() if k not in VOLATILE_STATUS_KEYS}
         if isinstance(out.get("load"), dict):
             out["load"] = {k: v for k, v in out["load"].items() if k != "observedTime"}
         return out
 
-    return strip(old) != strip(new)
+    return bool(merge_patch(strip(old), strip(new)))
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The RFC 7386 JSON merge patch that turns ``old`` into ``new`` ({} when equal).
+
+    Keys of ``old`` missing from ``new`` become null, at every depth; lists and
+    scalars are replaced whole.
+    """
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {}
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif isinstance(value, dict) and isinstance(old[key], dict):
+            sub = merge_patch(old[key], value)
+            if sub:
+                patch[key] = sub
+        elif value != old[key]:
+            patch[key] = value
+    return patch
+
+
+def replicas_manager(deployment: Obj) -> str | None:
+    """The field manager that last set ``spec.replicas`` (from managedFields), unless gpumix."""
+    latest: tuple[str, str] | None = None
+    for entry in (deployment.get("metadata") or {}).get("managedFields") or []:
+        if not isinstance(entry, dict):
+            continue
+        fields = entry.get("fieldsV1") or {}
+        spec = fields.get("f:spec") if isinstance(fields, dict) else None
+        if not isinstance(spec, dict) or "f:replicas" not in spec:
+            continue
+        when = str(entry.get("time") or "")
+        if latest is None or when >= latest[0]:
+            latest = (when, str(entry.get("manager") or "unknown"))
+    if latest is None or latest[1] == FIELD_MANAGER:
+        return None
+    return latest[1]
 
 
 def _old_entry(obj: Obj, deployment: str) -> dict[str, Any]:
@@ -848,3 +977,4 @@ async def run_controller(
             stopper.cancel()
             if runner is not None:
                 await runner.cleanup()
+

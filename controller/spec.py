@@ -28,6 +28,7 @@ Mode = Literal["recommend", "scale"]
 MODES: tuple[Mode, ...] = ("recommend", "scale")
 
 DEFAULT_HEADROOM = 0.1
+DEFAULT_TOLERANCE = 0.1
 DEFAULT_INTERVAL_S = 30
 DEFAULT_STABILIZATION_S = 300
 DEFAULT_WINDOW_S = 300
@@ -142,6 +143,8 @@ class GPUMixSpec:
     scale_down_stabilization_seconds: int
     min_change_replicas: int
     solver_time_limit_seconds: float = 2.0
+    tolerance: float = 0.1
+    """A load within this fraction of the load the current plan was made for keeps the plan."""
 
     def limits(self, gpu_type: str) -> GpuTypeLimits:
         return self.gpu_types.get(gpu_type, GpuTypeLimits())
@@ -242,6 +245,7 @@ _SPEC_KEYS = {
     "scaleDownStabilizationSeconds",
     "minChangeReplicas",
     "solverTimeLimitSeconds",
+    "tolerance",
 }
 
 
@@ -276,6 +280,7 @@ def parse_spec(obj: Mapping[str, object]) -> GPUMixSpec:
     time_limit = r.number(
         spec.get("solverTimeLimitSeconds"), "spec.solverTimeLimitSeconds", 2.0, positive=True
     )
+    tolerance = r.number(spec.get("tolerance"), "spec.tolerance", DEFAULT_TOLERANCE, below=1.0)
     for gpu, limits in gpu_types.items():
         if limits.max_replicas is not None and limits.min_replicas > limits.max_replicas:
             r.fail(
@@ -301,6 +306,7 @@ def parse_spec(obj: Mapping[str, object]) -> GPUMixSpec:
         ),
         min_change_replicas=min_change or 1,
         solver_time_limit_seconds=time_limit or 2.0,
+        tolerance=tolerance if tolerance is not None else DEFAULT_TOLERANCE,
     )
 
 

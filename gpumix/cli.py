@@ -12,43 +12,69 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("check", "plan", "webhook", "controller", "demo", "simulate")
+COMMANDS = {
+    "check": "check manifest files offline against the admission rules",
+    "plan": "cheapest GPU mix for a load, from profiles and prices (offline)",
+    "webhook": "run the admission webhook (HTTPS /mutate and /validate)",
+    "controller": "run the GPUMix scaling controller and the cluster audit",
+    "demo": "run the whole system on an in-process Kubernetes API emulator",
+    "simulate": "simulate a cluster, the optimizer-driven controller and autoscalers",
+}
+"""Each command and its one-line help (the help its module's parser repeats)."""
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_INPUT = 2
 
+EXTRAS = {"ortools": "controller", "numpy": "controller", "matplotlib": "demo", "rich": "demo"}
+"""The optional packages and the extra that installs each (pyproject.toml)."""
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every command's options, or, given ``command``, with only that
+    command's (``""``: none); the others are listed by name and help. A command's
+    module (and what it imports: OR-Tools for ``plan``, matplotlib for ``simulate``) is
+    imported only when it is the one that runs, so ``gpumix webhook`` needs neither."""
     parser = argparse.ArgumentParser(
         prog="gpumix",
         description="Keep heterogeneous-GPU model serving on Kubernetes safe and cheap.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"gpumix.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"gpumix.commands.{name}":
-                continue
-            raise
+    for name, summary in COMMANDS.items():
+        if command is not None and name != command:
+            sub.add_parser(name, help=summary)
+            continue
+        module = importlib.import_module(f"gpumix.commands.{name}")
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.print_help()
-        return EXIT_INPUT
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((w for w in words if not w.startswith("-")), None)
     try:
+        parser = build_parser(command if command in COMMANDS else "")
+        args = parser.parse_args(words)
+        func = getattr(args, "func", None)
+        if func is None:
+            parser.print_help()
+            return EXIT_INPUT
         return int(func(args))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in EXTRAS:
+            raise
+        extra = EXTRAS[missing]
+        print(
+            f"gpumix {command}: needs {missing}, which the '{extra}' extra installs: "
+            f"pip install 'gpumix[{extra}]'",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT
 
 
 if __name__ == "__main__":

@@ -187,7 +187,8 @@ def _validate(doc: Document) -> list[InputError]:
                 doc.index,
             )
         ]
-    if doc.data.get("kind") in _SKIPPED_KINDS:
+    kind = doc.data.get("kind")
+    if isinstance(kind, str) and kind in _SKIPPED_KINDS:
         return []
     errors: list[InputError] = []
     items = list(doc.objects())

@@ -1,7 +1,7 @@
 """GPU-mix optimizer: how many replicas of each GPU type serve a load within the SLO at
 least cost. Pure: no I/O, no globals; the clock is injected."""
 
-from optimizer.model import (
+from gpumix.optimizer.model import (
     Bucket,
     GpuOption,
     JointResult,
@@ -10,7 +10,7 @@ from optimizer.model import (
     Result,
     Status,
 )
-from optimizer.solve import single_type_plans, solve, solve_joint, validate
+from gpumix.optimizer.solve import single_type_plans, solve, solve_joint, validate
 
 __all__ = [
     "Bucket",

@@ -53,7 +53,7 @@ import numpy.typing as npt
 from ortools.linear_solver import pywraplp
 from ortools.sat.python import cp_model
 
-from optimizer._engine import (
+from gpumix.optimizer._engine import (
     Block,
     FloatArray,
     NumericTrouble,

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from optimizer._benders import benders
-from optimizer._engine import (
+from gpumix.optimizer._benders import benders
+from gpumix.optimizer._engine import (
     Block,
     NumericTrouble,
     Outcome,

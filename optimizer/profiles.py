@@ -16,7 +16,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from optimizer.model import Bucket, GpuOption, Problem
+from gpumix.optimizer.model import Bucket, GpuOption, Problem
 
 API_VERSION = "gpumix.io/v1alpha1"
 LATENCY_METRICS = ("e2e", "ttft", "tpot")

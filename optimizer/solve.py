@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from optimizer._engine import (
+from gpumix.optimizer._engine import (
     Block,
     NumericTrouble,
     Outcome,
@@ -18,8 +18,8 @@ from optimizer._engine import (
     optimal_within,
     with_bound,
 )
-from optimizer._search import search
-from optimizer.model import Bucket, GpuOption, JointResult, Pool, Problem, Result, Status
+from gpumix.optimizer._search import search
+from gpumix.optimizer.model import Bucket, GpuOption, JointResult, Pool, Problem, Result, Status
 
 Clock = Callable[[], float]
 TIME_OUT = "time limit reached before any plan was found"

@@ -25,5 +25,8 @@ lint-imports
 echo "== real kube-apiserver and etcd for the end-to-end tests (cached after the first build)"
 bash tools/envtest/build.sh
 
+echo "== helm for the chart tests (cached after the first build)"
+bash tools/helm/build.sh
+
 echo "== tests"
 python3 -m pytest "$@"

@@ -8,6 +8,12 @@ list again.  A relist replaces that resource's objects only once the new list
 is complete, so nothing is lost or missing in between.  Only views
 (``gpumix.kube.objects.view_of``) are stored, never whole objects.
 
+Each object is turned into its view on its own (``read_view``): a value gpumix
+cannot read is named in the view (and the rules report it), and an object that
+cannot be read at all is left out and recorded in the snapshot's ``unreadable``;
+neither stops the list, the watch or readiness.  Both are counted in
+``gpumix_cache_unreadable_objects``.
+
 Autoscaler CRDs (KEDA ``ScaledObject``, AIBrix ``PodAutoscaler``) are found by
 API discovery, again every ``discovery_interval_s``, so CRDs installed later are
 picked up; a CRD that disappears takes its objects with it.
@@ -15,6 +21,18 @@ picked up; a CRD that disappears takes its objects with it.
 The cache is ``synced`` when discovery has run and every reflector has listed
 and is connected; a failing list or watch makes it unsynced until it recovers.
 A CRD that appears later does not make it unsynced before its first list.
+
+Synced means current.  Once a reflector has lost its view (a list or watch that
+failed, a ``410 Gone``), it is unsynced at once and becomes synced again only by a
+complete new list, never by resuming a watch from an old ``resourceVersion``: a
+resumed watch can open and then report ``410``, and decisions taken in between
+would rest on a view of unknown age.  A ``410`` is not an outage: the relist
+starts at once.  Failures are retried after a backoff that doubles from
+``backoff_initial_s`` up to ``backoff_max_s``, with jitter (each pause is drawn
+between half and all of the current backoff) so that replicas do not retry in
+step.  An established watch that merely breaks is resumed after the shortest
+pause without turning unsynced (a connection reset is not an outage); when the
+resume fails too, the reflector is unsynced and lists again.
 """
 
 from __future__ import annotations
@@ -22,17 +40,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpumix.kube.objects import View, namespace_of, view_of
+from gpumix.kube.objects import ObjectRef, UnreadableObject, View, namespace_of, read_view
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
-from webhook.kubeapi import ApiError, KubeClient
-from webhook.metrics import WebhookMetrics
-from webhook.settings import CacheSettings
+from gpumix.webhook.kubeapi import ApiError, KubeClient
+from gpumix.webhook.metrics import CACHE_KINDS, WebhookMetrics
+from gpumix.webhook.settings import CacheSettings
 
 log = logging.getLogger("gpumix.webhook.cache")
 
@@ -83,6 +102,7 @@ class Reflector:
         settings: CacheSettings,
         on_change: Callable[[], None],
         sleep: Sleep = asyncio.sleep,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.resource = resource
         self.client = client
@@ -91,7 +111,12 @@ class Reflector:
         self.settings = settings
         self.on_change = on_change
         self._sleep = sleep
+        self._jitter = jitter
         self.keys: set[tuple[str, str]] = set()
+        self.partial: set[tuple[str, str]] = set()
+        """Keys of objects kept as views that name fields gpumix cannot read."""
+        self.skipped: set[tuple[str, str]] = set()
+        """Keys of objects that could not be read at all (left out of the views)."""
         self.synced = False
         self.resource_version = ""
         self.relists = 0
@@ -107,21 +132,49 @@ class Reflector:
         ns = namespace_of(obj) if self.resource.namespaced else ""
         return ns, name if isinstance(name, str) else ""
 
-    def _view(self, obj: dict[str, Any]) -> View | None:
+    def _view(self, obj: dict[str, Any]) -> View | UnreadableObject | None:
+        """The object's view; an UnreadableObject when it cannot be read at all (this
+        object's conversion is isolated from every other's)."""
         # List items carry no apiVersion/kind; watch events do: set both the same way.
         obj["apiVersion"] = self.resource.api_version
         obj["kind"] = self.resource.kind
-        return view_of(obj, self.policy)
+        try:
+            return read_view(obj, self.policy)
+        except UnreadableObject as exc:
+            key = self._key(obj)
+            log.warning(
+                "%s %s: %s; left out of the cache",
+                self.resource.kind,
+                f"{key[0]}/{key[1]}" if key[0] else key[1],
+                exc.reason,
+                exc_info=exc.__cause__,
+            )
+            return exc
+
+    def _store(self, key: tuple[str, str], view: View | UnreadableObject) -> None:
+        if isinstance(view, UnreadableObject):
+            self.snapshot.mark_unreadable(ObjectRef(self.resource.kind, *key), view.reason)
+            self.skipped.add(key)
+            self.partial.discard(key)
+        else:
+            self.snapshot.put(view)
+            self.skipped.discard(key)
+            if getattr(view, "unreadable", ()):
+                self.partial.add(key)
+            else:
+                self.partial.discard(key)
+        self.keys.add(key)
 
     def _put(self, obj: dict[str, Any]) -> None:
         view = self._view(obj)
         if view is not None:
-            self.snapshot.put(view)
-            self.keys.add(self._key(obj))
+            self._store(self._key(obj), view)
 
     def _remove(self, key: tuple[str, str]) -> None:
         self.snapshot.remove(self.resource.kind, key[0], key[1])
         self.keys.discard(key)
+        self.partial.discard(key)
+        self.skipped.discard(key)
 
     def clear(self) -> None:
         for key in list(self.keys):
@@ -133,7 +186,7 @@ class Reflector:
         Each page is turned into views at once, so only views (not 10,000 whole
         objects) are held until the list is complete and applied.
         """
-        views: dict[tuple[str, str], View] = {}
+        views: dict[tuple[str, str], View | UnreadableObject] = {}
         cont = ""
         version = ""
         for _ in range(MAX_PAGES):
@@ -155,8 +208,7 @@ class Reflector:
         for key in self.keys - views.keys():
             self._remove(key)
         for key, view in views.items():
-            self.snapshot.put(view)
-            self.keys.add(key)
+            self._store(key, view)
         self.relists += 1
         self.on_change()
         return version
@@ -183,6 +235,16 @@ class Reflector:
             self.synced = value
             self.on_change()
 
+    def _lost(self) -> None:
+        """The view is no longer known to be current: unsynced now, and only a complete
+        new list makes it synced again (see the module docstring)."""
+        self.resource_version = ""
+        self._set_synced(False)
+
+    def _pause(self, backoff: float) -> float:
+        """A pause of between half and all of ``backoff`` (jitter keeps replicas apart)."""
+        return backoff * (0.5 + 0.5 * self._jitter())
+
     async def run(self) -> None:
         backoff = self.settings.backoff_initial_s
         for _ in range(10**9):  # ends by cancellation, or when an optional CRD goes away
@@ -191,6 +253,7 @@ class Reflector:
                 if not self.resource_version:
                     self.resource_version = await self.relist()
                     self._set_synced(True)
+                    backoff = self.settings.backoff_initial_s
                 query = {
                     "resourceVersion": self.resource_version,
                     "allowWatchBookmarks": "true",
@@ -202,7 +265,6 @@ class Reflector:
                 ):
                     if event.get("type") == "OPENED":
                         opened = True
-                        self._set_synced(True)
                         continue
                     self.apply(event)
                 if time.monotonic() - started > 1.0:
@@ -211,28 +273,31 @@ class Reflector:
                 # A watch that ends at once, again and again, must not spin: back off.
             except ApiError as exc:
                 if exc.code == 410:
+                    # The version is too old (an API-server restart, a compaction): the
+                    # view may miss changes, so it is not current; list again at once.
                     log.info("%s: %s; listing again", self.resource.path, exc.message)
-                    self.resource_version = ""
-                elif exc.code == 404 and self.resource.optional:
+                    self._lost()
+                    backoff = self.settings.backoff_initial_s
+                    continue
+                if exc.code == 404 and self.resource.optional:
                     log.info("%s is gone; dropping its objects", self.resource.path)
                     self.clear()
                     self.gone = True
                     self._set_synced(True)
                     return
-                elif opened and exc.unreachable:
+                if opened and exc.unreachable:
                     # An established watch broke: resume after the shortest pause;
                     # readiness changes only if the API server cannot be reached again
                     # (no flapping on a connection reset).
                     log.info("%s: %s; resuming", self.resource.path, exc.message)
                     backoff = self.settings.backoff_initial_s
                 else:
-                    log.warning("%s: %s; retrying in %.1f s", self.resource.path, exc, backoff)
-                    self._set_synced(False)
+                    log.warning("%s: %s; retrying in ~%.1f s", self.resource.path, exc, backoff)
+                    self._lost()
             except Exception:  # a bug must not stop the cache for good: log it, back off
                 log.exception("%s: unexpected error; listing again", self.resource.path)
-                self.resource_version = ""
-                self._set_synced(False)
-            await self._sleep(backoff)
+                self._lost()
+            await self._sleep(self._pause(backoff))
             backoff = min(backoff * 2, self.settings.backoff_max_s)
 
 
@@ -280,6 +345,14 @@ class ClusterCache:
             self.metrics.cache_objects.labels(kind="Node").set(len(snap.nodes))
             self.metrics.cache_objects.labels(kind="Namespace").set(len(snap.namespaces))
             self.metrics.cache_synced.set(1 if synced else 0)
+            unreadable = {(k, h): 0 for k in CACHE_KINDS for h in ("kept", "skipped")}
+            for reflector in self.reflectors.values():
+                kind = reflector.resource.kind
+                kind = kind if kind in CACHE_KINDS else "Autoscaler"
+                unreadable[kind, "kept"] += len(reflector.partial)
+                unreadable[kind, "skipped"] += len(reflector.skipped)
+            for (kind, handling), count in unreadable.items():
+                self.metrics.cache_unreadable.labels(kind=kind, handling=handling).set(count)
 
     async def wait_synced(self, timeout_s: float) -> bool:
         try:

@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -27,6 +27,14 @@ from prometheus_client.registry import Collector
 KNOWN_KINDS = frozenset({"Deployment", "HorizontalPodAutoscaler", "ScaledObject", "PodAutoscaler"})
 KNOWN_OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
 CACHE_KINDS = ("Deployment", "Autoscaler", "Node", "Namespace")
+REFUSAL_REASONS = (
+    "busy",
+    "body-timeout",
+    "body-incomplete",
+    "header-timeout",
+    "too-many-connections",
+)
+"""Why the HTTPS server stopped reading a request (``gpumix_webhook_requests_refused_total``)."""
 
 # Admission runs in well under a millisecond; the API server's default timeout is 10 s.
 DURATION_BUCKETS = (
@@ -174,13 +182,52 @@ class WebhookMetrics:
             "1 when every watched resource has been listed and is current.",
             registry=r,
         )
+        self.cache_unreadable = Gauge(
+            "gpumix_cache_unreadable_objects",
+            "Objects with values gpumix cannot read, by kind: kept (as views that name the "
+            "unreadable fields; the rules report them) or skipped (not readable at all).",
+            ("kind", "handling"),
+            registry=r,
+        )
         self.cert_expiry = Gauge(
             "gpumix_webhook_cert_expiry_timestamp_seconds",
             "Expiry (notAfter, Unix time) of the serving certificate in use.",
             registry=r,
         )
+        self.cert_reload_failures = Counter(
+            "gpumix_webhook_cert_reload_failures",
+            "Attempts to load new serving certificate material that failed (the previous "
+            "certificate stays in use).",
+            registry=r,
+        )
+        self.cert_reload_failing = Gauge(
+            "gpumix_webhook_cert_reload_failing",
+            "1 while the certificate source holds material that does not load.",
+            registry=r,
+        )
+        self.requests_refused = Counter(
+            "gpumix_webhook_requests_refused",
+            "Requests the HTTPS server stopped reading, by reason: busy (the in-flight body "
+            "budget is used up: 429), body-timeout (408), body-incomplete (the client hung "
+            "up or broke off its body), header-timeout and too-many-connections (connection "
+            "closed).",
+            ("reason",),
+            registry=r,
+        )
+        self.body_bytes_in_flight = Gauge(
+            "gpumix_webhook_body_bytes_in_flight",
+            "Bytes of request bodies reserved by requests being read or reviewed.",
+            registry=r,
+        )
         for kind in CACHE_KINDS:
             self.cache_objects.labels(kind=kind).set(0)
+            for handling in ("kept", "skipped"):
+                self.cache_unreadable.labels(kind=kind, handling=handling).set(0)
+        for reason in REFUSAL_REASONS:
+            self.requests_refused.labels(reason=reason)
+
+    def refused(self, reason: str) -> None:
+        self.requests_refused.labels(reason=reason).inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

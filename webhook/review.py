@@ -11,21 +11,38 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypedDict
 
 import jsonpatch
 import orjson
 
 from gpumix.kube.fields import as_mapping, is_mapping
-from gpumix.kube.objects import AutoscalerView, DeploymentView, View, view_of
-from gpumix.kube.policy import DEPLOYMENT_LABEL, GPU_TYPE_LABEL, Mode, Policy
+from gpumix.kube.objects import (
+    AutoscalerView,
+    DeploymentView,
+    ObjectRef,
+    UnreadableObject,
+    View,
+    autoscaler_info,
+    read_view,
+    view_of,
+)
+from gpumix.kube.policy import DEPLOYMENT_LABEL, GPU_TYPE_LABEL, MODE_LABEL, MODES, Mode, Policy
 from gpumix.kube.snapshot import Snapshot
-from webhook.rules import missing_max_replicas, selector_immutable, selector_overlap
-from webhook.rules.base import Finding
-from webhook.rules.engine import evaluate
-from webhook.rules.fixes import isolate_deployment, restore_labels, set_ceiling
+from gpumix.webhook.rules import (
+    max_replicas_above_ceiling,
+    missing_max_replicas,
+    model_selector,
+    selector_immutable,
+    selector_overlap,
+    unreadable_field,
+)
+from gpumix.webhook.rules.base import Finding
+from gpumix.webhook.rules.engine import evaluate
+from gpumix.webhook.rules.fixes import isolate_deployment, restore_labels, set_ceiling
 
 Phase = Literal["mutate", "validate"]
 Shape = Literal["allowed", "denied", "patched", "errored"]
@@ -100,7 +117,12 @@ class ReviewError(ValueError):
 
 
 def parse_review(body: object) -> AdmissionRequest:
-    """Check an AdmissionReview body and return its request, or raise ReviewError."""
+    """Check an AdmissionReview body and return its request, or raise ReviewError.
+
+    Fields the API server always sends as strings must be strings (or absent, where
+    optional): anything else is reported by its JSON type, never printed, so a value
+    nested a thousand levels deep costs no recursion.
+    """
     if not is_mapping(body):
         raise ReviewError("body must be a JSON object (an AdmissionReview)")
     raw_request = body.get("request")
@@ -110,17 +132,18 @@ def parse_review(body: object) -> AdmissionRequest:
         uid = request["uid"]
     if body.get("apiVersion") != ADMISSION_API_VERSION:
         raise ReviewError(
-            f"apiVersion must be {ADMISSION_API_VERSION}, got {body.get('apiVersion')!r}", uid
+            f"apiVersion must be {ADMISSION_API_VERSION}, got {_describe(body.get('apiVersion'))}",
+            uid,
         )
     if body.get("kind") != "AdmissionReview":
-        raise ReviewError(f"kind must be AdmissionReview, got {body.get('kind')!r}", uid)
+        raise ReviewError(f"kind must be AdmissionReview, got {_describe(body.get('kind'))}", uid)
     if request is None:
         raise ReviewError("request is missing or not an object", uid)
     if not uid:
         raise ReviewError("request.uid is missing or not a string")
     operation = request.get("operation")
     if operation not in ("CREATE", "UPDATE", "DELETE", "CONNECT"):
-        raise ReviewError(f"request.operation {operation!r} is not a known operation", uid)
+        raise ReviewError(f"request.operation {_describe(operation)} is not a known operation", uid)
     obj = request.get("object")
     if not is_mapping(obj):
         obj = None
@@ -130,23 +153,98 @@ def parse_review(body: object) -> AdmissionRequest:
     if old is not None and not is_mapping(old):
         raise ReviewError("request.oldObject is not an object", uid)
     kind = request.get("kind")
-    if not is_mapping(kind) or not isinstance(kind.get("kind"), str):
-        raise ReviewError("request.kind is missing or has no kind", uid)
+    if not is_mapping(kind):
+        raise ReviewError("request.kind is missing or not an object", uid)
+    if not isinstance(kind.get("kind"), str):
+        raise ReviewError(
+            f"request.kind.kind must be a string, got {_describe(kind.get('kind'))}", uid
+        )
     return {
         "uid": uid,
         "kind": {
-            "group": str(kind.get("group", "")),
-            "version": str(kind.get("version", "")),
-            "kind": str(kind["kind"]),
+            "group": _string(kind, "group", "request.kind.group", uid),
+            "version": _string(kind, "version", "request.kind.version", uid),
+            "kind": kind["kind"],
         },
-        "name": str(request.get("name") or ""),
-        "namespace": str(request.get("namespace") or ""),
-        "operation": str(operation),
-        "subResource": str(request.get("subResource") or ""),
+        "name": _string(request, "name", "request.name", uid),
+        "namespace": _string(request, "namespace", "request.namespace", uid),
+        "operation": operation,
+        "subResource": _string(request, "subResource", "request.subResource", uid),
         "object": dict(obj) if obj is not None else {},
         "oldObject": dict(old) if old is not None else None,
         "dryRun": bool(request.get("dryRun", False)),
     }
+
+
+_JSON_TOKEN = re.compile(rb'\s*(?:("(?:[^"\\]|\\.)*")|([{}\[\]:,])|[^\s{}\[\]:,"]+)')
+
+
+def uid_in_prefix(raw: bytes | bytearray, limit: int = 65536, max_tokens: int = 20_000) -> str:
+    """``request.uid`` of a body the JSON decoders refuse (nested deeper than they
+    recurse), read without recursion from its first ``limit`` bytes; "" when it is not
+    there.  kube-apiserver writes ``request`` and its ``uid`` first, so a deep object
+    further on does not hide it, and the API server gets an answer it can show."""
+    # one frame per open container: [is_object, key being read, expecting a key]
+    stack: list[list[Any]] = []
+    view = bytes(raw[:limit])
+    at = 0
+    for _ in range(max_tokens):
+        match = _JSON_TOKEN.match(view, at)
+        if match is None:
+            return ""
+        at = match.end()
+        string, punct = match.group(1), match.group(2)
+        top = stack[-1] if stack else None
+        if punct in (b"{", b"["):
+            stack.append([punct == b"{", None, punct == b"{"])
+        elif punct in (b"}", b"]"):
+            if not stack:
+                return ""
+            stack.pop()
+        elif punct == b":" and top is not None:
+            top[2] = False
+        elif punct == b"," and top is not None and top[0]:
+            top[1], top[2] = None, True
+        elif string is not None and top is not None:
+            try:
+                text = json.loads(string)
+            except ValueError:
+                return ""
+            if top[0] and top[2]:
+                top[1] = text
+            elif (
+                len(stack) == 2
+                and stack[0][0]
+                and stack[0][1] == "request"
+                and top[0]
+                and top[1] == "uid"
+                and isinstance(text, str)
+            ):
+                return text
+    return ""
+
+
+def _string(parent: Mapping[str, Any], key: str, where: str, uid: str) -> str:
+    """An optional string field ("" when absent or null), or ReviewError naming it."""
+    value = parent.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ReviewError(f"{where} must be a string, got {_describe(value)}", uid)
+    return value
+
+
+def _describe(value: object) -> str:
+    """A request value in an error message: short, and without walking into it."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= 100 else value[:97] + "...")
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if is_mapping(value):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
 
 
 def _object_of(request: AdmissionRequest) -> dict[str, Any]:
@@ -166,29 +264,76 @@ def _object_of(request: AdmissionRequest) -> dict[str, Any]:
     return obj
 
 
+INVALID_MODE_RULE = "invalid-mode-label"
+
+
 def mode_for(namespace: str, snapshot: Snapshot, policy: Policy) -> Mode:
+    """The namespace's ``gpumix.io/mode`` label when it is a mode, else the policy's."""
     ns = snapshot.namespace(namespace)
     return ns.mode if ns is not None and ns.mode is not None else policy.mode
 
 
-def review(request: AdmissionRequest, snapshot: Snapshot, policy: Policy, phase: Phase) -> Verdict:
-    """Decide one admission request.  Never raises for a well-formed request."""
+CACHE_RULE = "cluster-view-not-current"
+"""The finding of a decision refused because the cluster view is not current."""
+
+
+def invalid_mode(namespace: str, snapshot: Snapshot, policy: Policy) -> Finding | None:
+    """A warning when the namespace's ``gpumix.io/mode`` label is not a mode: it is
+    ignored and the policy's mode applies (counted as the finding's metric)."""
+    ns = snapshot.namespace(namespace)
+    if ns is None or ns.invalid_mode is None:
+        return None
+    return Finding(
+        INVALID_MODE_RULE,
+        "warning",
+        ObjectRef("Namespace", "", namespace),
+        f"namespace {namespace} has the label {MODE_LABEL}={ns.invalid_mode!r}, which is not "
+        f"one of {', '.join(MODES)}; it is ignored and the policy's mode ({policy.mode}) "
+        f"applies. Fix: kubectl label namespace {namespace} {MODE_LABEL}=<{'|'.join(MODES)}> "
+        "--overwrite",
+    )
+
+
+def review(
+    request: AdmissionRequest,
+    snapshot: Snapshot,
+    policy: Policy,
+    phase: Phase,
+    *,
+    current: bool = True,
+) -> Verdict:
+    """Decide one admission request.  Never raises for a well-formed request.
+
+    ``current`` says whether ``snapshot`` is known to be current (the webhook's cache is
+    synced).  When it is not, the validating step does not judge overlaps on it: see
+    ``_not_current``."""
     if request.get("subResource") or request.get("operation") not in ("CREATE", "UPDATE"):
         return Verdict("allowed")
     obj = _object_of(request)
-    view = view_of(obj, policy)
+    try:
+        view = read_view(obj, policy)
+    except UnreadableObject as exc:
+        return _unreadable_object(exc, obj, snapshot, policy, phase)
     if not isinstance(view, (DeploymentView, AutoscalerView)):
         return Verdict("allowed")
     if view.namespace in policy.exempt_namespaces:
         return Verdict("allowed", message=f"namespace {view.namespace} is exempt")
     mode = mode_for(view.namespace, snapshot, policy)
     old_obj = request.get("oldObject")
-    old_view = view_of(old_obj, policy) if old_obj else None
+    # Each object of the request is turned into a view once, and only where it is used.
     if phase == "mutate":
-        if isinstance(view, DeploymentView) and old_obj and mode == "enforce":
+        if isinstance(view, DeploymentView) and old_obj:
+            # In every mode: the labels were added when the selector could still change,
+            # and dropping them now is a change the API server refuses.
             verdict = _keep_isolation(obj, old_obj, mode)
-            return _warn_selector_change(verdict, obj, old_obj, view, policy)
+            old_view = _old_view(old_obj, policy)
+            return _warn_selector_change(verdict, obj, old_obj, view, old_view)
         return _mutate(obj, view, snapshot, policy, mode, request.get("operation", ""))
+    old_view = _old_view(old_obj, policy)
+    if not current and isinstance(view, DeploymentView):
+        stale = _not_current(view, old_view, mode)
+        if stale is not None:
+            return stale
     immutable: list[Finding] = []
     if isinstance(view, DeploymentView) and isinstance(old_view, DeploymentView) and old_obj:
         immutable = selector_immutable.check(
@@ -197,7 +342,63 @@ def review(request: AdmissionRequest, snapshot: Snapshot, policy: Policy, phase:
             old_selector=as_mapping(old_obj.get("spec")).get("selector"),
             new_selector=as_mapping(obj.get("spec")).get("selector"),
         )
-    return _validate(view, old_view, immutable, snapshot, policy, mode)
+    verdict = _validate(view, old_view, immutable, snapshot, policy, mode)
+    bad_mode = invalid_mode(view.namespace, snapshot, policy)
+    if bad_mode is None:
+        return verdict
+    return Verdict(
+        verdict.shape,
+        verdict.message,
+        verdict.code,
+        verdict.patch,
+        (f"{bad_mode.rule}: {bad_mode.message}", *verdict.warnings),
+        (bad_mode, *verdict.findings),
+        verdict.mode,
+    )
+
+
+def _old_view(old_obj: Mapping[str, Any] | None, policy: Policy) -> View | None:
+    """The view of the object before an UPDATE; None when absent or unreadable (the
+    update is then judged as if the object were new)."""
+    if not old_obj:
+        return None
+    try:
+        return read_view(old_obj, policy)
+    except UnreadableObject:
+        return None
+
+
+def _unreadable_object(
+    exc: UnreadableObject,
+    obj: Mapping[str, Any],
+    snapshot: Snapshot,
+    policy: Policy,
+    phase: Phase,
+) -> Verdict:
+    """An object of a kind the rules judge that cannot be read at all: the mode
+    decides, as for any error finding (enforce: denied; warn: a warning; audit: a
+    metric).  Any other kind is allowed."""
+    kind, raw_version = obj.get("kind"), obj.get("apiVersion")
+    api_version = raw_version if isinstance(raw_version, str) else ""
+    judged = (kind == "Deployment" and api_version.startswith("apps/")) or (
+        isinstance(kind, str) and autoscaler_info(api_version, kind) is not None
+    )
+    namespace = exc.ref.namespace
+    if not judged:
+        return Verdict("allowed")
+    if namespace in policy.exempt_namespaces:
+        return Verdict("allowed", message=f"namespace {namespace} is exempt")
+    mode = mode_for(namespace, snapshot, policy)
+    finding = Finding(
+        unreadable_field.RULE,
+        "error",
+        exc.ref,
+        f"{exc}. gpumix cannot judge an object it cannot read. Fix: check the object's "
+        "fields (nesting, types)",
+    )
+    if phase == "mutate":
+        return Verdict("allowed", findings=(finding,), mode=mode)
+    return _verdict([finding], snapshot, mode)
 
 
 # The dicts each fix writes to.  (``_child`` in webhook.rules.fixes writes into a
@@ -285,17 +486,20 @@ def _mutate(
         if operation != "CREATE":
             return Verdict("allowed", mode=mode)  # a live selector is immutable: never fix it
         findings = _overlap_errors(view, snapshot)
-        if not findings:
+        # The first of a model group is isolated too, while its selector can still
+        # change: otherwise the next one of the group cannot be fixed (model_selector).
+        first = [] if findings else model_selector.check(view, policy)
+        if not findings and not first:
             return Verdict("allowed", mode=mode)
         fixed = _copy_for_fix(obj, _ISOLATION_PATHS)
         isolate_deployment(fixed, view.gpu_type)
         fixed_view = view_of(fixed, policy)
         assert isinstance(fixed_view, DeploymentView)
-        if _overlap_errors(fixed_view, snapshot):
+        if findings and _overlap_errors(fixed_view, snapshot):
             # The fix does not remove the overlap (an existing Deployment's selector is
             # the broad one): leave the object as it is; validation denies and explains.
             return Verdict("allowed", findings=tuple(findings), mode=mode)
-        applied = findings
+        applied = findings or first
     elif isinstance(view, AutoscalerView):
         applied = missing_max_replicas.check(view, snapshot, policy)
         if not applied:
@@ -309,7 +513,13 @@ def _mutate(
     patch = _derived_patch(obj, fixed)
     if not patch:
         return Verdict("allowed", mode=mode)
-    notes = tuple(f"gpumix fixed {f.rule} on {f.subject}" for f in applied)
+    notes = tuple(
+        dict.fromkeys(
+            f"gpumix fixed {f.rule} on {f.subject}"
+            + (f": {f.message}" if f.severity == "warning" else "")
+            for f in applied
+        )
+    )
     return Verdict(
         "patched", patch=tuple(patch), warnings=notes, findings=tuple(applied), mode=mode
     )
@@ -365,13 +575,12 @@ def _warn_selector_change(
     obj: dict[str, Any],
     old_obj: Mapping[str, Any],
     view: DeploymentView,
-    policy: Policy,
+    old_view: View | None,
 ) -> Verdict:
     """kube-apiserver refuses a selector change in its own validation, which runs
     before validating webhooks; a warning from the mutating step still reaches the
     user with the API's error, and says how to recreate the Deployment."""
     fixed = jsonpatch.apply_patch(obj, list(verdict.patch)) if verdict.patch else obj
-    old_view = view_of(old_obj, policy)
     if not isinstance(old_view, DeploymentView):
         return verdict
     findings = selector_immutable.check(
@@ -394,6 +603,19 @@ def _warn_selector_change(
     )
 
 
+def ceiling_judged(new: AutoscalerView, old: View | None) -> bool:
+    """Whether admission judges the ceiling: on CREATE, and on an UPDATE that sets or
+    raises it or points the autoscaler at another target. A drain, a cordon or a
+    scale-in of the pool never turns an unchanged re-apply into a denial."""
+    if not isinstance(old, AutoscalerView):
+        return True
+    if new.target != old.target:
+        return True
+    if new.ceiling is None:
+        return False
+    return old.ceiling is None or new.ceiling > old.ceiling
+
+
 def _validate(
     view: DeploymentView | AutoscalerView,
     old_view: View | None,
@@ -402,23 +624,36 @@ def _validate(
     policy: Policy,
     mode: Mode,
 ) -> Verdict:
-    findings = evaluate(view, snapshot, policy)
+    update = isinstance(view, DeploymentView) and isinstance(old_view, DeploymentView)
+    findings = evaluate(view, snapshot, policy, overlaps=not update)
+    if isinstance(view, AutoscalerView) and not ceiling_judged(view, old_view):
+        findings = [f for f in findings if f.rule != max_replicas_above_ceiling.RULE]
     if isinstance(view, DeploymentView) and isinstance(old_view, DeploymentView):
         # An UPDATE is denied for overlaps it creates, not for ones that were already there.
         # (Same pairs at the same or a lower severity; an update that raises a pair to an
         # error, e.g. by re-pinning the GPU type, is judged as new.)
-        before = {
-            (r, f.severity) for f in selector_overlap.check(old_view, snapshot) for r in f.related
-        }
-        findings = [
-            _as_warning(f)
-            if f.rule == selector_overlap.RULE and all((r, f.severity) in before for r in f.related)
-            else f
-            for f in findings
-        ]
-        findings = immutable + findings
+        earlier = selector_overlap.overlaps_of(old_view, snapshot)
+        before = {(p.other.ref, p.severity) for p in earlier}
+        pairs = selector_overlap.overlaps_of(view, snapshot)
+        new = [p for p in pairs if (p.other.ref, p.severity) not in before]
+        kept = [p for p in pairs if (p.other.ref, p.severity) in before]
+        findings = (
+            immutable
+            + findings
+            + selector_overlap.findings(view, new, snapshot)
+            + [_as_warning(f) for f in selector_overlap.findings(view, kept, snapshot)]
+        )
+    return _verdict(findings, snapshot, mode)
+
+
+def _verdict(findings: list[Finding], snapshot: Snapshot, mode: Mode) -> Verdict:
+    """What the mode makes of these findings: denied (enforce, with errors), allowed
+    with warnings (warn), or allowed and only recorded (audit)."""
     errors = [f for f in findings if f.severity == "error"]
-    warnings = tuple(f"{f.rule}: {f.message}" for f in findings if f.severity == "warning")
+    # Each finding once (dict keeps the first of equal texts, in order).
+    warnings = tuple(
+        dict.fromkeys(f"{f.rule}: {f.message}" for f in findings if f.severity == "warning")
+    )
     if mode == "audit":
         return Verdict("allowed", findings=tuple(findings), mode=mode)
     if mode == "warn" or not errors:
@@ -435,8 +670,11 @@ def _validate(
         }
     )
     if broad:
+        named = ", ".join(broad[: selector_overlap.NAMED])
+        if len(broad) > selector_overlap.NAMED:
+            named += f" and {len(broad) - selector_overlap.NAMED} more"
         message += (
-            f" | {', '.join(broad)} already exist(s) with a broad selector, so fixing this "
+            f" | {named} already exist(s) with a broad selector, so fixing this "
             "object alone cannot remove the overlap. A Deployment's selector is immutable: "
             "recreate the existing one(s) with a distinct selector label (run "
             "`gpumix check --fix` on the manifests to see the change), then apply this again"
@@ -444,6 +682,36 @@ def _validate(
     return Verdict(
         "denied", message=message, code=403, warnings=warnings, findings=tuple(findings), mode=mode
     )
+
+
+def _not_current(view: DeploymentView, old_view: View | None, mode: Mode) -> Verdict | None:
+    """The verdict for a Deployment while the cluster view is not current, or None when
+    the view does not matter for it.
+
+    Overlaps are judged against the other Deployments of the namespace, and a view of
+    unknown age can miss one created a moment ago (right after an API-server restart,
+    a ``410 Gone``, an outage).  So in ``enforce`` mode an in-scope Deployment is
+    refused (code 503: retry shortly) until the view is current again, unless it is an
+    UPDATE that changes nothing overlaps depend on (an image bump, a replica count),
+    which cannot create an overlap.  ``warn`` mode allows with a warning, ``audit``
+    silently (the API server's retry or the controller's audit catches up)."""
+    if not view.in_scope or mode == "audit":
+        return None
+    if isinstance(old_view, DeploymentView) and replace(old_view, replicas=None) == replace(
+        view, replicas=None
+    ):
+        return None
+    message = (
+        "gpumix's view of the cluster is not current (its watch of the API server is "
+        "reconnecting), so overlaps with other Deployments cannot be judged; retry in a "
+        "few seconds"
+    )
+    finding = Finding(CACHE_RULE, "error", view.ref, message)
+    if mode == "warn":
+        return Verdict(
+            "allowed", warnings=(f"{CACHE_RULE}: {message}",), findings=(finding,), mode=mode
+        )
+    return Verdict("denied", message=message, code=503, findings=(finding,), mode=mode)
 
 
 def _isolated(dep: DeploymentView | None) -> bool:
@@ -475,7 +743,8 @@ def to_response(uid: str, verdict: Verdict) -> AdmissionReviewResponse:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json_bytes(list(verdict.patch))).decode()
     if verdict.warnings:
-        response["warnings"] = [_warning_text(w) for w in verdict.warnings]
+        # each once (kubectl prints every one), in the order they came
+        response["warnings"] = list(dict.fromkeys(_warning_text(w) for w in verdict.warnings))
     return {"apiVersion": ADMISSION_API_VERSION, "kind": "AdmissionReview", "response": response}
 
 
@@ -504,4 +773,5 @@ __all__ = [
     "parse_review",
     "review",
     "to_response",
+    "uid_in_prefix",
 ]

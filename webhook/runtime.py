@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import signal
@@ -23,12 +24,12 @@ from aiohttp import web
 
 from gpumix.kube.snapshot import Snapshot
 from gpumix.lifecycle import Service
-from webhook.cache import ClusterCache
-from webhook.kubeapi import KubeClient
-from webhook.metrics import WebhookMetrics
-from webhook.server import SnapshotSource, StaticSource, WebhookState, make_server
-from webhook.settings import EVENT_LOOPS, WebhookSettings
-from webhook.tls import BootstrapCerts, CertHolder, CertSource, EphemeralCerts, FileCerts
+from gpumix.webhook.cache import ClusterCache
+from gpumix.webhook.kubeapi import KubeClient
+from gpumix.webhook.metrics import WebhookMetrics
+from gpumix.webhook.server import SnapshotSource, StaticSource, WebhookState, make_server
+from gpumix.webhook.settings import EVENT_LOOPS, WebhookSettings
+from gpumix.webhook.tls import BootstrapCerts, CertHolder, CertSource, EphemeralCerts, FileCerts
 
 log = logging.getLogger("gpumix.webhook")
 
@@ -101,8 +102,8 @@ async def build(
     else:
         certs = BootstrapCerts(client, settings.tls, holder, clock)
     state = WebhookState(settings.policy, source, metrics, certs)
-    server = make_server(state, lingering_time=2.0)
-    probe_server = make_server(state, admission=False)
+    server = make_server(state, limits=settings.server, lingering_time=2.0)
+    probe_server = make_server(state, admission=False, limits=settings.server)
     return Built(server, probe_server, holder.context, state, certs, cache, owned_client)
 
 
@@ -151,7 +152,13 @@ async def serve(
         await https.setup()
         try:
             await probes.setup()
-            site = web.TCPSite(https, settings.host, settings.port, ssl_context=built.ssl_context)
+            site = HTTPSSite(
+                https,
+                settings.host,
+                settings.port,
+                ssl_context=built.ssl_context,
+                handshake_timeout_s=settings.server.header_timeout_s,
+            )
             await site.start()
             ports = [_bound_port(site), 0]
             if settings.metrics_port is not None:
@@ -200,6 +207,32 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     raise ValueError(f"unknown event loop {name!r}; choose one of {', '.join(EVENT_LOOPS)}")
 
 
+MALLOC_THRESHOLD_BYTES = 128 * 1024
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def fix_malloc_thresholds() -> bool:
+    """Keep glibc's malloc from holding on to the memory of large request bodies.
+
+    glibc serves an allocation of 128 KiB or more with its own ``mmap`` and returns it
+    when freed, but then raises that threshold to the freed size (up to 32 MiB): after
+    one 7 MiB body, bodies and the buffers of many concurrent connections come from the
+    heap, which fragments and is not given back, so a burst of large bodies raised the
+    resident size for good.  Fixing both thresholds at glibc's initial 128 KiB (which
+    turns the adjustment off) took the peak under abusive clients from 410-430 MiB to
+    330-360 MiB (tests/webhook/test_webhook_limits.py).  False where there is no glibc.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, MALLOC_THRESHOLD_BYTES)
+        and mallopt(_M_TRIM_THRESHOLD, MALLOC_THRESHOLD_BYTES)
+    )
+
+
 def run(
     settings: WebhookSettings,
     *,
@@ -209,8 +242,36 @@ def run(
     """``serve`` on the chosen event loop until SIGINT/SIGTERM."""
     factory = loop_factory(event_loop)
     log.info("event loop: %s", event_loop if factory is not None else "asyncio")
+    if not fix_malloc_thresholds():
+        log.info("not glibc: malloc thresholds left as they are")
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(serve(settings, state_objects=state_objects, freeze_gc=True))
+
+
+class HTTPSSite(web.TCPSite):
+    """aiohttp's TCP site with a TLS handshake timeout: a connection that has not
+    finished its handshake this long after it was accepted is closed (the event loop's
+    default is 60 s; connections are counted against ``max_connections`` only once
+    their handshake is done)."""
+
+    def __init__(self, *args: Any, handshake_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handshake_timeout_s = handshake_timeout_s
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+            ssl_handshake_timeout=self.handshake_timeout_s if self._ssl_context else None,
+        )
 
 
 def _bound_port(site: web.TCPSite) -> int:

@@ -38,6 +38,10 @@ class TLSSettings:
     reload_grace_s: float = 30.0
     """After a rotation, keep serving the previous certificate (while it is valid) this
     long, so that API servers have seen the new ``caBundle`` before it is presented."""
+    reload_failure_grace_s: float = 300.0
+    """How long new certificate material may keep failing to load (a cert file replaced
+    before its key, a broken Secret) before ``/readyz`` reports it; the previous
+    certificate is served meanwhile."""
     ca_out_file: str | None = None
     """Without a cluster (``--state``): write the generated CA bundle to this file."""
 
@@ -64,10 +68,41 @@ class CacheSettings:
     page_size: int = 500
     """Objects per list page."""
     backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
+    backoff_max_s: float = 4.0
+    """Retries of a failed list or watch back off up to this (with jitter). While a
+    reflector is not synced, writes in scope are refused, so recovery is kept prompt:
+    a few GETs per resource every few seconds cost the API server little."""
     discovery_interval_s: float = 60.0
     """How often API discovery runs again to pick up autoscaler CRDs installed later."""
     request_timeout_s: float = 30.0
+
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What the HTTPS server allows a client before it refuses or hangs up."""
+
+    header_timeout_s: float = 10.0
+    """From a new connection, or the first byte of a request on a kept-alive one, to its
+    last header line; then the connection is closed (slowloris)."""
+    body_timeout_s: float = 10.0
+    """To read a request body once its headers are in; then HTTP 408 and the connection
+    is closed.  kube-apiserver gives a webhook call at most 30 s (``timeoutSeconds``)."""
+    idle_timeout_s: float = 120.0
+    """A kept-alive connection without a request this long is closed.  Longer than the
+    90 s after which kube-apiserver's HTTP client drops its own idle connections, so
+    that it closes first and never sends a request into a connection being closed."""
+    max_connections: int = 512
+    """Open connections at once; one more is closed as soon as its TLS handshake is done.
+    Each connection may buffer up to about 0.5 MiB of what it sends before its request is
+    looked at, so this bounds that memory too."""
+    max_body_bytes_in_flight: int = 64 * MIB
+    """Bytes of request bodies (as declared by ``Content-Length``) being read or reviewed
+    at once, over all connections.  A request that would pass it is refused at once with
+    HTTP 429 and ``Retry-After`` (the API server retries).  A quarter is kept for bodies
+    up to 1 MiB, so that large stalled bodies cannot lock out ordinary reviews."""
 
 
 @dataclass(frozen=True)
@@ -84,4 +119,5 @@ class WebhookSettings:
     metrics_port: int | None = 8080
     """Plain-HTTP port for /healthz, /readyz and /metrics (None: off; 0: any free port)."""
     tls: TLSSettings = field(default_factory=TLSSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)

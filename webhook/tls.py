@@ -18,8 +18,17 @@ Three sources, one interface (``context``, ``loaded``, ``start``/``stop``):
 Rotation makes a new CA and serving certificate; ``ca.crt`` carries the new CA
 followed by the previous ones that are still valid, so clients that have not
 seen the new bundle yet keep trusting the replicas still serving the old
-certificate.  Reloading calls ``load_cert_chain`` again on the same
-``SSLContext``: new handshakes get the new certificate, open connections go on.
+certificate.
+
+Reloading is atomic: the certificate and key are loaded into a *new* ``SSLContext``,
+which replaces the one in use only when both load and the key belongs to the
+certificate.  The server listens with one context that holds no certificate; its
+SNI callback (called for every handshake, with or without a server name) hands the
+handshake the context in use.  New handshakes get the new certificate, open
+connections go on; a failed load leaves everything as it was.  New material that
+keeps failing (a cert file replaced before its key) is counted
+(``gpumix_webhook_cert_reload_failures_total``), logged, and after
+``reload_failure_grace_s`` makes ``/readyz`` fail.
 
 The clock is injected (``clock() -> float``, Unix seconds).
 """
@@ -46,9 +55,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from webhook.kubeapi import ApiError, KubeClient
-from webhook.metrics import WebhookMetrics
-from webhook.settings import TLSSettings
+from gpumix.webhook.kubeapi import ApiError, KubeClient
+from gpumix.webhook.metrics import WebhookMetrics
+from gpumix.webhook.settings import TLSSettings
 
 log = logging.getLogger("gpumix.webhook.tls")
 
@@ -238,46 +247,88 @@ def rotation_due(cert: x509.Certificate, now: float, fraction: float) -> bool:
     return now >= start + fraction * (end - start)
 
 
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+"""TLS 1.2 suites: forward secrecy (ECDHE, ECDSA or RSA certificates) and AEAD only; no
+CBC, no static RSA.  TLS 1.3 suites are all AEAD and stay OpenSSL's defaults.  Every
+client kube-apiserver builds (Go's crypto/tls) offers these."""
+
+
 def server_context() -> ssl.SSLContext:
-    """A server SSLContext, TLS 1.2 minimum; the certificate is loaded later (and again)."""
+    """A server SSLContext: TLS 1.2 (AEAD suites only) and 1.3, no compression or
+    renegotiation; the certificate is loaded separately."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     return ctx
 
 
 # --------------------------------------------------------------------------- holder
 
 
+def loaded_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    """A new server context serving this certificate and key, or ``CertError``
+    (OpenSSL checks that the key belongs to the certificate)."""
+    ctx = server_context()
+    # load_cert_chain only reads files: write them to a private directory for the call.
+    with tempfile.TemporaryDirectory(prefix="gpumix-tls-") as tmp:
+        cert_path, key_path = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
+        cert_path.write_bytes(cert_pem)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key_pem)
+        try:
+            ctx.load_cert_chain(cert_path, key_path)
+        except ssl.SSLError as exc:
+            raise CertError(f"certificate and key do not load: {exc}") from None
+    return ctx
+
+
 class CertHolder:
-    """The one SSLContext of the server and the certificate loaded into it."""
+    """The server's listening SSLContext and the certificate it presents.
+
+    ``context`` (what the server listens with) never changes and holds no certificate:
+    its SNI callback switches each handshake to the context in use, which ``load``
+    replaces in one assignment once a new one is complete.
+    """
 
     def __init__(self, metrics: WebhookMetrics | None = None) -> None:
         self.context = server_context()
+        self.context.sni_callback = self._select
+        self._serving: ssl.SSLContext | None = None
         self.metrics = metrics
         self.cert_pem: bytes = b""
+        self.key_pem: bytes = b""
         self.not_after: float | None = None
+
+    def _select(
+        self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
+    ) -> None:
+        serving = self._serving
+        if serving is not None:
+            conn.context = serving
 
     @property
     def loaded(self) -> bool:
         return bool(self.cert_pem)
 
+    @property
+    def problem(self) -> str:
+        return "" if self.cert_pem else "no serving certificate loaded"
+
     def load(self, cert_pem: bytes, key_pem: bytes) -> bool:
-        """Load (or reload) the certificate; False when it is the one already loaded."""
-        if cert_pem == self.cert_pem:
+        """Serve this certificate from the next handshake on; False when it is the one
+        already served.  ``CertError`` (and the previous one still served) when the
+        pair does not load."""
+        if cert_pem == self.cert_pem and key_pem == self.key_pem:
             return False
-        # load_cert_chain only reads files: write them to a private directory for the call.
-        with tempfile.TemporaryDirectory(prefix="gpumix-tls-") as tmp:
-            cert_path, key_path = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
-            cert_path.write_bytes(cert_pem)
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(key_pem)
-            try:
-                self.context.load_cert_chain(cert_path, key_path)
-            except ssl.SSLError as exc:
-                raise CertError(f"certificate and key do not load: {exc}") from None
-        self.cert_pem = cert_pem
-        cert = x509.load_pem_x509_certificate(cert_pem)
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+        except ValueError as exc:
+            raise CertError(f"not a PEM certificate: {exc}") from None
+        self._serving = loaded_context(cert_pem, key_pem)
+        self.cert_pem, self.key_pem = cert_pem, key_pem
         self.not_after = cert.not_valid_after_utc.timestamp()
         if self.metrics is not None:
             self.metrics.cert_expiry.set(self.not_after)
@@ -301,6 +352,8 @@ class CertSource:
         self._sleep = sleep
         self._task: asyncio.Task[None] | None = None
         self.last_error: str = ""
+        self.failing_since: float | None = None
+        """When new certificate material started failing to load (clock time), if it does."""
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -310,17 +363,52 @@ class CertSource:
     def loaded(self) -> bool:
         return self.holder.loaded
 
+    @property
+    def problem(self) -> str:
+        """Why ``/readyz`` should fail because of the certificate ("": it should not):
+        none is loaded, or new material has failed to load for ``reload_failure_grace_s``."""
+        if not self.holder.loaded:
+            return "no serving certificate loaded"
+        since = self.failing_since
+        if since is not None and self.clock() - since >= self.settings.reload_failure_grace_s:
+            return (
+                f"new serving certificate has not loaded for {self.clock() - since:.0f}s "
+                f"(still serving the previous one): {self.last_error}"
+            )
+        return ""
+
     async def refresh(self) -> None:
         raise NotImplementedError
 
     async def refresh_safely(self) -> bool:
         try:
             await self.refresh()
-        except (ApiError, CertError, OSError) as exc:
+        except CertError as exc:
+            # New material that does not load: the previous certificate stays in use.
+            self.last_error = str(exc)
+            if self.failing_since is None:
+                self.failing_since = self.clock()
+            metrics = self.holder.metrics
+            if metrics is not None:
+                metrics.cert_reload_failures.inc()
+                metrics.cert_reload_failing.set(1)
+            log.warning(
+                "serving certificate not reloaded (%s one in use): %s",
+                "the previous" if self.holder.loaded else "no",
+                exc,
+            )
+            return False
+        except (ApiError, OSError) as exc:
             self.last_error = str(exc)
             log.warning("serving certificate not refreshed: %s", exc)
             return False
         self.last_error = ""
+        if self.failing_since is not None:
+            self.failing_since = None
+            log.info("serving certificate material loads again")
+        metrics = self.holder.metrics
+        if metrics is not None:
+            metrics.cert_reload_failing.set(0)
         return True
 
     async def start(self) -> None:
@@ -357,7 +445,7 @@ class FileCerts(CertSource):
             key_pem = Path(self.settings.key_file).read_bytes()
         except OSError as exc:
             raise CertError(f"cannot read {exc.filename}: {exc.strerror}") from None
-        if cert_pem == self.holder.cert_pem:
+        if cert_pem == self.holder.cert_pem and key_pem == self.holder.key_pem:
             return
         try:
             cert = x509.load_pem_x509_certificate(cert_pem)

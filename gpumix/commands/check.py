@@ -7,27 +7,28 @@ Exit codes: 0 no error findings, 1 error findings, 2 input unreadable or invalid
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import MutableMapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from gpumix.kube.objects import AutoscalerView, DeploymentView, ObjectRef, view_of
-from gpumix.kube.policy import DEPLOYMENT_LABEL, Policy, PolicyError, policy_from_mapping
-from gpumix.kube.snapshot import Snapshot
-from gpumix.manifests import (
-    InputError,
-    SourceFile,
-    _yaml,
-    is_kubernetes_object,
-    load_sources,
+from gpumix.check.output import FORMATS, render, summary
+from gpumix.check.reading import STDIN, Note, prescan
+from gpumix.check.run import (
+    Options,
+    Report,
+    apply_plans,
+    check,
+    iter_printable,
+    live_selector_notes,
+    read_live,
+    render_kustomize,
+    sources,
 )
-from webhook.rules import missing_max_replicas, selector_overlap
-from webhook.rules.base import Finding
-from webhook.rules.engine import evaluate_snapshot
-from webhook.rules.fixes import isolate_deployment, set_ceiling
+from gpumix.check.yamlload import load_one
+from gpumix.kube.objects import AutoscalerView, DeploymentView
+from gpumix.kube.policy import Policy, PolicyError, policy_from_mapping
+from gpumix.manifests import InputError, SourceFile, is_kubernetes_object
 
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT = 0, 1, 2
 
@@ -38,22 +39,35 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="check manifest files offline against the admission rules",
         description=(
             "Check Kubernetes manifests offline against gpumix's rules, as the webhook would. "
-            "Exit 0: no error findings; 1: error findings; 2: input unreadable or invalid."
+            "Exit 0: no error findings; 1: error findings; 2: an input unreadable or invalid."
         ),
     )
     p.add_argument(
         "-f",
         "--filename",
         action="append",
-        required=True,
+        default=[],
         metavar="FILE|DIR|-",
         help="manifest file, directory (recursive) or - for stdin; repeatable",
     )
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument(
+        "-k",
+        "--kustomize",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="render a kustomization directory with kubectl's built-in kustomize and check "
+        "the result; repeatable",
+    )
+    p.add_argument("-o", "--output", choices=FORMATS, default="text")
     p.add_argument(
         "--fix",
         action="store_true",
-        help="print the manifests with fixes applied (labels and ceilings only)",
+        help="print the manifests with the error findings fixed (labels and ceilings only; "
+        "only the lines a fix needs are added)",
+    )
+    p.add_argument(
+        "--fix-warnings", action="store_true", help="with --fix: fix fixable warnings too"
     )
     p.add_argument("--in-place", action="store_true", help="with --fix: rewrite the files")
     p.add_argument("--policy", metavar="FILE", help="policy file (YAML)")
@@ -64,14 +78,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=[],
         help="objects that already exist in the cluster (e.g. kubectl get -o yaml output)",
     )
+    p.add_argument(
+        "--exclude",
+        metavar="GLOB",
+        action="append",
+        default=[],
+        help="leave out paths matching GLOB (the path below a -f directory, the path as "
+        "given, or the base name; * matches /); repeatable",
+    )
+    p.add_argument(
+        "--group",
+        choices=("all", "dir", "file"),
+        default="all",
+        help="which files are checked together: all inputs (default), each directory, or each file",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="documents that are not Kubernetes objects are input errors, not skipped",
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="list the skipped documents on stderr"
+    )
     p.set_defaults(func=run)
-
-
-@dataclass
-class Loaded:
-    sources: list[SourceFile]
-    live: list[MutableMapping[str, Any]]
-    errors: list[InputError]
 
 
 def load_policy(path: str | None) -> Policy:
@@ -84,8 +113,8 @@ def load_policy(path: str | None) -> Policy:
     except UnicodeDecodeError as exc:
         raise InputError(path, f"cannot read policy: {exc}") from exc
     try:
-        doc = _yaml().load(text)
-    except Exception as exc:  # ruamel raises several unrelated types
+        doc = load_one(text)
+    except Exception as exc:  # the YAML parser raises several unrelated types
         raise InputError(path, f"invalid YAML: {str(exc).splitlines()[0]}") from exc
     try:
         return policy_from_mapping(doc)
@@ -103,97 +132,6 @@ def file_objects(sources: list[SourceFile]) -> list[MutableMapping[str, Any]]:
     ]
 
 
-def build_snapshot(
-    live: list[MutableMapping[str, Any]], files: list[MutableMapping[str, Any]], policy: Policy
-) -> tuple[Snapshot, set[ObjectRef]]:
-    """Live objects first, file objects over them (as ``kubectl apply`` would)."""
-    snapshot = Snapshot.from_objects(live, policy)
-    subjects: set[ObjectRef] = set()
-    for obj in files:
-        view = view_of(obj, policy)
-        if view is None:
-            continue
-        snapshot.put(view)
-        if isinstance(view, (DeploymentView, AutoscalerView)):
-            subjects.add(view.ref)
-    return snapshot, subjects
-
-
-def apply_fixes(
-    sources: list[SourceFile],
-    findings: list[Finding],
-    snapshot: Snapshot,
-    live_refs: set[ObjectRef],
-    policy: Policy,
-) -> list[str]:
-    """Fix the documents in place; return what still needs a human."""
-    notes: list[str] = []
-    wanted = {(f.rule, f.subject) for f in findings if f.fixable}
-    for src in sources:
-        for doc in src.documents:
-            for obj in doc.objects():
-                if not is_kubernetes_object(obj):
-                    continue
-                view = view_of(obj, policy)
-                if isinstance(view, DeploymentView) and (selector_overlap.RULE, view.ref) in wanted:
-                    if view.ref in live_refs:
-                        notes.append(
-                            f"{view.ref} exists in the cluster and spec.selector is immutable: "
-                            "the fixed manifest must be applied by recreating the Deployment "
-                            "(delete it, then apply), or under a new name"
-                        )
-                    isolate_deployment(obj, view.gpu_type)
-                    doc.changed = True
-                elif (
-                    isinstance(view, AutoscalerView)
-                    and (missing_max_replicas.RULE, view.ref) in wanted
-                ):
-                    value = missing_max_replicas.default_ceiling(view, snapshot, policy)
-                    set_ceiling(obj, view.ceiling_field, value)
-                    doc.changed = True
-    return notes
-
-
-def live_selector_notes(
-    remaining: list[Finding],
-    snapshot: Snapshot,
-    live_refs: set[ObjectRef],
-    subjects: set[ObjectRef],
-) -> list[str]:
-    """Overlaps that remain because a Deployment that only exists in the cluster is broad."""
-    notes: list[str] = []
-    seen: set[ObjectRef] = set()
-    for f in remaining:
-        if f.rule != selector_overlap.RULE:
-            continue
-        for ref in f.related:
-            if ref in seen or ref not in live_refs or ref in subjects:
-                continue
-            seen.add(ref)
-            dep = snapshot.deployment(ref)
-            selector = f" ({dep.selector.describe()})" if dep is not None else ""
-            notes.append(
-                f"{ref} exists in the cluster and its selector{selector} still overlaps "
-                f"{f.subject}; spec.selector is immutable, so it must be recreated with a "
-                f"distinct selector label (such as {DEPLOYMENT_LABEL}: {ref.name}): delete it "
-                "and apply the fixed manifest, or roll out a copy under a new name first"
-            )
-    return notes
-
-
-def render_text(findings: list[Finding], out: TextIO) -> None:
-    for f in findings:
-        related = ", ".join(str(r) for r in f.related)
-        extra = f" [related: {related}]" if related else ""
-        fixable = " (fixable with --fix)" if f.fixable else ""
-        out.write(f"{f.severity.upper()} {f.rule} {f.subject}: {f.message}{extra}{fixable}\n")
-
-
-def render_json(findings: list[Finding], out: TextIO) -> None:
-    json.dump({"findings": [f.as_dict() for f in findings]}, out, indent=2)
-    out.write("\n")
-
-
 def run(
     args: argparse.Namespace,
     stdin: TextIO | None = None,
@@ -203,67 +141,107 @@ def run(
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    if args.in_place and not args.fix:
-        stderr.write("error: --in-place needs --fix\n")
-        return EXIT_INPUT
-    if "-" in args.filename and "-" in args.cluster_state:
-        stderr.write("error: stdin (-) can be given to -f or to --cluster-state, not both\n")
-        return EXIT_INPUT
-    if args.in_place and "-" in args.filename:
-        stderr.write("error: --in-place cannot rewrite stdin (-f -)\n")
+    problem = flag_problem(args)
+    if problem:
+        stderr.write(f"error: {problem}\n")
         return EXIT_INPUT
     try:
         policy = load_policy(args.policy)
     except InputError as exc:
         stderr.write(f"error: {exc}\n")
         return EXIT_INPUT
-    sources, errors = load_sources(args.filename, stdin)
-    live_sources, live_errors = load_sources(args.cluster_state, stdin)
-    errors += live_errors
-    for err in errors:
-        stderr.write(f"error: {err}\n")
-    live = file_objects(live_sources)
-    live_refs = {
-        v.ref
-        for v in (view_of(o, policy) for o in live)
-        if isinstance(v, (DeploymentView, AutoscalerView))
-    }
-    snapshot, subjects = build_snapshot(live, file_objects(sources), policy)
-    findings = evaluate_snapshot(snapshot, policy, subjects)
+    stdin_text = stdin.read() if STDIN in args.filename or STDIN in args.cluster_state else None
+    opts = Options(
+        policy=policy,
+        strict=args.strict,
+        exclude=args.exclude,
+        group=args.group,
+        fix=args.fix,
+        fix_warnings=args.fix_warnings,
+    )
+    errors: list[Note] = []
+    skipped: list[Note] = []
+    renders: list[tuple[str, str]] = []
+    for directory in args.kustomize:
+        text, error = render_kustomize(directory)
+        if error is not None:
+            errors.append(error)
+        elif text is not None:
+            renders.append((directory, text))
+    srcs = sources(args.filename, stdin_text, renders, opts, errors, skipped)
+    live = read_live(args.cluster_state, stdin_text, policy, errors)
+    live_refs = {v.ref for v in live if isinstance(v, (DeploymentView, AutoscalerView))}
+    kustomize = prescan(args.filename, args.exclude)
+    report, plans = check(srcs, live, live_refs, opts, kustomize)
+    report.errors[:0] = errors
+    report.skipped[:0] = skipped
 
-    if args.fix:
-        notes = apply_fixes(sources, findings, snapshot, live_refs, policy)
-        snapshot, subjects = build_snapshot(live, file_objects(sources), policy)
-        remaining = evaluate_snapshot(snapshot, policy, subjects)
-        notes += live_selector_notes(remaining, snapshot, live_refs, subjects)
-        if args.in_place:
-            for src in sources:
-                if src.changed:
-                    Path(src.path).write_text(src.render(), encoding="utf-8")
-                    stderr.write(f"fixed {src.path}\n")
-        else:
-            for i, src in enumerate(sources):
-                text = src.render()
-                if i:
-                    stdout.write("---\n")
-                stdout.write(text if not text or text.endswith("\n") else text + "\n")
-        report = stderr if not args.in_place else stdout
-        fixed = max(len(findings) - len(remaining), 0)
-        report.write(f"# fixed {fixed} finding(s); {len(remaining)} still need a human\n")
-        for note in notes:
-            report.write(f"# needs a human: {note}\n")
-        if args.output == "json":
-            render_json(remaining, report)
-        else:
-            render_text(remaining, report)
-        findings = remaining
-    elif args.output == "json":
-        render_json(findings, stdout)
+    if not args.fix:
+        emit(args, report, stdout, stderr)
+        return exit_code(report)
+
+    applied = apply_plans(plans, report, live_refs)
+    fixed, human = applied.fixed, applied.human
+    after, _ = check(srcs, live, live_refs, opts, kustomize, overrides=fixed)
+    after.errors[:0] = errors
+    after.skipped[:0] = skipped
+    human += live_selector_notes(after, live_refs)
+    if args.in_place:
+        for name in fixed:
+            Path(name).write_text(fixed[name], encoding="utf-8", newline="")
+            stderr.write(f"fixed {name}\n")
+        out = stdout
     else:
-        render_text(findings, stdout)
-        if not findings and not errors:
-            stdout.write("no findings\n")
+        for i, (_, text) in enumerate(iter_printable(report, fixed)):
+            if i:
+                stdout.write("---\n")
+            stdout.write(text if not text or text.endswith("\n") else text + "\n")
+        out = stderr
+    left = sum(1 for f in after.findings if f.finding.severity == "error" or args.fix_warnings)
+    out.write(f"# fixed {applied.count} finding(s); {left} still need a human\n")
+    for note in applied.isolated:
+        out.write(f"# isolated {note}\n")
+    for note in applied.notes:
+        out.write(f"# selector changed: {note}\n")
+    for note in human:
+        out.write(f"# needs a human: {note}\n")
+    emit(args, after, out, stderr)
+    return exit_code(after)
 
-    if errors:
+
+def flag_problem(args: argparse.Namespace) -> str | None:
+    if not args.filename and not args.kustomize:
+        return "give the manifests: -f FILE|DIR|- or -k DIR"
+    if args.in_place and not args.fix:
+        return "--in-place needs --fix"
+    if args.fix_warnings and not args.fix:
+        return "--fix-warnings needs --fix"
+    if STDIN in args.filename and STDIN in args.cluster_state:
+        return "stdin (-) can be given to -f or to --cluster-state, not both"
+    if args.in_place and STDIN in args.filename:
+        return "--in-place cannot rewrite stdin (-f -)"
+    if args.fix and args.kustomize:
+        return (
+            "--fix cannot edit kustomize output (-k): fix the files of the base or overlay "
+            "(gpumix check -f DIR --fix)"
+        )
+    return None
+
+
+def emit(args: argparse.Namespace, report: Report, out: TextIO, err: TextIO) -> None:
+    for e in report.errors:
+        err.write(f"error: {e}\n")
+    if args.verbose:
+        for s in report.skipped:
+            err.write(f"note: skipped {s}\n")
+    render(args.output, report, out)
+    if args.output == "text":
+        out.write(summary(report) + "\n")
+
+
+def exit_code(report: Report) -> int:
+    if report.errors:
         return EXIT_INPUT
-    return EXIT_FINDINGS if any(f.severity == "error" for f in findings) else EXIT_OK
+    if any(f.finding.severity == "error" for f in report.findings):
+        return EXIT_FINDINGS
+    return EXIT_OK

@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
-    from controller.settings import ControllerSettings, default_identity
+    from gpumix.controller.settings import ControllerSettings, default_identity
 
     policy = Policy()
     if args.policy:
@@ -132,7 +132,7 @@ async def _api_client(args: argparse.Namespace) -> Any:
 
 
 async def _main(args: argparse.Namespace, settings: Any) -> int:
-    from controller.shell import run_controller
+    from gpumix.controller.shell import run_controller
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from optimizer import Problem, Result, Status, single_type_plans, solve
-from optimizer.profiles import (
+from gpumix.optimizer import Problem, Result, Status, single_type_plans, solve
+from gpumix.optimizer.profiles import (
     GpuProfile,
     ProfileError,
     build_problem,

@@ -24,12 +24,12 @@ from typing import Any
 import aiohttp
 from ruamel.yaml import YAML
 
-from controller.settings import ControllerSettings
-from controller.shell import run_controller
+from gpumix.controller.settings import ControllerSettings
+from gpumix.controller.shell import run_controller
 from gpumix.emulator import Emulator
 from gpumix.lifecycle import Service
-from webhook.runtime import serve as serve_webhook
-from webhook.settings import TLSSettings, WebhookSettings
+from gpumix.webhook.runtime import serve as serve_webhook
+from gpumix.webhook.settings import TLSSettings, WebhookSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "manifests" / "crds" / "gpumix.io_gpumixes.yaml"

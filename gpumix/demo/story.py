@@ -12,14 +12,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from gpumix.demo.cluster import DEMO_DIR, DemoCluster, DemoError, load_yaml_documents
-from gpumix.kube.objects import view_of
-from gpumix.kube.policy import Policy
-from webhook.rules.fixes import isolate_deployment
 
 NS = "llm"
 DEPLOYMENTS = f"/apis/apps/v1/namespaces/{NS}/deployments"
@@ -56,8 +52,8 @@ class PhaseResult:
 class Outcome:
     """What the demo showed, for the summary and the tests."""
 
-    overlap_denied: bool = False
     overlap_fixed: bool = False
+    resync_unchanged: bool = False
     injected_ceiling: int | None = None
     over_ceiling_denied: bool = False
     phases: list[PhaseResult] = field(default_factory=list)
@@ -74,59 +70,49 @@ def _short(text: str, limit: int = 600) -> str:
 
 
 async def step_overlap(cluster: DemoCluster, console: Console, outcome: Outcome) -> None:
-    console.rule("[bold]1. Two Deployments of one model whose selectors overlap")
+    console.rule("[bold]1. Two Deployments of one model whose selectors would overlap")
     console.print(
         "llama2-7b runs on A100 and on A40, one Deployment per GPU type. Both select pods "
-        "by [cyan]model.aibrix.ai/name=llama2-7b[/] alone, so each selects the other's pods "
-        "and an autoscaler of one would count the other's (the AIBrix failure)."
+        "by [cyan]model.aibrix.ai/name=llama2-7b[/] alone, so each would select the other's "
+        "pods and an autoscaler of one would count the other's (the AIBrix failure). A "
+        "selector is immutable once created, so gpumix isolates each at CREATE."
     )
     a100 = load_yaml_documents(DEMO_DIR / "01-llama-a100.yaml")[0]
     a40 = load_yaml_documents(DEMO_DIR / "02-llama-a40.yaml")[0]
-
-    code, body, _ = await cluster.call("POST", DEPLOYMENTS, a100)
-    _expect(code == 201, f"creating llama2-7b-a100 returned {code}: {status_message(body)}")
-    console.print(
-        "[green]✓[/] kubectl apply -f 01-llama-a100.yaml  →  created (nothing to overlap with yet)"
-    )
-
-    code, body, _ = await cluster.call("POST", DEPLOYMENTS, a40)
-    _expect(code in (400, 403), f"llama2-7b-a40 should have been denied, got {code}")
-    outcome.overlap_denied = True
-    console.print("[red]✗[/] kubectl apply -f 02-llama-a40.yaml  →  [bold red]denied[/]")
-    console.print(Panel(_short(status_message(body)), title="the webhook says", expand=False))
-
-    console.print(
-        "The A100 Deployment's selector is the broad one, and a selector is immutable: it "
-        "must be recreated. [cyan]gpumix check --fix[/] writes the fixed manifest; we "
-        "recreate it from that."
-    )
-    fixed = copy.deepcopy(a100)
-    view = view_of(fixed, Policy())
-    assert view is not None and hasattr(view, "gpu_type")
-    isolate_deployment(fixed, view.gpu_type)
-    code, body, _ = await cluster.call("DELETE", f"{DEPLOYMENTS}/llama2-7b-a100")
-    _expect(code == 200, f"deleting llama2-7b-a100 returned {code}: {status_message(body)}")
-    code, body, _ = await cluster.call("POST", DEPLOYMENTS, fixed)
-    _expect(code == 201, f"recreating llama2-7b-a100 returned {code}: {status_message(body)}")
-    console.print(
-        "[green]✓[/] llama2-7b-a100 recreated with selector "
-        "[cyan]gpumix.io/deployment=llama2-7b-a100[/]"
-    )
-
-    code, body, warnings = await cluster.call("POST", DEPLOYMENTS, a40)
-    _expect(
-        code == 201, f"llama2-7b-a40 should now be admitted, got {code}: {status_message(body)}"
-    )
-    selector = body.get("spec", {}).get("selector", {}).get("matchLabels", {})
-    _expect("gpumix.io/deployment" in selector, "the webhook did not fix llama2-7b-a40")
+    stored: dict[str, dict[str, Any]] = {}
+    for manifest, doc in (("01-llama-a100.yaml", a100), ("02-llama-a40.yaml", a40)):
+        name = doc["metadata"]["name"]
+        code, body, warnings = await cluster.call("POST", DEPLOYMENTS, doc)
+        _expect(code == 201, f"creating {name} returned {code}: {status_message(body)}")
+        selector = body.get("spec", {}).get("selector", {}).get("matchLabels", {})
+        _expect(
+            selector.get("gpumix.io/deployment") == name,
+            f"the webhook did not isolate {name}: selector {selector}",
+        )
+        stored[name] = body
+        console.print(
+            f"[green]✓[/] kubectl apply -f {manifest}  →  created, "
+            "[bold]isolated by the webhook[/]:"
+        )
+        console.print(f"    spec.selector.matchLabels = {escape(str(dict(selector)))}")
+        for w in warnings:
+            console.print(f"    [yellow]Warning:[/] {_short(w, 300)}")
     outcome.overlap_fixed = True
+
+    # A GitOps re-sync sends the manifests as they are in Git, without the labels: the
+    # webhook keeps the ones it added, so the sync changes nothing.
+    unchanged = True
+    for doc in (a100, a40):
+        name = doc["metadata"]["name"]
+        code, body, _ = await cluster.call("PUT", f"{DEPLOYMENTS}/{name}", doc)
+        _expect(code == 200, f"re-applying {name} returned {code}: {status_message(body)}")
+        unchanged &= body.get("spec", {}).get("selector") == stored[name]["spec"]["selector"]
+    _expect(unchanged, "a re-apply of the unchanged manifests changed a selector")
+    outcome.resync_unchanged = True
     console.print(
-        "[green]✓[/] kubectl apply -f 02-llama-a40.yaml (unchanged)  →  created, "
-        "[bold]fixed by the webhook[/]:"
+        "[green]✓[/] re-applying both manifests unchanged (a GitOps sync)  →  "
+        "admitted, selectors as stored: no recreate, no drift to fight"
     )
-    console.print(f"    spec.selector.matchLabels = {escape(str(dict(selector)))}")
-    for w in warnings:
-        console.print(f"    [yellow]Warning:[/] {_short(w, 200)}")
 
 
 async def step_ceiling(cluster: DemoCluster, console: Console, outcome: Outcome) -> None:
@@ -336,8 +322,9 @@ def summary(outcome: Outcome, console: Console) -> None:
     single_total = sum(r.best_single_cost for r in outcome.phases)
     saving = 1 - mix_total / single_total if single_total else 0.0
     console.print(
-        f"• overlapping selectors: denied when unfixable, fixed when provable "
-        f"({'yes' if outcome.overlap_denied and outcome.overlap_fixed else 'no'})"
+        f"• one model on two GPU types: both admitted and isolated on the first try, "
+        f"a re-sync changes nothing "
+        f"({'yes' if outcome.overlap_fixed and outcome.resync_unchanged else 'no'})"
     )
     console.print(
         f"• HPA without maxReplicas: admitted with maxReplicas {outcome.injected_ceiling}"

@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from webhook import tls
+from gpumix.webhook import tls
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""Tolerant readers for JSON-like Kubernetes objects: wrong types read as empty."""
+"""Tolerant readers for JSON-like Kubernetes objects: wrong types read as empty;
+values that cannot be read are named as :class:`Unreadable` facts."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 
@@ -28,3 +30,33 @@ def str_map(value: object) -> dict[str, str]:
         else:
             return value.copy()
     return {str(k): v for k, v in as_mapping(value).items() if isinstance(v, str)}
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A field whose value gpumix cannot read (the object itself is still read).
+
+    ``field`` is the path as the API server writes it in its errors
+    (``spec.template.spec.containers[0].resources.limits[nvidia.com/gpu]``), ``value``
+    a short rendering of what was found, ``reason`` why it cannot be read."""
+
+    field: str
+    value: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.value} cannot be read: {self.reason}"
+
+
+def short_value(value: object, limit: int = 40) -> str:
+    """A bounded rendering of a value for messages (never recurses into containers)."""
+    if isinstance(value, str):
+        text = value if len(value) <= limit else value[: limit - 3] + "..."
+        return '"' + text + '"'
+    if isinstance(value, bool) or value is None:
+        return "true" if value is True else "false" if value is False else "null"
+    if isinstance(value, (int, float)):
+        if isinstance(value, int) and value.bit_length() > 64:
+            return f"an integer of {value.bit_length()} bits"
+        return repr(value)
+    return f"a {type(value).__name__}"

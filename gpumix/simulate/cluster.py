@@ -119,7 +119,7 @@ class SimDeployment:
 
     @property
     def type_name(self) -> str:
-        """The GPU type's name, or "" (unpinned GPU or CPU-only)."""
+        """The GPU type's name, or "" (unpinned accelerator or CPU-only)."""
         return self.view.gpu_type.name or ""
 
     @property

@@ -43,10 +43,10 @@ from gpumix.kube.snapshot import Snapshot
 from gpumix.simulate.cluster import Cluster, Router, SimDeployment
 from gpumix.simulate.loadgen import Load, generate
 from gpumix.simulate.scenario import ControllerSettings, Scenario, Variant
-from webhook.review import AdmissionRequest, review
-from webhook.rules import missing_max_replicas, selector_overlap
-from webhook.rules.engine import evaluate_snapshot
-from webhook.rules.fixes import isolate_deployment, set_ceiling
+from gpumix.webhook.review import AdmissionRequest, review
+from gpumix.webhook.rules import missing_max_replicas, selector_overlap
+from gpumix.webhook.rules.engine import evaluate_snapshot
+from gpumix.webhook.rules.fixes import isolate_deployment, set_ceiling
 
 FloatArray = npt.NDArray[np.float64]
 

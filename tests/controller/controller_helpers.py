@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
-from controller.plan import MixProblem, MixSolution
-from controller.settings import ControllerSettings
-from controller.shell import Controller, run_controller
+from gpumix.controller.plan import MixProblem, MixSolution
+from gpumix.controller.settings import ControllerSettings
+from gpumix.controller.shell import Controller, run_controller
 from gpumix.kube.policy import Policy
 
 MODEL_KEY = "model.aibrix.ai/name"

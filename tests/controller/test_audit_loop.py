@@ -103,3 +103,34 @@ async def test_audit_without_policy_report_crd(emu: Any, api: Any) -> None:
             lambda: any(e["reason"] == "AuditFinding" for e in emu.list("events", "team-a")),
             what="AuditFinding Events",
         )
+
+
+async def test_audit_reports_only_pairs_that_capture_and_each_finding_once(
+    emu: Any, api: Any
+) -> None:
+    """A pair isolated by different keys (app.kubernetes.io/instance, gpumix.io/deployment)
+    shares the model key but neither selects the other's pods: no finding, no Event, even
+    with autoscalers. The racy pair gets one Event per finding across audits."""
+    racy_cluster(emu)
+    emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-b"}})
+    for name, key in (
+        ("by-instance", "app.kubernetes.io/instance"),
+        ("by-gpumix", "gpumix.io/deployment"),
+    ):
+        dep = deployment(name, "A100", namespace="team-b", isolated=False)
+        dep["spec"]["selector"]["matchLabels"][key] = name
+        dep["spec"]["template"]["metadata"]["labels"][key] = name
+        emu.create(dep)
+        emu.create(hpa(name, name, 2, namespace="team-b"))
+    async with running(api, settings(audit_interval_s=0.2)) as run:
+        auditor = run.controller.auditor
+        await wait_for(lambda: len(auditor.last_findings) >= 3, what="audit findings")
+        await asyncio.sleep(0.7)  # a few more audits
+        assert not [f for f in auditor.last_findings if f.subject.namespace == "team-b"]
+        assert not [e for e in emu.list("events", "team-b") if e["reason"] == "AuditFinding"]
+        events = [
+            e["involvedObject"]["name"]
+            for e in emu.list("events", "team-a")
+            if e["reason"] == "AuditFinding"
+        ]
+        assert sorted(events) == ["llama-a100", "llama-a40"]

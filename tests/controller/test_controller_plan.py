@@ -7,7 +7,7 @@ from typing import Any
 
 from controller_helpers import MODEL_KEY, bucket, deployment, gpumix, hpa
 
-from controller.plan import (
+from gpumix.controller.plan import (
     GpuPool,
     LoadObservation,
     LoadUnavailable,
@@ -21,7 +21,7 @@ from controller.plan import (
     format_time,
     plan,
 )
-from controller.spec import LoadBucket, SpecError, parse_spec
+from gpumix.controller.spec import LoadBucket, SpecError, parse_spec
 from gpumix.kube.objects import AUTOSCALER_KINDS, autoscaler_view, deployment_view
 from gpumix.kube.policy import Policy
 
@@ -61,7 +61,9 @@ def snap(
     pools: dict[str, GpuPool] | None = None,
     **spec_kw: Any,
 ) -> MixSnapshot:
-    obj = gpumix(load=[bucket(512, 128, 10)], **spec_kw)
+    # the fake solvers here change their answer for the same load: no tolerance band
+    extra = {"tolerance": 0.0, **spec_kw.pop("extra", {})}
+    obj = gpumix(load=[bucket(512, 128, 10)], extra=extra, **spec_kw)
     try:
         spec: Any = parse_spec(obj)
     except SpecError as exc:
@@ -188,14 +190,30 @@ def test_ceilings_spec_max_free_gpus_and_autoscaler() -> None:
     pools = {"A100": GpuPool(8, 4), "A40": GpuPool(16, 16)}
     solver = FakeSolver({"A100": 50, "A40": 50})
     out = plan(snap(members, pools=pools), load(), PlanPolicy(solver, POLICY), T0)
-    # A100: (4 free + 2 held) // 2 per replica = 3; A40: the HPA ceiling 3
-    assert {o.gpu_type: o.max_replicas for o in solver.problems[0].options} == {"A100": 3, "A40": 3}
+    # A100: (4 free + 2 held) // 2 per replica = 3; A40 runs what its HPA chose (1): the
+    # others are planned around its actual replicas, not the 3 it could grow to
+    options = {o.gpu_type: (o.min_replicas, o.max_replicas) for o in solver.problems[0].options}
+    assert options == {"A100": (0, 3), "A40": (1, 1)}
     assert [(a.deployment, a.to_replicas) for a in out.scales] == [("a100", 3)]
     entries = {e["deployment"]: e for e in out.status["plan"]}
     assert "free A100 GPUs" in entries["a100"]["ceilingReason"]
-    assert entries["a40"]["recommendedReplicas"] == 3
+    assert entries["a40"]["recommendedReplicas"] == 1
+    assert entries["a40"]["ceiling"] == 3
     assert "HorizontalPodAutoscaler default/h" in entries["a40"]["autoscaledBy"]
     assert cond(out, "Scaling")["reason"] == "MembersAutoscaled"
+
+
+def test_member_whose_autoscaler_follows_the_recommendation_is_planned_freely() -> None:
+    auto = autoscaler_view(hpa("h", "a40", 3), AUTOSCALER_KINDS["HorizontalPodAutoscaler"])
+    a40 = member("a40", "A40", 1, autoscalers=[auto])
+    follower = Member(a40.deployment, 0, a40.autoscalers, follows_plan=True)
+    solver = FakeSolver({"A100": 1, "A40": 50})
+    out = plan(snap([member("a100", "A100", 1), follower]), load(), PlanPolicy(solver, POLICY), T0)
+    options = {o.gpu_type: (o.min_replicas, o.max_replicas) for o in solver.problems[0].options}
+    assert options["A40"] == (0, 3)
+    entries = {e["deployment"]: e for e in out.status["plan"]}
+    assert entries["a40"]["recommendedReplicas"] == 3
+    assert out.scales == ()
 
 
 def test_above_ceiling_is_lowered_at_once() -> None:
@@ -298,3 +316,74 @@ def test_spec_errors_name_fields() -> None:
     else:
         raise AssertionError("expected SpecError")
     assert {"spec.prices.A100", "spec.loadSource", "spec.intervalSeconds"} <= fields
+
+
+def test_gpu_types_naming_no_member_are_not_ready() -> None:
+    members = [member("a100", "A100", 1), member("a40", "A40", 1)]
+    extra = {"gpuTypes": {"A100": {"maxReplicas": 4}, "H100": {"maxReplicas": 4}}}
+    out = plan(snap(members, extra=extra), load(), PlanPolicy(FakeSolver({}), POLICY), T0)
+    ready = cond(out, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "UnknownGpuType")
+    assert "spec.gpuTypes names GPU type H100" in ready["message"]
+    assert "A100, A40" in ready["message"]
+    assert out.scales == ()
+    assert [e.reason for e in out.events] == ["UnknownGpuType"]
+
+
+def test_load_events_fire_on_transitions_only() -> None:
+    """A stale load seen pass after pass (older each time) is one Event and one status."""
+    prom = {"loadSource": {"prometheus": {"url": "http://p:9090", "stalenessSeconds": 60}}}
+    members = [member("a100", "A100", 4), member("a40", "A40", 2)]
+    policy = PlanPolicy(FakeSolver({"A100": 4, "A40": 2}), POLICY)
+    status: dict[str, Any] = {}
+    reasons: list[str] = []
+    statuses = []
+    for age in (10, 100, 200, 300, 400):
+        out = plan(snap(members, status=status, extra=prom), load(T0 - age), policy, T0 + age)
+        reasons += [e.reason for e in out.events]
+        status = dict(out.status)
+        statuses.append({k: v for k, v in status.items() if k != "lastPlanTime"})
+    assert reasons.count("LoadStale") == 1
+    # the held status is the same pass after pass (only the data's time moves)
+    held = [
+        {k: v for k, v in st.items() if k != "load"} | {"c": st["conditions"]}
+        for st in statuses[1:]
+    ]
+    assert all(h == held[0] for h in held)
+    out = plan(snap(members, status=status, extra=prom), load(T0 + 500), policy, T0 + 500)
+    assert [e.reason for e in out.events] == ["LoadAvailable"]
+
+
+def test_members_autoscaled_event_only_when_the_set_changes() -> None:
+    h = autoscaler_view(hpa("h", "a40", 8), AUTOSCALER_KINDS["HorizontalPodAutoscaler"])
+    members = [member("a100", "A100", 1), member("a40", "A40", 1, autoscalers=[h])]
+    status: dict[str, Any] = {}
+    seen: list[str] = []
+    for i, rps in enumerate((10.0, 40.0, 10.0, 40.0)):
+        policy = PlanPolicy(FakeSolver({"A100": 1 + i % 2, "A40": 1}), POLICY)
+        ld = LoadObservation((LoadBucket(512, 128, rps),), T0 + i, "static")
+        out = plan(snap(members, status=status), ld, policy, T0 + i)
+        seen += [e.reason for e in out.events]
+        status = dict(out.status)
+    assert seen.count("MembersAutoscaled") == 1
+    assert "ScaledUp" in seen
+
+
+def test_manual_scale_is_reported_as_an_override() -> None:
+    policy = PlanPolicy(FakeSolver({"A100": 2, "A40": 1}), POLICY)
+    members = [member("a100", "A100", 2), member("a40", "A40", 1)]
+    out = plan(snap(members), load(), policy, T0)
+    status = dict(out.status)
+    # someone runs kubectl scale deployment/a100 --replicas=5
+    a100 = member("a100", "A100", 5)
+    scaled = [Member(a100.deployment, 0, (), replicas_manager="kubectl"), members[1]]
+    out = plan(snap(scaled, status=status), load(T0 + 5), policy, T0 + 5)
+    overrides = [e for e in out.events if e.reason == "ScaleOverridden"]
+    assert len(overrides) == 1 and overrides[0].type == "Warning"
+    assert "a100 (A100) was scaled from 2 to 5 by kubectl" in overrides[0].message
+    # the documented choice: in mode scale the plan wins (like an HPA's target)
+    assert [(a.deployment, a.to_replicas) for a in out.scales] == [("a100", 2)]
+    # our own scale (no other manager) is no override
+    ours = [Member(a100.deployment, 0, ()), members[1]]
+    out = plan(snap(ours, status=status), load(T0 + 5), policy, T0 + 5)
+    assert not [e for e in out.events if e.reason == "ScaleOverridden"]

@@ -8,7 +8,7 @@ from controller_helpers import MODEL_KEY, deployment, gpumix, hpa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.plan import (
+from gpumix.controller.plan import (
     GpuPool,
     LoadObservation,
     LoadUnavailable,
@@ -20,7 +20,7 @@ from controller.plan import (
     ProfileSet,
     plan,
 )
-from controller.spec import LoadBucket, parse_spec
+from gpumix.controller.spec import LoadBucket, parse_spec
 from gpumix.kube.objects import AUTOSCALER_KINDS, autoscaler_view, deployment_view
 from gpumix.kube.policy import Policy
 

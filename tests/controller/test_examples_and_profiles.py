@@ -7,9 +7,9 @@ from typing import Any
 
 import yaml
 
-from controller.optimize import profiles_from_config_map
-from controller.plan import ProfileSet, ProfilesUnavailable
-from controller.spec import Slo, parse_spec
+from gpumix.controller.optimize import profiles_from_config_map
+from gpumix.controller.plan import ProfileSet, ProfilesUnavailable
+from gpumix.controller.spec import Slo, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,7 +96,7 @@ async def test_config_map_profiles_through_the_controller(emu: Any, api: Any) ->
         wait_for,
     )
 
-    from controller.optimize import solve_mix
+    from gpumix.controller.optimize import solve_mix
 
     emu.create(profiles_config_map())
     emu.create(node("a100-0", "A100"))
@@ -105,7 +105,7 @@ async def test_config_map_profiles_through_the_controller(emu: Any, api: Any) ->
     emu.create(deployment("static-a40", "A40", model="llama2-7b-static"))
     doc = next(d for d in example_docs() if d["metadata"]["name"] == "llama2-7b-static")
     emu.create(doc)
-    async with running(api, settings(), solver=solve_mix):
+    async with running(api, settings(), solver=solve_mix) as run:
         await wait_for(
             lambda: gmx_status(emu, "llama2-7b-static").get("solverStatus") == "OPTIMAL",
             what="a plan from ConfigMap profiles",
@@ -114,4 +114,11 @@ async def test_config_map_profiles_through_the_controller(emu: Any, api: Any) ->
         assert condition(st, "Ready")["status"] == "True"
         assert condition(st, "Scaling")["reason"] == "RecommendOnly"
         assert st["costPerHour"] <= st["bestSingleTypeCostPerHour"]
+        # the dashboards read the same numbers from the metrics
+        registry = run.controller.metrics.registry
+        key = {"namespace": "default", "gpumix": "llama2-7b-static"}
+        best = registry.get_sample_value("gpumix_best_single_type_cost_per_hour", key)
+        assert best == st["bestSingleTypeCostPerHour"]
+        solver = registry.get_sample_value("gpumix_solver_status", {**key, "status": "OPTIMAL"})
+        assert solver == 1.0
         assert sum(e["recommendedReplicas"] for e in st["plan"]) >= 1

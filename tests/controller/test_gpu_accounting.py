@@ -6,7 +6,7 @@ from typing import Any
 
 from controller_helpers import MODEL_KEY, deployment, node
 
-from controller.cluster import build_state
+from gpumix.controller.cluster import build_state
 from gpumix.kube.objects import ObjectRef
 from gpumix.kube.policy import Policy
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,15 +25,19 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             "COLUMNS": "200",
             "HOME": str(tmp_path),
             "TMPDIR": str(scratch),
+            # the code under test, when it is not the installed checkout
+            **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
         },
     )
     text = proc.stdout
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # 1. the AIBrix situation: denied while the broad A100 exists, then fixed by the webhook
-    assert "02-llama-a40.yaml  →  denied" in text
-    assert "[selector-overlap]" in text and "llm/llama2-7b-a100" in text
-    assert "fixed by the webhook" in text
+    # 1. the AIBrix situation: both admitted and isolated on the first try, no recreate
+    assert "01-llama-a100.yaml  →  created, isolated by the webhook" in text
+    assert "02-llama-a40.yaml  →  created, isolated by the webhook" in text
+    assert "'gpumix.io/deployment': 'llama2-7b-a100'" in text
     assert "'gpumix.io/deployment': 'llama2-7b-a40'" in text
+    assert "denied" not in text.split("2. An autoscaler")[0]
+    assert "selectors as stored" in text
     # 2. the ceiling is injected, an absurd one denied
     assert "created with spec.maxReplicas: 10 injected" in text
     assert "maxReplicas: 1000  →  denied" in text and "hard limit of 100" in text
@@ -60,7 +65,7 @@ def test_demo_outcome_in_process(tmp_path: Path) -> None:
     console = Console(file=open(tmp_path / "out.txt", "w"), width=200)  # noqa: SIM115
     outcome = asyncio.run(run_demo(DemoOptions(out_dir=tmp_path, progress=False), console))
     console.file.close()
-    assert outcome.overlap_denied and outcome.overlap_fixed
+    assert outcome.overlap_fixed and outcome.resync_unchanged
     assert outcome.injected_ceiling == 10 and outcome.over_ceiling_denied
     assert [r.phase.name for r in outcome.phases] == ["night", "morning", "peak", "evening"]
     for r in outcome.phases:

@@ -389,3 +389,51 @@ def test_watches_resume_after_an_apiserver_restart(
     )
     gmx = cluster.gmx()
     assert gmx["status"]["observedGeneration"] == gmx["metadata"]["generation"]
+
+
+def test_manual_scale_is_reported_as_an_override_and_reverted(
+    apiserver: Envtest, namespace: str, controllers: Any
+) -> None:
+    """``kubectl scale`` of a member in mode scale: a ScaleOverridden Warning that names the
+    field manager recorded in managedFields, and the plan's replicas come back (the
+    documented choice: in mode scale the members' replicas belong to the plan)."""
+    cluster = Cluster(apiserver, namespace, rps=20.0)
+    proc = controllers("e2e-controller-override", namespace)
+    proc.wait_ready()
+    plan = cluster.wait_converged("the first plan")
+    target = max(plan, key=lambda n: plan[n])
+    manual = plan[target] + 3
+
+    def seen_by_controller() -> bool:
+        # The Event says "scaled from N", N being the replicas gpumix last observed: wait
+        # until it has observed its own scale, or N is the count before it.
+        entries = (cluster.gmx().get("status") or {}).get("plan") or []
+        return any(
+            e.get("deployment") == target and e.get("currentReplicas") == plan[target]
+            for e in entries
+        )
+
+    wait_until(seen_by_controller, timeout_s=CONVERGE_S, what="the controller to see its scale")
+    apiserver.kubectl("scale", "deployment", target, "-n", namespace, f"--replicas={manual}")
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{target}"
+    code, body = apiserver.request("GET", path)
+    assert code == 200, body
+    managers = {
+        e["manager"]
+        for e in body["metadata"]["managedFields"]
+        if "f:replicas" in (e.get("fieldsV1") or {}).get("f:spec", {})
+    }
+    manager = next(m for m in managers if m != "gpumix-controller")
+
+    def override() -> Obj | None:
+        return next((e for e in cluster.events() if e["reason"] == "ScaleOverridden"), None)
+
+    event = wait_until(override, timeout_s=CONVERGE_S, what="a ScaleOverridden Event")
+    assert event["type"] == "Warning"
+    assert f"was scaled from {plan[target]} to {manual} by {manager}" in event["message"]
+    wait_until(
+        lambda: cluster.replicas()[target] == plan[target],
+        timeout_s=CONVERGE_S,
+        what="the plan's replicas back",
+    )
+    assert len([e for e in cluster.events() if e["reason"] == "ScaleOverridden"]) == 1

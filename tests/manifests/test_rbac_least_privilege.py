@@ -59,22 +59,18 @@ WEBHOOK_SELF_MANAGED_TLS = (
     | perms(NAMESPACE, [""], ["secrets"], ["create"])
 )
 CONTROLLER = (
-    perms(ALL, ["gpumix.io"], ["gpumixes"], ["get", "list", "watch"])
-    | perms(ALL, ["gpumix.io"], ["gpumixes/status"], ["get", "update", "patch"])
-    | perms(ALL, ["apps"], ["deployments"], ["get", "list", "watch"])
-    | perms(ALL, ["apps"], ["deployments/scale"], ["get", "update", "patch"])
-    | perms(ALL, [""], ["pods", "nodes", "namespaces"], ["list", "watch"])
-    | perms(ALL, ["autoscaling"], ["horizontalpodautoscalers"], ["get", "list", "watch"])
-    | perms(ALL, ["keda.sh"], ["scaledobjects"], ["get", "list", "watch"])
-    | perms(ALL, ["autoscaling.aibrix.ai"], ["podautoscalers"], ["get", "list", "watch"])
-    | perms(ALL, [""], ["configmaps"], ["get", "list", "watch"])
-    | perms(ALL, [""], ["events"], ["create", "patch"])
-    | perms(
-        ALL,
-        ["wgpolicyk8s.io"],
-        ["policyreports"],
-        ["get", "list", "watch", "create", "update", "patch", "delete"],
-    )
+    perms(ALL, ["gpumix.io"], ["gpumixes"], ["list", "watch"])
+    | perms(ALL, ["gpumix.io"], ["gpumixes/status"], ["patch"])
+    | perms(ALL, ["apps"], ["deployments"], ["list", "watch"])
+    | perms(ALL, ["apps"], ["deployments/scale"], ["get", "update"])
+    | perms(ALL, [""], ["nodes"], ["list", "watch"])
+    | perms(ALL, [""], ["pods", "namespaces"], ["list"])
+    | perms(ALL, ["autoscaling"], ["horizontalpodautoscalers"], ["list"])
+    | perms(ALL, ["keda.sh"], ["scaledobjects"], ["list"])
+    | perms(ALL, ["autoscaling.aibrix.ai"], ["podautoscalers"], ["list"])
+    | perms(ALL, [""], ["configmaps"], ["get"])
+    | perms(ALL, [""], ["events"], ["create"])
+    | perms(ALL, ["wgpolicyk8s.io"], ["policyreports"], ["get", "create", "update"])
     | perms(
         NAMESPACE, ["coordination.k8s.io"], ["leases"], ["get", "update"], ["gpumix-controller"]
     )
@@ -155,7 +151,7 @@ def test_controller_changes_replicas_only_through_scale(rendered: Rendered, over
     got = granted(rendered[overlay])[CONTROLLER_SA]
     assert not any(p[2] == "secrets" for p in got)
     assert not any(p[2] == "deployments" and p[3] in WRITE_VERBS for p in got)
-    assert {p[3] for p in got if p[2] == "deployments/scale"} == {"get", "update", "patch"}
+    assert {p[3] for p in got if p[2] == "deployments/scale"} == {"get", "update"}
     writes = {(p[1], p[2]) for p in got if p[3] in WRITE_VERBS}
     assert writes == {
         ("gpumix.io", "gpumixes/status"),

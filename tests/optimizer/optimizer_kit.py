@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 from ortools.linear_solver import pywraplp
 
-from optimizer import Bucket, GpuOption, Problem, Result
-from optimizer._engine import (
+from gpumix.optimizer import Bucket, GpuOption, Problem, Result
+from gpumix.optimizer._engine import (
     INT_TOL,
     Block,
     FloatArray,

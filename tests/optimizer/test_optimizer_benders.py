@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from optimizer_kit import brute_force, check_plan, full_mip, make_problem
 from test_optimizer_solve import tiny_problems
 
-from optimizer import Status, _benders, solve
-from optimizer._benders import _CpsatMaster, _objective_scale, _useful_caps, benders
-from optimizer.solve import _block, _merge_buckets, diagnose
+from gpumix.optimizer import Status, _benders, solve
+from gpumix.optimizer._benders import _CpsatMaster, _objective_scale, _useful_caps, benders
+from gpumix.optimizer.solve import _block, _merge_buckets, diagnose
 
 LIMIT = 10.0
 

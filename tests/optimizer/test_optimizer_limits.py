@@ -13,7 +13,7 @@ from optimizer_kit import check_plan, make_problem
 from ortools.linear_solver import pywraplp
 from test_optimizer_benders import _random_problem
 
-from optimizer import Bucket, GpuOption, Pool, Problem, Status, solve, solve_joint
+from gpumix.optimizer import Bucket, GpuOption, Pool, Problem, Status, solve, solve_joint
 
 # What the limit may be overrun by: 5% plus 20 ms (the result is assembled after the
 # search stops, and a solver checks its clock only now and then).

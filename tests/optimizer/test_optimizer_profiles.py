@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from optimizer import Bucket, Status, solve
-from optimizer.profiles import (
+from gpumix.optimizer import Bucket, Status, solve
+from gpumix.optimizer.profiles import (
     LoadHistogram,
     ProfileError,
     Slo,
@@ -22,8 +22,9 @@ from optimizer.profiles import (
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-AIBRIX = Path("/work/shared/data/aibrix-profiles")
-needs_aibrix = pytest.mark.skipif(not AIBRIX.is_dir(), reason="shared AIBrix profiles absent")
+AIBRIX = ROOT / "tests" / "fixtures" / "aibrix-profiles"
+A100 = AIBRIX / "sim-llama-a100.json"
+A40 = AIBRIX / "sim-llama-a40.json"
 
 
 def _examples():
@@ -32,29 +33,27 @@ def _examples():
     ]
 
 
-@needs_aibrix
 def test_aibrix_profiles_are_read_and_transposed() -> None:
-    raw = json.loads((AIBRIX / "simulator-llama2-7b-a100.json").read_text())
-    p = parse_profile((AIBRIX / "simulator-llama2-7b-a100.json").read_text(), "a100.json")
-    assert p.gpu == "simulator-llama2-7b-a100"
+    raw = json.loads(A100.read_text())
+    p = parse_profile(A100.read_text(), "a100.json")
+    assert p.gpu == "sim-llama-a100"
     # AIBrix: indexes = [output buckets, input buckets]; tputs rows = output buckets
     assert p.output_tokens == tuple(raw["indexes"][0])
     assert p.input_tokens == tuple(raw["indexes"][1])
-    assert p.rates[2][5] == raw["tputs"][5][2]
-    assert p.latency["e2e"][2][5] == raw["e2e"][5][2]
+    assert p.rates[1][3] == raw["tputs"][3][1]
+    assert p.latency["e2e"][1][3] == raw["e2e"][3][1]
     assert p.slo == Slo(percentile=99, e2e=5.0)
-    assert p.price_per_hour == 1.0
+    assert p.price_per_hour == 1.2
     # the longest outputs break the 5 s end-to-end SLO on this GPU: rate 0
     assert all(row[-1] == 0.0 for row in p.rates)
     assert p.rate_for(Bucket(100, 3)) == p.rates[0][0]
     assert p.rate_for(Bucket(4096, 4)) == 0.0  # beyond the profiled inputs
-    a40 = parse_profile((AIBRIX / "simulator-llama2-7b-a40.json").read_text(), "a40.json")
-    assert a40.latency == {} and a40.slo == Slo() and a40.price_per_hour == 0.3
+    a40 = parse_profile(A40.read_text(), "a40.json")
+    assert a40.latency == {} and a40.slo == Slo() and a40.price_per_hour == 0.4
 
 
-@needs_aibrix
 def test_stricter_slo_recomputes_rates_from_latency() -> None:
-    p = parse_profile((AIBRIX / "simulator-llama2-7b-a100.json").read_text(), "a100.json")
+    p = parse_profile(A100.read_text(), "a100.json")
     q = apply_slo(p, Slo(e2e=1.0))
     for i, row in enumerate(q.rates):
         for j, rate in enumerate(row):
@@ -68,12 +67,11 @@ def test_stricter_slo_recomputes_rates_from_latency() -> None:
     assert apply_slo(p, Slo(e2e=50.0)).rates == p.rates
     with pytest.raises(ProfileError, match="ttft"):
         apply_slo(p, Slo(ttft=0.2))
-    a40 = parse_profile((AIBRIX / "simulator-llama2-7b-a40.json").read_text(), "a40.json")
+    a40 = parse_profile(A40.read_text(), "a40.json")
     with pytest.raises(ProfileError, match=r"a40\.json: slo\.e2e"):
         apply_slo(a40, Slo(e2e=1.0))
 
 
-@needs_aibrix
 def test_aibrix_profiles_plan_end_to_end() -> None:
     profs = [parse_profile(f.read_text(), f.name) for f in sorted(AIBRIX.glob("*.json"))]
     load = LoadHistogram("llama2-7b", (Bucket(128, 4), Bucket(2048, 64)), (50.0, 4.0))

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from optimizer_kit import brute_force, check_plan, fits, make_problem
 
-from optimizer import (
+from gpumix.optimizer import (
     Bucket,
     GpuOption,
     Pool,
@@ -321,7 +321,7 @@ def test_full_mip_path_equals_brute_force(problem: Problem) -> None:
     """The HiGHS path used for large instances agrees with brute force too."""
     from optimizer_kit import full_mip
 
-    from optimizer.solve import _block, _merge_buckets, diagnose
+    from gpumix.optimizer.solve import _block, _merge_buckets, diagnose
 
     expected = brute_force(problem)
     if diagnose(problem):

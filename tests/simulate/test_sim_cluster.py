@@ -154,9 +154,22 @@ def test_webhook_injects_the_default_ceiling_capped_by_gpus() -> None:
     assert "maxReplicas" not in admitted[1]["spec"] and not events
 
 
-def test_webhook_denies_the_second_overlapping_deployment() -> None:
+def test_webhook_isolates_both_deployments_of_a_model_group() -> None:
+    """Both select by the model label alone: the first is isolated at CREATE, so the
+    second can be fixed too and both are admitted."""
     broad = {"gpumix.io/model": "m"}
     objects = [deployment("a100", "A100", broad), deployment("a40", "A40", broad)]
     admitted, events = admit(objects, [], POLICY, webhook=True)
-    assert [o["metadata"]["name"] for o in admitted] == ["a100"]
-    assert events[-1].verdict == "denied"
+    assert [o["metadata"]["name"] for o in admitted] == ["a100", "a40"]
+    assert [e.verdict for e in events] == ["patched", "patched"]
+    for o in admitted:
+        name = o["metadata"]["name"]
+        assert o["spec"]["selector"]["matchLabels"] == {**broad, "gpumix.io/deployment": name}
+
+
+def test_webhook_denies_a_deployment_a_broad_one_from_before_captures() -> None:
+    broad = {"gpumix.io/model": "m"}
+    objects = [deployment("a40", "A40", broad)]
+    before = deployment("a100", "A100", broad)
+    admitted, events = admit(objects, [before], POLICY, webhook=True)
+    assert admitted == [] and [e.verdict for e in events] == ["denied"]

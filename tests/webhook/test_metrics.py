@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from webhook.metrics import DURATION_BUCKETS, WebhookMetrics
+from gpumix.webhook.metrics import DURATION_BUCKETS, WebhookMetrics
 
 OBSERVED = [
     ("/validate", "Deployment", "CREATE", "allowed", 0.00005),

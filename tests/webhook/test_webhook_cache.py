@@ -15,10 +15,11 @@ from webhook_kit import deployment, hpa, namespace, node, pod_autoscaler, scaled
 from gpumix.emulator import Emulator
 from gpumix.kube.objects import ObjectRef
 from gpumix.kube.policy import Policy
-from webhook.cache import ClusterCache
-from webhook.kubeapi import KubeClient
-from webhook.metrics import WebhookMetrics
-from webhook.settings import CacheSettings
+from gpumix.kube.snapshot import Snapshot
+from gpumix.webhook.cache import BUILTIN_RESOURCES, ClusterCache, Reflector
+from gpumix.webhook.kubeapi import ApiError, KubeClient
+from gpumix.webhook.metrics import WebhookMetrics
+from gpumix.webhook.settings import CacheSettings
 
 CRD_DIR = Path(__file__).resolve().parents[1] / "e2e" / "crds"
 FAST = CacheSettings(
@@ -216,9 +217,6 @@ class _ClosingServer:
 
 
 async def test_watches_that_end_at_once_are_backed_off() -> None:
-    from gpumix.kube.snapshot import Snapshot
-    from webhook.cache import BUILTIN_RESOURCES, Reflector
-
     pauses: list[float] = []
 
     async def sleep(s: float) -> None:
@@ -235,8 +233,176 @@ async def test_watches_that_end_at_once_are_backed_off() -> None:
         FAST,
         lambda: None,
         sleep,
+        jitter=lambda: 1.0,  # the top of the jitter range: the backoff itself
     )
     with pytest.raises(asyncio.CancelledError):
         await reflector.run()
     assert server.watches == 6 and reflector.relists == 1 and reflector.synced
     assert pauses == sorted(pauses) and pauses[-1] == FAST.backoff_max_s
+
+
+class _ScriptedServer:
+    """A fake API whose list and watch calls answer from a script, one entry per call:
+    an ``ApiError`` to raise, or (for a watch) the events to stream."""
+
+    def __init__(self, lists: list[object], watches: list[object]) -> None:
+        self.lists = lists
+        self.watches = watches
+        self.calls: list[str] = []
+
+    async def get(self, path: str, query: dict[str, str] | None = None) -> dict[str, Any]:
+        self.calls.append("list")
+        step = self.lists.pop(0) if self.lists else None
+        if isinstance(step, ApiError):
+            raise step
+        version = str(len(self.calls))
+        return {"metadata": {"resourceVersion": version}, "items": [deployment("d", "team")]}
+
+    async def watch(
+        self, path: str, query: dict[str, str], timeout_s: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        self.calls.append(f"watch@{query['resourceVersion']}")
+        step = self.watches.pop(0) if self.watches else ApiError(0, "down")
+        if isinstance(step, ApiError):
+            raise step
+        yield {"type": "OPENED"}
+        for event in step:  # type: ignore[attr-defined]
+            if isinstance(event, ApiError):
+                raise event
+            yield event
+
+
+def _scripted_reflector(
+    server: _ScriptedServer, pauses: list[float], synced_at_pause: list[bool], stop_after: int
+) -> Reflector:
+    holder: list[Reflector] = []
+
+    async def sleep(s: float) -> None:
+        pauses.append(s)
+        synced_at_pause.append(holder[0].synced)
+        if len(pauses) >= stop_after:
+            raise asyncio.CancelledError
+
+    reflector = Reflector(
+        BUILTIN_RESOURCES[2],
+        server,  # type: ignore[arg-type]
+        Snapshot(),
+        Policy(),
+        FAST,
+        lambda: None,
+        sleep,
+        jitter=lambda: 0.0,  # the bottom of the jitter range: half the backoff
+    )
+    holder.append(reflector)
+    return reflector
+
+
+async def test_410_makes_the_view_not_current_at_once_and_relists_without_a_pause() -> None:
+    gone = ApiError(410, "too old resource version", "Expired")
+    server = _ScriptedServer(lists=[], watches=[[gone], [gone]])
+    pauses: list[float] = []
+    synced: list[bool] = []
+    reflector = _scripted_reflector(server, pauses, synced, stop_after=1)
+    seen: list[bool] = []
+    original = reflector.relist
+
+    async def relist() -> str:
+        seen.append(reflector.synced)  # relisting: the view is not current meanwhile
+        return await original()
+
+    reflector.relist = relist  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        await reflector.run()
+    # list, watch -> 410, list at once, watch -> 410, list at once, watch -> down: pause
+    assert server.calls == ["list", "watch@1", "list", "watch@3", "list", "watch@5"]
+    assert seen == [False, False, False]
+    assert len(pauses) == 1
+
+
+async def test_after_a_failure_only_a_new_list_makes_the_view_current() -> None:
+    """The API server is down (the watch cannot be opened), then back: the reflector
+    does not resume its old watch (it could open and then answer 410, with decisions
+    taken on a stale view in between); it lists again and is synced only after that."""
+    down = ApiError(0, "connection refused")
+    forbidden = ApiError(403, "RBAC warming up", "Forbidden")
+    server = _ScriptedServer(lists=[None, down, forbidden], watches=[down, [], []])
+    pauses: list[float] = []
+    synced: list[bool] = []
+    reflector = _scripted_reflector(server, pauses, synced, stop_after=4)
+    with pytest.raises(asyncio.CancelledError):
+        await reflector.run()
+    assert server.calls[:5] == ["list", "watch@1", "list", "list", "list"]
+    assert synced[:3] == [False, False, False]  # unsynced from the first failure on
+    assert reflector.relists == 2
+    # the backoff doubles and is jittered (here: half of each step)
+    assert pauses[:3] == [FAST.backoff_initial_s / 2, FAST.backoff_initial_s, 0.04]
+def gpu_request(obj: dict[str, Any], value: object) -> dict[str, Any]:
+    obj["spec"]["template"]["spec"]["containers"][0]["resources"] = {
+        "limits": {"nvidia.com/gpu": value}
+    }
+    return obj
+
+
+async def test_objects_that_cannot_be_read_do_not_stop_the_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GPU quantity the API server accepts but gpumix cannot count (``10e399``, its
+    form of ``1e400``) is kept as a view naming the field, in any namespace; an object
+    whose conversion fails outright (a defect in a reader, simulated here) is left out.
+    Neither stops the list or the watch: every other object is cached and the cache
+    syncs (readiness)."""
+    import gpumix.kube.objects as objects
+
+    real = objects.deployment_view
+
+    def failing(obj: Any, policy: Policy) -> Any:
+        if objects.name_of(obj).startswith("broken"):
+            raise RuntimeError("a reader defect")
+        return real(obj, policy)
+
+    monkeypatch.setattr(objects, "deployment_view", failing)
+    emulator = Emulator(bookmark_interval_s=0.2)
+    emulator.create(namespace("team"))
+    emulator.create(gpu_request(deployment("huge", "kube-system"), "10e399"))
+    emulator.create(gpu_request(deployment("huge", "team"), "10e399"))
+    emulator.create(deployment("broken-1", "team"))
+    for i in range(10):  # more than one list page around them
+        emulator.create(deployment(f"d{i}", "team"))
+    await emulator.start()
+    client = await KubeClient.connect(str(emulator.kubeconfig()))
+    metrics = WebhookMetrics()
+    c = ClusterCache(client, Policy(), metrics, FAST)
+    try:
+        await c.start()
+        assert await c.wait_synced(10)
+        snap = c.snapshot
+        assert {f"d{i}" for i in range(10)} <= {r.name for r in snap.deployments}
+        for ns in ("team", "kube-system"):
+            huge = snap.deployments[dep_ref("huge", ns)]
+            assert [u.field for u in huge.unreadable] == [
+                "spec.template.spec.containers[0].resources.limits[nvidia.com/gpu]"
+            ]
+            assert huge.in_scope and huge.gpu_type.kind == "unpinned"
+        assert dep_ref("broken-1", "team") not in snap.deployments
+        assert "a reader defect" in snap.unreadable[dep_ref("broken-1", "team")]
+        gauge = metrics.cache_unreadable
+        assert gauge.labels(kind="Deployment", handling="kept")._value.get() == 2
+        assert gauge.labels(kind="Deployment", handling="skipped")._value.get() == 1
+        assert metrics.cache_synced._value.get() == 1
+        # the watch too: a new unreadable object, then the fix of one, are applied in turn
+        emulator.create(deployment("broken-2", "team"))
+        emulator.create(gpu_request(deployment("later", "team"), "inf"))
+        await until(lambda: dep_ref("broken-2", "team") in snap.unreadable)
+        await until(lambda: dep_ref("later", "team") in snap.deployments)
+        assert snap.deployments[dep_ref("later", "team")].unreadable
+        emulator.put(gpu_request(deployment("huge", "team"), "1"))
+        await until(lambda: not snap.deployments[dep_ref("huge", "team")].unreadable)
+        emulator.delete("deployments", "broken-1", "team")
+        await until(lambda: dep_ref("broken-1", "team") not in snap.unreadable)
+        assert gauge.labels(kind="Deployment", handling="skipped")._value.get() == 1
+        assert gauge.labels(kind="Deployment", handling="kept")._value.get() == 2
+        assert c.synced
+    finally:
+        await c.stop()
+        await client.close()
+        await emulator.stop()

@@ -20,9 +20,9 @@ from webhook_kit import deployment, hpa, review_body
 from gpumix.cli import build_parser, main
 from gpumix.commands.webhook import settings_from_args
 from gpumix.emulator import Emulator
-from webhook.runtime import freeze_when_synced, loop_factory, serve
-from webhook.server import StaticSource
-from webhook.settings import DAY_S, WebhookSettings
+from gpumix.webhook.runtime import freeze_when_synced, loop_factory, serve
+from gpumix.webhook.server import StaticSource
+from gpumix.webhook.settings import DAY_S, WebhookSettings
 
 
 def parse(*argv: str) -> WebhookSettings:
@@ -101,6 +101,25 @@ def test_state_and_kubeconfig_are_exclusive(capsys: pytest.CaptureFixture[str]) 
 def test_unreadable_state_file_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["webhook", "--state", "/nonexistent.yaml"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ['"10e399"', '"inf"', "1e400", ".nan"])
+def test_state_file_with_an_unreadable_value_is_exit_2_naming_file_document_and_field(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state.yaml"
+    huge = json.dumps(deployment("huge")).replace('"nvidia.com/gpu": "1"', '"nvidia.com/gpu": 0')
+    state.write_text(
+        json.dumps(deployment("fine"))
+        + "\n---\n"
+        + huge.replace('"nvidia.com/gpu": 0', f'"nvidia.com/gpu": {value}')
+        + "\n"
+    )
+    assert main(["webhook", "--state", str(state)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{state}: document 1: Deployment default/huge: field " in err
+    assert "spec.template.spec.containers[0].resources.limits[nvidia.com/gpu]" in err
 
 
 def test_bad_kubeconfig_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,9 +29,9 @@ from webhook_kit import (
 
 from gpumix.emulator import Emulator
 from gpumix.kube.objects import ObjectRef
-from webhook.kubeapi import KubeClient
-from webhook.runtime import Built, build
-from webhook.settings import CacheSettings, TLSSettings, WebhookSettings
+from gpumix.webhook.kubeapi import KubeClient
+from gpumix.webhook.runtime import Built, build
+from gpumix.webhook.settings import CacheSettings, TLSSettings, WebhookSettings
 
 TESTS = Path(__file__).resolve().parents[1]
 FIXTURES = TESTS / "fixtures" / "aibrix"
@@ -153,12 +153,40 @@ def calls(stack: Stack, name: str) -> list[Any]:
 # --------------------------------------------------------------------------- Deployments
 
 
-async def test_aibrix_pair_second_is_denied_and_told_to_recreate_the_first(
+@pytest.mark.parametrize("first", ["a100", "a40"])
+async def test_aibrix_pair_is_admitted_and_isolated_on_the_first_try(
+    stack: Stack, first: str
+) -> None:
+    """Both select by the model label alone: the first is isolated at CREATE, while its
+    selector can still change, so the second is fixed too; no recreate, either order."""
+    a100, a40, _ = aibrix_pair("heterogeneous-before.yaml")
+    pair = [a100, a40] if first == "a100" else [a40, a100]
+    for obj in pair:
+        status, body, warnings = await stack.create(obj)
+        assert status == 201, body
+        name = obj["metadata"]["name"]
+        assert any(
+            f"gpumix fixed selector-overlap on Deployment default/{name}" in w for w in warnings
+        )
+        await stack.cached(obj)
+    for obj, product in ((a100, A100), (a40, A40)):
+        name = obj["metadata"]["name"]
+        stored = stack.emu.get("deployments", name, "default")
+        assert stored is not None
+        assert stored["spec"]["selector"]["matchLabels"] == {
+            **obj["spec"]["selector"]["matchLabels"],
+            "gpumix.io/deployment": name,
+        }
+        assert stored["spec"]["template"]["metadata"]["labels"]["gpumix.io/gpu-type"] == product
+
+
+async def test_aibrix_pair_with_a_broad_one_from_before_is_denied_and_told_to_recreate(
     stack: Stack,
 ) -> None:
+    """The A100 Deployment was created before gpumix was installed (straight into the
+    store, no admission): its broad selector is immutable, so the A40 one is denied."""
     a100, a40, _ = aibrix_pair("heterogeneous-before.yaml")
-    status, _, _ = await stack.create(a100)
-    assert status == 201
+    stack.emu.create(a100)
     await stack.cached(a100)
     status, body, _ = await stack.create(a40)
     assert status == 403, body
@@ -261,7 +289,7 @@ async def test_over_ceiling_pod_autoscaler_is_denied(stack: Stack) -> None:
     assert (await stack.create(target))[0] == 201
     await stack.cached(target)
     status, body, _ = await stack.create(pod_autoscaler("pa2", "llm-a40", 6, "iso"))
-    assert status == 403 and "4 allocatable NVIDIA-A40 GPUs" in body["message"]
+    assert status == 403 and "the pool of NVIDIA-A40 GPUs holds 4" in body["message"]
     status, _, _ = await stack.create(pod_autoscaler("pa3", "llm-a40", 4, "iso"))
     assert status == 201
 
@@ -310,13 +338,21 @@ async def test_dry_run_gets_the_same_answer_and_stores_nothing(stack: Stack) -> 
     assert status == 201 and body["spec"]["maxReplicas"] == 10
     assert stack.emu.get("horizontalpodautoscalers", "dry", "default") is None
     a100, a40, _ = aibrix_pair("heterogeneous-before.yaml")
-    assert (await stack.create(a100))[0] == 201
+    stack.emu.create(a100)  # a broad one from before gpumix: the A40 one is denied
     await stack.cached(a100)
     dry = await stack.create(a40, dry_run=True)
     wet = await stack.create(a40)
     assert dry[0] == wet[0] == 403
     assert dry[1]["message"] == wet[1]["message"]
     assert stack.emu.get("deployments", "simulator-llama2-7b-a40", "default") is None
+    # a fix is shown by the dry run exactly as it is stored
+    a40["metadata"]["namespace"] = "iso"
+    dry = await stack.create(a40, dry_run=True)
+    assert stack.emu.get("deployments", "simulator-llama2-7b-a40", "iso") is None
+    wet = await stack.create(a40)
+    assert dry[0] == wet[0] == 201
+    assert dry[1]["spec"]["selector"] == wet[1]["spec"]["selector"]
+    assert "gpumix.io/deployment" in wet[1]["spec"]["selector"]["matchLabels"]
 
 
 async def test_ca_bundle_and_secret_are_in_place(stack: Stack) -> None:
@@ -357,7 +393,7 @@ async def test_rotation_through_the_admission_chain_loses_no_request(stack: Stac
                 return
             status, body, _ = await stack.create(hpa(f"h{i}-{n}", "x"), dry_run=True)
             statuses.append(status)
-            assert status == 201, body
+            assert status == 201, body.get("message")
             assert body["spec"]["maxReplicas"] == 10
 
     clients = [asyncio.create_task(client(i)) for i in range(8)]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import json
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from webhook_kit import (
     decoded_patch,
     deployment,
     hpa,
+    http_exchange,
     namespace,
     review_body,
     serve_app,
@@ -27,10 +31,16 @@ from webhook_kit import (
 
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
-from webhook.metrics import WebhookMetrics
-from webhook.server import MAX_BODY_BYTES, StaticSource, WebhookState, make_server
-from webhook.settings import TLSSettings
-from webhook.tls import CertHolder, EphemeralCerts
+from gpumix.webhook.metrics import WebhookMetrics
+from gpumix.webhook.server import (
+    MAX_BODY_BYTES,
+    SERVER_NAME,
+    StaticSource,
+    WebhookState,
+    make_server,
+)
+from gpumix.webhook.settings import TLSSettings
+from gpumix.webhook.tls import CertHolder, EphemeralCerts
 
 
 @dataclass
@@ -39,6 +49,7 @@ class Served:
     http: aiohttp.ClientSession
     state: WebhookState
     source: StaticSource
+    tls: ssl.SSLContext
 
     async def post(self, path: str, body: object) -> tuple[int, dict[str, Any]]:
         async with self.http.post(self.url + path, json=body) as resp:
@@ -78,9 +89,10 @@ async def served() -> AsyncIterator[Served]:
     assert certs.bundle is not None
     try:
         async with serve_app(make_server(state, lingering_time=0.5), holder.context) as url:
-            connector = aiohttp.TCPConnector(ssl=client_context(certs.bundle.ca_pem))
+            tls = client_context(certs.bundle.ca_pem)
+            connector = aiohttp.TCPConnector(ssl=tls)
             async with aiohttp.ClientSession(connector=connector) as http:
-                yield Served(url, http, state, source)
+                yield Served(url, http, state, source, tls)
     finally:
         await certs.stop()
 
@@ -124,7 +136,7 @@ async def test_mutate_leaves_an_unfixable_overlap_to_validation(served: Served) 
 
 
 async def test_disjoint_deployment_is_admitted_untouched(served: Served) -> None:
-    obj = deployment("other", gpu_product=A40, model="mistral")
+    obj = deployment("other", selector={"app": "other"}, gpu_product=A40, model="mistral")
     for path in ("/mutate", "/validate"):
         _, out = await served.post(path, review_body(obj))
         assert out["response"]["allowed"] is True
@@ -284,6 +296,10 @@ async def test_expect_100_continue_is_answered(served: Served) -> None:
         served.url + "/validate", json=body, headers={"Expect": "something-else"}
     ) as resp:
         assert resp.status == 417
+        assert resp.headers["Content-Type"] == "application/json"
+        out = await resp.json()
+        assert out["kind"] == "Status" and out["code"] == 417
+        assert out["reason"] == "ExpectationFailed" and "something-else" in out["message"]
 
 
 def _review_with(uid: str, **changes: object) -> dict[str, Any]:
@@ -347,6 +363,29 @@ async def test_deeply_nested_object_with_uid_is_a_400_review(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@pytest.mark.parametrize("literal", ['"inf"', '"1e400"', '"10e399"', "1e400", "Infinity", "NaN"])
+async def test_gpu_amount_gpumix_cannot_read_is_a_denial_naming_the_field_not_a_500(
+    served: Served, literal: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = review_body(deployment("huge", "solo", model="solo"), uid="huge-1")
+    container = body["request"]["object"]["spec"]["template"]["spec"]["containers"][0]
+    container["resources"] = {"limits": {"nvidia.com/gpu": "PLACEHOLDER"}}
+    raw = json.dumps(body).replace('"PLACEHOLDER"', literal).encode()
+    for path in ("/mutate", "/validate"):
+        async with served.http.post(
+            served.url + path, data=raw, headers={"Content-Type": "application/json"}
+        ) as resp:
+            assert resp.status == 200
+            answer = (await resp.json())["response"]
+        assert answer["uid"] == "huge-1"
+    assert answer["allowed"] is False and answer["status"]["code"] == 403
+    assert (
+        "spec.template.spec.containers[0].resources.limits[nvidia.com/gpu]"
+        in answer["status"]["message"]
+    )
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 async def test_error_messages_quoting_the_request_are_clipped(served: Served) -> None:
     body = review_body(deployment("d"), uid="big")
     body["apiVersion"] = "x" * 100_000
@@ -354,6 +393,154 @@ async def test_error_messages_quoting_the_request_are_clipped(served: Served) ->
     assert status == 200 and out["response"]["uid"] == "big"
     message = out["response"]["status"]["message"]
     assert message.startswith("apiVersion must be") and len(message) <= 1000
+
+
+def _nested(depth: int) -> str:
+    return '{"x":' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize(
+    "field", ["kind", "kind.kind", "kind.group", "name", "namespace", "operation"]
+)
+@pytest.mark.parametrize("path", ["/mutate", "/validate"])
+async def test_field_nested_a_thousand_levels_is_a_400_review(
+    served: Served, field: str, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A field the API server sends as a string, nested 1,000 levels deep instead (the
+    fast decoder reads it): named by its type, never printed or copied."""
+    body = review_body(deployment("d"), uid="nest-1")
+    marker = '"NESTED"'
+    parent, _, key = f"request.{field}".rpartition(".")
+    target = body
+    for part in parent.split("."):
+        target = target[part]
+    target[key] = "NESTED"
+    data = json.dumps(body).replace(marker, _nested(1000)).encode()
+    with caplog.at_level(logging.INFO):
+        status, out = await _raw(served, path, data, "application/json")
+    assert status == 200
+    response = out["response"]
+    assert response["uid"] == "nest-1" and response["allowed"] is False
+    assert response["status"]["code"] == 400
+    assert f"request.{field}" in response["status"]["message"]
+    assert "an object" in response["status"]["message"] or field == "kind"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["not-gzip", "gzip"])
+async def test_compressed_body_is_415(
+    served: Served, compress: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = json.dumps(review_body(deployment("d"), uid="gz")).encode()
+    if compress:
+        data = gzip.compress(data)
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    async with served.http.post(served.url + "/validate", data=data, headers=headers) as resp:
+        assert resp.status == 415
+        out = json.loads(await resp.read())
+    assert out["kind"] == "Status" and out["reason"] == "UnsupportedMediaType"
+    assert "Content-Encoding 'gzip' is not supported" in out["message"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_identity_content_encoding_is_read(served: Served) -> None:
+    data = json.dumps(review_body(deployment("d", "solo", model="solo"), uid="id")).encode()
+    headers = {"Content-Type": "application/json", "Content-Encoding": "identity"}
+    async with served.http.post(served.url + "/validate", data=data, headers=headers) as resp:
+        assert resp.status == 200 and (await resp.json())["response"]["uid"] == "id"
+
+
+def _post_head(path: str, length: int | None, extra: str = "") -> bytes:
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
+        f"{framing}\r\n{extra}\r\n"
+    ).encode()
+
+
+async def _metric(served: Served, line_start: str) -> float:
+    text = served.state.metrics.render()[0].decode()
+    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(line_start))
+
+
+async def test_client_hanging_up_mid_body_is_no_error(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused = 'gpumix_webhook_requests_refused_total{reason="body-incomplete"}'
+    before = await _metric(served, refused)
+    host, port = served.url.split("://")[1].rsplit(":", 1)
+    with caplog.at_level(logging.DEBUG):
+        for sent in (0, 1000, 200_000):
+            _, writer = await asyncio.open_connection(host, int(port), ssl=served.tls)
+            writer.write(_post_head("/validate", 1_000_000) + b" " * sent)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # the handler is reading the body
+            writer.transport.abort()
+        for _ in range(100):
+            if await _metric(served, refused) >= before + 3:
+                break
+            await asyncio.sleep(0.02)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [r for r in caplog.records if r.exc_info]
+    assert await _metric(served, refused) == before + 3
+    _, out = await served.post("/validate", review_body(deployment("d"), uid="after"))
+    assert out["response"]["uid"] == "after"
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [b"zz\r\n{}\r\n0\r\n\r\n", b"5\r\n{}\r\n0\r\n\r\n"],
+    ids=["bad-size", "size-mismatch"],
+)
+async def test_broken_chunked_body_is_a_400_status(
+    served: Served, chunks: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    status, headers, raw = await http_exchange(
+        served.url, _post_head("/validate", None) + chunks, served.tls
+    )
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert json.loads(raw)["kind"] == "Status"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /validate HTTP/1.1\r\nHost: w\r\nBad Header\r\n\r\n",
+        b"POST /validate HTTP/1.1\r\nHost: w\r\nX: " + b"a" * 9000 + b"\r\n\r\n",
+        b"POST /validate HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n{}",
+        b"\x16\x03\x01garbage\r\n\r\n",
+        b"GET /healthz HTTP/9.9\r\n\r\n",
+    ],
+    ids=["no-colon", "long-header", "two-lengths", "not-http", "bad-version"],
+)
+async def test_requests_aiohttp_refuses_get_a_status_body(
+    served: Served, request_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    status, headers, raw = await http_exchange(served.url, request_bytes, served.tls)
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    assert headers["server"] == SERVER_NAME
+    out = json.loads(raw)
+    assert out["kind"] == "Status" and out["code"] == 400 and out["reason"] == "BadRequest"
+    assert out["message"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_no_response_discloses_software_versions(served: Served) -> None:
+    answers = []
+    for method, path in (("POST", "/validate"), ("GET", "/nope"), ("PUT", "/mutate")):
+        async with served.http.request(method, served.url + path, json={}) as resp:
+            answers.append(resp.headers.get("Server"))
+    body = review_body(deployment("d"))
+    async with served.http.post(served.url + "/validate", json=body) as resp:
+        answers.append(resp.headers.get("Server"))
+    for path in ("/healthz", "/readyz", "/metrics"):
+        async with served.http.get(served.url + path) as resp:
+            answers.append(resp.headers.get("Server"))
+    _, headers, _ = await http_exchange(served.url, b"BAD\r\n\r\n", served.tls)
+    answers.append(headers.get("server"))
+    assert answers == [SERVER_NAME] * len(answers)
 
 
 # --------------------------------------------------------------------------- probes, metrics
@@ -514,7 +701,7 @@ async def test_metrics_registries_are_per_app() -> None:
 
 def test_review_does_not_block_the_loop_long() -> None:
     """Review of a Deployment against 2,000 cached ones stays far below a millisecond budget."""
-    from webhook.review import parse_review, review
+    from gpumix.webhook.review import parse_review, review
 
     objs = [
         deployment(f"m{i}-{t}", f"ns{i % 20}", model=f"m{i}", gpu_product=t)

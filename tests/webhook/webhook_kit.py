@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import ssl
@@ -243,3 +244,39 @@ def webhook_configuration(kind: str) -> Obj:
         "metadata": {"name": "gpumix"},
         "webhooks": [hook, {**hook, "name": f"{short}-extra.gpumix.io"}],
     }
+
+
+async def http_exchange(
+    url: str,
+    data: bytes,
+    ssl_context: ssl.SSLContext | None = None,
+    *,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes to the server at ``url`` on a new connection and read one HTTP/1.1
+    response (status, headers with lower-case names, body); then hang up."""
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port), ssl=ssl_context)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(read_response(reader), timeout)
+    finally:
+        writer.close()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a ``Content-Length`` (1xx responses skipped)."""
+    while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if 100 <= status < 200:
+            continue
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        return status, headers, body

@@ -7,19 +7,27 @@ from collections.abc import Iterable
 from gpumix.kube.objects import AutoscalerView, DeploymentView, ObjectRef, View
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
-from webhook.rules import (
+from gpumix.webhook.rules import (
     invalid_selector,
     max_replicas_above_ceiling,
     missing_max_replicas,
     selector_overlap,
+    unreadable_field,
 )
-from webhook.rules.base import Finding, sort_findings
+from gpumix.webhook.rules.base import Finding, sort_findings
 
 
-def evaluate(view: View, snapshot: Snapshot, policy: Policy) -> list[Finding]:
-    """Findings about one object against the rest of the snapshot."""
+def evaluate(
+    view: View, snapshot: Snapshot, policy: Policy, *, overlaps: bool = True
+) -> list[Finding]:
+    """Findings about one object against the rest of the snapshot.  ``overlaps=False``
+    leaves ``selector-overlap`` out, for a caller that judges the pairs itself."""
     if isinstance(view, DeploymentView):
-        return invalid_selector.check(view) + selector_overlap.check(view, snapshot)
+        return (
+            invalid_selector.check(view)
+            + unreadable_field.check(view)
+            + (selector_overlap.check(view, snapshot) if overlaps else [])
+        )
     if isinstance(view, AutoscalerView):
         return missing_max_replicas.check(view, snapshot, policy) + (
             max_replicas_above_ceiling.check(view, snapshot, policy)

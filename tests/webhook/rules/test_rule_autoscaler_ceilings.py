@@ -9,8 +9,8 @@ import pytest
 from gpumix.kube.objects import AutoscalerView
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
-from webhook.rules import max_replicas_above_ceiling, missing_max_replicas
-from webhook.rules.engine import evaluate, evaluate_snapshot
+from gpumix.webhook.rules import max_replicas_above_ceiling, missing_max_replicas
+from gpumix.webhook.rules.engine import evaluate, evaluate_snapshot
 
 POLICY = Policy(default_max_replicas=10, hard_max_replicas=50)
 
@@ -150,7 +150,8 @@ def test_above_gpu_capacity() -> None:
     objs = (engine(gpus=2), node("n1", "A100", 8), node("n2", "A40", 8))
     got = findings(scaler(ceiling=5), *objs)
     assert [(f.rule, f.severity) for f in got] == [(max_replicas_above_ceiling.RULE, "error")]
-    assert "8 allocatable A100 GPUs, room for 4 replicas" in got[0].message
+    assert "the pool of A100 GPUs holds 8" in got[0].message
+    assert "room for 4 replicas" in got[0].message and "gpuPoolCapacity" in got[0].message
     assert findings(scaler(ceiling=4), *objs) == []
 
 
