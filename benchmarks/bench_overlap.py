@@ -42,9 +42,9 @@ from gpumix.kube.objects import DeploymentView, View, view_of
 from gpumix.kube.policy import Policy
 from gpumix.kube.selectors import overlaps
 from gpumix.kube.snapshot import Snapshot
+from gpumix.rules import selector_overlap
+from gpumix.rules.engine import evaluate_snapshot
 from gpumix.webhook.review import json_bytes, parse_review, review, to_response
-from gpumix.webhook.rules import selector_overlap
-from gpumix.webhook.rules.engine import evaluate_snapshot
 
 Pair = frozenset[tuple[str, str]]
 T = TypeVar("T")

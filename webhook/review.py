@@ -32,7 +32,7 @@ from gpumix.kube.objects import (
 )
 from gpumix.kube.policy import DEPLOYMENT_LABEL, GPU_TYPE_LABEL, MODE_LABEL, MODES, Mode, Policy
 from gpumix.kube.snapshot import Snapshot
-from gpumix.webhook.rules import (
+from gpumix.rules import (
     max_replicas_above_ceiling,
     missing_max_replicas,
     model_selector,
@@ -40,9 +40,9 @@ from gpumix.webhook.rules import (
     selector_overlap,
     unreadable_field,
 )
-from gpumix.webhook.rules.base import Finding
-from gpumix.webhook.rules.engine import evaluate
-from gpumix.webhook.rules.fixes import isolate_deployment, restore_labels, set_ceiling
+from gpumix.rules.base import Finding
+from gpumix.rules.engine import evaluate
+from gpumix.rules.fixes import isolate_deployment, restore_labels, set_ceiling
 
 Phase = Literal["mutate", "validate"]
 Shape = Literal["allowed", "denied", "patched", "errored"]
@@ -401,7 +401,7 @@ def _unreadable_object(
     return _verdict([finding], snapshot, mode)
 
 
-# The dicts each fix writes to.  (``_child`` in webhook.rules.fixes writes into a
+# The dicts each fix writes to.  (``_child`` in gpumix.rules.fixes writes into a
 # parent only to replace a missing child, which then is in a copied parent.)
 _ISOLATION_PATHS = (("spec", "selector", "matchLabels"), ("spec", "template", "metadata", "labels"))
 _CEILING_PATHS = (("spec",),)

@@ -25,6 +25,7 @@ from webhook_kit import (
 from gpumix.kube.gputype import GpuType
 from gpumix.kube.objects import view_of
 from gpumix.kube.policy import Policy
+from gpumix.rules.fixes import isolate_deployment
 from gpumix.webhook.review import (
     ReviewError,
     Verdict,
@@ -35,7 +36,6 @@ from gpumix.webhook.review import (
     review,
     to_response,
 )
-from gpumix.webhook.rules.fixes import isolate_deployment
 
 POLICY = Policy()
 
