@@ -37,6 +37,7 @@ import jsonpatch
 import numpy as np
 import numpy.typing as npt
 
+from gpumix.admission import AdmissionRequest, review
 from gpumix.kube.objects import AutoscalerView, DeploymentView, view_of
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
@@ -46,7 +47,6 @@ from gpumix.rules.fixes import isolate_deployment, set_ceiling
 from gpumix.simulate.cluster import Cluster, Router, SimDeployment
 from gpumix.simulate.loadgen import Load, generate
 from gpumix.simulate.scenario import ControllerSettings, Scenario, Variant
-from gpumix.webhook.review import AdmissionRequest, review
 
 FloatArray = npt.NDArray[np.float64]
 
