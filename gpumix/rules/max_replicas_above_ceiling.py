@@ -2,7 +2,7 @@
 
 The pool of a GPU type is its Nodes (cordoned ones too) or, when more, the policy's
 ``gpuPoolCapacity`` for it. Admission judges a ceiling only when it is set or raised
-(``webhook.review``); the audit judges every ceiling.
+(``gpumix.admission``); the audit judges every ceiling.
 """
 
 from __future__ import annotations
