@@ -14,7 +14,7 @@ that overlap) need the cluster and live in :mod:`controller.plan`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -356,6 +356,19 @@ def _profiles(r: _Reader, raw: object) -> Profiles:
         if name is not None:
             ref = ConfigMapRef(name, key)
     return Profiles(tuple(inline), ref)
+
+
+def read_inline_profiles(items: Sequence[object]) -> list[InlineProfile]:
+    """Profiles in the inline form (``{gpuType, buckets}``) outside a GPUMix, as a
+    profile file lists them, each checked as ``spec.profiles.inline`` is; SpecError
+    names every problem by its path (``[i].buckets[j].inputTokens``)."""
+    r = _Reader()
+    out = [
+        p for i, item in enumerate(items) if (p := _inline_profile(r, item, f"[{i}]")) is not None
+    ]
+    if r.problems:
+        raise SpecError(r.problems)
+    return out
 
 
 def _inline_profile(r: _Reader, raw: object, path: str) -> InlineProfile | None:
