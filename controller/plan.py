@@ -244,6 +244,8 @@ class EventAction:
     type: EventType
     reason: str
     message: str
+    scaled: str | None = None
+    """The member Deployment whose scale this Event reports (ScaledUp, ScaledDown)."""
 
 
 Direction = Literal["up", "down"]
@@ -393,8 +395,10 @@ class _Builder:
         new = self.conditions[ctype]
         return (old.get("status"), old.get("reason")) != (new["status"], new["reason"])
 
-    def event(self, etype: EventType, reason: str, message: str) -> None:
-        self.events.append(EventAction(self.snap.ref, etype, reason, message))
+    def event(
+        self, etype: EventType, reason: str, message: str, *, scaled: str | None = None
+    ) -> None:
+        self.events.append(EventAction(self.snap.ref, etype, reason, message, scaled))
 
     def status(self, **extra: object) -> GPUMixStatus:
         status: GPUMixStatus = {"observedGeneration": self.snap.generation}
@@ -605,7 +609,10 @@ def plan(snapshot: MixSnapshot, load: Load, policy: PlanPolicy, now: float) -> A
             entry["lastScaleTime"] = format_time(now)
             verb = "ScaledUp" if action > m.replicas else "ScaledDown"
             b.event(
-                "Normal", verb, f"scaled {m.name} ({gpu}) from {m.replicas} to {action}: {decision}"
+                "Normal",
+                verb,
+                f"scaled {m.name} ({gpu}) from {m.replicas} to {action}: {decision}",
+                scaled=m.name,
             )
         entries.append(entry)
 
