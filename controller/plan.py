@@ -658,6 +658,23 @@ def _judge_member(
                 f"recommend {rec} replicas for {m.name} ({gpu}), now {m.replicas}",
             )
         return
+    _scale_member(b, judged, m, entry, snapshot.namespace, spec, rec, ceiling, mem, now)
+
+
+def _scale_member(
+    b: _Builder,
+    judged: _Judged,
+    m: Member,
+    entry: MemberStatus,
+    namespace: str,
+    spec: GPUMixSpec,
+    rec: int,
+    ceiling: int,
+    mem: _Memory,
+    now: float,
+) -> None:
+    """A member gpumix scales: the decision, a pending scale-down, the scale and its Event."""
+    gpu = _gpu_name(m)
     action, decision, new_mem = _decide(m, rec, ceiling, spec, mem, now)
     entry["decision"] = decision
     if new_mem.pending_since is not None and new_mem.pending_floor is not None:
@@ -669,7 +686,7 @@ def _judge_member(
     if action is not None:
         judged.scales.append(
             ScaleAction(
-                snapshot.namespace,
+                namespace,
                 m.name,
                 gpu,
                 m.replicas,
