@@ -3,7 +3,7 @@
 Admission sees one object at a time; two overlapping Deployments created at
 the same moment, or objects that predate the webhook, slip through.  The audit
 reads every Deployment, autoscaler, Node and Namespace, runs
-:func:`webhook.rules.engine.evaluate_snapshot` (the same rules), and reports:
+:func:`gpumix.rules.engine.evaluate_snapshot` (the same rules), and reports:
 
 - the ``gpumix_audit_findings{rule,severity,namespace}`` gauge (always);
 - a Warning Event on the subject of each finding first seen (leader only);
@@ -25,8 +25,8 @@ from gpumix.controller.kubeio import KubeError, KubeIO, resource_path
 from gpumix.controller.metrics import ControllerMetrics
 from gpumix.controller.plan import format_time
 from gpumix.kube.policy import Policy
-from gpumix.webhook.rules.base import Finding
-from gpumix.webhook.rules.engine import evaluate_snapshot
+from gpumix.rules.base import Finding
+from gpumix.rules.engine import evaluate_snapshot
 
 log = logging.getLogger("gpumix.controller.audit")
 
