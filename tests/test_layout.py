@@ -30,6 +30,10 @@ LONG_FUNCTIONS_ALLOWED = {
     "gpumix.optimizer._engine.two_types": (
         "the two-type enumeration: 3 lines over; split together with branch_and_bound"
     ),
+    "gpumix.optimizer.solve._joint_search": (
+        "the joint step's search under one deadline (time shares per model, then the joint "
+        "bound); split together with solve_joint"
+    ),
     "gpumix.optimizer.solve.solve_joint": (
         "the joint model build and solve; split into model building and result reading "
         "together with the other optimizer loops"
