@@ -4,7 +4,7 @@ Admission sees one object at a time; two overlapping Deployments created at
 the same moment, or objects that predate the webhook, slip through.  The audit
 takes every Deployment, autoscaler and Node from the controller's watch cache
 (it waits while that cache is not synced), lists the Namespaces, runs
-:func:`webhook.rules.engine.evaluate_snapshot` (the same rules), and reports:
+:func:`gpumix.rules.engine.evaluate_snapshot` (the same rules), and reports:
 
 - the ``gpumix_audit_findings{rule,severity,namespace}`` gauge (always);
 - a Warning Event on the subject of each finding first seen (leader only);
@@ -27,8 +27,8 @@ from gpumix.controller.plan import format_time
 from gpumix.kube.policy import Policy
 from gpumix.kubeio.client import ApiError, KubeClient, resource_path
 from gpumix.kubeio.informer import Informer
-from gpumix.webhook.rules.base import Finding
-from gpumix.webhook.rules.engine import evaluate_snapshot
+from gpumix.rules.base import Finding
+from gpumix.rules.engine import evaluate_snapshot
 
 log = logging.getLogger("gpumix.controller.audit")
 

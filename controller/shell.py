@@ -419,7 +419,8 @@ class Controller:
                         if old.get("lastScaleTime"):
                             entry["lastScaleTime"] = old["lastScaleTime"]
                 self._due[(ns, name)] = self.clock() + 1.0
-        events = [e for e in actions.events if not _is_failed_scale_event(e, failed)]
+        not_scaled = {a.deployment for a, _ in failed}
+        events = [e for e in actions.events if e.scaled is None or e.scaled not in not_scaled]
         for action, why in failed:
             events.append(
                 EventAction(
@@ -958,12 +959,6 @@ def _old_entry(obj: Obj, deployment: str) -> dict[str, Any]:
         if isinstance(entry, dict) and entry.get("deployment") == deployment:
             return entry
     return {}
-
-
-def _is_failed_scale_event(event: EventAction, failed: list[tuple[ScaleAction, str]]) -> bool:
-    return event.reason in ("ScaledUp", "ScaledDown") and any(
-        f"scaled {a.deployment} " in event.message for a, _ in failed
-    )
 
 
 def _api_version_of(kind: str) -> str:

@@ -404,6 +404,17 @@ def test_manual_scale_is_reported_as_an_override_and_reverted(
     plan = cluster.wait_converged("the first plan")
     target = max(plan, key=lambda n: plan[n])
     manual = plan[target] + 3
+
+    def seen_by_controller() -> bool:
+        # The Event says "scaled from N", N being the replicas gpumix last observed: wait
+        # until it has observed its own scale, or N is the count before it.
+        entries = (cluster.gmx().get("status") or {}).get("plan") or []
+        return any(
+            e.get("deployment") == target and e.get("currentReplicas") == plan[target]
+            for e in entries
+        )
+
+    wait_until(seen_by_controller, timeout_s=CONVERGE_S, what="the controller to see its scale")
     apiserver.kubectl("scale", "deployment", target, "-n", namespace, f"--replicas={manual}")
     path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{target}"
     code, body = apiserver.request("GET", path)
