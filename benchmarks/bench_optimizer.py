@@ -1,12 +1,22 @@
-"""Optimizer benchmark: gpumix's solver against the Melange slice formulation (PuLP + CBC).
+"""Optimizer benchmark: gpumix's solver against off-the-shelf solvers on the same model
+and against the Melange slice formulation (PuLP + CBC).
 
-Both solve the same generated instances (one GPU per replica, no headroom, no caps, no
-churn, so the problems coincide except that Melange cuts each bucket into K slices that go
-whole to one GPU type). A finer split is a relaxation, so our cost must be equal or lower
-wherever the baseline proves optimality; the script checks that and reports time ratios.
+Baselines, all on the same generated instances (one GPU per replica, no headroom, caps or
+churn):
+
+- the same fractional-routing model (integer replicas, continuous split) solved in this
+  process by OR-Tools' HiGHS, CBC, SCIP and CP-SAT (through pywraplp; CP-SAT scales the
+  continuous split to integers) and by PuLP's CBC (a subprocess per solve), each after an
+  untimed warm-up solve, at a relative gap of 1e-9 like ours;
+- Melange's slice model (each bucket cut into K slices that go whole to one type): a
+  restriction of the same model, so our cost must be equal or lower wherever it proves
+  optimality.
+
+Every proven optimum of the same model must equal ours. The script reports time ratios.
 
     python benchmarks/bench_optimizer.py            # full run (sizes, 3 seeds, joint)
     python benchmarks/bench_optimizer.py --quick    # small sizes, 1 seed, short limits
+    python benchmarks/bench_optimizer.py --held-out # the held-out instances (not tuned on)
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pulp
+from ortools.linear_solver import pywraplp
 
 from gpumix.optimizer import Bucket, GpuOption, Pool, Problem, Status, solve, solve_joint
 
@@ -39,9 +50,19 @@ class Instance:
     buckets: list[tuple[int, int]]
 
 
-def make_instance(types: int, buckets: int, seed: int, total_rate: float = 100.0) -> Instance:
+SHAPES = ("roofline", "tied", "capacity")
+
+
+def make_instance(
+    types: int, buckets: int, seed: int, total_rate: float = 100.0, shape: str = "roofline"
+) -> Instance:
     """Plausible profiles: each type has a prefill speed, a decode speed, a batch size and
-    a context limit; a bucket's rate is what fits the end-to-end SLO."""
+    a context limit; a bucket's rate is what fits the end-to-end SLO.
+
+    ``shape`` "tied": every type's price is its mean rate times one constant, within
+    +-0.1% (near-tied prices per request), and a further 30% of the cells are made
+    unservable at random (each bucket keeps one type that serves it); "capacity": each
+    bucket's load is 0.5-1.5x what one replica of its best type serves."""
     rng = random.Random(seed * 1_000_003 + types * 1009 + buckets)
     kinds = []
     for _ in range(types):
@@ -72,8 +93,19 @@ def make_instance(types: int, buckets: int, seed: int, total_rate: float = 100.0
             row.append(batch / t * min(1.0, (slo - t) / slo * 2) if ok else 0.0)
         if not any(row):
             row[len(labels) % types] = 0.1
+        if shape == "tied":  # cut cells at random, keeping one servable type per bucket
+            keep = rng.choice([g for g in range(types) if row[g] > 0])
+            row = [x if g == keep or rng.random() > 0.3 else 0.0 for g, x in enumerate(row)]
+        if shape == "capacity":
+            rates[-1] = max(row) * rng.uniform(0.5, 1.5)
         tput.append(row)
-    return Instance([k[0] for k in kinds], rates, tput, labels)
+    prices = [k[0] for k in kinds]
+    if shape == "tied":
+        for g in range(types):
+            served = [row[g] for row in tput if row[g] > 0]
+            mean = sum(served) / len(served) if served else 1.0
+            prices[g] = round(0.05 * mean * rng.uniform(0.999, 1.001), 6)
+    return Instance(prices, rates, tput, labels)
 
 
 def to_problem(inst: Instance, model: str = "") -> Problem:
@@ -130,6 +162,95 @@ def melange(
     return status, elapsed, float(value) if value is not None else math.nan
 
 
+SAME_MODEL = ("HIGHS", "CBC", "SCIP", "SAT", "PULP_CBC")
+
+
+def same_model(inst: Instance, solver: str, time_limit: float) -> tuple[str, float, float]:
+    """The fractional-routing model itself (integer replicas per type, a continuous split
+    of every bucket) on an off-the-shelf solver, in this process (PuLP: its CBC command).
+    Returns status, seconds (building the model and solving it) and cost."""
+    types = len(inst.prices)
+    start = time.perf_counter()
+    if solver == "PULP_CBC":
+        prob = pulp.LpProblem("same", pulp.LpMinimize)
+        n = [pulp.LpVariable(f"n{g}", lowBound=0, cat="Integer") for g in range(types)]
+        load: list[list] = [[] for _ in range(types)]
+        for b, rate in enumerate(inst.rates):
+            fs = []
+            for g in range(types):
+                if inst.tput[b][g] > 0:
+                    f = pulp.LpVariable(f"f{b}_{g}", lowBound=0, upBound=1)
+                    fs.append(f)
+                    load[g].append(rate / inst.tput[b][g] * f)
+            prob += pulp.lpSum(fs) == 1
+        for g in range(types):
+            prob += pulp.lpSum(load[g]) <= n[g]
+        prob += pulp.lpSum(inst.prices[g] * n[g] for g in range(types))
+        prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, threads=1, gapRel=1e-9))
+        elapsed = time.perf_counter() - start
+        status = {pulp.LpSolutionOptimal: "OPTIMAL", pulp.LpSolutionIntegerFeasible: "FEASIBLE"}
+        value = pulp.value(prob.objective)
+        return (
+            status.get(prob.sol_status, "NO PLAN"),
+            elapsed,
+            float(value) if value is not None else math.nan,
+        )
+    s = pywraplp.Solver.CreateSolver(solver)
+    s.SuppressOutput()
+    if solver == "HIGHS":
+        s.SetSolverSpecificParametersAsString("output_flag=false")
+    s.SetNumThreads(1)
+    inf = s.infinity()
+    n = [s.IntVar(0, inf, "") for _ in range(types)]
+    caps = [s.Constraint(-inf, 0.0) for _ in range(types)]
+    for g in range(types):
+        caps[g].SetCoefficient(n[g], -1.0)
+    for b, rate in enumerate(inst.rates):
+        row = s.Constraint(1.0, 1.0)
+        for g in range(types):
+            if inst.tput[b][g] > 0:
+                f = s.NumVar(0.0, 1.0, "")
+                row.SetCoefficient(f, 1.0)
+                caps[g].SetCoefficient(f, rate / inst.tput[b][g])
+    obj = s.Objective()
+    for g in range(types):
+        obj.SetCoefficient(n[g], inst.prices[g])
+    obj.SetMinimization()
+    params = pywraplp.MPSolverParameters()
+    params.SetDoubleParam(params.RELATIVE_MIP_GAP, 1e-9)
+    s.SetTimeLimit(int(time_limit * 1000))
+    st = s.Solve(params)
+    elapsed = time.perf_counter() - start
+    if st == pywraplp.Solver.OPTIMAL:
+        return (
+            "OPTIMAL",
+            elapsed,
+            sum(inst.prices[g] * round(n[g].solution_value()) for g in range(types)),
+        )
+    if st == pywraplp.Solver.FEASIBLE:
+        return (
+            "FEASIBLE",
+            elapsed,
+            sum(inst.prices[g] * round(n[g].solution_value()) for g in range(types)),
+        )
+    return "NO PLAN", elapsed, math.nan
+
+
+def timed_same_model(inst, solver, limit, repeat):
+    """``same_model``, repeated like ours while its runs are short and proven optimal."""
+    status, elapsed, value = same_model(inst, solver, limit)
+    fastest = spent = elapsed
+    runs = 1
+    while status == "OPTIMAL" and fastest <= REPEAT_BASELINE_UNDER_S:
+        if _enough(runs, spent, repeat):
+            break
+        elapsed = same_model(inst, solver, limit)[1]
+        fastest = min(fastest, elapsed)
+        spent += elapsed
+        runs += 1
+    return status, fastest, value
+
+
 REPEAT_BASELINE_UNDER_S = 30.0  # CBC runs longer than this are not repeated
 # Short runs are repeated until they add up to this much (at most MAX_RUNS runs), as
 # timeit does: a run of a few milliseconds moves by tens of percent on this machine.
@@ -176,22 +297,29 @@ def timed_melange(instances, pool, limit, repeat):
     return status, fastest, value
 
 
-def run_sizes(sizes, seeds, limit, base_limit, rows, skip_baseline, repeat):
+def run_sizes(sizes, seeds, shapes, limit, base_limit, rows, baselines, melange_on, repeat):
     ok = True
     # Our solver runs inside a long-lived process (the controller, `gpumix plan` once):
-    # one untimed solve first loads OR-Tools' solvers. CBC starts a process for every
-    # PuLP call, as in AIBrix, so its start-up stays in its times.
-    solve(to_problem(make_instance(4, 20, 999)), time_limit_s=limit)
-    for types, buckets in sizes:
-        for seed in range(seeds):
-            inst = make_instance(types, buckets, seed)
-            res = timed_solve(to_problem(inst), limit, seed, repeat)
-            if skip_baseline:
-                b_status, b_time, b_cost = "-", math.nan, math.nan
-            else:
-                b_status, b_time, b_cost = timed_melange([inst], None, base_limit, repeat)
-            check = _record(rows, f"{types}x{buckets}", seed, res, (b_status, b_time, b_cost))
-            ok = ok and check != "WORSE"
+    # one untimed solve first loads OR-Tools' solvers, and one untimed solve per
+    # off-the-shelf solver does the same for them. CBC under PuLP and Melange starts a
+    # process for every call, as in AIBrix, so its start-up stays in its times.
+    warm = make_instance(4, 20, 999)
+    solve(to_problem(warm), time_limit_s=limit)
+    for name in baselines:
+        same_model(warm, name, base_limit)
+    for shape in shapes:
+        for types, buckets in sizes:
+            for seed in seeds:
+                inst = make_instance(types, buckets, seed, shape=shape)
+                res = timed_solve(to_problem(inst), limit, seed, repeat)
+                others = {
+                    name: timed_same_model(inst, name, base_limit, repeat) for name in baselines
+                }
+                if melange_on:
+                    others["MELANGE"] = timed_melange([inst], None, base_limit, repeat)
+                size = f"{types}x{buckets}" + ("" if shape == "roofline" else f" {shape}")
+                check = _record(rows, size, seed, res, others)
+                ok = ok and check != "WORSE"
     return ok
 
 
@@ -216,25 +344,30 @@ def run_joint(models, types, buckets, limit, base_limit, rows, skip_baseline):
         )
         if jr.status != Status.INFEASIBLE:
             break
-    if skip_baseline:
-        b_status, b_time, b_cost = "-", math.nan, math.nan
-    else:
-        b_status, b_time, b_cost = melange(insts, pool, base_limit)
+    others = {} if skip_baseline else {"MELANGE": melange(insts, pool, base_limit)}
     size = f"joint {models}x({types}x{buckets}) pool {pool}"
-    check = _record(rows, size, 0, jr, (b_status, b_time, b_cost))
+    check = _record(rows, size, 0, jr, others)
     return check != "WORSE"
 
 
-def _record(rows, size, seed, res, baseline) -> str:
-    """One result row (ours against the baseline), printed and kept; returns its check:
-    "ok" when CBC proved its optimum and ours costs no more, "WORSE" when ours costs
-    more or found no plan, "" when CBC did not prove its optimum."""
-    b_status, b_time, b_cost = baseline
+def _record(rows, size, seed, res, others) -> str:
+    """One result row (ours against every baseline), printed and kept; returns its check:
+    "WORSE" when ours costs more than a proven optimum of Melange's restriction or differs
+    from a proven optimum of the same model (CP-SAT's scaled model excepted: it may only
+    cost more), "ok" when some baseline proved its optimum and ours agrees, "" otherwise."""
+    found = res.status in (Status.OPTIMAL, Status.FEASIBLE)
     check = ""
-    if b_status == "OPTIMAL":
-        found = res.status in (Status.OPTIMAL, Status.FEASIBLE)
-        good = found and res.cost_per_hour <= b_cost * (1 + 1e-6) + 1e-9
-        check = "ok" if good else "WORSE"
+    for name, (b_status, _, b_cost) in others.items():
+        if b_status != "OPTIMAL":
+            continue
+        tol = 1e-6 * max(1.0, abs(b_cost))
+        if not found:
+            good = False
+        elif name == "MELANGE" or name == "SAT":
+            good = res.cost_per_hour <= b_cost + tol
+        else:
+            good = res.status != Status.OPTIMAL or abs(res.cost_per_hour - b_cost) <= tol
+        check = "WORSE" if not good or check == "WORSE" else "ok"
     row = {
         "size": size,
         "seed": seed,
@@ -243,34 +376,129 @@ def _record(rows, size, seed, res, baseline) -> str:
         "ours_cost": res.cost_per_hour,
         "ours_gap": res.gap,
         "nodes": res.nodes,
-        "melange_status": b_status,
-        "melange_s": b_time,
-        "melange_cost": b_cost,
-        "speedup": b_time / res.runtime_s if res.runtime_s > 0 else math.nan,
+        "baselines": {
+            name: {"status": st, "s": t, "cost": c} for name, (st, t, c) in others.items()
+        },
         "check": check,
     }
+    # CP-SAT proves the optimum of its scaled model: it counts only when that is ours
+    same = [
+        t
+        for name, (st, t, c) in others.items()
+        if name != "MELANGE"
+        and st == "OPTIMAL"
+        and (name != "SAT" or abs(c - res.cost_per_hour) <= 1e-6 * max(1.0, abs(c)))
+    ]
+    row["best_same_model_s"] = min(same) if same else math.nan
+    mel = others.get("MELANGE")
+    row["melange_s"] = mel[1] if mel else math.nan
+    row["melange_optimal"] = bool(mel and mel[0] == "OPTIMAL")
     rows.append(row)
     print(_fmt(row), flush=True)
     return check
 
 
 def _fmt(r: dict) -> str:
-    return (
-        f"{r['size']:>22} s{r['seed']}  ours {r['ours_status']:<8} {r['ours_s']:8.3f}s "
-        f"cost {r['ours_cost']:9.3f} gap {r['ours_gap']:.2%} nodes {r['nodes']:<5} | "
-        f"melange {r['melange_status']:<10} {r['melange_s']:8.3f}s cost "
-        f"{r['melange_cost']:9.3f} | x{r['speedup']:.1f} {r['check']}"
-    )
+    parts = [
+        f"{r['size']:>18} s{r['seed']:<4} ours {r['ours_status']:<8} {r['ours_s']:8.4f}s "
+        f"cost {r['ours_cost']:9.3f} gap {r['ours_gap']:.2%}"
+    ]
+    for name, b in r["baselines"].items():
+        parts.append(f"{name} {b['status'][:4]} {b['s']:.4f}s {b['cost']:.3f}")
+    return " | ".join(parts) + f" | {r['check']}"
+
+
+def summary(rows: list[dict]) -> str:
+    """Per size: min and median of the time ratios (baseline / ours) against Melange and
+    against the fastest off-the-shelf solve of the same model, over the instances where
+    that baseline proved optimality (a baseline that did not is a lower bound, counted
+    apart)."""
+    out = [
+        "| size | instances | ours (max s) | vs best same-model solve: min / median "
+        "| vs Melange: min / median | Melange unproven (lower bounds) |",
+        "|---|---|---|---|---|---|",
+    ]
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["size"], []).append(r)
+    for size, rs in by.items():
+        same = sorted(
+            r["best_same_model_s"] / r["ours_s"]
+            for r in rs
+            if r["best_same_model_s"] == r["best_same_model_s"]
+        )
+        mel = sorted(r["melange_s"] / r["ours_s"] for r in rs if r["melange_optimal"])
+        low = sorted(
+            r["melange_s"] / r["ours_s"]
+            for r in rs
+            if not r["melange_optimal"] and r["melange_s"] == r["melange_s"]
+        )
+
+        def mm(xs: list[float]) -> str:
+            if not xs:
+                return "-"
+            return f"{xs[0]:.1f}x / {xs[len(xs) // 2]:.1f}x"
+
+        statuses = {r["ours_status"] for r in rs}
+        out.append(
+            f"| {size} | {len(rs)} | {max(r['ours_s'] for r in rs):.3f} "
+            f"{'/'.join(sorted(statuses))} | {mm(same)} | {mm(mel)} | "
+            f"{'>' + format(low[0], '.0f') + 'x (' + str(len(low)) + ')' if low else '-'} |"
+        )
+    return "\n".join(out)
+
+
+def limit_check(limits: list[float]) -> bool:
+    """Wall time of ``solve`` on an instance that does not finish (16 x 2000 seed 3)
+    at each limit, against the allowance of 5% + 20 ms."""
+    solve(to_problem(make_instance(4, 20, 999)), time_limit_s=10)
+    problem = to_problem(make_instance(16, 2000, 3))
+    ok = True
+    for limit in limits:
+        start = time.perf_counter()
+        res = solve(problem, time_limit_s=limit)
+        elapsed = time.perf_counter() - start
+        allowed = 0.05 * limit + 0.02
+        ok = ok and elapsed - limit <= allowed
+        print(
+            f"16x2000 s3 limit {limit:g} s: {elapsed:.3f} s {res.status.value} "
+            f"overrun {elapsed - limit:+.3f} s (allowed {allowed:.3f})",
+            flush=True,
+        )
+    return ok
+
+
+HELD_OUT_SEEDS = [1001, 1002, 1003]
+HELD_OUT_SIZES = [(3, 50), (6, 200), (12, 800), (16, 2000)]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, one seed, short limits")
-    ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument(
+        "--held-out",
+        action="store_true",
+        help=f"seeds {HELD_OUT_SEEDS} (never used for tuning), sizes "
+        f"{', '.join(f'{t}x{b}' for t, b in HELD_OUT_SIZES)}, every shape",
+    )
+    ap.add_argument(
+        "--limit-check",
+        metavar="LIMITS",
+        help="only measure the time limit's overrun at these limits, e.g. 0.1,1,10",
+    )
+    ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1")
+    ap.add_argument("--seed-list", default=None, help="e.g. 1001,1002")
+    ap.add_argument("--shapes", default=None, help=f"some of {','.join(SHAPES)}")
     ap.add_argument("--time-limit", type=float, default=None, help="our limit per instance")
     ap.add_argument("--baseline-time-limit", type=float, default=None)
     ap.add_argument("--sizes", default=None, help="e.g. 4x100,16x2000")
-    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument(
+        "--baselines",
+        default=",".join(SAME_MODEL),
+        help="same-model solvers, some of " + ",".join(SAME_MODEL) + " ('' for none)",
+    )
+    ap.add_argument("--no-melange", action="store_true")
+    ap.add_argument("--no-baseline", action="store_true", help="no baselines at all")
     ap.add_argument("--no-joint", action="store_true")
     ap.add_argument("--joint-only", action="store_true")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
@@ -279,23 +507,45 @@ def main() -> int:
         type=int,
         default=3,
         help="report the fastest of at least N runs per instance, more (N > 1) while they "
-        f"add up to under {MIN_TIMED_S} s (CBC: only while its fastest run proved "
+        f"add up to under {MIN_TIMED_S} s (baselines: only while their fastest run proved "
         f"optimality within {REPEAT_BASELINE_UNDER_S:.0f} s)",
     )
     args = ap.parse_args()
+    if args.limit_check:
+        return 0 if limit_check([float(x) for x in args.limit_check.split(",")]) else 1
     sizes = QUICK_SIZES if args.quick else SIZES
+    seeds = list(range(args.seeds or (1 if args.quick else 3)))
+    shapes = ["roofline"]
+    if args.held_out:
+        sizes, seeds, shapes = HELD_OUT_SIZES, HELD_OUT_SEEDS, list(SHAPES)
     if args.sizes:
         sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
-    seeds = args.seeds or (1 if args.quick else 3)
+    if args.seed_list:
+        seeds = [int(x) for x in args.seed_list.split(",")]
+    if args.shapes:
+        shapes = args.shapes.split(",")
+    baselines = [b for b in args.baselines.split(",") if b] if not args.no_baseline else []
+    melange_on = not (args.no_baseline or args.no_melange)
     limit = args.time_limit or (10.0 if args.quick else 60.0)
     base_limit = args.baseline_time_limit or (10.0 if args.quick else 60.0)
     rows: list[dict] = []
     ok = True
     if not args.joint_only:
-        ok = run_sizes(sizes, seeds, limit, base_limit, rows, args.no_baseline, max(1, args.repeat))
+        ok = run_sizes(
+            sizes,
+            seeds,
+            shapes,
+            limit,
+            base_limit,
+            rows,
+            baselines,
+            melange_on,
+            max(1, args.repeat),
+        )
     if not args.no_joint:
         models, buckets = (10, 20) if args.quick else (50, 40)
-        ok = run_joint(models, 8, buckets, limit, base_limit, rows, args.no_baseline) and ok
+        ok = run_joint(models, 8, buckets, limit, base_limit, rows, not melange_on) and ok
+    print(summary(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     print("all checks passed" if ok else "SOME CHECKS FAILED")

@@ -38,13 +38,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from gpumix.admission import review
 from gpumix.kube.objects import DeploymentView, View, view_of
 from gpumix.kube.policy import Policy
 from gpumix.kube.selectors import overlaps
 from gpumix.kube.snapshot import Snapshot
-from gpumix.webhook.review import json_bytes, parse_review, review, to_response
-from gpumix.webhook.rules import selector_overlap
-from gpumix.webhook.rules.engine import evaluate_snapshot
+from gpumix.rules import selector_overlap
+from gpumix.rules.engine import evaluate_snapshot
+from gpumix.webhook.wire import json_bytes, parse_review, to_response
 
 Pair = frozenset[tuple[str, str]]
 T = TypeVar("T")

@@ -581,20 +581,18 @@ def in_process(args: argparse.Namespace) -> str:
     import jsonpatch
     import orjson
 
-    from gpumix.kube.policy import Policy
-    from gpumix.kube.snapshot import Snapshot
-    from gpumix.webhook.metrics import WebhookMetrics
-    from gpumix.webhook.review import (
+    from gpumix.admission import (
         _CEILING_PATHS,
         _ISOLATION_PATHS,
         _copy_for_fix,
         _derived_patch,
         _object_of,
-        json_bytes,
-        parse_review,
         review,
-        to_response,
     )
+    from gpumix.kube.policy import Policy
+    from gpumix.kube.snapshot import Snapshot
+    from gpumix.webhook.metrics import WebhookMetrics
+    from gpumix.webhook.wire import json_bytes, parse_review, to_response
 
     emu = Emulator()
     populate(emu, args.deployments, args.namespaces)

@@ -2,8 +2,9 @@
 
 Admission sees one object at a time; two overlapping Deployments created at
 the same moment, or objects that predate the webhook, slip through.  The audit
-reads every Deployment, autoscaler, Node and Namespace, runs
-:func:`webhook.rules.engine.evaluate_snapshot` (the same rules), and reports:
+takes every Deployment, autoscaler and Node from the controller's watch cache
+(it waits while that cache is not synced), lists the Namespaces, runs
+:func:`gpumix.rules.engine.evaluate_snapshot` (the same rules), and reports:
 
 - the ``gpumix_audit_findings{rule,severity,namespace}`` gauge (always);
 - a Warning Event on the subject of each finding first seen (leader only);
@@ -20,13 +21,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from gpumix.controller.cluster import ServedCache, build_state, read_autoscalers
-from gpumix.controller.kubeio import KubeError, KubeIO, resource_path
+from gpumix.controller.cluster import ObjectStore, build_state
 from gpumix.controller.metrics import ControllerMetrics
 from gpumix.controller.plan import format_time
 from gpumix.kube.policy import Policy
-from gpumix.webhook.rules.base import Finding
-from gpumix.webhook.rules.engine import evaluate_snapshot
+from gpumix.kubeio.client import ApiError, KubeClient, resource_path
+from gpumix.kubeio.informer import Informer
+from gpumix.rules.base import Finding
+from gpumix.rules.engine import evaluate_snapshot
 
 log = logging.getLogger("gpumix.controller.audit")
 
@@ -45,36 +47,59 @@ _API_VERSIONS = {
 class Auditor:
     def __init__(
         self,
-        kube: KubeIO,
+        kube: KubeClient,
         policy: Policy,
         metrics: ControllerMetrics,
-        served: ServedCache,
+        informer: Informer,
+        store: ObjectStore,
         can_write: Callable[[], bool],
     ) -> None:
         self._kube = kube
         self._policy = policy
         self._metrics = metrics
-        self._served = served
+        self._informer = informer
+        self._store = store
         self._can_write = can_write
         self._reported: set[tuple[str, str, str, str]] = set()
         self._report_namespaces: set[str] = set()
         self.last_findings: list[Finding] = []
 
-    async def run_once(self, now: float) -> list[Finding]:
-        deployments = (await self._kube.list(resource_path("apps", "v1", "deployments"))).items
-        nodes = (await self._kube.list(resource_path("", "v1", "nodes"))).items
-        namespaces = (await self._kube.list(resource_path("", "v1", "namespaces"))).items
-        autoscalers = await read_autoscalers(self._kube, self._served, None)
-        state = build_state([], deployments, nodes, [], autoscalers, self._policy, namespaces)
+    async def run_once(self, now: float) -> list[Finding] | None:
+        """One audit; None (nothing reported) while the watch cache is not synced."""
+        if not self._informer.synced:
+            log.info("audit skipped: the cluster cache is not synced")
+            return None
+        namespaces, _ = await self._kube.list(resource_path("", "v1", "namespaces"))
+        store = self._store
+        state = build_state(
+            [],
+            store.of("Deployment"),
+            store.of("Node"),
+            [],
+            store.autoscalers(),
+            self._policy,
+            namespaces,
+        )
         findings = evaluate_snapshot(state.snapshot, self._policy)
         self.last_findings = findings
         self._export(findings)
         if self._can_write():
             await self._events(findings, now)
-            if await self._served.served(REPORT_GROUP, REPORT_VERSION, REPORT_PLURAL):
+            if await self._reports_served():
                 await self._reports(findings, now)
         log.info("audit", extra={"findings": len(findings)})
         return findings
+
+    async def _reports_served(self) -> bool:
+        """Is the PolicyReport API served (one discovery GET per audit)?"""
+        try:
+            doc = await self._kube.get_or_none(f"/apis/{REPORT_GROUP}/{REPORT_VERSION}")
+        except ApiError:
+            return False
+        return any(
+            isinstance(r, dict) and r.get("name") == REPORT_PLURAL
+            for r in (doc or {}).get("resources") or []
+        )
 
     def _export(self, findings: list[Finding]) -> None:
         counts: dict[tuple[str, str, str], int] = {}
@@ -120,7 +145,7 @@ class Auditor:
                 await self._kube.request(
                     "POST", resource_path("", "v1", "events", f.subject.namespace), body=body
                 )
-            except KubeError as exc:
+            except ApiError as exc:
                 log.warning("audit event not recorded", extra={"error": str(exc)})
                 continue
             self._reported.add(_fkey(f))
@@ -136,7 +161,7 @@ class Auditor:
             report = policy_report(ns, by_ns.get(ns, []), now)
             path = resource_path(REPORT_GROUP, REPORT_VERSION, REPORT_PLURAL, ns, REPORT_NAME)
             try:
-                existing = await self._kube.get(path)
+                existing = await self._kube.get_or_none(path)
                 if existing is None:
                     await self._kube.request(
                         "POST",
@@ -148,7 +173,7 @@ class Auditor:
                         "resourceVersion"
                     )
                     await self._kube.request("PUT", path, body=report)
-            except KubeError as exc:
+            except ApiError as exc:
                 log.warning("policy report not written", extra={"namespace": ns, "error": str(exc)})
                 continue
             if ns in by_ns:

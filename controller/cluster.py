@@ -1,4 +1,12 @@
-"""One read of the cluster for a reconcile pass, and the GPU accounting built from it.
+"""The controller's view of the cluster: a watch cache, and the GPU accounting built from it.
+
+Deployments, bound Pods, Nodes and autoscalers (HPA, and KEDA ``ScaledObject`` /
+AIBrix ``PodAutoscaler`` once their CRDs are served) come from one
+:class:`gpumix.kubeio.informer.Informer` into an :class:`ObjectStore`; a reconcile
+pass reads the store, so its API calls do not grow with the cluster.  The
+informer watches the two autoscaler CRDs by name, so an autoscaler kind installed
+later is watched at once, and until its objects are listed the informer is not
+synced: the controller then holds replicas (see ``controller/shell.py``).
 
 GPU accounting (per GPU type name, as Nodes and Deployments name it):
 
@@ -19,9 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpumix.controller.kubeio import KubeError, KubeIO, resource_path
 from gpumix.controller.plan import GpuPool
-from gpumix.controller.spec import GROUP, PLURAL, VERSION
 from gpumix.kube.fields import as_mapping, str_map
 from gpumix.kube.gputype import gpu_resources
 from gpumix.kube.objects import (
@@ -35,15 +41,20 @@ from gpumix.kube.objects import (
 )
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
+from gpumix.kubeio.client import KubeClient
+from gpumix.kubeio.informer import EventHook, Informer, InformerSettings, Key, Resource
 
 Obj = dict[str, Any]
 
-AUTOSCALER_SOURCES: tuple[tuple[str, str, str, str], ...] = (
-    # group, version, plural, kind (as in gpumix.kube.objects.AUTOSCALER_KINDS)
-    ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
-    ("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject"),
-    ("autoscaling.aibrix.ai", "v1alpha1", "podautoscalers", "PodAutoscaler"),
-)
+DEPLOYMENTS = Resource("Deployment", "apps/v1", "deployments")
+NODES = Resource("Node", "v1", "nodes", namespaced=False)
+BOUND_PODS = Resource("Pod", "v1", "pods", field_selector="spec.nodeName!=")
+HPAS = Resource("HorizontalPodAutoscaler", "autoscaling/v2", "horizontalpodautoscalers")
+WATCHED = (DEPLOYMENTS, NODES, BOUND_PODS, HPAS)
+"""Cluster-wide even when the controller watches GPUMixes in one namespace: the free-GPU
+ledger counts every Deployment's and every bound Pod's GPUs."""
+CRD_KINDS = {"keda.sh": "ScaledObject", "autoscaling.aibrix.ai": "PodAutoscaler"}
+CRD_NAMES = ("scaledobjects.keda.sh", "podautoscalers.autoscaling.aibrix.ai")
 
 
 @dataclass
@@ -63,69 +74,118 @@ class ClusterState:
         return {t: GpuPool(self.capacity[t], self.free.get(t, 0)) for t in self.capacity}
 
 
-class ServedCache:
-    """Whether an optional API (KEDA, AIBrix, PolicyReport) is served; rechecked every minute."""
+def _trim_pod(pod: Obj) -> Obj:
+    """What the GPU accounting reads of a Pod (a watch cache of every bound Pod must not
+    hold their whole specs)."""
+    meta = as_mapping(pod.get("metadata"))
+    spec = as_mapping(pod.get("spec"))
 
-    def __init__(self, kube: KubeIO, ttl_s: float = 60.0) -> None:
-        self._kube = kube
-        self._ttl = ttl_s
-        self._seen: dict[str, tuple[bool, float]] = {}
+    def containers(key: str) -> list[Obj]:
+        out = []
+        for c in spec.get(key) or []:
+            if isinstance(c, dict):
+                kept = {k: c[k] for k in ("name", "resources", "restartPolicy") if k in c}
+                out.append(kept)
+        return out
 
-    async def served(self, group: str, version: str, plural: str) -> bool:
-        key = f"{group}/{version}/{plural}"
-        hit = self._seen.get(key)
-        now = time.monotonic()
-        if hit is not None and now - hit[1] < self._ttl:
-            return hit[0]
-        try:
-            doc = await self._kube.get(f"/apis/{group}/{version}")
-        except KubeError:
-            doc = None
-        found = bool(doc) and any(
-            isinstance(r, dict) and r.get("name") == plural
-            for r in (doc or {}).get("resources", [])
-        )
-        self._seen[key] = (found, now)
-        return found
-
-
-async def read_autoscalers(kube: KubeIO, served: ServedCache, namespace: str | None) -> list[Obj]:
-    out: list[Obj] = []
-    for group, version, plural, kind in AUTOSCALER_SOURCES:
-        if group != "autoscaling" and not await served.served(group, version, plural):
-            continue
-        try:
-            items = (await kube.list(resource_path(group, version, plural, namespace))).items
-        except KubeError as exc:
-            if exc.status in (404, 403):
-                continue
-            raise
-        for item in items:
-            item.setdefault("apiVersion", f"{group}/{version}")
-            item.setdefault("kind", kind)
-        out.extend(items)
-    return out
+    trimmed_spec: Obj = {"nodeName": spec.get("nodeName"), "containers": containers("containers")}
+    if spec.get("initContainers"):
+        trimmed_spec["initContainers"] = containers("initContainers")
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "labels": meta.get("labels") or {},
+        },
+        "spec": trimmed_spec,
+        "status": {"phase": as_mapping(pod.get("status")).get("phase")},
+    }
 
 
-async def read_cluster(
-    kube: KubeIO,
-    policy: Policy,
-    served: ServedCache,
-    namespace: str | None,
-    *,
-    with_gpumixes: bool = True,
-) -> ClusterState:
-    """Everything a reconcile pass needs, in a handful of list calls."""
-    gpumixes: list[Obj] = []
-    if with_gpumixes:
-        gpumixes = (await kube.list(resource_path(GROUP, VERSION, PLURAL, namespace))).items
-    deployments = (await kube.list(resource_path("apps", "v1", "deployments", None))).items
-    nodes = (await kube.list(resource_path("", "v1", "nodes"))).items
-    pods = (
-        await kube.list(resource_path("", "v1", "pods"), field_selector="spec.nodeName!=")
-    ).items
-    autoscalers = await read_autoscalers(kube, served, None)
-    return build_state(gpumixes, deployments, nodes, pods, autoscalers, policy)
+def _trim_node(node: Obj) -> Obj:
+    meta = dict(as_mapping(node.get("metadata")))
+    meta.pop("managedFields", None)
+    status = as_mapping(node.get("status"))
+    return {
+        **node,
+        "metadata": meta,
+        "status": {k: status[k] for k in ("allocatable", "capacity") if k in status},
+    }
+
+
+class ObjectStore:
+    """The informer's store for the controller: objects by kind and (namespace, name)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[Key, Obj]] = {}
+
+    def convert(self, resource: Resource, obj: Obj) -> object | None:
+        if resource.kind == "Pod":
+            return _trim_pod(obj)
+        if resource.kind == "Node":
+            return _trim_node(obj)
+        return obj
+
+    def put(self, resource: Resource, key: Key, item: object | None) -> None:
+        if isinstance(item, dict):
+            self.objects.setdefault(resource.kind, {})[key] = item
+
+    def remove(self, resource: Resource, key: Key) -> None:
+        self.objects.get(resource.kind, {}).pop(key, None)
+
+    def of(self, kind: str) -> list[Obj]:
+        return list(self.objects.get(kind, {}).values())
+
+    def autoscalers(self) -> list[Obj]:
+        return [o for kind in AUTOSCALER_KINDS for o in self.of(kind)]
+
+    def scaled(self, namespace: str, name: str, replicas: int, resource_version: str) -> None:
+        """A ``/scale`` write succeeded: record it now (the watch event follows), so the
+        next pass does not plan from the replicas it just changed."""
+        deployments = self.objects.get("Deployment", {})
+        current = deployments.get((namespace, name))
+        if current is None:
+            return
+        updated = dict(current)
+        updated["spec"] = {**as_mapping(current.get("spec")), "replicas": replicas}
+        meta = dict(as_mapping(current.get("metadata")))
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        updated["metadata"] = meta
+        deployments[(namespace, name)] = updated
+
+
+def cluster_informer(
+    kube: KubeClient,
+    store: ObjectStore,
+    settings: InformerSettings,
+    on_event: EventHook | None = None,
+) -> Informer:
+    """Deployments, bound Pods, Nodes and every autoscaler kind, watched into ``store``."""
+    return Informer(
+        kube,
+        store,
+        WATCHED,
+        crd_kinds=CRD_KINDS,
+        crd_names=CRD_NAMES,
+        strict_crds=True,
+        settings=settings,
+        on_event=on_event,
+    )
+
+
+def state_of(store: ObjectStore, gpumixes: list[Obj], policy: Policy) -> ClusterState:
+    """The cluster as the store holds it, for one pass (no API call)."""
+    return build_state(
+        gpumixes,
+        store.of("Deployment"),
+        store.of("Node"),
+        store.of("Pod"),
+        store.autoscalers(),
+        policy,
+    )
 
 
 def build_state(
@@ -140,8 +200,8 @@ def build_state(
     snap = Snapshot()
     raw: dict[ObjectRef, Obj] = {}
     for d in deployments:
-        d.setdefault("apiVersion", "apps/v1")
-        d.setdefault("kind", "Deployment")
+        if "kind" not in d or "apiVersion" not in d:
+            d = {"apiVersion": "apps/v1", "kind": "Deployment", **d}
         view = deployment_view(d, policy)
         snap.put(view)
         raw[view.ref] = d

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpumix.controller.kubeio import KubeError, KubeIO, resource_path
+from gpumix.kubeio.client import ApiError, KubeClient, resource_path
 
 log = logging.getLogger("gpumix.controller.leader")
 
@@ -49,7 +49,7 @@ class LeaseSettings:
 class LeaderElector:
     def __init__(
         self,
-        kube: KubeIO,
+        kube: KubeClient,
         settings: LeaseSettings,
         clock: Clock,
         on_change: Callable[[bool], None] | None = None,
@@ -101,7 +101,7 @@ class LeaderElector:
         now = self._clock()
         s = self.settings
         try:
-            lease = await self._kube.get(self.path)
+            lease = await self._kube.get_or_none(self.path)
             if lease is None:
                 body = {
                     "apiVersion": "coordination.k8s.io/v1",
@@ -139,8 +139,8 @@ class LeaderElector:
                 self.transitions += 1
             self._set(True, "renewed" if holder == s.identity else f"took over from {holder!r}")
             return True
-        except KubeError as exc:
-            if exc.status == 409:
+        except ApiError as exc:
+            if exc.code == 409:
                 self._set(False, "lost a concurrent lease update")
                 return False
             log.warning("lease round failed", extra={"error": str(exc)})
@@ -152,7 +152,7 @@ class LeaderElector:
             return
         self._set(False, "released")
         try:
-            lease = await self._kube.get(self.path)
+            lease = await self._kube.get_or_none(self.path)
             if (
                 lease is None
                 or (lease.get("spec") or {}).get("holderIdentity") != self.settings.identity
@@ -161,7 +161,7 @@ class LeaderElector:
             lease["spec"]["holderIdentity"] = ""
             lease["spec"]["leaseDurationSeconds"] = 1
             await self._kube.request("PUT", self.path, body=lease)
-        except KubeError as exc:
+        except ApiError as exc:
             log.warning("lease release failed", extra={"error": str(exc)})
 
     async def run(self, stop: asyncio.Event) -> None:

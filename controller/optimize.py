@@ -34,8 +34,7 @@ from gpumix.controller.spec import (
     ProfileBucket,
     Slo,
     SpecError,
-    _inline_profile,
-    _Reader,
+    read_inline_profiles,
 )
 from gpumix.optimizer.profiles import ProfileError, apply_slo, parse_profile
 from gpumix.optimizer.profiles import Slo as OptSlo
@@ -123,11 +122,10 @@ def parse_profile_document(text: str, where: str, slo: Slo | None = None) -> lis
             f"{where}: not a profile (AIBrix JSON, kind: GPUProfile, or a list of "
             "{gpuType, buckets})"
         )
-    r = _Reader()
-    out = [p for i, item in enumerate(doc) if (p := _inline_profile(r, item, f"[{i}]")) is not None]
-    if r.problems:
-        raise ValueError(f"{where}: {SpecError(r.problems)}")
-    return out
+    try:
+        return read_inline_profiles(doc)
+    except SpecError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def resolve_inline(spec: GPUMixSpec) -> ProfileResult | None:

@@ -244,6 +244,8 @@ class EventAction:
     type: EventType
     reason: str
     message: str
+    scaled: str | None = None
+    """The member Deployment whose scale this Event reports (ScaledUp, ScaledDown)."""
 
 
 Direction = Literal["up", "down"]
@@ -393,8 +395,10 @@ class _Builder:
         new = self.conditions[ctype]
         return (old.get("status"), old.get("reason")) != (new["status"], new["reason"])
 
-    def event(self, etype: EventType, reason: str, message: str) -> None:
-        self.events.append(EventAction(self.snap.ref, etype, reason, message))
+    def event(
+        self, etype: EventType, reason: str, message: str, *, scaled: str | None = None
+    ) -> None:
+        self.events.append(EventAction(self.snap.ref, etype, reason, message, scaled))
 
     def status(self, **extra: object) -> GPUMixStatus:
         status: GPUMixStatus = {"observedGeneration": self.snap.generation}
@@ -408,7 +412,12 @@ class _Builder:
 
 
 def plan(snapshot: MixSnapshot, load: Load, policy: PlanPolicy, now: float) -> Actions:
-    """Decide what to do for one GPUMix (see the module docstring for the rules)."""
+    """Decide what to do for one GPUMix (see the module docstring for the rules).
+
+    In order: the spec and the members must be valid (``_not_ready``), the load usable
+    (``_load_unavailable``), the solver give a usable plan (``_solution``,
+    ``_no_plan``); then each member is judged (``_judge_member``) and the Scaling
+    condition and the status summarise the pass (``_planned``)."""
     b = _Builder(snapshot, now, _previous_conditions(snapshot.previous_status))
     spec = snapshot.spec
     memory = _memory(snapshot.previous_status)
@@ -420,7 +429,27 @@ def plan(snapshot: MixSnapshot, load: Load, policy: PlanPolicy, now: float) -> A
         if b.changed("Ready"):
             b.event("Warning", "InvalidSpec", message)
         return _hold(b, snapshot, memory, None, load, spec_interval=None)
+    held = _not_ready(b, snapshot, spec, memory, load)
+    if held is None:
+        held = _load_unavailable(b, snapshot, spec, memory, load, now)
+    if held is not None:
+        return held
+    assert isinstance(load, LoadObservation)
+    ceilings = {m.name: _ceiling(m, spec, snapshot.pools) for m in snapshot.members}
+    bounds = {m.name: _bounds(m, spec, ceilings[m.name][0]) for m in snapshot.members}
+    solution, basis, kept = _solution(snapshot, spec, memory, load, policy, bounds)
+    if not solution.usable:
+        return _no_plan(b, snapshot, spec, memory, load, solution)
+    judged = _Judged(requeue=float(spec.interval_seconds))
+    for m in snapshot.members:
+        _judge_member(b, judged, m, snapshot, spec, solution, ceilings, bounds, memory, now)
+    return _planned(b, judged, snapshot, spec, memory, load, solution, basis, kept, now)
 
+
+def _not_ready(
+    b: _Builder, snapshot: MixSnapshot, spec: GPUMixSpec, memory: dict[str, _Memory], load: Load
+) -> Actions | None:
+    """Held replicas when the members are not valid; else sets Ready to True."""
     reason, problems = _validate(snapshot, spec)
     if problems:
         message = "; ".join(problems)
@@ -434,7 +463,18 @@ def plan(snapshot: MixSnapshot, load: Load, policy: PlanPolicy, now: float) -> A
     b.condition("Ready", "True", "MembersValid", f"members: {names}")
     if b.changed("Ready") and "Ready" in b.previous:
         b.event("Normal", "MembersValid", f"members are valid: {names}")
+    return None
 
+
+def _load_unavailable(
+    b: _Builder,
+    snapshot: MixSnapshot,
+    spec: GPUMixSpec,
+    memory: dict[str, _Memory],
+    load: Load,
+    now: float,
+) -> Actions | None:
+    """Held replicas when the load is not usable (fail static); else sets LoadAvailable."""
     load_problem = _load_problem(load, spec, now)
     if load_problem is not None:
         problem, why = load_problem
@@ -463,152 +503,212 @@ def plan(snapshot: MixSnapshot, load: Load, policy: PlanPolicy, now: float) -> A
         and b.previous.get("LoadAvailable", {}).get("status") == "False"
     ):
         b.event("Normal", "LoadAvailable", "load data is available again")
+    return None
 
-    ceilings = {m.name: _ceiling(m, spec, snapshot.pools) for m in snapshot.members}
-    bounds = {m.name: _bounds(m, spec, ceilings[m.name][0]) for m in snapshot.members}
+
+def _solution(
+    snapshot: MixSnapshot,
+    spec: GPUMixSpec,
+    memory: dict[str, _Memory],
+    load: LoadObservation,
+    policy: PlanPolicy,
+    bounds: Mapping[str, tuple[int, int]],
+) -> tuple[MixSolution, dict[str, object], bool]:
+    """(solution, plan basis, kept): the previous plan while it still holds, else a solve."""
     basis = plan_basis(load, spec_fingerprint(spec))
     kept = _kept_solution(snapshot, spec, memory, bounds, basis)
     if kept is not None:
-        solution = kept
         previous_basis = snapshot.previous_status.get("planBasis")
         if isinstance(previous_basis, Mapping):
             basis = dict(previous_basis)
-    else:
-        options = tuple(
-            TypeOption(
-                gpu_type=_gpu_name(m),
-                price_per_hour=spec.prices[_gpu_name(m)],
-                gpus_per_replica=_gpus(m, spec),
-                min_replicas=bounds[m.name][0],
-                max_replicas=bounds[m.name][1],
-                current_replicas=m.replicas,
-            )
-            for m in snapshot.members
+        return kept, basis, True
+    options = tuple(
+        TypeOption(
+            gpu_type=_gpu_name(m),
+            price_per_hour=spec.prices[_gpu_name(m)],
+            gpus_per_replica=_gpus(m, spec),
+            min_replicas=bounds[m.name][0],
+            max_replicas=bounds[m.name][1],
+            current_replicas=m.replicas,
         )
-        assert isinstance(snapshot.profiles, ProfileSet)
-        solution = policy.solver(
-            MixProblem(
-                model=spec.model,
-                options=options,
-                load=load.buckets,
-                slo=spec.slo,
-                headroom=spec.headroom,
-                churn_weight=spec.churn_weight,
-                profiles=snapshot.profiles.payload,
-                time_limit_s=spec.solver_time_limit_seconds,
+        for m in snapshot.members
+    )
+    assert isinstance(snapshot.profiles, ProfileSet)
+    solution = policy.solver(
+        MixProblem(
+            model=spec.model,
+            options=options,
+            load=load.buckets,
+            slo=spec.slo,
+            headroom=spec.headroom,
+            churn_weight=spec.churn_weight,
+            profiles=snapshot.profiles.payload,
+            time_limit_s=spec.solver_time_limit_seconds,
+        )
+    )
+    return solution, basis, False
+
+
+def _no_plan(
+    b: _Builder,
+    snapshot: MixSnapshot,
+    spec: GPUMixSpec,
+    memory: dict[str, _Memory],
+    load: Load,
+    solution: MixSolution,
+) -> Actions:
+    """Held replicas when the solver gave no usable plan, with the solver's status."""
+    why = f"solver status {solution.status}: {solution.message or 'no plan'}"
+    b.condition("Scaling", "False", "NoPlan", f"{why}; replicas are kept")
+    if b.changed("Scaling"):
+        b.event("Warning", "NoPlan", f"{why}; keeping current replicas")
+    held = _hold(b, snapshot, memory, spec, load, spec_interval=spec.interval_seconds)
+    held.status["solverStatus"] = solution.status
+    held.status["solveSeconds"] = round(solution.solve_seconds, 4)
+    if solution.message:
+        held.status["solverMessage"] = solution.message
+    return Actions(
+        held.scales,
+        held.events,
+        held.status,
+        held.recommendations,
+        True,
+        None,
+        solution.solve_seconds,
+        held.requeue_after,
+    )
+
+
+@dataclass
+class _Judged:
+    """What the members of one pass came to, in member order."""
+
+    requeue: float
+    scales: list[ScaleAction] = field(default_factory=list)
+    entries: list[MemberStatus] = field(default_factory=list)
+    recs: list[Recommendation] = field(default_factory=list)
+    autoscaled: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+
+
+def _judge_member(
+    b: _Builder,
+    judged: _Judged,
+    m: Member,
+    snapshot: MixSnapshot,
+    spec: GPUMixSpec,
+    solution: MixSolution,
+    ceilings: Mapping[str, tuple[int, str]],
+    bounds: Mapping[str, tuple[int, int]],
+    memory: dict[str, _Memory],
+    now: float,
+) -> None:
+    """One member's recommendation, status entry, scale and Events."""
+    gpu = _gpu_name(m)
+    ceiling, ceiling_reason = ceilings[m.name]
+    low, high = bounds[m.name]
+    rec = max(low, min(int(solution.replicas.get(gpu, m.replicas)), high))
+    mem = memory.get(m.name, _Memory())
+    entry: MemberStatus = {
+        "deployment": m.name,
+        "gpuType": gpu,
+        "gpusPerReplica": _gpus(m, spec),
+        "currentReplicas": m.replicas,
+        "recommendedReplicas": rec,
+        "ceiling": ceiling,
+        "ceilingReason": ceiling_reason,
+    }
+    if mem.last_scale_time is not None:
+        entry["lastScaleTime"] = format_time(mem.last_scale_time)
+    judged.recs.append(Recommendation(snapshot.namespace, m.name, gpu, spec.model, rec))
+    judged.entries.append(entry)
+    if (
+        m.replicas_manager is not None
+        and mem.current is not None
+        and mem.current != m.replicas
+        and spec.mode == "scale"
+        and not m.autoscalers
+    ):
+        b.event(
+            "Warning",
+            "ScaleOverridden",
+            f"{m.name} ({gpu}) was scaled from {mem.current} to {m.replicas} by "
+            f"{m.replicas_manager}; in mode scale gpumix owns its replicas and applies "
+            f"the plan ({rec})",
+        )
+    if m.autoscalers:
+        by = ", ".join(str(a.ref) for a in m.autoscalers)
+        entry["autoscaledBy"] = by
+        entry["decision"] = f"recommendation only: scaled by {by}"
+        judged.autoscaled.append(m.name)
+        if mem.recommended != rec:
+            b.event(
+                "Normal",
+                "Recommended",
+                f"recommend {rec} replicas for {m.name} ({gpu}); not scaled because "
+                f"{by} targets it",
+            )
+        return
+    if spec.mode == "recommend":
+        entry["decision"] = "recommendation only: mode is recommend"
+        if mem.recommended != rec:
+            b.event(
+                "Normal",
+                "Recommended",
+                f"recommend {rec} replicas for {m.name} ({gpu}), now {m.replicas}",
+            )
+        return
+    _scale_member(b, judged, m, entry, snapshot.namespace, spec, rec, ceiling, mem, now)
+
+
+def _scale_member(
+    b: _Builder,
+    judged: _Judged,
+    m: Member,
+    entry: MemberStatus,
+    namespace: str,
+    spec: GPUMixSpec,
+    rec: int,
+    ceiling: int,
+    mem: _Memory,
+    now: float,
+) -> None:
+    """A member gpumix scales: the decision, a pending scale-down, the scale and its Event."""
+    gpu = _gpu_name(m)
+    action, decision, new_mem = _decide(m, rec, ceiling, spec, mem, now)
+    entry["decision"] = decision
+    if new_mem.pending_since is not None and new_mem.pending_floor is not None:
+        entry["scaleDownPendingSince"] = format_time(new_mem.pending_since)
+        entry["scaleDownFloor"] = new_mem.pending_floor
+        judged.pending.append(m.name)
+        due = new_mem.pending_since + spec.scale_down_stabilization_seconds - now
+        judged.requeue = min(judged.requeue, max(1.0, due))
+    if action is not None:
+        judged.scales.append(
+            ScaleAction(
+                namespace,
+                m.name,
+                gpu,
+                m.replicas,
+                action,
+                _gpus(m, spec),
+                decision,
             )
         )
-    load_status = _load_status(load)
-    if not solution.usable:
-        why = f"solver status {solution.status}: {solution.message or 'no plan'}"
-        b.condition("Scaling", "False", "NoPlan", f"{why}; replicas are kept")
-        if b.changed("Scaling"):
-            b.event("Warning", "NoPlan", f"{why}; keeping current replicas")
-        held = _hold(b, snapshot, memory, spec, load, spec_interval=spec.interval_seconds)
-        held.status["solverStatus"] = solution.status
-        held.status["solveSeconds"] = round(solution.solve_seconds, 4)
-        if solution.message:
-            held.status["solverMessage"] = solution.message
-        return Actions(
-            held.scales,
-            held.events,
-            held.status,
-            held.recommendations,
-            True,
-            None,
-            solution.solve_seconds,
-            held.requeue_after,
+        entry["lastScaleTime"] = format_time(now)
+        verb = "ScaledUp" if action > m.replicas else "ScaledDown"
+        b.event(
+            "Normal",
+            verb,
+            f"scaled {m.name} ({gpu}) from {m.replicas} to {action}: {decision}",
+            scaled=m.name,
         )
 
-    scales: list[ScaleAction] = []
-    entries: list[MemberStatus] = []
-    recs: list[Recommendation] = []
-    autoscaled: list[str] = []
-    pending: list[str] = []
-    requeue = float(spec.interval_seconds)
-    for m in snapshot.members:
-        gpu = _gpu_name(m)
-        ceiling, ceiling_reason = ceilings[m.name]
-        low, high = bounds[m.name]
-        rec = max(low, min(int(solution.replicas.get(gpu, m.replicas)), high))
-        mem = memory.get(m.name, _Memory())
-        entry: MemberStatus = {
-            "deployment": m.name,
-            "gpuType": gpu,
-            "gpusPerReplica": _gpus(m, spec),
-            "currentReplicas": m.replicas,
-            "recommendedReplicas": rec,
-            "ceiling": ceiling,
-            "ceilingReason": ceiling_reason,
-        }
-        if mem.last_scale_time is not None:
-            entry["lastScaleTime"] = format_time(mem.last_scale_time)
-        recs.append(Recommendation(snapshot.namespace, m.name, gpu, spec.model, rec))
-        if (
-            m.replicas_manager is not None
-            and mem.current is not None
-            and mem.current != m.replicas
-            and spec.mode == "scale"
-            and not m.autoscalers
-        ):
-            b.event(
-                "Warning",
-                "ScaleOverridden",
-                f"{m.name} ({gpu}) was scaled from {mem.current} to {m.replicas} by "
-                f"{m.replicas_manager}; in mode scale gpumix owns its replicas and applies "
-                f"the plan ({rec})",
-            )
-        if m.autoscalers:
-            by = ", ".join(str(a.ref) for a in m.autoscalers)
-            entry["autoscaledBy"] = by
-            entry["decision"] = f"recommendation only: scaled by {by}"
-            autoscaled.append(m.name)
-            if mem.recommended != rec:
-                b.event(
-                    "Normal",
-                    "Recommended",
-                    f"recommend {rec} replicas for {m.name} ({gpu}); not scaled because "
-                    f"{by} targets it",
-                )
-            entries.append(entry)
-            continue
-        if spec.mode == "recommend":
-            entry["decision"] = "recommendation only: mode is recommend"
-            if mem.recommended != rec:
-                b.event(
-                    "Normal",
-                    "Recommended",
-                    f"recommend {rec} replicas for {m.name} ({gpu}), now {m.replicas}",
-                )
-            entries.append(entry)
-            continue
-        action, decision, new_mem = _decide(m, rec, ceiling, spec, mem, now)
-        entry["decision"] = decision
-        if new_mem.pending_since is not None and new_mem.pending_floor is not None:
-            entry["scaleDownPendingSince"] = format_time(new_mem.pending_since)
-            entry["scaleDownFloor"] = new_mem.pending_floor
-            pending.append(m.name)
-            due = new_mem.pending_since + spec.scale_down_stabilization_seconds - now
-            requeue = min(requeue, max(1.0, due))
-        if action is not None:
-            scales.append(
-                ScaleAction(
-                    snapshot.namespace,
-                    m.name,
-                    gpu,
-                    m.replicas,
-                    action,
-                    _gpus(m, spec),
-                    decision,
-                )
-            )
-            entry["lastScaleTime"] = format_time(now)
-            verb = "ScaledUp" if action > m.replicas else "ScaledDown"
-            b.event(
-                "Normal", verb, f"scaled {m.name} ({gpu}) from {m.replicas} to {action}: {decision}"
-            )
-        entries.append(entry)
 
+def _scaling_condition(
+    b: _Builder, judged: _Judged, snapshot: MixSnapshot, spec: GPUMixSpec
+) -> None:
+    scales, pending, autoscaled = judged.scales, judged.pending, judged.autoscaled
     scaled_members = [m.name for m in snapshot.members if m.name not in autoscaled]
     if spec.mode == "recommend":
         b.condition("Scaling", "False", "RecommendOnly", "mode is recommend: nothing is scaled")
@@ -636,6 +736,23 @@ def plan(snapshot: MixSnapshot, load: Load, policy: PlanPolicy, now: float) -> A
         if not scales and pending and not autoscaled:
             reason = "StabilizingScaleDown"
         b.condition("Scaling", "True", reason, "; ".join(parts) or "replicas match the plan")
+
+
+def _planned(
+    b: _Builder,
+    judged: _Judged,
+    snapshot: MixSnapshot,
+    spec: GPUMixSpec,
+    memory: dict[str, _Memory],
+    load: LoadObservation,
+    solution: MixSolution,
+    basis: dict[str, object],
+    kept: bool,
+    now: float,
+) -> Actions:
+    """The pass's Scaling condition, status and actions."""
+    _scaling_condition(b, judged, snapshot, spec)
+    autoscaled = judged.autoscaled
     was_autoscaled = sorted(n for n, x in memory.items() if x.autoscaled)
     if autoscaled and sorted(autoscaled) != was_autoscaled:
         b.event(
@@ -645,10 +762,10 @@ def plan(snapshot: MixSnapshot, load: Load, policy: PlanPolicy, now: float) -> A
         )
     status = b.status(
         mode=spec.mode,
-        plan=entries,
+        plan=judged.entries,
         solverStatus=solution.status,
         solveSeconds=round(solution.solve_seconds, 4),
-        load=load_status,
+        load=_load_status(load),
         planBasis=basis,
         lastPlanTime=format_time(now),
     )
@@ -661,14 +778,14 @@ def plan(snapshot: MixSnapshot, load: Load, policy: PlanPolicy, now: float) -> A
     if solution.message:
         status["solverMessage"] = solution.message
     return Actions(
-        tuple(scales),
+        tuple(judged.scales),
         tuple(b.events),
         status,
-        tuple(recs),
+        tuple(judged.recs),
         True,
         solution.cost_per_hour,
-        None if kept is not None else solution.solve_seconds,
-        requeue,
+        None if kept else solution.solve_seconds,
+        judged.requeue,
     )
 
 
@@ -688,6 +805,17 @@ def _gpus(m: Member, spec: GPUMixSpec) -> int:
 
 def _validate(snap: MixSnapshot, spec: GPUMixSpec) -> tuple[str, list[str]]:
     """The first reason and every problem that makes the GPUMix not ready."""
+    problems, by_type = _member_problems(snap, spec)
+    problems += _gpu_type_problems(snap, spec, by_type)
+    if not problems:
+        return "", []
+    return problems[0][0], [p for _, p in problems]
+
+
+def _member_problems(
+    snap: MixSnapshot, spec: GPUMixSpec
+) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+    """(reason, problem) of the members themselves, and the members by GPU type."""
     problems: list[tuple[str, str]] = []
     members = snap.members
     if not members:
@@ -736,6 +864,14 @@ def _validate(snap: MixSnapshot, spec: GPUMixSpec) -> tuple[str, list[str]]:
                         "as gpumix.io/deployment to each selector and pod template",
                     )
                 )
+    return problems, by_type
+
+
+def _gpu_type_problems(
+    snap: MixSnapshot, spec: GPUMixSpec, by_type: Mapping[str, list[str]]
+) -> list[tuple[str, str]]:
+    """(reason, problem) of the GPU types: profiles, prices and limits for each."""
+    problems: list[tuple[str, str]] = []
     profiles = snap.profiles
     if isinstance(profiles, ProfilesUnavailable):
         problems.append(("ProfilesUnavailable", f"profiles: {profiles.reason}"))
@@ -775,9 +911,7 @@ def _validate(snap: MixSnapshot, spec: GPUMixSpec) -> tuple[str, list[str]]:
                     f"(profiles: {', '.join(sorted(known)) or 'none'})",
                 )
             )
-    if not problems:
-        return "", []
-    return problems[0][0], [p for _, p in problems]
+    return problems
 
 
 def _load_problem(load: Load, spec: GPUMixSpec, now: float) -> tuple[LoadProblem, str] | None:

@@ -36,7 +36,8 @@ class ControllerSettings:
     resync_interval_s: float = 300.0
     """Every GPUMix is reconciled at least this often, even without changes or its interval."""
     watch: bool = True
-    """Watch GPUMixes, Deployments and Nodes; False: the intervals alone drive reconciles."""
+    """Changes seen by the watches (GPUMixes, Deployments, autoscalers, Nodes) queue
+    reconciles; False: the intervals alone drive them (the watch cache runs either way)."""
     debounce_s: float = 0.2
     """Wait this long after the first queued change so a burst is handled in one pass."""
     scale_attempts: int = 4

@@ -1,12 +1,18 @@
 """The controller process: watches, a coalescing work queue, reconcile passes, writes.
 
-Level-based: a change to a GPUMix, a member Deployment or a Node (or a
-GPUMix's interval running out) only *queues* work.  A pass then reads the
-cluster once (a handful of list calls), plans every queued GPUMix with the
-pure :func:`controller.plan.plan`, and applies the actions: ``/scale`` writes
-with optimistic concurrency, the ``status`` subresource, Events.  Only the
-Lease holder runs passes, and every write checks leadership right before it
-is sent.
+Level-based: a change to a GPUMix, a member Deployment, an autoscaler or a Node
+(or a GPUMix's interval running out) only *queues* work.  Deployments, bound
+Pods, Nodes and autoscalers are kept by a watch cache (``controller/cluster.py``,
+on :mod:`gpumix.kubeio.informer`); a pass lists only the GPUMixes (one call),
+reads the rest from the cache, plans every queued GPUMix with the pure
+:func:`controller.plan.plan`, and applies the actions: ``/scale`` writes with
+optimistic concurrency, the ``status`` subresource, Events.  Only the Lease
+holder runs passes, and every write checks leadership right before it is sent.
+
+Fail static while the cache is not synced (before its first complete list, after
+a failed list or watch or a ``410`` until the relist completes, and while an
+autoscaler CRD is served whose objects are not listed yet): no pass runs and no
+``/scale`` is written; queued work waits, and replicas stay as they are.
 
 ``run_controller(settings, api_client, clock=..., stop_event=...)`` runs it all
 in the caller's event loop (``gpumix controller`` and ``gpumix demo``).
@@ -28,8 +34,13 @@ import aiohttp
 from aiohttp import web
 
 from gpumix.controller.audit import Auditor
-from gpumix.controller.cluster import ClusterState, ServedCache, labels_of, read_cluster
-from gpumix.controller.kubeio import KubeError, KubeIO, resource_path
+from gpumix.controller.cluster import (
+    ClusterState,
+    ObjectStore,
+    cluster_informer,
+    labels_of,
+    state_of,
+)
 from gpumix.controller.leader import AlwaysLeader, LeaderElector, LeaseSettings
 from gpumix.controller.load import LoadReader
 from gpumix.controller.metrics import ControllerMetrics, PublishedRecommendation, metrics_app
@@ -60,7 +71,10 @@ from gpumix.controller.spec import (
     SpecError,
     parse_spec,
 )
-from gpumix.kube.objects import ObjectRef, node_view
+from gpumix.kube.objects import AUTOSCALER_KINDS, ObjectRef, node_view
+from gpumix.kubeio.client import ApiError, KubeClient, resource_path
+from gpumix.kubeio.informer import InformerSettings, Reflector, Resource
+from gpumix.kubeio.informer import Key as ObjectKey
 
 log = logging.getLogger("gpumix.controller")
 
@@ -72,6 +86,8 @@ VOLATILE_STATUS_KEYS = ("lastPlanTime", "solveSeconds")
 STANDBY_READ_S = 2.0
 """How often a standby re-reads the leader's plan from the GPUMix status."""
 COMPONENT = "gpumix-controller"
+USER_AGENT = "gpumix-controller/0.1.0"
+"""kube-apiserver names the field manager of non-apply writes after the user agent."""
 FIELD_MANAGER = "gpumix-controller"
 """The field manager of gpumix's writes (so a replica count set by anyone else is seen)."""
 
@@ -125,7 +141,7 @@ class Controller:
     def __init__(
         self,
         settings: ControllerSettings,
-        kube: KubeIO,
+        kube: KubeClient,
         *,
         clock: Clock,
         session: aiohttp.ClientSession,
@@ -139,7 +155,15 @@ class Controller:
         self.metrics = metrics or ControllerMetrics()
         self.policy = PlanPolicy(solver, settings.policy)
         self.loads = LoadReader(session)
-        self.served = ServedCache(kube)
+        self.store = ObjectStore()
+        self.informer = cluster_informer(
+            kube,
+            self.store,
+            InformerSettings(watch_timeout_s=settings.watch_timeout_s),
+            on_event=self._on_informer_event,
+        )
+        self._informer_started = False
+        self._held = False
         self.queue = WorkQueue()
         self.leadership: Leadership = leadership or AlwaysLeader()
         self.recommendations: dict[tuple[str, str], PublishedRecommendation] = {}
@@ -158,12 +182,38 @@ class Controller:
         self.metrics_url: str | None = None
         self.last_pass: PassStats | None = None
         self.passes = 0
-        self.auditor = Auditor(kube, settings.policy, self.metrics, self.served, self.can_write)
+        self.auditor = Auditor(
+            kube, settings.policy, self.metrics, self.informer, self.store, self.can_write
+        )
 
     # -- leadership ---------------------------------------------------------------------
 
     def can_write(self) -> bool:
         return self.leadership.is_leader()
+
+    # -- the watch cache ------------------------------------------------------------------
+
+    async def start_cache(self) -> None:
+        """Start the watch cache (once); passes wait until it is synced."""
+        if not self._informer_started:
+            self._informer_started = True
+            await self.informer.start()
+
+    async def stop_cache(self) -> None:
+        if self._informer_started:
+            self._informer_started = False
+            await self.informer.stop()
+
+    def _cache_current(self) -> bool:
+        """Is the watch cache synced?  Logged once per transition while it is not."""
+        synced = self.informer.synced
+        if synced == self._held:
+            self._held = not synced
+            if synced:
+                log.info("cluster cache synced; reconciling")
+            else:
+                log.warning("cluster cache not synced; holding replicas")
+        return synced
 
     # -- the reconcile pass -------------------------------------------------------------
 
@@ -172,9 +222,10 @@ class Controller:
         started = time.perf_counter()
         before = dict(self.kube.calls)
         stats = PassStats()
-        state = await read_cluster(
-            self.kube, self.settings.policy, self.served, self.settings.namespace
+        gpumixes, _ = await self.kube.list(
+            resource_path(GROUP, VERSION, PLURAL, self.settings.namespace)
         )
+        state = state_of(self.store, gpumixes, self.settings.policy)
         self.synced = True
         self._export_cluster_metrics(state)
         self.loads.new_cycle()
@@ -315,7 +366,7 @@ class Controller:
         if ref is None:
             return ProfilesUnavailable("no profiles given")
         if (ns, ref.name) not in cache:
-            cache[(ns, ref.name)] = await self.kube.get(
+            cache[(ns, ref.name)] = await self.kube.get_or_none(
                 resource_path("", "v1", "configmaps", ns, ref.name)
             )
         return profiles_from_config_map(cache[(ns, ref.name)], ref.name, ref.key, spec.slo)
@@ -336,6 +387,9 @@ class Controller:
         for action in actions.scales:
             if not self.can_write():
                 return
+            if not self._cache_current():
+                self._due[(ns, name)] = self.clock() + 0.5
+                return  # fail static: the plan may rest on a view that is not current
             ok, why = await self.scale(action, state)
             if ok:
                 stats.scales += 1
@@ -365,7 +419,8 @@ class Controller:
                         if old.get("lastScaleTime"):
                             entry["lastScaleTime"] = old["lastScaleTime"]
                 self._due[(ns, name)] = self.clock() + 1.0
-        events = [e for e in actions.events if not _is_failed_scale_event(e, failed)]
+        not_scaled = {a.deployment for a, _ in failed}
+        events = [e for e in actions.events if e.scaled is None or e.scaled not in not_scaled]
         for action, why in failed:
             events.append(
                 EventAction(
@@ -404,7 +459,7 @@ class Controller:
             if not self.can_write():
                 return False, "not the leader any more"
             if not rv:
-                current = await self.kube.get(path)
+                current = await self.kube.get_or_none(path)
                 if current is None:
                     return False, "the Deployment is gone"
                 replicas = (current.get("spec") or {}).get("replicas", 0)
@@ -422,12 +477,14 @@ class Controller:
                 "spec": {"replicas": action.to_replicas},
             }
             try:
-                await self.kube.request(
-                    "PUT", path, body=body, query=[("fieldManager", FIELD_MANAGER)]
+                out = await self.kube.request(
+                    "PUT", path, body=body, query={"fieldManager": FIELD_MANAGER}
                 )
+                new_rv = str((out.get("metadata") or {}).get("resourceVersion") or "")
+                self.store.scaled(action.namespace, action.deployment, action.to_replicas, new_rv)
                 return True, ""
-            except KubeError as exc:
-                if exc.status == 409:
+            except ApiError as exc:
+                if exc.code == 409:
                     log.info(
                         "scale conflict, re-reading",
                         extra={
@@ -438,7 +495,7 @@ class Controller:
                     rv = ""
                     await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
                     continue
-                if exc.status == 404:
+                if exc.code == 404:
                     return False, "the Deployment is gone"
                 return False, str(exc)
         return False, f"still conflicting after {self.settings.scale_attempts} attempts"
@@ -456,11 +513,11 @@ class Controller:
                 "PATCH",
                 path,
                 body={"status": patch_status},
-                query=[("fieldManager", FIELD_MANAGER)],
+                query={"fieldManager": FIELD_MANAGER},
                 content_type="application/merge-patch+json",
             )
-        except KubeError as exc:
-            if exc.status == 404:
+        except ApiError as exc:
+            if exc.code == 404:
                 return False
             raise
         rv = ((out or {}).get("metadata") or {}).get("resourceVersion")
@@ -505,7 +562,7 @@ class Controller:
             await self.kube.request(
                 "POST", resource_path("", "v1", "events", ref.namespace or "default"), body=body
             )
-        except KubeError as exc:
+        except ApiError as exc:
             log.warning("event not recorded", extra={"reason": event.reason, "error": str(exc)})
 
     # -- metrics and recommendations ---------------------------------------------------
@@ -662,6 +719,18 @@ class Controller:
                 return
             self.queue.add((ns, None))
             return
+        if kind == "autoscaler":
+            # a new, changed or deleted autoscaler changes its target's ceiling
+            sig = (meta.get("generation"), str(obj.get("spec")))
+            key = f"{obj.get('kind')}/{ns}/{name}"
+            if etype == "DELETED":
+                self._signatures.pop(key, None)
+            elif self._signatures.get(key) == sig:
+                return
+            else:
+                self._signatures[key] = sig
+            self.queue.add((ns, None))
+            return
         view = node_view(obj, self.settings.policy)
         key = f"node/{name}"
         if etype == "DELETED":
@@ -673,48 +742,54 @@ class Controller:
             self._signatures[key] = sig
         self.queue.add(ALL)
 
-    async def watch_loop(self, kind: str, path: str, stop: asyncio.Event) -> None:
-        """List for a resourceVersion, then watch; on errors or 410 start over (with backoff)."""
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                rv = (
-                    (await self.kube.request("GET", path, query=[("limit", "1")]) or {})
-                    .get("metadata", {})
-                    .get("resourceVersion", "")
-                )
-                if backoff > 0.5:
-                    # Listed again after a failure: whatever changed since the pass queued
-                    # at the failure was not seen by any watch, so look at everything again.
-                    self.queue.add(ALL)
-                while not stop.is_set():
-                    async for event in self.kube.watch(
-                        path, str(rv), timeout_s=self.settings.watch_timeout_s
-                    ):
-                        etype = event.get("type")
-                        obj = event.get("object") or {}
-                        if etype == "ERROR":
-                            raise KubeError(int(obj.get("code") or 500), "WatchError", str(obj))
-                        rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
-                        if etype != "BOOKMARK":
-                            self._on_event(kind, event)
-                        backoff = 0.5
-            except asyncio.CancelledError:
-                raise
-            except KubeError as exc:
-                if exc.status != 410:
-                    log.warning("watch failed", extra={"kind": kind, "error": str(exc)})
-                self.queue.add(ALL)  # events may have been missed
-            except Exception as exc:
-                log.warning("watch broke", extra={"kind": kind, "error": repr(exc)})
+    def _on_informer_event(self, resource: Resource, event: Obj | None) -> None:
+        """A change seen by the watch cache: queue the work it may cause."""
+        if not self.settings.watch:
+            return  # the intervals alone drive reconciles
+        if event is None:
+            if resource.kind != "Pod":
+                self.queue.add(ALL)  # relisted: changes in between were not seen one by one
+            return
+        if resource.kind == "Deployment":
+            ns = str(((event.get("object") or {}).get("metadata") or {}).get("namespace") or "")
+            if self.settings.namespace is None or ns == self.settings.namespace:
+                self._on_event("deployment", event)
+        elif resource.kind == "Node":
+            self._on_event("node", event)
+        elif resource.kind in AUTOSCALER_KINDS:
+            self._on_event("autoscaler", event)
+
+    def gpumix_watch(self) -> Reflector:
+        """A watch of the GPUMixes that only queues work (a pass lists them afresh, so the
+        status it patches is the one the API server holds)."""
+        resource = Resource(KIND, API_VERSION, PLURAL, namespace=self.settings.namespace)
+
+        def on_event(_: Resource, event: Obj | None) -> None:
+            if event is None:
                 self.queue.add(ALL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff)
-            backoff = min(backoff * 2, 30.0)
+            else:
+                self._on_event("gpumix", event)
+
+        return Reflector(
+            resource,
+            self.kube,
+            _KeysOnly(),
+            InformerSettings(watch_timeout_s=self.settings.watch_timeout_s, backoff_max_s=30.0),
+            lambda: None,
+            on_event=on_event,
+        )
 
     # -- the main loop ---------------------------------------------------------------------
 
     async def work_loop(self, stop: asyncio.Event) -> None:
+        """Passes while leading, the leader's plan while standing by; owns the watch cache."""
+        await self.start_cache()
+        try:
+            await self._work(stop)
+        finally:
+            await self.stop_cache()
+
+    async def _work(self, stop: asyncio.Event) -> None:
         backoff = 0.5
         next_resync = self.clock()
         next_standby_read = self.clock()
@@ -757,6 +832,14 @@ class Controller:
                     await asyncio.wait_for(stop.wait(), 0.5)
                 continue
             self._led = True
+            if not self._cache_current():
+                # fail static: nothing is planned or written from a view that is not current
+                for key in keys:
+                    self.queue.add(key)
+                self.synced = False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.informer.wait_synced(0.5), 0.6)
+                continue
             try:
                 await self.reconcile_pass(keys)
                 backoff = 0.5
@@ -793,6 +876,19 @@ class Controller:
         if self.can_write():
             return self.synced or self.leader_plan_read
         return self.leader_plan_read
+
+
+class _KeysOnly:
+    """A store that keeps nothing (the GPUMix watch only queues work)."""
+
+    def convert(self, resource: Resource, obj: Obj) -> object | None:
+        return None
+
+    def put(self, resource: Resource, key: ObjectKey, item: object | None) -> None:
+        return None
+
+    def remove(self, resource: Resource, key: ObjectKey) -> None:
+        return None
 
 
 def _key_of(obj: Obj) -> tuple[str, str]:
@@ -865,12 +961,6 @@ def _old_entry(obj: Obj, deployment: str) -> dict[str, Any]:
     return {}
 
 
-def _is_failed_scale_event(event: EventAction, failed: list[tuple[ScaleAction, str]]) -> bool:
-    return event.reason in ("ScaledUp", "ScaledDown") and any(
-        f"scaled {a.deployment} " in event.message for a, _ in failed
-    )
-
-
 def _api_version_of(kind: str) -> str:
     return {
         "Deployment": "apps/v1",
@@ -895,7 +985,7 @@ async def run_controller(
     ``solver`` replaces the optimizer (tests); ``started`` receives the
     controller once its metrics server listens (``controller.metrics_url``).
     """
-    kube = KubeIO(api_client, timeout_s=settings.api_timeout_s)
+    kube = KubeClient(api_client, request_timeout_s=settings.api_timeout_s, user_agent=USER_AGENT)
     metrics = ControllerMetrics()
     leadership: Leadership
     if settings.leader_election:
@@ -944,13 +1034,7 @@ async def run_controller(
             asyncio.create_task(controller.audit_loop(inner), name="audit"),
         ]
         if settings.watch:
-            ns = settings.namespace
-            for kind, path in (
-                ("gpumix", resource_path(GROUP, VERSION, PLURAL, ns)),
-                ("deployment", resource_path("apps", "v1", "deployments", ns)),
-                ("node", resource_path("", "v1", "nodes")),
-            ):
-                tasks.append(asyncio.create_task(controller.watch_loop(kind, path, inner)))
+            tasks.append(asyncio.create_task(controller.gpumix_watch().run(), name="gpumix-watch"))
         stopper = asyncio.create_task(stop_event.wait())
         try:
             pending: set[asyncio.Task[Any]] = {stopper, *tasks}
@@ -977,4 +1061,3 @@ async def run_controller(
             stopper.cancel()
             if runner is not None:
                 await runner.cleanup()
-

@@ -14,7 +14,7 @@ that overlap) need the cluster and live in :mod:`controller.plan`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -358,6 +358,19 @@ def _profiles(r: _Reader, raw: object) -> Profiles:
     return Profiles(tuple(inline), ref)
 
 
+def read_inline_profiles(items: Sequence[object]) -> list[InlineProfile]:
+    """Profiles in the inline form (``{gpuType, buckets}``) outside a GPUMix, as a
+    profile file lists them, each checked as ``spec.profiles.inline`` is; SpecError
+    names every problem by its path (``[i].buckets[j].inputTokens``)."""
+    r = _Reader()
+    out = [
+        p for i, item in enumerate(items) if (p := _inline_profile(r, item, f"[{i}]")) is not None
+    ]
+    if r.problems:
+        raise SpecError(r.problems)
+    return out
+
+
 def _inline_profile(r: _Reader, raw: object, path: str) -> InlineProfile | None:
     doc = r.mapping(raw, path, required=True)
     r.unknown(doc, {"gpuType", "buckets"}, path)
@@ -425,82 +438,88 @@ def _load_source(r: _Reader, raw: object) -> LoadSource | None:
         r.fail("spec.loadSource", "set exactly one of static or prometheus")
         return None
     if has_static:
-        sdoc = r.mapping(doc.get("static"), "spec.loadSource.static", required=True)
-        r.unknown(sdoc, {"buckets"}, "spec.loadSource.static")
-        items = sdoc.get("buckets", [])
-        if not isinstance(items, list):
-            r.fail("spec.loadSource.static.buckets", "must be a list")
-            return None
-        buckets: list[LoadBucket] = []
-        for i, item in enumerate(items):
-            path = f"spec.loadSource.static.buckets[{i}]"
-            d = r.mapping(item, path, required=True)
-            r.unknown(d, {"inputTokens", "outputTokens", "requestsPerSecond"}, path)
-            inp = r.integer(d.get("inputTokens"), f"{path}.inputTokens", None, minimum=1)
-            out = r.integer(d.get("outputTokens"), f"{path}.outputTokens", None, minimum=1)
-            rps = r.number(d.get("requestsPerSecond"), f"{path}.requestsPerSecond", None)
-            if inp is None or out is None or rps is None:
-                for name in ("inputTokens", "outputTokens", "requestsPerSecond"):
-                    if d.get(name) is None:
-                        r.fail(f"{path}.{name}", "required")
-                continue
-            buckets.append(LoadBucket(float(inp), float(out), rps))
-        return StaticLoad(tuple(buckets))
+        return _static_load(r, doc.get("static"))
     if has_prom:
-        path = "spec.loadSource.prometheus"
-        p = r.mapping(doc.get("prometheus"), path, required=True)
-        r.unknown(
-            p,
-            {
-                "url",
-                "selector",
-                "windowSeconds",
-                "stalenessSeconds",
-                "promptTokensBucketMetric",
-                "generationTokensBucketMetric",
-                "requestSuccessMetric",
-                "query",
-                "inputLabel",
-                "outputLabel",
-                "timeoutSeconds",
-            },
-            path,
-        )
-        url = r.string(p.get("url"), f"{path}.url", required=True)
-        if url is not None and not url.startswith(("http://", "https://")):
-            r.fail(f"{path}.url", f"must start with http:// or https://, got {url!r}")
-        selector = p.get("selector", "")
-        if not isinstance(selector, str) or any(c in selector for c in "{}"):
-            r.fail(f"{path}.selector", 'must be label matchers without braces, e.g. a="b"')
-            selector = ""
-        window = r.integer(
-            p.get("windowSeconds"), f"{path}.windowSeconds", DEFAULT_WINDOW_S, minimum=1
-        )
-        staleness = r.integer(
-            p.get("stalenessSeconds"), f"{path}.stalenessSeconds", DEFAULT_STALENESS_S, minimum=1
-        )
-        base = PrometheusLoad(url=url or "")
-        return PrometheusLoad(
-            url=url or "",
-            selector=selector,
-            window_seconds=window or DEFAULT_WINDOW_S,
-            staleness_seconds=staleness or DEFAULT_STALENESS_S,
-            prompt_bucket_metric=r.string(
-                p.get("promptTokensBucketMetric"), f"{path}.promptTokensBucketMetric"
-            )
-            or base.prompt_bucket_metric,
-            generation_bucket_metric=r.string(
-                p.get("generationTokensBucketMetric"), f"{path}.generationTokensBucketMetric"
-            )
-            or base.generation_bucket_metric,
-            success_metric=r.string(p.get("requestSuccessMetric"), f"{path}.requestSuccessMetric")
-            or base.success_metric,
-            query=r.string(p.get("query"), f"{path}.query"),
-            input_label=r.string(p.get("inputLabel"), f"{path}.inputLabel") or base.input_label,
-            output_label=r.string(p.get("outputLabel"), f"{path}.outputLabel") or base.output_label,
-            timeout_seconds=r.number(
-                p.get("timeoutSeconds"), f"{path}.timeoutSeconds", 5.0, positive=True
-            )
-            or 5.0,
-        )
+        return _prometheus_load(r, doc.get("prometheus"))
     return None
+
+
+def _static_load(r: _Reader, raw: object) -> StaticLoad | None:
+    sdoc = r.mapping(raw, "spec.loadSource.static", required=True)
+    r.unknown(sdoc, {"buckets"}, "spec.loadSource.static")
+    items = sdoc.get("buckets", [])
+    if not isinstance(items, list):
+        r.fail("spec.loadSource.static.buckets", "must be a list")
+        return None
+    buckets: list[LoadBucket] = []
+    for i, item in enumerate(items):
+        path = f"spec.loadSource.static.buckets[{i}]"
+        d = r.mapping(item, path, required=True)
+        r.unknown(d, {"inputTokens", "outputTokens", "requestsPerSecond"}, path)
+        inp = r.integer(d.get("inputTokens"), f"{path}.inputTokens", None, minimum=1)
+        out = r.integer(d.get("outputTokens"), f"{path}.outputTokens", None, minimum=1)
+        rps = r.number(d.get("requestsPerSecond"), f"{path}.requestsPerSecond", None)
+        if inp is None or out is None or rps is None:
+            for name in ("inputTokens", "outputTokens", "requestsPerSecond"):
+                if d.get(name) is None:
+                    r.fail(f"{path}.{name}", "required")
+            continue
+        buckets.append(LoadBucket(float(inp), float(out), rps))
+    return StaticLoad(tuple(buckets))
+
+
+def _prometheus_load(r: _Reader, raw: object) -> PrometheusLoad:
+    path = "spec.loadSource.prometheus"
+    p = r.mapping(raw, path, required=True)
+    r.unknown(
+        p,
+        {
+            "url",
+            "selector",
+            "windowSeconds",
+            "stalenessSeconds",
+            "promptTokensBucketMetric",
+            "generationTokensBucketMetric",
+            "requestSuccessMetric",
+            "query",
+            "inputLabel",
+            "outputLabel",
+            "timeoutSeconds",
+        },
+        path,
+    )
+    url = r.string(p.get("url"), f"{path}.url", required=True)
+    if url is not None and not url.startswith(("http://", "https://")):
+        r.fail(f"{path}.url", f"must start with http:// or https://, got {url!r}")
+    selector = p.get("selector", "")
+    if not isinstance(selector, str) or any(c in selector for c in "{}"):
+        r.fail(f"{path}.selector", 'must be label matchers without braces, e.g. a="b"')
+        selector = ""
+    window = r.integer(p.get("windowSeconds"), f"{path}.windowSeconds", DEFAULT_WINDOW_S, minimum=1)
+    staleness = r.integer(
+        p.get("stalenessSeconds"), f"{path}.stalenessSeconds", DEFAULT_STALENESS_S, minimum=1
+    )
+    base = PrometheusLoad(url=url or "")
+    return PrometheusLoad(
+        url=url or "",
+        selector=selector,
+        window_seconds=window or DEFAULT_WINDOW_S,
+        staleness_seconds=staleness or DEFAULT_STALENESS_S,
+        prompt_bucket_metric=r.string(
+            p.get("promptTokensBucketMetric"), f"{path}.promptTokensBucketMetric"
+        )
+        or base.prompt_bucket_metric,
+        generation_bucket_metric=r.string(
+            p.get("generationTokensBucketMetric"), f"{path}.generationTokensBucketMetric"
+        )
+        or base.generation_bucket_metric,
+        success_metric=r.string(p.get("requestSuccessMetric"), f"{path}.requestSuccessMetric")
+        or base.success_metric,
+        query=r.string(p.get("query"), f"{path}.query"),
+        input_label=r.string(p.get("inputLabel"), f"{path}.inputLabel") or base.input_label,
+        output_label=r.string(p.get("outputLabel"), f"{path}.outputLabel") or base.output_label,
+        timeout_seconds=r.number(
+            p.get("timeoutSeconds"), f"{path}.timeoutSeconds", 5.0, positive=True
+        )
+        or 5.0,
+    )

@@ -30,9 +30,9 @@ objective cutoff), so a master with no solution proves the best plan optimal. A 
 gets its whole remaining budget only after a plan was found or its slice found nothing.
 The search ends when the bound reaches the best plan.
 
-The master's effort is a budget counted in CP-SAT's deterministic time (work, not seconds,
-so the result does not depend on the machine's speed), and so is the number of rounds; the
-caller hands an unfinished search to another method and keeps the larger proven bound.
+The search starts from a plan (every bucket on its cheapest type per request) and runs
+until the bound reaches the best plan or the deadline; a stopped search returns its best
+plan and bound. (Round and effort caps exist for tests only.)
 
 Exactness: cuts are scaled to integers with their coefficients rounded *up* (valid, as
 counts are non-negative) and the right-hand side rounded up to the next integer after a
@@ -56,11 +56,14 @@ from ortools.sat.python import cp_model
 from gpumix.optimizer._engine import (
     Block,
     FloatArray,
+    NumericTrouble,
     Outcome,
     _plan_value,
     clean_split,
     glop,
     optimal_within,
+    out_of_time,
+    solve_lp,
     with_bound,
 )
 
@@ -68,11 +71,6 @@ CUT_SCALE = 1e6  # integer scale of cut coefficients (prices normalised to at mo
 DEEP_ENOUGH = 0.95  # stop the routing check once a cut is this close to the deepest
 MAX_CHECK_ROUNDS = 2_000  # pricing rounds of one routing check (a bound, not a tuning)
 FEAS_TOL = 1e-9  # overflow (replicas) below which a plan fits
-# CP-SAT's deterministic time (a count of work, the same on every machine) that all master
-# solves of one search may spend. Measured on the benchmark instances: 8 x 300 and
-# 16 x 2000 need less than 0.03; two of the three 16 x 500 seeds need more than this
-# budget, and HiGHS then finishes faster.
-MASTER_EFFORT = 0.15
 
 
 @dataclass
@@ -145,17 +143,20 @@ class _Routing:
         self.lams.append(lam)
 
     def check(self, n: FloatArray, deadline: float, clock: Callable[[], float]) -> _Check | None:
-        """None when the LP could not be solved in time."""
+        """None when the deadline came first; ``NumericTrouble`` when the LP failed."""
         cap = self.usable * n
         for g, row in enumerate(self.caps):
             row.SetBounds(-self.inf, float(cap[g]))
         for _ in range(MAX_CHECK_ROUNDS):
-            remaining = deadline - clock()
-            if remaining <= 0:
+            if clock() >= deadline:
                 return None
-            self.s.SetTimeLimit(max(1, int(min(remaining, 1e6) * 1000)))
-            if self.s.Solve() != pywraplp.Solver.OPTIMAL:
-                return None
+            st = solve_lp(self.s, deadline, clock)
+            if st != pywraplp.Solver.OPTIMAL:
+                if out_of_time(deadline, clock):
+                    return None
+                raise NumericTrouble(
+                    f"the routing check LP failed (GLOP status {st}) before the time limit"
+                )
             over = float(self.obj.Value())
             prices = np.clip(np.array([-r.dual_value() for r in self.caps]), 0.0, 1.0)
             if over <= FEAS_TOL:
@@ -169,9 +170,13 @@ class _Routing:
                 # converged (or no new routing): the overflow is real, these prices cut n
                 if violation > 1e-9 * max(1.0, val):
                     return _Check(False, prices, None)
-                return None  # pragma: no cover - numerically inconsistent LP
+                raise NumericTrouble(  # pragma: no cover
+                    "the routing check LP reports an overflow that no price confirms"
+                )
             self._add(route, load)
-        return None  # pragma: no cover - bounded loop guard
+        raise NumericTrouble(  # pragma: no cover
+            f"the routing check did not converge in {MAX_CHECK_ROUNDS} rounds"
+        )
 
     def _split(self) -> FloatArray:
         f = np.zeros(self.need.shape)
@@ -205,6 +210,21 @@ def _useful_caps(blk: Block) -> FloatArray:
         room = np.where(blk.cost > 0, np.floor(spare / blk.cost + 1e-9), np.inf)
     tight: FloatArray = np.minimum(out, blk.lb + np.maximum(room, 0.0))
     return tight
+
+
+def _cheapest_plan(blk: Block) -> tuple[FloatArray, FloatArray] | None:
+    """Every bucket on its cheapest type per request and the counts that carry it, when
+    they are within the caps: a plan before any search (None when it breaks a cap)."""
+    fin = np.isfinite(blk.need)
+    if blk.need.shape[0] == 0 or not np.all(fin.any(axis=1)):
+        return None
+    _, route, load = _cheapest_routing(blk.need, fin, blk.cost)
+    n: FloatArray = np.maximum(blk.lb, np.ceil(load / blk.usable - 1e-9))
+    if np.any(n > blk.ub):
+        return None
+    split: FloatArray = np.zeros(blk.need.shape)
+    split[np.arange(blk.need.shape[0]), route] = 1.0
+    return n, split
 
 
 def _start_prices(blk: Block) -> list[FloatArray]:
@@ -393,6 +413,11 @@ class _CpsatMaster:
         solver.parameters.cp_model_presolve = False
         status = solver.solve(self.m, _Pool())
         used = float(solver.response_proto.deterministic_time)
+        if status == cp_model.MODEL_INVALID:
+            raise NumericTrouble(
+                "CP-SAT rejected the count-space master: "
+                + (self.m.validate() or "integer coefficients out of range")
+            )
         if status == cp_model.INFEASIBLE:
             return _MasterAnswer("infeasible", None, -math.inf, used, [])
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -408,15 +433,15 @@ def benders(
     time_limit_s: float,
     seed: int,
     clock: Callable[[], float],
-    max_rounds: int = 60,
-    master_effort: float = MASTER_EFFORT,
-    only_enumerable: bool = False,
+    max_rounds: int | None = None,
+    master_effort: float = math.inf,
 ) -> Outcome:
     """Solve one model exactly in count space (see the module docstring).
 
-    Returns "optimal" or "infeasible" when finished; otherwise "unknown" with the best
-    proven bound (the caller continues with another method). ``only_enumerable``: give
-    up at once (no rounds, no bound) unless the master is small enough to enumerate."""
+    Returns "optimal" or "infeasible" when finished; when the time limit (or a round or
+    effort limit, for tests) stops it, "feasible" with the best plan and the best proven
+    bound, or "unknown" with that bound when no plan was found. Raises
+    ``NumericTrouble`` when a solver fails on the numbers."""
     start = clock()
     deadline = start + max(time_limit_s, 0.0)
     need, usable = blk.need, blk.usable
@@ -426,8 +451,6 @@ def benders(
     if np.any(lb > caps):
         return Outcome("infeasible", (), (), math.nan, math.nan, 0)
     enumerate_counts = _grid_size(lb, caps) <= ENUM_MAX
-    if only_enumerable and not enumerate_counts:
-        return Outcome("unknown", (), (), math.nan, -math.inf, 0)
     routing = _Routing(need, usable, _base_prices(blk), seed)
 
     cuts: list[tuple[list[int], int]] = []
@@ -468,7 +491,10 @@ def benders(
         best = Outcome("feasible", (reps,), (split,), value, bound, rounds)
         return True
 
-    while rounds < max_rounds:
+    start_plan = _cheapest_plan(blk)
+    if start_plan is not None:  # a plan from the start: a limit never leaves none
+        found(*start_plan)
+    while max_rounds is None or rounds < max_rounds:
         if best is not None and bound >= best.objective - optimal_within(best.objective):
             break
         remaining = deadline - clock()

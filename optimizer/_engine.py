@@ -25,7 +25,38 @@ INT_TOL = 1e-6  # a replica count within this of an integer counts as that integ
 FRAC_TOL = 1e-9  # a routed fraction below this is solver noise: dropped, the row renormalised
 PRICE_TOL = 1e-9  # columns with reduced cost below -PRICE_TOL enter the LP
 MAX_PRICING_ROUNDS = 10_000
-LARGE_NODES = 1  # column-generation nodes before a large instance goes to HiGHS
+# A solver call that stops without an answer counts as stopped by the time limit when the
+# deadline is this close (s); earlier, it is numeric trouble (GLOP's limit is whole ms).
+DEADLINE_SLACK = 0.002
+
+
+class NumericTrouble(Exception):
+    """A solver failed on the problem's numbers (not a time-out); the message says where."""
+
+
+def time_limit_ms(deadline: float, clock: Callable[[], float]) -> int:
+    """The time left until ``deadline`` in whole milliseconds, at least 1 (rounded up,
+    so a solver that stops at its own limit stops at or after the deadline)."""
+    return max(1, math.ceil(min(max(deadline - clock(), 0.0), 1e6) * 1000))
+
+
+def solve_lp(s: pywraplp.Solver, deadline: float, clock: Callable[[], float]) -> int:
+    """``s.Solve()`` within the deadline; a failure that is neither a time-out nor
+    infeasibility is retried once from scratch (GLOP's warm start can stall on badly
+    scaled bases). Returns the solver status."""
+    s.SetTimeLimit(time_limit_ms(deadline, clock))
+    st = int(s.Solve())
+    if st in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.INFEASIBLE) or out_of_time(deadline, clock):
+        return st
+    fresh = pywraplp.MPSolverParameters()
+    fresh.SetIntegerParam(fresh.INCREMENTALITY, fresh.INCREMENTALITY_OFF)
+    s.SetTimeLimit(time_limit_ms(deadline, clock))
+    return int(s.Solve(fresh))
+
+
+def out_of_time(deadline: float, clock: Callable[[], float]) -> bool:
+    """Whether a solver call that stopped without an answer was stopped by the deadline."""
+    return clock() >= deadline - DEADLINE_SLACK
 
 
 @dataclass(frozen=True)
@@ -152,7 +183,8 @@ class _Lp:
         for m, blk in enumerate(blocks):
             if blk.need.size == 0:
                 continue
-            unit = blk.need * blk.cost[None, :]
+            with np.errstate(invalid="ignore"):  # inf need x free type: never a start column
+                unit = np.where(np.isfinite(blk.need), blk.need * blk.cost[None, :], np.inf)
             unit = np.where(blk.ub[None, :] > 0, unit, unit * 1e6)
             order = np.argsort(unit, axis=1, kind="stable")
             for b in range(blk.need.shape[0]):
@@ -178,13 +210,17 @@ class _Lp:
                 k += 1
 
     def _solve_once(self, deadline: float, clock: Callable[[], float]) -> bool:
-        remaining = max(deadline - clock(), 0.001)
-        self.s.SetTimeLimit(max(1, int(min(remaining, 1e6) * 1000)))
-        st = self.s.Solve()
+        """Solve the LP as it stands: True when optimal, False when infeasible or out of
+        time; any other failure raises ``NumericTrouble``."""
+        st = solve_lp(self.s, deadline, clock)
         # With slack on every capacity row and a column in every bucket row, only the
         # replica bounds and the pool rows can conflict: no column can repair that.
         self.infeasible = bool(st == pywraplp.Solver.INFEASIBLE)
-        return bool(st == pywraplp.Solver.OPTIMAL)
+        if st == pywraplp.Solver.OPTIMAL:
+            return True
+        if self.infeasible or out_of_time(deadline, clock):
+            return False
+        raise NumericTrouble(f"the node LP failed (GLOP status {st}) before the time limit")
 
     def _price(self) -> int:
         """Add, per bucket, its most negative reduced-cost column; return how many.
@@ -214,18 +250,17 @@ class _Lp:
         return float(sum(v.solution_value() for sl in self.slack for v in sl))
 
     def solve(self, deadline: float, clock: Callable[[], float]) -> tuple[str, float]:
-        """Solve the node LP exactly (with pricing). Returns (state, value)."""
+        """Solve the node LP exactly (with pricing). Returns (state, value): "ok",
+        "infeasible" or "timeout"; a solver failure raises ``NumericTrouble``."""
         for _ in range(MAX_PRICING_ROUNDS):
             if clock() > deadline:
                 return "timeout", math.nan
             if not self._solve_once(deadline, clock):
-                if self.infeasible:
-                    return "infeasible", math.nan
-                return "timeout" if clock() > deadline else "error", math.nan
+                return ("infeasible" if self.infeasible else "timeout"), math.nan
             if self._price() == 0:
                 break
         else:  # pragma: no cover - bounded loop guard
-            return "error", math.nan
+            raise NumericTrouble("the node LP did not converge in its pricing rounds")
         if self.slack_sum() <= 1e-9:
             return "ok", float(self.obj.Value())
         # Slack in use: prove infeasibility with a pure phase 1 (minimise the slack only).
@@ -265,7 +300,9 @@ class _Lp:
                     break
             if self.slack_sum() <= 1e-9:
                 return "ok", float(self.obj.Value())
-        return "error", math.nan  # pragma: no cover
+        raise NumericTrouble(  # pragma: no cover
+            "the node LP needs a penalty beyond 1e12 times the costs to settle"
+        )
 
     def replicas(self) -> FloatArray:
         return np.array([v.solution_value() for ns in self.n for v in ns])
@@ -361,7 +398,7 @@ def branch_and_bound(
         nodes += 1
         lp.set_bounds(node)
         state, value = lp.solve(deadline, clock)
-        if state == "timeout" or state == "error":
+        if state == "timeout":
             counter += 1
             heapq.heappush(heap, (bound, neg_depth, counter, node))
             timed_out = True
@@ -411,84 +448,6 @@ def branch_and_bound(
         reps.append(tuple(round(x) for x in best_n[k : k + g_count]))
         k += g_count
     return Outcome(status, tuple(reps), tuple(best_f), best_val, bound, nodes)
-
-
-def full_mip(
-    blocks: Sequence[Block],
-    pools: Sequence[PoolRow],
-    *,
-    time_limit_s: float,
-    hint: Outcome | None,
-) -> Outcome:
-    """The same model as one MIP on HiGHS (all columns at once), used for large instances
-    where its cuts close the gap faster than the column-generation search."""
-    s = pywraplp.Solver.CreateSolver("HIGHS")
-    if s is None:  # pragma: no cover - HiGHS ships with OR-Tools
-        return Outcome("unknown", (), (), math.nan, -math.inf, 0)
-    s.SuppressOutput()
-    # keeps HiGHS from printing its banner on stdout (the call reports False all the same)
-    s.SetSolverSpecificParametersAsString("output_flag=false")
-    inf = s.infinity()
-    obj = s.Objective()
-    obj.SetMinimization()
-    ns: list[list[pywraplp.Variable]] = []
-    cols: list[list[tuple[int, int, pywraplp.Variable]]] = []
-    for blk in blocks:
-        g_count = blk.cost.size
-        n = []
-        for g in range(g_count):
-            ub = float(blk.ub[g]) if math.isfinite(blk.ub[g]) else inf
-            v = s.IntVar(float(blk.lb[g]), ub, "")
-            obj.SetCoefficient(v, float(blk.cost[g]))
-            n.append(v)
-            if blk.churn > 0:
-                _add_churn(s, obj, v, float(blk.cur[g]), blk.churn)
-        caps = []
-        for g in range(g_count):
-            row = s.Constraint(-inf, 0.0)
-            row.SetCoefficient(n[g], -blk.usable)
-            caps.append(row)
-        block_cols: list[tuple[int, int, pywraplp.Variable]] = []
-        for b in range(blk.need.shape[0]):
-            row = s.Constraint(1.0, 1.0)
-            for gi in np.nonzero(np.isfinite(blk.need[b]))[0].tolist():
-                f = s.NumVar(0.0, 1.0, "")
-                row.SetCoefficient(f, 1.0)
-                caps[gi].SetCoefficient(f, float(blk.need[b, gi]))
-                block_cols.append((b, gi, f))
-        ns.append(n)
-        cols.append(block_cols)
-    for pool in pools:
-        row = s.Constraint(-inf, pool.capacity)
-        for m, g, gpr in pool.terms:
-            row.SetCoefficient(ns[m][g], gpr)
-    # (no SetHint: it crashes the HiGHS wrapper of this OR-Tools release)
-    if hint is not None and hint.replicas and math.isfinite(hint.objective):
-        # any better plan must beat the incumbent: a valid objective cut
-        cut = s.Constraint(-inf, hint.objective)
-        for v, c in ((v, obj.GetCoefficient(v)) for v in s.variables()):
-            if c:
-                cut.SetCoefficient(v, c)
-    params = pywraplp.MPSolverParameters()
-    params.SetDoubleParam(params.RELATIVE_MIP_GAP, 1e-9)
-    s.SetTimeLimit(max(1, int(min(max(time_limit_s, 0.0), 1e6) * 1000)))
-    st = s.Solve(params)
-    if st not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
-        state = "infeasible" if st == pywraplp.Solver.INFEASIBLE else "unknown"
-        return Outcome(state, (), (), math.nan, -math.inf, 0)
-    reps = tuple(tuple(math.ceil(v.solution_value() - INT_TOL) for v in n) for n in ns)
-    fracs: list[FloatArray] = []
-    for m, blk in enumerate(blocks):
-        f = np.zeros(blk.need.shape)
-        for b, g, v in cols[m]:
-            f[b, g] = max(v.solution_value(), 0.0)
-        fracs.append(clean_split(f))
-    value = _plan_value(blocks, np.array([x for r in reps for x in r], dtype=float))
-    bound = float(obj.BestBound())
-    status = "optimal" if st == pywraplp.Solver.OPTIMAL else "feasible"
-    if status == "optimal":
-        bound = min(bound, value)
-    return Outcome(status, reps, tuple(fracs), value, bound, int(s.nodes()))
 
 
 def _forced_minimums(blk: Block) -> Block:

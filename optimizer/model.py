@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 
 
 class Status(enum.StrEnum):
-    """How a solve ended. A time-limited run is FEASIBLE, never OPTIMAL."""
+    """How a solve ended. FEASIBLE only when the time limit stopped the search with a plan;
+    NUMERIC_ERROR when a solver failed on the numbers (``reason`` says where; no plan)."""
 
     OPTIMAL = "OPTIMAL"
     FEASIBLE = "FEASIBLE"
     INFEASIBLE = "INFEASIBLE"
     INVALID = "INVALID"
     UNKNOWN = "UNKNOWN"
+    NUMERIC_ERROR = "NUMERIC_ERROR"
 
 
 @dataclass(frozen=True)

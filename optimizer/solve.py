@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from gpumix.optimizer._engine import (
     Block,
+    NumericTrouble,
     Outcome,
     PoolRow,
     branch_and_bound,
@@ -17,36 +19,66 @@ from gpumix.optimizer._engine import (
     with_bound,
 )
 from gpumix.optimizer._search import search
-from gpumix.optimizer.model import GpuOption, JointResult, Pool, Problem, Result, Status
+from gpumix.optimizer.model import Bucket, GpuOption, JointResult, Pool, Problem, Result, Status
 
 Clock = Callable[[], float]
+TIME_OUT = "time limit reached before any plan was found"
 JOINT_NODES = 300  # node budget of the last joint step (nodes, not seconds: deterministic)
 JOINT_GAP = 5e-4  # default relative gap at which a joint plan is good enough (0.05%)
 LOAD_TOL = 1e-6  # a replica may carry its capacity times (1 + LOAD_TOL): float noise only
+
+# Input ranges. Beyond them the numbers are unit mistakes (a rate of 1e-9 req/s is one
+# request in 30 years) and the solvers' arithmetic loses its meaning, so such a problem
+# is INVALID, naming the field, before any solver sees it.
+MIN_RATE = 1e-6  # req/s per replica: a positive rate below this is rejected
+MAX_RATE = 1e6  # req/s per replica
+MIN_LOAD = 1e-6  # req/s per bucket: a positive load below this is rejected
+MAX_LOAD = 1e6  # req/s per bucket
+MAX_PRICE = 1e6  # per GPU-hour, and the churn weight per replica-hour
+MAX_COUNT = 10**9  # GPUs, GPUs per replica, replica minimums, maximums, current counts
+MAX_PLAN_REPLICAS = 1e5  # the fewest replicas the load can need (each bucket at its best)
 
 
 # ---------------------------------------------------------------- validation
 
 
+def _finite(x: object) -> bool:
+    """A number (not a bool) that is a finite float (an int too large for one is not)."""
+    if not isinstance(x, int | float) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:
+        return False
+
+
 def _finite_nonneg(x: object) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+    return _finite(x) and x >= 0  # type: ignore[operator]
 
 
-def _all_finite_nonneg(values: Sequence[object]) -> bool:
-    """``_finite_nonneg`` of every value, in one vectorised pass (the common case)."""
+def _in_range(x: object, low: float, high: float) -> bool:
+    """A finite number that is 0 or in [low, high]."""
+    return _finite_nonneg(x) and (x == 0 or low <= x <= high)  # type: ignore[operator]
+
+
+def _all_in_range(values: Sequence[object], low: float, high: float) -> bool:
+    """``_in_range`` of every value, in one vectorised pass (the common case)."""
     if bool in map(type, values):
         return False
     arr = np.array(values)
-    return (
-        arr.ndim == 1
-        and arr.dtype.kind in "fi"
-        and bool(np.all(np.isfinite(arr)))
-        and bool(np.all(arr >= 0))
-    )
+    if arr.ndim != 1 or arr.dtype.kind not in "fi":
+        return False
+    with np.errstate(invalid="ignore", over="ignore"):
+        ok = np.isfinite(arr) & ((arr == 0) | ((arr >= low) & (arr <= high)))
+    return bool(np.all(ok))
+
+
+def _range_text(low: float, high: float) -> str:
+    return f"0 or between {low:g} and {high:g}" if low > 0 else f"between 0 and {high:g}"
 
 
 def _is_count(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_COUNT
 
 
 def validate(problem: Problem) -> list[str]:
@@ -57,14 +89,17 @@ def validate(problem: Problem) -> list[str]:
         return ["problem: not a Problem"]
     if len(p.load) != len(p.buckets):
         errs.append(f"load: {len(p.load)} values for {len(p.buckets)} buckets")
-    if not _all_finite_nonneg(p.load):
+    if not _all_in_range(p.load, MIN_LOAD, MAX_LOAD):
         for i, v in enumerate(p.load):
-            if not _finite_nonneg(v):
-                errs.append(f"load[{i}]: must be a finite number >= 0, got {v!r}")
+            if not _in_range(v, MIN_LOAD, MAX_LOAD):
+                errs.append(
+                    f"load[{i}]{_at(p, i)}: must be {_range_text(MIN_LOAD, MAX_LOAD)} req/s, "
+                    f"got {v!r}"
+                )
     if not _finite_nonneg(p.headroom) or not p.headroom < 1:
         errs.append(f"headroom: must be in [0, 1), got {p.headroom!r}")
-    if not _finite_nonneg(p.churn_weight):
-        errs.append(f"churn_weight: must be a finite number >= 0, got {p.churn_weight!r}")
+    if not _in_range(p.churn_weight, 0.0, MAX_PRICE):
+        errs.append(f"churn_weight: must be {_range_text(0.0, MAX_PRICE)}, got {p.churn_weight!r}")
     if not p.gpus:
         errs.append("gpus: no GPU types")
     seen: set[str] = set()
@@ -77,26 +112,71 @@ def validate(problem: Problem) -> list[str]:
         seen.add(g.name)
         if len(g.rates) != len(p.buckets):
             errs.append(f"{where}.rates: {len(g.rates)} values for {len(p.buckets)} buckets")
-        if not _all_finite_nonneg(g.rates):
+        if not _all_in_range(g.rates, MIN_RATE, MAX_RATE):
             for i, r in enumerate(g.rates):
-                if not _finite_nonneg(r):
-                    errs.append(f"{where}.rates[{i}]: must be a finite number >= 0, got {r!r}")
-        if not _finite_nonneg(g.price_per_hour):
+                if not _in_range(r, MIN_RATE, MAX_RATE):
+                    errs.append(
+                        f"{where}.rates[{i}]{_at(p, i)}: must be "
+                        f"{_range_text(MIN_RATE, MAX_RATE)} req/s per replica "
+                        f"(0: cannot serve), got {r!r}"
+                    )
+        if not _in_range(g.price_per_hour, 0.0, MAX_PRICE):
             errs.append(
-                f"{where}.price_per_hour: must be a finite number >= 0, got {g.price_per_hour!r}"
+                f"{where}.price_per_hour: must be {_range_text(0.0, MAX_PRICE)}, "
+                f"got {g.price_per_hour!r}"
             )
         if not _is_count(g.gpus_per_replica) or g.gpus_per_replica < 1:
             errs.append(
-                f"{where}.gpus_per_replica: must be an integer >= 1, got {g.gpus_per_replica!r}"
+                f"{where}.gpus_per_replica: must be an integer from 1 to {MAX_COUNT}, "
+                f"got {g.gpus_per_replica!r}"
             )
         for fname in ("min_replicas", "current_replicas"):
             if not _is_count(getattr(g, fname)):
-                errs.append(f"{where}.{fname}: must be an integer >= 0, got {getattr(g, fname)!r}")
+                errs.append(
+                    f"{where}.{fname}: must be an integer from 0 to {MAX_COUNT}, "
+                    f"got {getattr(g, fname)!r}"
+                )
         for fname in ("max_replicas", "available_gpus"):
             v = getattr(g, fname)
             if v is not None and not _is_count(v):
-                errs.append(f"{where}.{fname}: must be an integer >= 0 or unset, got {v!r}")
+                errs.append(
+                    f"{where}.{fname}: must be an integer from 0 to {MAX_COUNT} or unset, got {v!r}"
+                )
+    if not errs:
+        errs += _size_errors(p)
     return errs
+
+
+def _at(p: Problem, i: int) -> str:
+    """`` (bucket in=..,out=..)`` for bucket ``i`` when it exists."""
+    if 0 <= i < len(p.buckets) and isinstance(p.buckets[i], Bucket):
+        return f" (bucket {p.buckets[i].label()})"
+    return ""
+
+
+def _size_errors(p: Problem) -> list[str]:
+    """The load must fit in at most ``MAX_PLAN_REPLICAS`` replicas with every bucket on the
+    type that needs the fewest for it (a valid problem's numbers; otherwise it is a unit
+    mistake, and plans would print counts no cluster has)."""
+    if not p.buckets or not p.gpus:
+        return []
+    rates = _rate_matrix(p)
+    load = np.array(p.load, dtype=float)
+    with np.errstate(divide="ignore"):
+        need = np.where(rates > 0, load[:, None] / np.where(rates > 0, rates, 1.0), np.inf)
+    best = need.min(axis=1)
+    best = np.where(load > 0, best, 0.0) / (1.0 - float(p.headroom))
+    servable = np.isfinite(best)  # unservable buckets are reported by diagnose()
+    total = float(best[servable].sum())
+    if total <= MAX_PLAN_REPLICAS:
+        return []
+    worst = int(np.argmax(np.where(servable, best, -1.0)))
+    return [
+        f"load: needs at least {total:.3g} replicas even with every bucket on its best GPU "
+        f"type (limit {MAX_PLAN_REPLICAS:.0f}; the largest part, {best[worst]:.3g}, is "
+        f"load[{worst}]{_at(p, worst)}); check the units: load in req/s, rates in req/s "
+        "per replica"
+    ]
 
 
 # ---------------------------------------------------------------- reduction
@@ -128,15 +208,13 @@ def _merge_buckets(problem: Problem) -> tuple[np.ndarray, list[list[int]]]:
         )
     keys = keys + 0.0  # -0.0 and 0.0 are the same key
     # groups of equal keys, numbered in order of their first bucket
-    index: dict[bytes, int] = {}
-    members: list[list[int]] = []
-    group = np.empty(len(loaded), dtype=np.int64)
-    for r, (i, key) in enumerate(zip(loaded.tolist(), keys, strict=True)):
-        k = index.setdefault(key.tobytes(), len(members))
-        if k == len(members):
-            members.append([])
-        members[k].append(i)
-        group[r] = k
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    group = rank[inverse.reshape(-1)]
+    order = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(first.size + 1))
+    members = [loaded[order[bounds[k] : bounds[k + 1]]].tolist() for k in range(first.size)]
     with np.errstate(divide="ignore"):
         per = np.where(sub > 0, load[loaded][:, None] / np.where(sub > 0, sub, 1.0), np.inf)
     need = np.zeros((len(members), len(problem.gpus)))
@@ -251,9 +329,10 @@ def _finish(
 ) -> Result:
     nb, ng = len(problem.buckets), len(problem.gpus)
     assign = np.zeros((nb, ng))
-    for r, idx in enumerate(members):
-        for i in idx:
-            assign[i] = frac[r]
+    if members:
+        rows = np.array([i for idx in members for i in idx], dtype=np.int64)
+        grp = np.repeat(np.arange(len(members)), [len(idx) for idx in members])
+        assign[rows] = frac[grp]
     replicas = list(reps)
     # never truncate: a count below its load (numerical noise) is rounded up
     usable = 1.0 - problem.headroom
@@ -281,7 +360,7 @@ def _finish(
         bound=proven,
         gap=_gap(obj, proven),
         runtime_s=runtime,
-        assignment=tuple(tuple(float(x) for x in row) for row in assign),
+        assignment=tuple(map(tuple, assign.tolist())),
         nodes=nodes,
         model=problem.model,
     )
@@ -308,11 +387,7 @@ def _fail(
 
 
 def _limit_errors(time_limit_s: float) -> list[str]:
-    if (
-        not isinstance(time_limit_s, int | float)
-        or not math.isfinite(time_limit_s)
-        or time_limit_s <= 0
-    ):
+    if not _finite(time_limit_s) or time_limit_s <= 0:
         return [f"time_limit_s: must be a finite number > 0, got {time_limit_s!r}"]
     return []
 
@@ -338,8 +413,25 @@ def solve(
         return _fail(problem, Status.INFEASIBLE, clock() - start, why)
     need, members = _merge_buckets(problem)
     blk = _block(problem, need, None)
-    out = search([blk], [], time_limit_s=time_limit_s, seed=seed, clock=clock)
-    return _single(problem, members, out, clock() - start, None)
+    cells = len(problem.buckets) * len(problem.gpus)
+    rest = time_limit_s - _reserve(time_limit_s, cells) - (clock() - start)
+    try:
+        out = search([blk], [], time_limit_s=rest, seed=seed, clock=clock)
+    except NumericTrouble as exc:
+        return _fail(problem, Status.NUMERIC_ERROR, clock() - start, _numeric_reason(exc))
+    res = _single(problem, members, out, clock() - start, None)
+    return replace(res, runtime_s=clock() - start)  # the result's assembly included
+
+
+def _reserve(time_limit_s: float, cells: int) -> float:
+    """Time kept back from the search for what follows it (building the result: about
+    1 us per bucket-type cell, measured at 16 x 2000) and for solvers that check their
+    clock only now and then: 2% of the limit plus 5 ms plus 1 us per cell."""
+    return 0.02 * time_limit_s + 0.005 + 1e-6 * cells
+
+
+def _numeric_reason(exc: NumericTrouble) -> str:
+    return f"numeric trouble, no plan trusted: {exc}"
 
 
 def _single(
@@ -354,7 +446,7 @@ def _single(
             problem,
             Status.UNKNOWN,
             runtime,
-            "time limit reached before any plan was found",
+            TIME_OUT,
             bound=out.bound,
             nodes=out.nodes,
         )
@@ -397,8 +489,10 @@ def _sequential(
         if np.any(blk.lb > ub):
             return None
         capped = Block(blk.need, blk.cost, blk.lb, ub, blk.cur, blk.churn, blk.usable)
-        rest = max(deadline - clock(), 0.01)
-        out = search([capped], [], time_limit_s=rest, seed=seed, clock=clock)
+        rest = deadline - clock()
+        if rest <= 0:
+            return None
+        out = search([capped], [], time_limit_s=rest / (len(blocks) - m), seed=seed, clock=clock)
         if not out.replicas:
             return None
         for k, row in enumerate(rows):
@@ -446,8 +540,11 @@ def _lagrangian(
             priced = Block(
                 blk.need, blk.cost + extra, blk.lb, blk.ub, blk.cur, blk.churn, blk.usable
             )
-            rest = max(deadline - clock(), 0.01)
-            out = search([priced], [], time_limit_s=rest, seed=seed, clock=clock)
+            rest = deadline - clock()
+            if rest <= 0:
+                return best_bound, best_plan
+            share = rest / (len(blocks) - m)
+            out = search([priced], [], time_limit_s=share, seed=seed, clock=clock)
             if not out.replicas or not math.isfinite(out.bound):
                 return best_bound, best_plan
             outs.append(out)
@@ -553,76 +650,16 @@ def solve_joint(
         )
         if terms:
             rows.append(PoolRow(float(pool.gpus[name]), terms))
-    deadline = start + time_limit_s
-    # 1. each model alone (the pool only as a per-model cap): a relaxation, so the sum of
-    #    their bounds is a valid bound, and if their plans fit the pool they are optimal
-    alone = []
-    for blk in blocks:
-        rest = max(deadline - clock(), 0.01)
-        alone.append(search([blk], [], time_limit_s=rest, seed=seed, clock=clock))
-    if any(o.status == "infeasible" for o in alone):
-        bad = [
-            problems[m].model or f"problems[{m}]"
-            for m, o in enumerate(alone)
-            if o.status == "infeasible"
-        ]
+    try:
+        cells = sum(len(p.buckets) * len(p.gpus) for p in problems)
+        deadline = start + time_limit_s - _reserve(time_limit_s, cells)
+        out = _joint_search(problems, pool, blocks, rows, deadline, seed, clock, gap_limit)
+    except NumericTrouble as exc:
         return JointResult(
-            Status.INFEASIBLE,
-            runtime_s=clock() - start,
-            reason=f"{', '.join(bad)}: "
-            + _capacity_reason(
-                [problems[m] for m, o in enumerate(alone) if o.status == "infeasible"], pool
-            ),
+            Status.NUMERIC_ERROR, runtime_s=clock() - start, reason=_numeric_reason(exc)
         )
-    lower = sum(o.bound for o in alone) if all(math.isfinite(o.bound) for o in alone) else -math.inf
-    incumbent = _combine(alone) if all(o.replicas for o in alone) else None
-    if incumbent is not None and not _pool_ok(blocks, rows, incumbent):
-        # 2. repair: plan the models one after another within what the pool has left
-        incumbent = _sequential(blocks, rows, deadline, seed, clock)
-        # 3. price the pooled GPUs (Lagrangian relaxation of the pool rows): a better
-        #    bound, and plans that may fit the pool more cheaply
-        budget = start + 0.5 * time_limit_s
-        lag_bound, lag_plan = _lagrangian(
-            blocks, rows, incumbent, budget, seed, clock, gap_limit=gap_limit
-        )
-        lower = max(lower, lag_bound)
-        if lag_plan is not None and (incumbent is None or lag_plan.objective < incumbent.objective):
-            incumbent = lag_plan
-    exact = settled = False
-    if incumbent is not None and _pool_ok(blocks, rows, incumbent):
-        exact = incumbent.objective <= lower + optimal_within(lower)
-        settled = exact or incumbent.objective - lower <= gap_limit * abs(incumbent.objective)
-    if settled and incumbent is not None:
-        # proven optimal, or within the gap limit: the joint search would not pay
-        out = Outcome(
-            "optimal" if exact else "feasible",
-            incumbent.replicas,
-            incumbent.fractions,
-            incumbent.objective,
-            incumbent.objective if exact else lower,
-            sum(o.nodes for o in alone),
-        )
-    else:
-        # 4. the joint search from the best plan so far: a bounded column-generation
-        #    search when there is one (a full MIP rarely finds a better pooled plan), the
-        #    full search otherwise
-        rest = max(deadline - clock(), 0.01)
-        if incumbent is not None:
-            out = branch_and_bound(
-                blocks,
-                rows,
-                time_limit_s=rest,
-                seed=seed,
-                clock=clock,
-                max_nodes=JOINT_NODES,
-                incumbent=incumbent,
-            )
-        else:
-            out = search(blocks, rows, time_limit_s=rest, seed=seed, clock=clock)
-        if out.replicas and math.isfinite(lower) and out.status == "feasible":
-            out = with_bound(out, max(out.bound, lower))
-        elif not out.replicas and out.status == "unknown":
-            out = Outcome("unknown", (), (), math.nan, max(out.bound, lower), out.nodes)
+    if isinstance(out, JointResult):
+        return replace(out, runtime_s=clock() - start)
     runtime = clock() - start
     if out.status in ("infeasible", "unknown"):
         st = Status.INFEASIBLE if out.status == "infeasible" else Status.UNKNOWN
@@ -648,9 +685,106 @@ def solve_joint(
         objective=obj,
         bound=bound,
         gap=_gap(obj, bound),
-        runtime_s=runtime,
+        runtime_s=clock() - start,  # the results' assembly included
         nodes=out.nodes,
     )
+
+
+def _joint_search(
+    problems: Sequence[Problem],
+    pool: Pool,
+    blocks: Sequence[Block],
+    rows: Sequence[PoolRow],
+    deadline: float,
+    seed: int,
+    clock: Clock,
+    gap_limit: float,
+) -> Outcome | JointResult:
+    """Steps 1-4 of the joint search (see ``solve_joint``) within ``deadline``: the final
+    outcome, or a ``JointResult`` when a step settles it (runtime filled in by the caller)."""
+    # 1. each model alone (the pool only as a per-model cap): a relaxation, so the sum of
+    #    their bounds is a valid bound, and if their plans fit the pool they are optimal
+    #    (each model gets an equal share of the time left, so a hard one cannot starve
+    #    the others: a time-limited search still returns a plan and a bound)
+    alone = []
+    for m, blk in enumerate(blocks):
+        rest = deadline - clock()
+        if rest <= 0:
+            return JointResult(Status.UNKNOWN, reason=TIME_OUT)
+        share = rest / (len(blocks) - m)
+        alone.append(search([blk], [], time_limit_s=share, seed=seed, clock=clock))
+    if any(o.status == "infeasible" for o in alone):
+        bad = [
+            problems[m].model or f"problems[{m}]"
+            for m, o in enumerate(alone)
+            if o.status == "infeasible"
+        ]
+        return JointResult(
+            Status.INFEASIBLE,
+            reason=f"{', '.join(bad)}: "
+            + _capacity_reason(
+                [problems[m] for m, o in enumerate(alone) if o.status == "infeasible"], pool
+            ),
+        )
+    lower = sum(o.bound for o in alone) if all(math.isfinite(o.bound) for o in alone) else -math.inf
+    incumbent = _combine(alone) if all(o.replicas for o in alone) else None
+    if incumbent is not None and not _pool_ok(blocks, rows, incumbent):
+        # 2. repair: plan the models one after another within what the pool has left
+        incumbent = _sequential(blocks, rows, deadline, seed, clock)
+        # 3. price the pooled GPUs (Lagrangian relaxation of the pool rows): a better
+        #    bound, and plans that may fit the pool more cheaply
+        budget = clock() + 0.5 * (deadline - clock())
+        lag_bound, lag_plan = _lagrangian(
+            blocks, rows, incumbent, budget, seed, clock, gap_limit=gap_limit
+        )
+        lower = max(lower, lag_bound)
+        if lag_plan is not None and (incumbent is None or lag_plan.objective < incumbent.objective):
+            incumbent = lag_plan
+    exact = settled = False
+    if incumbent is not None and _pool_ok(blocks, rows, incumbent):
+        exact = incumbent.objective <= lower + optimal_within(lower)
+        settled = exact or incumbent.objective - lower <= gap_limit * abs(incumbent.objective)
+    if settled and incumbent is not None:
+        # proven optimal, or within the gap limit: the joint search would not pay
+        out = Outcome(
+            "optimal" if exact else "feasible",
+            incumbent.replicas,
+            incumbent.fractions,
+            incumbent.objective,
+            incumbent.objective if exact else lower,
+            sum(o.nodes for o in alone),
+        )
+    else:
+        # 4. the joint search from the best plan so far: a bounded column-generation
+        #    search when there is one (a full MIP rarely finds a better pooled plan), the
+        #    full search otherwise
+        rest = deadline - clock()
+        if rest <= 0 and incumbent is not None and _pool_ok(blocks, rows, incumbent):
+            out = Outcome(
+                "feasible",
+                incumbent.replicas,
+                incumbent.fractions,
+                incumbent.objective,
+                lower,
+                sum(o.nodes for o in alone),
+            )
+        elif incumbent is not None:
+            out = branch_and_bound(
+                blocks,
+                rows,
+                time_limit_s=rest,
+                seed=seed,
+                clock=clock,
+                max_nodes=JOINT_NODES,
+                incumbent=incumbent,
+            )
+        else:
+            out = search(blocks, rows, time_limit_s=rest, seed=seed, clock=clock)
+        if out.replicas and math.isfinite(lower) and out.status == "feasible":
+            out = with_bound(out, max(out.bound, lower))
+        elif not out.replicas and out.status == "unknown":
+            out = Outcome("unknown", (), (), math.nan, max(out.bound, lower), out.nodes)
+    return out
 
 
 def single_type_plans(problem: Problem) -> dict[str, Result]:

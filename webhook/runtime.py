@@ -23,9 +23,9 @@ from typing import Any
 from aiohttp import web
 
 from gpumix.kube.snapshot import Snapshot
+from gpumix.kubeio.client import KubeClient
 from gpumix.lifecycle import Service
 from gpumix.webhook.cache import ClusterCache
-from gpumix.webhook.kubeapi import KubeClient
 from gpumix.webhook.metrics import WebhookMetrics
 from gpumix.webhook.server import SnapshotSource, StaticSource, WebhookState, make_server
 from gpumix.webhook.settings import EVENT_LOOPS, WebhookSettings
@@ -91,7 +91,9 @@ async def build(
         metrics.cache_synced.set(1)
     else:
         if client is None:
-            client = owned_client = await KubeClient.connect(settings.kubeconfig)
+            client = owned_client = await KubeClient.connect(
+                settings.kubeconfig, user_agent="gpumix-webhook/0.1.0"
+            )
         cache = ClusterCache(client, settings.policy, metrics, settings.cache)
         source = cache
     certs: CertSource

@@ -10,7 +10,7 @@ three ``GET`` routes.  The rest is answered as aiohttp's router would: ``HEAD``
 wherever ``GET`` is served, 404 for an unknown path, 405 with an ``Allow`` header
 for a known path and another method, ``Expect: 100-continue`` before the body is
 read.  Handlers never decide anything themselves: the decision is
-``webhook.review.review`` and the response is ``webhook.review.to_response``.
+``gpumix.admission.review`` and the response is ``gpumix.webhook.wire.to_response``.
 
 Bad input never yields a 500.  A body the API server could not have meant as an
 AdmissionReview gets HTTP 400 (413 when over 7 MiB, 415 when compressed) with a
@@ -45,22 +45,19 @@ from aiohttp.http import HttpVersion11
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
+from gpumix.admission import Phase, Verdict, errored, review
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
 from gpumix.webhook.metrics import WebhookMetrics
-from gpumix.webhook.review import (
+from gpumix.webhook.settings import MIB, ServerSettings
+from gpumix.webhook.wire import (
     AdmissionReviewResponse,
-    Phase,
     ReviewError,
-    Verdict,
-    errored,
     json_bytes,
     parse_review,
-    review,
     to_response,
     uid_in_prefix,
 )
-from gpumix.webhook.settings import MIB, ServerSettings
 
 log = logging.getLogger("gpumix.webhook")
 

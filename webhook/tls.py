@@ -55,7 +55,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gpumix.webhook.kubeapi import ApiError, KubeClient
+from gpumix.kubeio.client import ApiError, KubeClient
 from gpumix.webhook.metrics import WebhookMetrics
 from gpumix.webhook.settings import TLSSettings
 
@@ -152,6 +152,49 @@ def make_ca(
     return cert, key
 
 
+def issue_cert(
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    *,
+    names: Sequence[str] = (),
+    organizations: Sequence[str] = (),
+    server: bool = True,
+    client: bool = False,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A leaf certificate signed by ``ca``: for serving ``names`` (DNS names or IP
+    addresses) and/or as a client certificate (``organizations`` become the
+    Kubernetes groups of a client certificate's user)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64]))
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
+    if client:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attrs))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(_sans(names)), False)
+    cert = (
+        builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
 def issue_serving_cert(
     ca: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
@@ -161,25 +204,8 @@ def issue_serving_cert(
     common_name: str | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A serving certificate for ``names`` (DNS names or IP addresses) signed by ``ca``."""
-    key = ec.generate_private_key(ec.SECP256R1())
     first = common_name or (names[0] if names else "gpumix-webhook")
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, first[:64])]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.SubjectAlternativeName(_sans(names)), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return cert, key
+    return issue_cert(ca, ca_key, first, start, end, names=names)
 
 
 def new_bundle(

@@ -39,10 +39,10 @@ from gpumix.check.reading import (
 from gpumix.kube.objects import AutoscalerView, DeploymentView, ObjectRef, View
 from gpumix.kube.policy import DEPLOYMENT_LABEL, Policy
 from gpumix.kube.snapshot import Snapshot
-from gpumix.webhook.rules import missing_max_replicas, model_selector, selector_overlap
-from gpumix.webhook.rules.base import Finding
-from gpumix.webhook.rules.engine import evaluate_snapshot
-from gpumix.webhook.rules.fixes import isolate_deployment, set_ceiling
+from gpumix.rules import missing_max_replicas, model_selector, selector_overlap
+from gpumix.rules.base import Finding
+from gpumix.rules.engine import evaluate_snapshot
+from gpumix.rules.fixes import isolate_deployment, set_ceiling
 
 GroupBy = Literal["all", "dir", "file"]
 DUPLICATE_RULE = "duplicate-object"

@@ -238,7 +238,7 @@ def state_objects(path: str, policy: Policy) -> list[Mapping[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gpumix.webhook.kubeapi import ApiError
+    from gpumix.kubeio.client import ApiError
     from gpumix.webhook.runtime import run as run_webhook
 
     logging.basicConfig(

@@ -612,7 +612,7 @@ class Api:
             stored["status"] = builtins.crd_status(stored, timestamp(self.store.clock()))
         if rt.has_generation:
             gen = int(old_meta.get("generation", 1))
-            if _spec_changed(rt, stored, current):
+            if spec_changed(rt, stored, current):
                 gen += 1
             meta["generation"] = gen
         else:
@@ -1170,7 +1170,9 @@ def _set_path(obj: Obj, path: str, value: Any) -> None:
     cur[segs[-1]] = value
 
 
-def _spec_changed(rt: ResourceType, new: Obj, old: Obj) -> bool:
+def spec_changed(rt: ResourceType, new: Obj, old: Obj) -> bool:
+    """Whether an update changes what bumps metadata.generation: for custom resources
+    (and CRDs) anything but metadata and status, for built-in kinds their spec."""
     if rt.custom or rt.key == CRD_KEY:
         skip = {"metadata", "status"} if rt.status else {"metadata"}
         return {k: v for k, v in new.items() if k not in skip} != {

@@ -330,9 +330,9 @@ class Emulator(Service):
         for k in ("uid", "creationTimestamp", "generation"):
             if k in cmeta:
                 smeta[k] = cmeta[k]
-        from .api import _spec_changed
+        from .api import spec_changed
 
-        if rt.has_generation and _spec_changed(rt, stored, current):
+        if rt.has_generation and spec_changed(rt, stored, current):
             smeta["generation"] = int(cmeta.get("generation", 1)) + 1
         self.store.replace(rt, stored, None)
         final = self.api._after_write(rt, stored, current)

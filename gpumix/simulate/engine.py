@@ -37,16 +37,16 @@ import jsonpatch
 import numpy as np
 import numpy.typing as npt
 
+from gpumix.admission import AdmissionRequest, review
 from gpumix.kube.objects import AutoscalerView, DeploymentView, view_of
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
+from gpumix.rules import missing_max_replicas, selector_overlap
+from gpumix.rules.engine import evaluate_snapshot
+from gpumix.rules.fixes import isolate_deployment, set_ceiling
 from gpumix.simulate.cluster import Cluster, Router, SimDeployment
 from gpumix.simulate.loadgen import Load, generate
 from gpumix.simulate.scenario import ControllerSettings, Scenario, Variant
-from gpumix.webhook.review import AdmissionRequest, review
-from gpumix.webhook.rules import missing_max_replicas, selector_overlap
-from gpumix.webhook.rules.engine import evaluate_snapshot
-from gpumix.webhook.rules.fixes import isolate_deployment, set_ceiling
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -159,3 +159,25 @@ def test_aibrix_profiles_through_the_cli(capsys, tmp_path: Path) -> None:
     assert code == 0
     doc = json.loads(out)
     assert set(doc["replicas"]) == {"sim-llama-a100", "sim-llama-a40"}
+
+
+@pytest.mark.parametrize(
+    ("rate", "needle"),
+    [
+        ("1e308", "load[0] (bucket in=8000,out=1000): must be 0 or between"),
+        ("1e6", "load: needs at least"),
+    ],
+)
+def test_huge_load_exits_2_without_printing_a_plan(
+    capsys, tmp_path: Path, rate: str, needle: str
+) -> None:
+    """A load no cluster could serve is an input error naming the field, not a table of
+    300-digit replica counts."""
+    f = tmp_path / "load.yaml"
+    f.write_text(f"buckets: [{{inputTokens: 8000, outputTokens: 1000, rate: {rate}}}]\n")
+    code = main([*BASE, "--load", str(f)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert needle in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert out == ""

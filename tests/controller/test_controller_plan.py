@@ -98,6 +98,8 @@ def test_scales_members_to_the_plan() -> None:
     assert cond(out, "Scaling")["reason"] == "Scaled"
     assert out.status["costPerHour"] == 3.0 and out.status["bestSingleTypeCostPerHour"] == 4.0
     assert [e.reason for e in out.events] == ["ScaledUp", "ScaledUp"]
+    # Each scale Event names its Deployment as a field (the shell drops it if the write fails).
+    assert sorted(e.scaled or "" for e in out.events) == ["a100", "a40"]
     problem = solver.problems[0]
     assert {o.gpu_type: o.max_replicas for o in problem.options} == {"A100": 16, "A40": 16}
 

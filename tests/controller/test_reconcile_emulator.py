@@ -109,6 +109,24 @@ async def test_conflicting_scale_write_is_retried(emu: Any, api: Any) -> None:
         assert not [e for e in emu.list("events", "default") if e["reason"] == "ScaleFailed"]
 
 
+async def test_failed_scale_reports_scale_failed_instead_of_scaled(emu: Any, api: Any) -> None:
+    cluster(emu)
+    emu.create(gpumix(load=[bucket(512, 128, 10.0)]))
+    async with running(api, settings(), solver=GreedySolver()):
+        await wait_for(lambda: replicas(emu, "llama-a40") == 2, what="first plan")
+        emu.conflict_next("deployments.apps", "llama-a40", "default", n=1000)
+        set_load(emu, [bucket(512, 128, 20.0)])
+
+        def events(reason: str) -> list[str]:
+            return [e["message"] for e in emu.list("events", "default") if e["reason"] == reason]
+
+        await wait_for(lambda: events("ScaleFailed"), what="a ScaleFailed Event")
+        assert all("llama-a40 to 4" in m for m in events("ScaleFailed")), events("ScaleFailed")
+        # The plan's ScaledUp Event for the write that failed is not recorded.
+        assert not [m for m in events("ScaledUp") if "llama-a40 (A40) from 2 to 4" in m]
+        assert replicas(emu, "llama-a40") == 2
+
+
 async def test_autoscaled_member_is_not_scaled(emu: Any, api: Any) -> None:
     from controller_helpers import hpa
 
@@ -221,12 +239,12 @@ async def test_two_controllers_only_the_leader_writes(emu: Any) -> None:
 
 
 async def test_losing_the_lease_stops_writes_at_once(emu: Any, api: Any) -> None:
-    from gpumix.controller.kubeio import KubeIO
     from gpumix.controller.leader import LeaderElector, LeaseSettings
+    from gpumix.kubeio.client import KubeClient
 
     emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}})
     now = [1000.0]
-    kube = KubeIO(api)
+    kube = KubeClient(api)
     cfg = LeaseSettings(identity="a", lease_duration_s=10, renew_deadline_s=8)
     a = LeaderElector(kube, cfg, lambda: now[0])
     b = LeaderElector(kube, LeaseSettings(identity="b", lease_duration_s=10), lambda: now[0])

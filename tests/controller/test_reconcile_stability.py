@@ -22,8 +22,8 @@ from controller_helpers import (
 )
 from prometheus_client import Counter, generate_latest
 
-from gpumix.controller.kubeio import KubeIO
 from gpumix.controller.shell import Controller
+from gpumix.kubeio.client import KubeClient
 
 
 def cluster(emu: Any) -> None:
@@ -182,7 +182,7 @@ async def test_losing_leadership_clears_the_plan_gauges(emu: Any, api: Any) -> N
     async with aiohttp.ClientSession() as session:
         ctl = Controller(
             settings(),
-            KubeIO(api),
+            KubeClient(api),
             clock=time.time,
             session=session,
             solver=GreedySolver(),

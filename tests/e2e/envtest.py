@@ -24,7 +24,6 @@ import atexit
 import contextlib
 import ctypes
 import datetime as dt
-import ipaddress
 import json
 import os
 import secrets
@@ -44,10 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gpumix.webhook import tls
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "tools" / "envtest" / "build.sh"
@@ -123,14 +122,6 @@ def find_kubectl() -> str:
 # --------------------------------------------------------------------------- PKI
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 @dataclass(frozen=True)
 class IssuedCert:
     cert_pem: bytes
@@ -138,36 +129,13 @@ class IssuedCert:
 
 
 class CertificateAuthority:
-    """A throw-away CA; ``issue`` signs serving and/or client certificates."""
+    """A throw-away CA (gpumix's own certificate helper, ``gpumix.webhook.tls``);
+    ``issue`` signs serving and/or client certificates."""
 
     def __init__(self, common_name: str = "gpumix-e2e-ca") -> None:
-        self._key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        self._cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self._key, hashes.SHA256())
+        self._cert, self._key = tls.make_ca(
+            common_name, now - dt.timedelta(minutes=5), now + dt.timedelta(days=2)
         )
         self.cert_pem = self._cert.public_bytes(serialization.Encoding.PEM)
 
@@ -181,36 +149,19 @@ class CertificateAuthority:
         client: bool = False,
     ) -> IssuedCert:
         """Sign a leaf certificate; ``hosts`` are IP addresses or DNS names for the SAN."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
-        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
-        usages = []
-        if server:
-            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-        if client:
-            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         now = dt.datetime.now(dt.UTC)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(attrs))
-            .issuer_name(self._cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        cert, key = tls.issue_cert(
+            self._cert,
+            self._key,
+            common_name,
+            now - dt.timedelta(minutes=5),
+            now + dt.timedelta(days=1),
+            names=list(hosts),
+            organizations=organizations,
+            server=server,
+            client=client,
         )
-        sans: list[x509.GeneralName] = []
-        for host in hosts:
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-            except ValueError:
-                sans.append(x509.DNSName(host))
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(self._key, hashes.SHA256())
-        return IssuedCert(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
+        return IssuedCert(cert.public_bytes(serialization.Encoding.PEM), tls.key_pem(key))
 
 
 # --------------------------------------------------------------------------- processes
@@ -499,7 +450,13 @@ class Envtest:
         self._pki("admin.crt").write_bytes(admin.cert_pem)
         self._pki("admin.key").write_bytes(admin.key_pem)
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self._pki("sa.key").write_bytes(_pem_key(sa_key))
+        self._pki("sa.key").write_bytes(
+            sa_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         self._pki("sa.pub").write_bytes(
             sa_key.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

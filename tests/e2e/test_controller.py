@@ -10,13 +10,14 @@ back are exactly what the controller wrote.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .envtest import Envtest
+from .envtest import CRD_DIR, Envtest
 from .gpumix_env import (
     LEASE_NAME,
     SYSTEM_NS,
@@ -360,7 +361,7 @@ def test_watches_resume_after_an_apiserver_restart(
                 n
                 for n, m in enumerate(msgs)
                 if m.get("msg") == "watch failed"
-                and m.get("kind") == "gpumix"
+                and m.get("kind") == "GPUMix"
                 and "403" in str(m.get("error"))
             ]
             passed = [n for n, m in enumerate(msgs) if m.get("msg") == "reconcile pass"]
@@ -403,6 +404,17 @@ def test_manual_scale_is_reported_as_an_override_and_reverted(
     plan = cluster.wait_converged("the first plan")
     target = max(plan, key=lambda n: plan[n])
     manual = plan[target] + 3
+
+    def seen_by_controller() -> bool:
+        # The Event says "scaled from N", N being the replicas gpumix last observed: wait
+        # until it has observed its own scale, or N is the count before it.
+        entries = (cluster.gmx().get("status") or {}).get("plan") or []
+        return any(
+            e.get("deployment") == target and e.get("currentReplicas") == plan[target]
+            for e in entries
+        )
+
+    wait_until(seen_by_controller, timeout_s=CONVERGE_S, what="the controller to see its scale")
     apiserver.kubectl("scale", "deployment", target, "-n", namespace, f"--replicas={manual}")
     path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{target}"
     code, body = apiserver.request("GET", path)
@@ -426,3 +438,68 @@ def test_manual_scale_is_reported_as_an_override_and_reverted(
         what="the plan's replicas back",
     )
     assert len([e for e in cluster.events() if e["reason"] == "ScaleOverridden"]) == 1
+
+
+PA_CRD = "podautoscalers.autoscaling.aibrix.ai"
+
+
+def test_a_pod_autoscaler_created_right_after_its_crd_is_honoured_at_once(
+    apiserver: Envtest, namespace: str, controllers: Any
+) -> None:
+    """The AIBrix PodAutoscaler CRD is installed while the controller runs, a
+    PodAutoscaler with maxReplicas 3 is created for the A40 member at once, and the load
+    rises so that the plan alone would give that member 6 replicas: the controller
+    never scales it past 3 (it leaves it to its autoscaler), and its status names the
+    PodAutoscaler within 2 s.  The CRD is back as the session installed it afterwards."""
+    apiserver.kubectl("delete", "crd", PA_CRD, "--ignore-not-found", "--wait=true")
+    try:
+        cluster = Cluster(apiserver, namespace, rps=5.0)
+        proc = controllers("e2e-controller-new-pa", namespace)
+        proc.wait_ready()
+        cluster.wait_converged("the first plan")
+        apiserver.install_crds([CRD_DIR / "aibrix-podautoscaler.yaml"])
+        pa = {
+            "apiVersion": "autoscaling.aibrix.ai/v1alpha1",
+            "kind": "PodAutoscaler",
+            "metadata": {"name": "llama-a40", "namespace": namespace},
+            "spec": {
+                "scaleTargetRef": {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": "llama-a40",
+                },
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "scalingStrategy": "KPA",
+            },
+        }
+        code, body = apiserver.request(
+            "POST",
+            f"/apis/autoscaling.aibrix.ai/v1alpha1/namespaces/{namespace}/podautoscalers",
+            pa,
+        )
+        assert code == 201, body
+        created = time.monotonic()
+        cluster.set_load(30.0)
+        seen: list[int] = []
+        honoured_at: float | None = None
+        path = f"/apis/apps/v1/namespaces/{namespace}/deployments/llama-a40"
+        deadline = created + 10.0
+        while time.monotonic() < deadline:
+            code, body = apiserver.request("GET", path)
+            assert code == 200, body
+            seen.append(int(body["spec"]["replicas"]))
+            if honoured_at is None:
+                plan = (cluster.gmx().get("status") or {}).get("plan") or []
+                entry = next((e for e in plan if e.get("deployment") == "llama-a40"), {})
+                if "PodAutoscaler" in str(entry.get("autoscaledBy")):
+                    honoured_at = time.monotonic()
+                    assert entry["ceiling"] == 3 and entry["recommendedReplicas"] <= 3
+            elif time.monotonic() - honoured_at > 3.0:
+                break
+            time.sleep(0.05)
+        assert honoured_at is not None, proc.log()[-2000:]
+        assert honoured_at - created < 2.0
+        assert max(seen) <= 3, f"llama-a40 replicas seen: {sorted(set(seen))}"
+    finally:
+        apiserver.install_crds()

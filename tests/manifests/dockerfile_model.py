@@ -109,3 +109,34 @@ def parse(path: Path = DOCKERFILE) -> tuple[dict[str, str], list[Stage]]:
 def ignore_patterns(path: Path = DOCKERIGNORE) -> list[str]:
     lines = path.read_text(encoding="utf-8").splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def lineage(stages: list[Stage], stage: Stage) -> list[Stage]:
+    """The stage and the earlier stages it is built FROM (``FROM <stage name>``), base first."""
+    named = {s.name: s for s in stages if s.name}
+    out = [stage]
+    while out[0].base in named:
+        out.insert(0, named[out[0].base])
+    return out
+
+
+def effective_env(stages: list[Stage], stage: Stage) -> dict[str, str]:
+    """ENV of the stage with what it inherits, as written."""
+    out: dict[str, str] = {}
+    for s in lineage(stages, stage):
+        out.update(s.env())
+    return out
+
+
+def effective(stages: list[Stage], stage: Stage, keyword: str) -> list[Instruction]:
+    """The stage's instructions of a kind with those it inherits, in build order."""
+    return [i for s in lineage(stages, stage) for i in s.all(keyword)]
+
+
+def effective_exec_form(stages: list[Stage], stage: Stage, keyword: str) -> list[str] | None:
+    """ENTRYPOINT or CMD in effect for the stage (the last one set along its lineage)."""
+    for s in reversed(lineage(stages, stage)):
+        found = s.exec_form(keyword)
+        if found is not None:
+            return found
+    return None

@@ -15,7 +15,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO_ROOT / "manifests"
 OVERLAYS = ("enforce", "audit", "cert-manager")
 NAMESPACE = "gpumix-system"
-IMAGE = "ghcr.io/gpumix/gpumix:0.1.0"
+IMAGES = {
+    "gpumix-webhook": "ghcr.io/gpumix/gpumix-webhook:0.1.0",
+    "gpumix-controller": "ghcr.io/gpumix/gpumix-controller:0.1.0",
+}
+"""Deployment -> the image of its component (Dockerfile targets webhook and controller)."""
 
 Obj = dict[str, Any]
 

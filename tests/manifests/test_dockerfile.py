@@ -12,7 +12,17 @@ import re
 import subprocess
 import tomllib
 
-from dockerfile_model import DOCKERFILE, DOCKERIGNORE, ignore_patterns, parse
+from dockerfile_model import (
+    DOCKERFILE,
+    DOCKERIGNORE,
+    Stage,
+    effective,
+    effective_env,
+    effective_exec_form,
+    ignore_patterns,
+    lineage,
+    parse,
+)
 from manifest_objects import REPO_ROOT, require_tool
 
 BUILD_TOOLS = re.compile(
@@ -32,47 +42,65 @@ def test_hadolint_is_clean() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_multi_stage_with_a_slim_final_stage() -> None:
-    _args, stages = parse()
-    assert len(stages) >= 2
-    builder, final = stages[0], stages[-1]
-    assert builder.name == "builder"
-    assert final.base == "python:3.11-slim"
-    # The final stage brings in the virtual environment and nothing else.
-    copies = final.all("COPY")
-    assert [c.flags for c in copies] == [("--from=builder",)]
-    assert copies[0].value.split() == ["/opt/gpumix", "/opt/gpumix"]
-    assert not final.all("RUN"), "no package installs or builds in the final stage"
-    assert not final.all("ADD")
+IMAGE_TARGETS = ("webhook", "controller", "cli")
+"""The Dockerfile's image targets; the last stage (the default target) is the CLI's."""
 
 
-def test_final_stage_runs_as_a_numeric_non_root_user() -> None:
+def image_stage(name: str) -> tuple[list[Stage], Stage]:
     _args, stages = parse()
-    final = stages[-1]
-    users = final.all("USER")
-    assert users, "the final stage sets USER"
-    user, _, group = users[-1].value.partition(":")
-    assert user.isdigit() and int(user) != 0
-    assert not group or (group.isdigit() and int(group) != 0)
-    assert int(user) == 65532, "the manifests' runAsUser is 65532"
+    [stage] = [s for s in stages if s.name == name]
+    return stages, stage
+
+
+def test_one_slim_image_per_component_each_with_one_venv() -> None:
+    _args, stages = parse()
+    assert stages[-1].name == "cli", "the default target is the CLI image"
+    venvs = set()
+    for name in IMAGE_TARGETS:
+        stages, stage = image_stage(name)
+        chain = lineage(stages, stage)
+        assert chain[0].base == "python:3.11-slim", name
+        # The image brings in one virtual environment and nothing else.
+        copies = effective(stages, stage, "COPY")
+        assert len(copies) == 1, f"{name}: {[c.value for c in copies]}"
+        [flag] = copies[0].flags
+        assert flag.startswith("--from=venv-"), flag
+        venvs.add(flag)
+        assert copies[0].value.split() == ["/opt/gpumix", "/opt/gpumix"]
+        assert not effective(stages, stage, "RUN"), f"{name}: no installs or builds"
+        assert not effective(stages, stage, "ADD")
+    assert len(venvs) == len(IMAGE_TARGETS), "each image has its own venv"
+
+
+def test_images_run_as_a_numeric_non_root_user() -> None:
+    for name in IMAGE_TARGETS:
+        stages, stage = image_stage(name)
+        users = effective(stages, stage, "USER")
+        assert users, f"{name}: no USER"
+        user, _, group = users[-1].value.partition(":")
+        assert user.isdigit() and int(user) != 0
+        assert not group or (group.isdigit() and int(group) != 0)
+        assert int(user) == 65532, "the manifests' runAsUser is 65532"
 
 
 def test_entrypoint_is_gpumix() -> None:
-    _args, stages = parse()
-    final = stages[-1]
-    assert final.exec_form("ENTRYPOINT") == ["gpumix"]
-    assert final.env()["PATH"].startswith("/opt/gpumix/bin:")
-    # A read-only root filesystem in the cluster: every writable path points at /tmp.
-    assert final.env()["HOME"] == "/tmp"
-    assert final.env()["MPLCONFIGDIR"].startswith("/tmp/")
+    for name in IMAGE_TARGETS:
+        stages, stage = image_stage(name)
+        env = effective_env(stages, stage)
+        assert effective_exec_form(stages, stage, "ENTRYPOINT") == ["gpumix"], name
+        assert env["PATH"].startswith("/opt/gpumix/bin:")
+        # A read-only root filesystem in the cluster: every writable path points at /tmp.
+        assert env["HOME"] == "/tmp"
+        assert env["MPLCONFIGDIR"].startswith("/tmp/")
 
 
-def test_no_build_tools_in_the_final_stage() -> None:
-    _args, stages = parse()
-    final = stages[-1]
-    for inst in final.instructions:
-        if inst.keyword in ("RUN", "COPY", "ADD"):
-            assert not BUILD_TOOLS.search(inst.value), f"line {inst.line}: {inst.value}"
+def test_no_build_tools_in_the_images() -> None:
+    for name in IMAGE_TARGETS:
+        stages, stage = image_stage(name)
+        for s in lineage(stages, stage):
+            for inst in s.instructions:
+                if inst.keyword in ("RUN", "COPY", "ADD"):
+                    assert not BUILD_TOOLS.search(inst.value), f"line {inst.line}: {inst.value}"
 
 
 def test_dockerignore_keeps_the_context_small_but_complete() -> None:
@@ -82,7 +110,11 @@ def test_dockerignore_keeps_the_context_small_but_complete() -> None:
         assert must in patterns
     _args, stages = parse()
     copied = [
-        src for inst in stages[0].all("COPY") if not inst.flags for src in inst.value.split()[:-1]
+        src
+        for stage in stages
+        for inst in stage.all("COPY")
+        if not inst.flags
+        for src in inst.value.split()[:-1]
     ]
     assert "pyproject.toml" in copied
     for src in copied:

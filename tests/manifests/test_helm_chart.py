@@ -249,7 +249,7 @@ def test_default_image_is_the_app_version(charts: dict[str, list[Obj]]) -> None:
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     for name in ("gpumix-webhook", "gpumix-controller"):
         assert (
-            container(charts["defaults"], name)["image"] == f"ghcr.io/gpumix/gpumix:{app_version}"
+            container(charts["defaults"], name)["image"] == f"ghcr.io/gpumix/{name}:{app_version}"
         )
 
 

@@ -7,7 +7,7 @@ import argparse
 import pytest
 import yaml
 from manifest_objects import (
-    IMAGE,
+    IMAGES,
     MANIFESTS,
     NAMESPACE,
     OVERLAYS,
@@ -115,7 +115,7 @@ def test_deployment_is_hardened(rendered: Rendered, overlay: str, name: str) -> 
     deployment = find(rendered[overlay], "Deployment", name)
     pod = deployment["spec"]["template"]["spec"]
     c = container(deployment)
-    assert c["image"] == IMAGE
+    assert c["image"] == IMAGES[name]
     assert pod["serviceAccountName"] == name
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}

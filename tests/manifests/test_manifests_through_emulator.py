@@ -26,7 +26,7 @@ from manifest_objects import NAMESPACE, REPO_ROOT, Obj, Rendered
 from gpumix.emulator import Emulator
 from gpumix.kube.objects import ObjectRef
 from gpumix.kube.policy import Policy, policy_from_mapping
-from gpumix.webhook.kubeapi import KubeClient
+from gpumix.kubeio.client import KubeClient
 from gpumix.webhook.runtime import Built, build
 from gpumix.webhook.settings import CacheSettings, TLSSettings, WebhookSettings
 

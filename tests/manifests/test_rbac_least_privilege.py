@@ -63,11 +63,18 @@ CONTROLLER = (
     | perms(ALL, ["gpumix.io"], ["gpumixes/status"], ["patch"])
     | perms(ALL, ["apps"], ["deployments"], ["list", "watch"])
     | perms(ALL, ["apps"], ["deployments/scale"], ["get", "update"])
-    | perms(ALL, [""], ["nodes"], ["list", "watch"])
-    | perms(ALL, [""], ["pods", "namespaces"], ["list"])
-    | perms(ALL, ["autoscaling"], ["horizontalpodautoscalers"], ["list"])
-    | perms(ALL, ["keda.sh"], ["scaledobjects"], ["list"])
-    | perms(ALL, ["autoscaling.aibrix.ai"], ["podautoscalers"], ["list"])
+    | perms(ALL, [""], ["nodes", "pods"], ["list", "watch"])
+    | perms(ALL, [""], ["namespaces"], ["list"])
+    | perms(ALL, ["autoscaling"], ["horizontalpodautoscalers"], ["list", "watch"])
+    | perms(ALL, ["keda.sh"], ["scaledobjects"], ["list", "watch"])
+    | perms(ALL, ["autoscaling.aibrix.ai"], ["podautoscalers"], ["list", "watch"])
+    | perms(
+        ALL,
+        ["apiextensions.k8s.io"],
+        ["customresourcedefinitions"],
+        ["list", "watch"],
+        ["podautoscalers.autoscaling.aibrix.ai", "scaledobjects.keda.sh"],
+    )
     | perms(ALL, [""], ["configmaps"], ["get"])
     | perms(ALL, [""], ["events"], ["create"])
     | perms(ALL, ["wgpolicyk8s.io"], ["policyreports"], ["get", "create", "update"])

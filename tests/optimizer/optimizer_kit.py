@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
+
+import numpy as np
+from ortools.linear_solver import pywraplp
 
 from gpumix.optimizer import Bucket, GpuOption, Problem, Result
+from gpumix.optimizer._engine import (
+    INT_TOL,
+    Block,
+    FloatArray,
+    Outcome,
+    PoolRow,
+    _add_churn,
+    _plan_value,
+    clean_split,
+)
 
 TOL = 1e-6
 
@@ -166,3 +180,82 @@ def brute_force(problem: Problem) -> float | None:
         if fits(need, [n * usable for n in ns]):
             best = obj
     return best
+
+
+def full_mip(
+    blocks: Sequence[Block],
+    pools: Sequence[PoolRow],
+    *,
+    time_limit_s: float,
+    hint: Outcome | None,
+) -> Outcome:
+    """The same model as one MIP on HiGHS (all columns at once): an independent reference
+    for the search's optimum (HiGHS's time limit is not kept while OR-Tools hands it a
+    large model, so the product does not use it)."""
+    s = pywraplp.Solver.CreateSolver("HIGHS")
+    if s is None:  # pragma: no cover - HiGHS ships with OR-Tools
+        return Outcome("unknown", (), (), math.nan, -math.inf, 0)
+    s.SuppressOutput()
+    # keeps HiGHS from printing its banner on stdout (the call reports False all the same)
+    s.SetSolverSpecificParametersAsString("output_flag=false")
+    inf = s.infinity()
+    obj = s.Objective()
+    obj.SetMinimization()
+    ns: list[list[pywraplp.Variable]] = []
+    cols: list[list[tuple[int, int, pywraplp.Variable]]] = []
+    for blk in blocks:
+        g_count = blk.cost.size
+        n = []
+        for g in range(g_count):
+            ub = float(blk.ub[g]) if math.isfinite(blk.ub[g]) else inf
+            v = s.IntVar(float(blk.lb[g]), ub, "")
+            obj.SetCoefficient(v, float(blk.cost[g]))
+            n.append(v)
+            if blk.churn > 0:
+                _add_churn(s, obj, v, float(blk.cur[g]), blk.churn)
+        caps = []
+        for g in range(g_count):
+            row = s.Constraint(-inf, 0.0)
+            row.SetCoefficient(n[g], -blk.usable)
+            caps.append(row)
+        block_cols: list[tuple[int, int, pywraplp.Variable]] = []
+        for b in range(blk.need.shape[0]):
+            row = s.Constraint(1.0, 1.0)
+            for gi in np.nonzero(np.isfinite(blk.need[b]))[0].tolist():
+                f = s.NumVar(0.0, 1.0, "")
+                row.SetCoefficient(f, 1.0)
+                caps[gi].SetCoefficient(f, float(blk.need[b, gi]))
+                block_cols.append((b, gi, f))
+        ns.append(n)
+        cols.append(block_cols)
+    for pool in pools:
+        row = s.Constraint(-inf, pool.capacity)
+        for m, g, gpr in pool.terms:
+            row.SetCoefficient(ns[m][g], gpr)
+    # (no SetHint: it crashes the HiGHS wrapper of this OR-Tools release)
+    if hint is not None and hint.replicas and math.isfinite(hint.objective):
+        # any better plan must beat the incumbent: a valid objective cut
+        cut = s.Constraint(-inf, hint.objective)
+        for v, c in ((v, obj.GetCoefficient(v)) for v in s.variables()):
+            if c:
+                cut.SetCoefficient(v, c)
+    params = pywraplp.MPSolverParameters()
+    params.SetDoubleParam(params.RELATIVE_MIP_GAP, 1e-9)
+    s.SetTimeLimit(max(1, int(min(max(time_limit_s, 0.0), 1e6) * 1000)))
+    st = s.Solve(params)
+    if st not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
+        state = "infeasible" if st == pywraplp.Solver.INFEASIBLE else "unknown"
+        return Outcome(state, (), (), math.nan, -math.inf, 0)
+    reps = tuple(tuple(math.ceil(v.solution_value() - INT_TOL) for v in n) for n in ns)
+    fracs: list[FloatArray] = []
+    for m, blk in enumerate(blocks):
+        f = np.zeros(blk.need.shape)
+        for b, g, v in cols[m]:
+            f[b, g] = max(v.solution_value(), 0.0)
+        fracs.append(clean_split(f))
+    value = _plan_value(blocks, np.array([x for r in reps for x in r], dtype=float))
+    bound = float(obj.BestBound())
+    status = "optimal" if st == pywraplp.Solver.OPTIMAL else "feasible"
+    if status == "optimal":
+        bound = min(bound, value)
+    return Outcome(status, reps, tuple(fracs), value, bound, int(s.nodes()))

@@ -319,7 +319,8 @@ def test_joint_equals_brute_force_on_tiny_pools(problems, pool_g0) -> None:
 @given(tiny_problems())
 def test_full_mip_path_equals_brute_force(problem: Problem) -> None:
     """The HiGHS path used for large instances agrees with brute force too."""
-    from gpumix.optimizer._engine import full_mip
+    from optimizer_kit import full_mip
+
     from gpumix.optimizer.solve import _block, _merge_buckets, diagnose
 
     expected = brute_force(problem)

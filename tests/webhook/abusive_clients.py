@@ -16,9 +16,10 @@ import time
 MIB = 1024 * 1024
 
 
-def _head(length: int) -> bytes:
+def request_head(length: int, path: str = "/validate") -> bytes:
+    """The head of a POST announcing a JSON body of ``length`` bytes."""
     return (
-        "POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
         f"Content-Length: {length}\r\n\r\n"
     ).encode()
 
@@ -48,7 +49,7 @@ async def big_body(host: str, port: int, tls: ssl.SSLContext, deadline: float) -
             continue
         try:
             left = max(0.01, deadline - time.monotonic())
-            writer.write(_head(7 * MIB))
+            writer.write(request_head(7 * MIB))
             for _ in range(27):
                 writer.write(chunk)
                 await asyncio.wait_for(writer.drain(), left)

@@ -22,20 +22,12 @@ from webhook_kit import (
     snapshot,
 )
 
+from gpumix.admission import Verdict, _copy_for_fix, _derived_patch, review
 from gpumix.kube.gputype import GpuType
 from gpumix.kube.objects import view_of
 from gpumix.kube.policy import Policy
-from gpumix.webhook.review import (
-    ReviewError,
-    Verdict,
-    _copy_for_fix,
-    _derived_patch,
-    json_bytes,
-    parse_review,
-    review,
-    to_response,
-)
-from gpumix.webhook.rules.fixes import isolate_deployment
+from gpumix.rules.fixes import isolate_deployment
+from gpumix.webhook.wire import ReviewError, json_bytes, parse_review, to_response
 
 POLICY = Policy()
 

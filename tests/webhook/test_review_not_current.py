@@ -9,8 +9,9 @@ from typing import Any
 
 from webhook_kit import deployment, hpa, namespace, review_body, snapshot
 
+from gpumix.admission import CACHE_RULE, Verdict, review
 from gpumix.kube.policy import Policy
-from gpumix.webhook.review import CACHE_RULE, Verdict, parse_review, review
+from gpumix.webhook.wire import parse_review
 
 POLICY = Policy()
 

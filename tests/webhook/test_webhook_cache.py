@@ -16,8 +16,14 @@ from gpumix.emulator import Emulator
 from gpumix.kube.objects import ObjectRef
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
-from gpumix.webhook.cache import BUILTIN_RESOURCES, ClusterCache, Reflector
-from gpumix.webhook.kubeapi import ApiError, KubeClient
+from gpumix.kubeio.client import ApiError, KubeClient
+from gpumix.webhook.cache import (
+    BUILTIN_RESOURCES,
+    ClusterCache,
+    Reflector,
+    ViewStore,
+    informer_settings,
+)
 from gpumix.webhook.metrics import WebhookMetrics
 from gpumix.webhook.settings import CacheSettings
 
@@ -228,9 +234,8 @@ async def test_watches_that_end_at_once_are_backed_off() -> None:
     reflector = Reflector(
         BUILTIN_RESOURCES[2],
         server,
-        Snapshot(),
-        Policy(),  # type: ignore[arg-type]
-        FAST,
+        ViewStore(Snapshot(), Policy()),
+        informer_settings(FAST),
         lambda: None,
         sleep,
         jitter=lambda: 1.0,  # the top of the jitter range: the backoff itself
@@ -286,9 +291,8 @@ def _scripted_reflector(
     reflector = Reflector(
         BUILTIN_RESOURCES[2],
         server,  # type: ignore[arg-type]
-        Snapshot(),
-        Policy(),
-        FAST,
+        ViewStore(Snapshot(), Policy()),
+        informer_settings(FAST),
         lambda: None,
         sleep,
         jitter=lambda: 0.0,  # the bottom of the jitter range: half the backoff
@@ -336,6 +340,8 @@ async def test_after_a_failure_only_a_new_list_makes_the_view_current() -> None:
     assert reflector.relists == 2
     # the backoff doubles and is jittered (here: half of each step)
     assert pauses[:3] == [FAST.backoff_initial_s / 2, FAST.backoff_initial_s, 0.04]
+
+
 def gpu_request(obj: dict[str, Any], value: object) -> dict[str, Any]:
     obj["spec"]["template"]["spec"]["containers"][0]["resources"] = {
         "limits": {"nvidia.com/gpu": value}

@@ -35,13 +35,14 @@ from webhook_kit import (
     snapshot,
 )
 
+from gpumix.admission import AdmissionRequest, Phase, review
 from gpumix.kube.objects import view_of
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
 from gpumix.webhook.metrics import WebhookMetrics
-from gpumix.webhook.review import AdmissionRequest, Phase, parse_review, review
 from gpumix.webhook.server import StaticSource, WebhookState, make_server
 from gpumix.webhook.settings import ServerSettings
+from gpumix.webhook.wire import parse_review
 
 FUZZ = settings(
     max_examples=150,

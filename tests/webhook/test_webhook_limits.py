@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from abusive_clients import closed_within, request_head
 from webhook_kit import (
     client_context,
     deployment,
@@ -94,46 +95,27 @@ async def served() -> AsyncIterator[Served]:
         yield Served(url, host, int(port), client_context(bundle.ca_pem), state)
 
 
-def _head(length: int, path: str = "/validate") -> bytes:
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {length}\r\n\r\n"
-    ).encode()
-
-
 def _small_review(uid: str) -> bytes:
     data = json.dumps(review_body(deployment("d", "solo", model="solo"), uid=uid)).encode()
-    return _head(len(data)) + data
-
-
-async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
-    """True when the server closes the connection (EOF or reset) within ``seconds``."""
-    try:
-        while await asyncio.wait_for(reader.read(65536), seconds):
-            pass
-    except TimeoutError:
-        return False
-    except (ConnectionError, ssl.SSLError):
-        pass
-    return True
+    return request_head(len(data)) + data
 
 
 async def test_past_the_budget_a_large_body_gets_429_and_small_ones_are_served(
     served: Served,
 ) -> None:
     stalled = await served.connect()
-    stalled[1].write(_head(7 * MIB) + b"{")  # reserves 7 MiB, then stalls
+    stalled[1].write(request_head(7 * MIB) + b"{")  # reserves 7 MiB, then stalls
     await stalled[1].drain()
     await asyncio.sleep(0.1)
     assert served.metric("gpumix_webhook_body_bytes_in_flight") == 7 * MIB
     started = time.monotonic()
     reader, writer = await served.connect()
-    writer.write(_head(6 * MIB) + b"{")
+    writer.write(request_head(6 * MIB) + b"{")
     await writer.drain()
     status, headers, body = await asyncio.wait_for(read_response(reader), 2)
     assert time.monotonic() - started < 0.3  # at once, not after the body timeout
     assert status == 429 and headers["retry-after"] == "1"
-    assert headers["connection"] == "close" and await _closed_within(reader, 1)
+    assert headers["connection"] == "close" and await closed_within(reader, 1)
     out = json.loads(body)
     assert out["kind"] == "Status" and out["reason"] == "TooManyRequests"
     assert out["details"] == {"retryAfterSeconds": 1}
@@ -182,7 +164,7 @@ async def test_silent_and_slow_headers_are_cut_off_at_the_header_timeout(served:
     dripping = asyncio.create_task(drip())
     try:
         closed = await asyncio.gather(
-            *(_closed_within(r, 1.5) for r, _ in (silent, partial, trickle))
+            *(closed_within(r, 1.5) for r, _ in (silent, partial, trickle))
         )
     finally:
         dripping.cancel()
@@ -207,7 +189,7 @@ async def test_kept_alive_connection_waits_the_idle_timeout_then_is_closed(
     status, _, body = await asyncio.wait_for(read_response(reader), 2)
     assert status == 200 and json.loads(body)["response"]["uid"] == "keep-2"
     answered = time.monotonic()
-    assert await _closed_within(reader, 3)
+    assert await closed_within(reader, 3)
     assert 1.0 < time.monotonic() - answered < 2.5
     writer.close()
 
@@ -221,7 +203,7 @@ async def test_header_deadline_starts_at_the_first_byte_of_a_further_request(
     await asyncio.sleep(0.3)
     writer.write(b"POST /validate HTTP/1.1\r\n")  # then nothing more
     started = time.monotonic()
-    assert await _closed_within(reader, 2)
+    assert await closed_within(reader, 2)
     assert 0.3 < time.monotonic() - started < 0.9  # the header timeout, not the idle one
     writer.close()
 
@@ -237,9 +219,9 @@ async def test_connections_past_the_limit_are_closed_at_once() -> None:
         tls = client_context(bundle.ca_pem)
         held = [await asyncio.open_connection(host, int(port), ssl=tls) for _ in range(3)]
         extra = await asyncio.open_connection(host, int(port), ssl=tls)
-        assert await _closed_within(extra[0], 1)
+        assert await closed_within(extra[0], 1)
         for reader, _ in held:
-            assert not await _closed_within(reader, 0.05)
+            assert not await closed_within(reader, 0.05)
         held[0][1].close()
         await asyncio.sleep(0.1)
         reader, writer = await asyncio.open_connection(host, int(port), ssl=tls)

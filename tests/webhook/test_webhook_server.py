@@ -701,7 +701,8 @@ async def test_metrics_registries_are_per_app() -> None:
 
 def test_review_does_not_block_the_loop_long() -> None:
     """Review of a Deployment against 2,000 cached ones stays far below a millisecond budget."""
-    from gpumix.webhook.review import parse_review, review
+    from gpumix.admission import review
+    from gpumix.webhook.wire import parse_review
 
     objs = [
         deployment(f"m{i}-{t}", f"ns{i % 20}", model=f"m{i}", gpu_product=t)

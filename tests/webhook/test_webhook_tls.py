@@ -17,7 +17,7 @@ from webhook_kit import deployment, review_body, serve_app, webhook_configuratio
 
 from gpumix.emulator import Emulator
 from gpumix.kube.policy import Policy
-from gpumix.webhook.kubeapi import KubeClient
+from gpumix.kubeio.client import KubeClient
 from gpumix.webhook.metrics import WebhookMetrics
 from gpumix.webhook.server import StaticSource, WebhookState, make_server
 from gpumix.webhook.settings import DAY_S, TLSSettings

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gpumix.kube.objects import DeploymentView
-from gpumix.webhook.rules.base import Finding
+from gpumix.rules.base import Finding
 
 RULE = "invalid-selector"
 

@@ -1,12 +1,12 @@
 """The first of a model group: when its selector would capture a sibling on another GPU
-type (webhook/rules/model_selector.py)."""
+type (gpumix/rules/model_selector.py)."""
 
 from __future__ import annotations
 
 from test_rule_selector_overlap import POLICY, dep
 
 from gpumix.kube.objects import DeploymentView, view_of
-from gpumix.webhook.rules import model_selector
+from gpumix.rules import model_selector
 
 
 def test_model_selector_short_names_only_match_whole_values() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gpumix.kube.objects import DeploymentView
 from gpumix.kube.selectors import canonical_selector
-from gpumix.webhook.rules.base import Finding
+from gpumix.rules.base import Finding
 
 RULE = "selector-immutable"
 

@@ -11,10 +11,10 @@ from gpumix.kube.objects import DeploymentView, view_of
 from gpumix.kube.policy import Policy
 from gpumix.kube.selectors import overlaps
 from gpumix.kube.snapshot import Snapshot
-from gpumix.webhook.rules import invalid_selector, selector_immutable
-from gpumix.webhook.rules.base import Finding, sort_findings
-from gpumix.webhook.rules.engine import evaluate_snapshot
-from gpumix.webhook.rules.fixes import (
+from gpumix.rules import invalid_selector, selector_immutable
+from gpumix.rules.base import Finding, sort_findings
+from gpumix.rules.engine import evaluate_snapshot
+from gpumix.rules.fixes import (
     deployment_label_value,
     is_label_value,
     isolate_deployment,

@@ -7,14 +7,14 @@ from collections.abc import Iterable
 from gpumix.kube.objects import AutoscalerView, DeploymentView, ObjectRef, View
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
-from gpumix.webhook.rules import (
+from gpumix.rules import (
     invalid_selector,
     max_replicas_above_ceiling,
     missing_max_replicas,
     selector_overlap,
     unreadable_field,
 )
-from gpumix.webhook.rules.base import Finding, sort_findings
+from gpumix.rules.base import Finding, sort_findings
 
 
 def evaluate(

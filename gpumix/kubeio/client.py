@@ -1,22 +1,46 @@
-"""A raw-JSON Kubernetes API client on top of kubernetes-asyncio's ``ApiClient``.
+"""The raw-JSON Kubernetes API client of gpumix, on kubernetes-asyncio's ``ApiClient``.
 
 kubernetes-asyncio does the configuration (kubeconfig, in-cluster service
 account, exec plugins, token refresh) and the connection pool; every request is
 made with ``_preload_content=False`` so bodies are decoded here into plain
-dicts.  No kubernetes-asyncio model type leaves this module.
+dicts (generated model classes are slow to build for thousands of objects and
+would leak library types upward).  No kubernetes-asyncio model type leaves this
+module, and every failure is one error type, :class:`ApiError`.
+
+Every call is counted by verb (``calls``), so benchmarks and logs can report the
+API calls a pass makes.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
 Json = dict[str, Any]
+
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+MAX_PAGES = 100_000
+
+
+def resource_path(
+    group: str, version: str, plural: str, namespace: str | None = None, name: str | None = None
+) -> str:
+    """``/api/v1/...`` or ``/apis/<group>/<version>/...``, names quoted."""
+    base = f"/api/{version}" if not group else f"/apis/{group}/{version}"
+    if namespace:
+        base += f"/namespaces/{quote(namespace, safe='')}"
+    base += f"/{plural}"
+    if name:
+        base += f"/{quote(name, safe='')}"
+    return base
 
 
 class ApiError(Exception):
@@ -66,16 +90,29 @@ def _event_of(path: str, line: bytes) -> Json | None:
 
 
 class KubeClient:
-    """GET/POST/PUT/PATCH and watch streams, all in plain JSON."""
+    """GET/POST/PUT/PATCH/DELETE, paged lists and watch streams, all in plain JSON.
 
-    def __init__(self, api: k8s_client.ApiClient, request_timeout_s: float = 30.0) -> None:
-        # kube-apiserver names the field manager of non-apply writes after the user agent
-        api.user_agent = "gpumix-webhook/0.1.0"
+    ``user_agent`` names the component: kube-apiserver names the field manager of
+    non-apply writes after it.
+    """
+
+    def __init__(
+        self,
+        api: k8s_client.ApiClient,
+        request_timeout_s: float = 30.0,
+        *,
+        user_agent: str = "gpumix/0.1.0",
+    ) -> None:
+        api.user_agent = user_agent
         self._api = api
         self.request_timeout_s = request_timeout_s
+        self.calls: Counter[str] = Counter()
+        """Requests sent, by verb (``get``, ``list``, ``watch``, ``put``, ...)."""
 
     @classmethod
-    async def connect(cls, kubeconfig: str | None = None) -> KubeClient:
+    async def connect(
+        cls, kubeconfig: str | None = None, *, user_agent: str = "gpumix/0.1.0"
+    ) -> KubeClient:
         """From ``kubeconfig``; with None, the in-cluster service account, else
         the default kubeconfig (``$KUBECONFIG`` / ``~/.kube/config``)."""
         configuration = k8s_client.Configuration()
@@ -94,7 +131,7 @@ class KubeClient:
         except (k8s_config.ConfigException, OSError, ValueError) as exc:
             where = kubeconfig or "in-cluster config or the default kubeconfig"
             raise ApiError(0, f"cannot load {where}: {exc}") from None
-        return cls(k8s_client.ApiClient(configuration))
+        return cls(k8s_client.ApiClient(configuration), user_agent=user_agent)
 
     async def close(self) -> None:
         await self._api.close()
@@ -107,13 +144,18 @@ class KubeClient:
         body: object,
         content_type: str,
         timeout: aiohttp.ClientTimeout,
+        verb: str,
     ) -> aiohttp.ClientResponse:
+        self.calls[verb] += 1
+        headers = {"Accept": JSON}
+        if body is not None:
+            headers["Content-Type"] = content_type
         try:
             response: aiohttp.ClientResponse = await self._api.call_api(
                 path,
                 method,
                 query_params=list((query or {}).items()),
-                header_params={"Accept": "application/json", "Content-Type": content_type},
+                header_params=headers,
                 body=body,
                 auth_settings=["BearerToken"],
                 _preload_content=False,
@@ -130,10 +172,14 @@ class KubeClient:
         *,
         query: Mapping[str, str] | None = None,
         body: object = None,
-        content_type: str = "application/json",
+        content_type: str = JSON,
+        verb: str | None = None,
     ) -> Json:
+        """One call; the decoded JSON object, ``{}`` for an empty body, else ``ApiError``."""
         timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
-        response = await self._open(method, path, query, body, content_type, timeout)
+        response = await self._open(
+            method, path, query, body, content_type, timeout, verb or method.lower()
+        )
         try:
             raw = await response.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -142,6 +188,8 @@ class KubeClient:
             response.release()
         if not 200 <= response.status < 300:
             raise _error_of(response.status, raw)
+        if not raw.strip():
+            return {}
         try:
             data = json.loads(raw)
         except ValueError:
@@ -152,6 +200,36 @@ class KubeClient:
 
     async def get(self, path: str, query: Mapping[str, str] | None = None) -> Json:
         return await self.request("GET", path, query=query)
+
+    async def get_or_none(self, path: str) -> Json | None:
+        """The object, or None when it does not exist (404)."""
+        try:
+            return await self.get(path)
+        except ApiError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    async def list(
+        self, path: str, *, page_size: int = 500, query: Mapping[str, str] | None = None
+    ) -> tuple[list[Json], str]:
+        """Every item (pages followed through ``continue``) and the list's resourceVersion."""
+        items: list[Json] = []
+        token = ""
+        version = ""
+        for _ in range(MAX_PAGES):
+            q = {**(query or {}), "limit": str(page_size)}
+            if token:
+                q["continue"] = token
+            page = await self.request("GET", path, query=q, verb="list")
+            items.extend(i for i in page.get("items") or [] if isinstance(i, dict))
+            meta = page.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
+            version = str(meta.get("resourceVersion") or version)
+            token = str(meta.get("continue") or "")
+            if not token:
+                break
+        return items, version
 
     async def watch(
         self, path: str, query: Mapping[str, str], timeout_s: float
@@ -169,7 +247,7 @@ class KubeClient:
         # The server ends the watch after timeoutSeconds; the client gives it a margin,
         # and a silent connection (no event, no bookmark) is dropped after that too.
         timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_s + 15, connect=15)
-        response = await self._open("GET", path, q, None, "application/json", timeout)
+        response = await self._open("GET", path, q, None, JSON, timeout, "watch")
         try:
             if response.status != 200:
                 raise _error_of(response.status, await response.read())

@@ -1,7 +1,7 @@
 """Fixes, applied in place to a JSON-like object (a dict or a round-trip YAML map).
 
 Callers that need a patch change a copy and diff it with jsonpatch (admission
-copies only the dicts a fix writes to: ``webhook.review._copy_for_fix``);
+copies only the dicts a fix writes to: ``gpumix.admission._copy_for_fix``);
 ``gpumix check --fix`` applies the same functions to the parsed YAML so comments
 and key order survive.
 """

@@ -2,7 +2,7 @@
 
 The pool of a GPU type is its Nodes (cordoned ones too) or, when more, the policy's
 ``gpuPoolCapacity`` for it. Admission judges a ceiling only when it is set or raised
-(``webhook.review``); the audit judges every ceiling.
+(``gpumix.admission``); the audit judges every ceiling.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from gpumix.kube.objects import AutoscalerView
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
-from gpumix.webhook.rules.base import Finding
-from gpumix.webhook.rules.missing_max_replicas import capacity_replicas, pool_gpus, unreadable_gpus
+from gpumix.rules.base import Finding
+from gpumix.rules.missing_max_replicas import capacity_replicas, pool_gpus, unreadable_gpus
 
 RULE = "max-replicas-above-ceiling"
 

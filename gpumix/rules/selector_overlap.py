@@ -28,7 +28,7 @@ from gpumix.kube.objects import DeploymentView
 from gpumix.kube.policy import DEPLOYMENT_LABEL
 from gpumix.kube.selectors import overlap_witness
 from gpumix.kube.snapshot import Snapshot
-from gpumix.webhook.rules.base import Finding, Severity
+from gpumix.rules.base import Finding, Severity
 
 RULE = "selector-overlap"
 NAMED = 3

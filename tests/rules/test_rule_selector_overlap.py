@@ -7,8 +7,8 @@ from typing import Any
 from gpumix.kube.objects import ObjectRef
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
-from gpumix.webhook.rules import selector_overlap
-from gpumix.webhook.rules.engine import evaluate_snapshot
+from gpumix.rules import selector_overlap
+from gpumix.rules.engine import evaluate_snapshot
 
 POLICY = Policy()
 

@@ -11,7 +11,7 @@ so the overlap rule keeps judging it.
 from __future__ import annotations
 
 from gpumix.kube.objects import DeploymentView
-from gpumix.webhook.rules.base import Finding
+from gpumix.rules.base import Finding
 
 RULE = "unreadable-field"
 SHOWN = 3

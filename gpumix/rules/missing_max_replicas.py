@@ -5,7 +5,7 @@ from __future__ import annotations
 from gpumix.kube.objects import AutoscalerView, DeploymentView
 from gpumix.kube.policy import DEFAULT_MAX_REPLICAS_ANNOTATION, Policy
 from gpumix.kube.snapshot import Snapshot
-from gpumix.webhook.rules.base import Finding
+from gpumix.rules.base import Finding
 
 RULE = "missing-max-replicas"
 

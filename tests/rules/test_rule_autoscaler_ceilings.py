@@ -9,8 +9,8 @@ import pytest
 from gpumix.kube.objects import AutoscalerView
 from gpumix.kube.policy import Policy
 from gpumix.kube.snapshot import Snapshot
-from gpumix.webhook.rules import max_replicas_above_ceiling, missing_max_replicas
-from gpumix.webhook.rules.engine import evaluate, evaluate_snapshot
+from gpumix.rules import max_replicas_above_ceiling, missing_max_replicas
+from gpumix.rules.engine import evaluate, evaluate_snapshot
 
 POLICY = Policy(default_max_replicas=10, hard_max_replicas=50)
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from gpumix.kube.objects import DeploymentView
 from gpumix.kube.policy import DEPLOYMENT_LABEL, GPU_TYPE_LABEL, Policy
-from gpumix.webhook.rules.base import Finding
-from gpumix.webhook.rules.selector_overlap import RULE
+from gpumix.rules.base import Finding
+from gpumix.rules.selector_overlap import RULE
 
 
 def selects_model_group(dep: DeploymentView, policy: Policy) -> bool:
