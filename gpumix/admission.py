@@ -15,7 +15,6 @@ from typing import Any, Literal, TypedDict
 
 import jsonpatch
 
-from gpumix.kube.admission import judged
 from gpumix.kube.fields import as_mapping, is_mapping
 from gpumix.kube.objects import (
     AutoscalerView,
@@ -28,6 +27,7 @@ from gpumix.kube.objects import (
     view_of,
 )
 from gpumix.kube.policy import DEPLOYMENT_LABEL, GPU_TYPE_LABEL, MODE_LABEL, MODES, Mode, Policy
+from gpumix.kube.scope import judged
 from gpumix.kube.snapshot import Snapshot
 from gpumix.rules import (
     max_replicas_above_ceiling,
@@ -221,11 +221,11 @@ def _unreadable_object(
     metric).  Any other kind is allowed."""
     kind, raw_version = obj.get("kind"), obj.get("apiVersion")
     api_version = raw_version if isinstance(raw_version, str) else ""
-    judged = (kind == "Deployment" and api_version.startswith("apps/")) or (
+    reviewed = (kind == "Deployment" and api_version.startswith("apps/")) or (
         isinstance(kind, str) and autoscaler_info(api_version, kind) is not None
     )
     namespace = exc.ref.namespace
-    if not judged:
+    if not reviewed:
         return Verdict("allowed")
     if namespace in policy.exempt_namespaces:
         return Verdict("allowed", message=f"namespace {namespace} is exempt")

@@ -5,7 +5,7 @@ registered pointing at a recording webhook, restricted to the test's namespace a
 renamed so that they never meet another module's webhook. Each object of one corpus is
 sent through admission (CREATE by a server-side dry run, UPDATE by a dry-run replace of
 a stored object), and the writes the API server sent are compared with
-``gpumix.kube.admission.judged`` on the same objects: the CEL and the core agree.
+``gpumix.kube.scope.judged`` on the same objects: the CEL and the core agree.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gpumix.kube.admission import MATCH_CONDITION_NAME, judged, match_condition
 from gpumix.kube.policy import Policy, policy_from_mapping
+from gpumix.kube.scope import MATCH_CONDITION_NAME, judged, match_condition
 
 from .envtest import Envtest
 from .gpumix_env import (

@@ -19,8 +19,8 @@ from helm_chart import CHART, NAMESPACE, normalized, run_helm, template, templat
 from manifest_objects import MANIFESTS, REPO_ROOT, Obj, Rendered, find, key, render
 from test_manifest_schemas import _validate
 
-from gpumix.kube.admission import match_condition
 from gpumix.kube.policy import Policy, policy_from_mapping
+from gpumix.kube.scope import match_condition
 
 WEBHOOK_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
 CA_BUNDLE = base64.b64encode(

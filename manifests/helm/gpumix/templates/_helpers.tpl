@@ -89,7 +89,7 @@ gpuResourceNames: {{ toJson . }}
 {{- end -}}
 {{- end }}
 
-{{/* The webhooks' match condition: gpumix/kube/admission.py's cel_expression for the
+{{/* The webhooks' match condition: gpumix/kube/scope.py's cel_expression for the
 policy's modelLabelKeys and gpuResourceNames (empty: gpumix/kube/policy.py's defaults).
 tests/manifests/test_helm_chart.py holds the two equal for default and custom values. */}}
 {{- define "gpumix.scopeExpression" -}}

@@ -1,4 +1,4 @@
-"""Which writes reach the webhook (gpumix.kube.admission); the CEL twin of ``judged`` is
+"""Which writes reach the webhook (gpumix.kube.scope); the CEL twin of ``judged`` is
 evaluated on a real kube-apiserver in tests/e2e/test_admission_scope.py."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpumix.kube.admission import cel_expression, could_be_in_scope, judged
 from gpumix.kube.objects import DeploymentView, view_of
 from gpumix.kube.policy import Policy
+from gpumix.kube.scope import cel_expression, could_be_in_scope, judged
 
 POLICY = Policy()
 
