@@ -506,7 +506,7 @@ def test_restoring_labels_of_an_earlier_fix_works_in_every_mode() -> None:
 def test_a_cpu_deployment_is_not_judged_at_admission_but_by_the_audit() -> None:
     """The API server does not send it (matchConditions) and review() agrees; a CPU
     selector that captures a GPU Deployment's pods is reported by the audit."""
-    from gpumix.webhook.rules.engine import evaluate_snapshot
+    from gpumix.rules.engine import evaluate_snapshot
 
     gpu = deployment("llama", selector={"app": "llama"}, gpu_product="A100")
     cpu = deployment("proxy", model=None, selector={"app": "llama"}, gpus=0)
