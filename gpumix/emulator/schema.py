@@ -79,7 +79,7 @@ def _check(
             typ = schema.get("type")
             if typ:
                 causes.append(
-                    field_invalid(shown, value, f'{shown} in body must be of type {typ}: "null"')
+                    field_invalid(shown, "null", f'{shown} in body must be of type {typ}: "null"')
                 )
         return
     typ = schema.get("type")
@@ -94,9 +94,12 @@ def _check(
             )
             return
     elif typ and not _is_type(value, typ):
+        # kube-apiserver shows the JSON type as the invalid value, not the value.
         causes.append(
             field_invalid(
-                shown, value, f'{shown} in body must be of type {typ}: "{_json_type(value)}"'
+                shown,
+                _json_type(value),
+                f'{shown} in body must be of type {typ}: "{_json_type(value)}"',
             )
         )
         return
