@@ -89,7 +89,11 @@ class Reply:
 class Client:
     """Raw REST calls to one backend; JSON in, JSON out."""
 
-    def __init__(self, base_url: str, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, base_url: str, ssl_context: ssl.SSLContext | None, compact: Callable[[], None]
+    ) -> None:
+        self.compact = compact
+        """Forget the history of changes: etcd compaction, or the emulator's `compact()`."""
         parts = urlsplit(base_url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 443
@@ -652,11 +656,25 @@ def watch_resume(c: Client, ns: str) -> Obs:
 def watch_from_old_version(c: Client, ns: str) -> Obs:
     base = f"/api/v1/namespaces/{ns}/configmaps"
     c.create(base, configmap("a"))
+    old = c.get(base)["metadata"]["resourceVersion"]
+    uncompacted = c.watch(
+        f"{base}?watch=1&resourceVersion=1&timeoutSeconds=5", lambda e: e["type"] == "ADDED"
+    )
+    c.create(base, configmap("b"))
+    c.compact()
+    c.create(base, configmap("c"))
+    recent = c.watch(
+        f"{base}?watch=1&resourceVersion={old}&timeoutSeconds=5", lambda e: e["type"] == "ADDED"
+    )
     events = c.watch(
         f"{base}?watch=1&resourceVersion=1&timeoutSeconds=5", lambda e: e["type"] == "ERROR"
     )
     last = events[-1] if events else {"type": "none", "object": {}}
     return {
+        "uncompacted": [(e["type"], e["object"]["metadata"]["name"]) for e in uncompacted],
+        "recent_after_compaction": [
+            (e["type"], e["object"].get("metadata", {}).get("name")) for e in recent
+        ],
         "type": last["type"],
         "code": last["object"].get("code"),
         "reason": last["object"].get("reason"),
@@ -994,8 +1012,19 @@ CASES: dict[str, Case] = {
         watch_resume,
         {"events": [("ADDED", "after"), ("MODIFIED", "after"), ("DELETED", "after")]},
     ),
-    "watch-from-old-uncompacted-version": Case(
-        watch_from_old_version, {"type": "ADDED", "code": None, "reason": None}
+    "watch-from-compacted-version": Case(
+        watch_from_old_version,
+        {
+            "uncompacted": [("ADDED", "a")],
+            "recent_after_compaction": [("ADDED", "b")],
+            "type": "ADDED",
+            "code": None,
+            "reason": None,
+        },
+        "compact() drops the watch history at once, so a watch from any older "
+        "resourceVersion gets 410 Expired; kube-apiserver keeps serving such watches from "
+        "its watch cache after etcd compacts, and answers 410 only once the cache window "
+        "has moved past the version",
     ),
 }
 
@@ -1012,7 +1041,13 @@ def running_emulator() -> Iterator[Client]:
     emulator = Emulator()
     try:
         url = asyncio.run_coroutine_threadsafe(emulator.start(), loop).result(10)
-        yield Client(url, None)
+
+        async def compact() -> None:
+            emulator.compact()
+
+        yield Client(
+            url, None, lambda: asyncio.run_coroutine_threadsafe(compact(), loop).result(10)
+        )
     finally:
         asyncio.run_coroutine_threadsafe(emulator.stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
@@ -1021,7 +1056,24 @@ def running_emulator() -> Iterator[Client]:
 
 
 def real_client(env: Envtest) -> Client:
-    return Client(env.server, env._ssl_context())
+    def compact() -> None:
+        """Compact etcd at its current revision through its JSON gateway."""
+        etcd = http.client.HTTPConnection("127.0.0.1", env.etcd_port, timeout=10)
+        try:
+            etcd.request("POST", "/v3/kv/range", body=json.dumps({"key": "AA=="}))
+            revision = json.loads(etcd.getresponse().read())["header"]["revision"]
+            etcd.request(
+                "POST",
+                "/v3/kv/compaction",
+                body=json.dumps({"revision": revision, "physical": True}),
+            )
+            reply = etcd.getresponse()
+            assert reply.status == 200, reply.read()
+            reply.read()
+        finally:
+            etcd.close()
+
+    return Client(env.server, env._ssl_context(), compact)
 
 
 def install_crd(client: Client) -> None:
