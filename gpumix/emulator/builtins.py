@@ -629,4 +629,5 @@ def prune_custom(rt: ResourceType, obj: Obj) -> Obj:
         return obj
     pruned = schemas.prune(obj, s)
     assert isinstance(pruned, dict)
+    schemas.apply_defaults(pruned, s)
     return pruned

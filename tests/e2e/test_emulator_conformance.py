@@ -511,8 +511,17 @@ def crd_validation(c: Client, ns: str) -> Obs:
 
 
 def crd_defaulting(c: Client, ns: str) -> Obs:
-    created = c.create(f"{CR_BASE}/namespaces/{ns}/widgets", widget("w", {"size": 1}))
-    return {"spec": created["spec"]}
+    base = f"{CR_BASE}/namespaces/{ns}/widgets"
+    created = c.create(base, widget("w", {"size": 1}))
+    explicit = c.create(base, widget("v", {"size": 1, "mode": "manual"}))
+    null = c.create(base, widget("u", {"size": 1, "mode": None}))
+    removed = c.patch(f"{base}/v", {"spec": {"mode": None}})
+    return {
+        "absent": created["spec"],
+        "explicit": explicit["spec"],
+        "null": null["spec"],
+        "removed_by_patch": (removed.status, removed.body["spec"]),
+    }
 
 
 def gpu_fraction(c: Client, ns: str) -> Obs:
@@ -856,8 +865,12 @@ CASES: dict[str, Case] = {
     ),
     "crd-defaulting": Case(
         crd_defaulting,
-        {"spec": {"mode": "auto", "size": 1}},
-        "`default` in CRD schemas is not applied",
+        {
+            "absent": {"mode": "auto", "size": 1},
+            "explicit": {"mode": "manual", "size": 1},
+            "null": {"mode": "auto", "size": 1},
+            "removed_by_patch": (200, {"mode": "auto", "size": 1}),
+        },
     ),
     "gpu-fraction": Case(
         gpu_fraction,
