@@ -92,8 +92,8 @@ class Client:
     def __init__(
         self, base_url: str, ssl_context: ssl.SSLContext | None, compact: Callable[[], None]
     ) -> None:
+        # Forget the history of changes: etcd compaction, or the emulator's compact().
         self.compact = compact
-        """Forget the history of changes: etcd compaction, or the emulator's `compact()`."""
         parts = urlsplit(base_url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 443
