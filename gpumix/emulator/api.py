@@ -41,6 +41,7 @@ DEFAULT_USER: Obj = {
 }
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 CRD_KEY = "customresourcedefinitions.apiextensions.k8s.io"
+DEPLOYMENT_KEY = "deployments.apps"
 ACCESS_REVIEW_KEY = "selfsubjectaccessreviews.authorization.k8s.io"
 # Types whose create keeps the status it was sent with (a kubelet registers a Node with
 # its capacity); other types with a status subresource start with an empty status.
@@ -90,7 +91,7 @@ class Settings:
     """Knobs of the emulated server."""
 
     server_address: str = "127.0.0.1:0"
-    git_version: str = "v1.31.0-gpumix-emulator"
+    git_version: str = "v1.36.3-gpumix-emulator"
     require_namespace: bool = True
     bookmark_interval_s: float = 1.0
     default_watch_timeout_s: float = 1800.0
@@ -393,8 +394,9 @@ class Api:
     def _field_validation(
         self, rt: ResourceType, obj: Obj, q: Mapping[str, str], warnings: list[str]
     ) -> None:
-        """`fieldValidation=Strict|Warn` for custom resources (unknown fields)."""
-        mode = q.get("fieldValidation", "")
+        """`fieldValidation=Strict|Warn` for custom resources (unknown fields); without the
+        parameter the server warns, as kube-apiserver does."""
+        mode = q.get("fieldValidation") or "Warn"
         if not rt.custom or mode not in ("Strict", "Warn"):
             return
         version = str(obj.get("apiVersion", "")).rpartition("/")[2]
@@ -403,7 +405,10 @@ class Api:
             return
         texts = [f'unknown field "{u}"' for u in unknown]
         if mode == "Strict":
-            raise errors.bad_request("strict decoding error: " + ", ".join(texts))
+            raise errors.bad_request(
+                f'{rt.kind} in version "{version}" cannot be handled as a {rt.kind}: '
+                "strict decoding error: " + ", ".join(texts)
+            )
         warnings.extend(texts)
 
     def _validate(self, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
@@ -508,6 +513,18 @@ class Api:
             )
         obj["metadata"]["name"] = t.name
         current = self._current(t)
+        if rt_custom_needs_version(t.rt) and not obj["metadata"].get("resourceVersion"):
+            # Custom resources do not allow unconditional updates.
+            raise errors.invalid(
+                t.rt.kind,
+                t.rt.group,
+                t.name,
+                [
+                    errors.field_invalid(
+                        "metadata.resourceVersion", 0, "must be specified for an update"
+                    )
+                ],
+            )
         return await self._write(t, current, obj, q, user, obj["metadata"].get("resourceVersion"))
 
     async def _write(
@@ -631,6 +648,13 @@ class Api:
         self, t: Target, ctype: str, patch: Any, q: Mapping[str, str], user: Obj
     ) -> Response:
         rt = t.rt
+        if ctype == APPLY_PATCH and not q.get("fieldManager"):
+            raise errors.invalid(
+                "PatchOptions",
+                "meta.k8s.io",
+                "",
+                [errors.field_required("fieldManager", "is required for apply patch")],
+            )
         current = self.store.get(rt.key, t.namespace, t.name)
         if current is None:
             if ctype == APPLY_PATCH and not t.sub and isinstance(patch, dict):
@@ -1170,15 +1194,31 @@ def _set_path(obj: Obj, path: str, value: Any) -> None:
     cur[segs[-1]] = value
 
 
+def rt_custom_needs_version(rt: ResourceType) -> bool:
+    """Whether a PUT must carry metadata.resourceVersion: custom resources only."""
+    return rt.custom
+
+
 def spec_changed(rt: ResourceType, new: Obj, old: Obj) -> bool:
     """Whether an update changes what bumps metadata.generation: for custom resources
-    (and CRDs) anything but metadata and status, for built-in kinds their spec."""
+    (and CRDs) anything but metadata and status, for built-in kinds their spec, and for
+    Deployments also their annotations."""
     if rt.custom or rt.key == CRD_KEY:
         skip = {"metadata", "status"} if rt.status else {"metadata"}
         return {k: v for k, v in new.items() if k not in skip} != {
             k: v for k, v in old.items() if k not in skip
         }
-    return new.get("spec") != old.get("spec")
+    if new.get("spec") != old.get("spec"):
+        return True
+    # kube-apiserver's Deployment strategy also bumps on annotation changes (rollback
+    # and pause annotations must be seen by the controller); other built-ins do not.
+    if rt.key == DEPLOYMENT_KEY:
+        return bool(_annotations(new) != _annotations(old))
+    return False
+
+
+def _annotations(obj: Obj) -> Any:
+    return (obj.get("metadata") or {}).get("annotations") or {}
 
 
 def _same(new: Obj, old: Obj) -> bool:

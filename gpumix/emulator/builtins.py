@@ -8,9 +8,11 @@ import json
 import re
 from typing import Any
 
+from . import podresources
 from . import schema as schemas
 from .errors import (
     StatusCause,
+    field_forbidden,
     field_invalid,
     field_required,
     field_unsupported,
@@ -233,8 +235,11 @@ def default(rt: ResourceType, version: str, obj: Obj) -> None:
         template = spec.get("template")
         if isinstance(template, dict) and isinstance(template.get("spec"), dict):
             _default_pod_spec(template["spec"])
+            podresources.canonicalize(template["spec"])
     elif rt.key == "pods" and isinstance(spec, dict):
         _default_pod_spec(spec)
+        podresources.default_requests_from_limits(spec)
+        podresources.canonicalize(spec)
     elif rt.key == HPA_KEY:
         # maxReplicas is a plain int32 in both versions: absent reads as 0.
         if not isinstance(spec, dict):
@@ -351,6 +356,11 @@ def validate(rt: ResourceType, obj: Obj, old: Obj | None) -> list[StatusCause]:
     spec = obj.get("spec")
     if rt.key == "deployments.apps":
         causes += _validate_deployment(spec if isinstance(spec, dict) else {}, old)
+        template = spec.get("template") if isinstance(spec, dict) else None
+        if isinstance(template, dict):
+            causes += podresources.validate(template.get("spec"), "spec.template.spec")
+    elif rt.key == "pods":
+        causes += podresources.validate(spec, "spec")
     elif rt.key == HPA_KEY:
         causes += _validate_hpa(spec if isinstance(spec, dict) else {})
     elif rt.key == "customresourcedefinitions.apiextensions.k8s.io":
@@ -409,11 +419,22 @@ def _validate_hpa(spec: Obj) -> list[StatusCause]:
             field_invalid("spec.minReplicas", min_r, "must be greater than or equal to 1")
         )
     if not isinstance(max_r, int) or max_r < 1:
-        causes.append(field_invalid("spec.maxReplicas", max_r, "must be greater than 0"))
-    elif isinstance(min_r, int) and max_r < min_r:
+        causes.append(field_required("spec.maxReplicas", "must be set and greater than 0"))
+    if isinstance(max_r, int) and isinstance(min_r, int) and max_r < min_r:
         causes.append(
             field_invalid(
                 "spec.maxReplicas", max_r, "must be greater than or equal to `minReplicas`"
+            )
+        )
+    metrics = spec.get("metrics") or []
+    if min_r == 0 and not any(
+        isinstance(m, dict) and m.get("type") in ("Object", "External") for m in metrics
+    ):
+        causes.append(
+            field_forbidden(
+                "spec.metrics",
+                "must specify at least one Object or External metric to support scaling "
+                "to zero replicas",
             )
         )
     ref = spec.get("scaleTargetRef")
@@ -608,4 +629,5 @@ def prune_custom(rt: ResourceType, obj: Obj) -> Obj:
         return obj
     pruned = schemas.prune(obj, s)
     assert isinstance(pruned, dict)
+    schemas.apply_defaults(pruned, s)
     return pruned

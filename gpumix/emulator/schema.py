@@ -1,14 +1,18 @@
-"""Structural-schema handling for custom resources: pruning and basic validation.
+"""Structural-schema handling for custom resources: pruning, defaulting and basic
+validation.
 
 Covers `type`, `properties`, `required`, `items`, `additionalProperties`, `enum`,
 `minimum`/`maximum` (with `exclusive*`), `minLength`/`maxLength`, `minItems`/`maxItems`,
 `pattern`, `nullable`, `x-kubernetes-preserve-unknown-fields`,
 `x-kubernetes-int-or-string` and `x-kubernetes-embedded-resource`. Not covered: CEL
-rules (`x-kubernetes-validations`), `format`, `oneOf`/`anyOf`/`allOf`/`not`, defaults.
+rules (`x-kubernetes-validations`), `format`, `oneOf`/`anyOf`/`allOf`/`not`.
+`default` is applied as kube-apiserver does: to absent fields (and `null` where not
+`nullable`) of objects that are present.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -42,6 +46,32 @@ def prune(obj: Any, schema: dict[str, Any] | None, root: bool = True) -> Any:
     if isinstance(obj, list) and isinstance(schema.get("items"), dict):
         return [prune(v, schema["items"], False) for v in obj]
     return obj
+
+
+def apply_defaults(obj: Any, schema: dict[str, Any] | None) -> None:
+    """Fill `default`s in place: absent properties (or `null` ones that are not
+    `nullable`) of objects present in `obj`, through `items` and `additionalProperties`."""
+    if not isinstance(schema, dict):
+        return
+    if isinstance(obj, dict):
+        props = schema.get("properties")
+        if isinstance(props, dict):
+            for k, sub_schema in props.items():
+                if not isinstance(sub_schema, dict) or "default" not in sub_schema:
+                    continue
+                if k not in obj or (obj[k] is None and not sub_schema.get("nullable")):
+                    obj[k] = copy.deepcopy(sub_schema["default"])
+            for k, v in obj.items():
+                if isinstance(props.get(k), dict):
+                    apply_defaults(v, props[k])
+        addl = schema.get("additionalProperties")
+        if isinstance(addl, dict):
+            for k, v in obj.items():
+                if not (isinstance(props, dict) and k in props):
+                    apply_defaults(v, addl)
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for v in obj:
+            apply_defaults(v, schema["items"])
 
 
 def validate(obj: Any, schema: dict[str, Any] | None) -> list[StatusCause]:
@@ -79,7 +109,7 @@ def _check(
             typ = schema.get("type")
             if typ:
                 causes.append(
-                    field_invalid(shown, value, f'{shown} in body must be of type {typ}: "null"')
+                    field_invalid(shown, "null", f'{shown} in body must be of type {typ}: "null"')
                 )
         return
     typ = schema.get("type")
@@ -94,9 +124,12 @@ def _check(
             )
             return
     elif typ and not _is_type(value, typ):
+        # kube-apiserver shows the JSON type as the invalid value, not the value.
         causes.append(
             field_invalid(
-                shown, value, f'{shown} in body must be of type {typ}: "{_json_type(value)}"'
+                shown,
+                _json_type(value),
+                f'{shown} in body must be of type {typ}: "{_json_type(value)}"',
             )
         )
         return

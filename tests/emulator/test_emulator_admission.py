@@ -156,7 +156,7 @@ async def test_equivalent_match_policy_converts_versions(emu: Emulator, hook: Ht
         "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers",
         hpa("exact", version="v1"),
     )
-    assert status == 422 and "must be greater than 0" in body["message"]
+    assert status == 422 and "must be set and greater than 0" in body["message"]
     assert len(hook.received) == 1
 
 

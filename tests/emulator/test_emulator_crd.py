@@ -261,7 +261,8 @@ async def test_hpa_without_max_replicas_is_invalid(api: Any, version: str) -> No
     status = json.loads(err.value.body)
     assert status["message"] == (
         'HorizontalPodAutoscaler.autoscaling "web" is invalid: '
-        "spec.maxReplicas: Invalid value: 0: must be greater than 0"
+        "[spec.maxReplicas: Required value: must be set and greater than 0, "
+        "spec.maxReplicas: Invalid value: 0: must be greater than or equal to `minReplicas`]"
     )
     assert status["details"]["causes"][0]["field"] == "spec.maxReplicas"
 

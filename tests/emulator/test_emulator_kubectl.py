@@ -194,7 +194,7 @@ spec:
   scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
 """,
     )
-    assert code != 0 and "spec.maxReplicas: Invalid value: 0: must be greater than 0" in err
+    assert code != 0 and "spec.maxReplicas: Required value: must be set and greater than 0" in err
 
 
 async def test_tls_serving(tmp_path: Path) -> None:
