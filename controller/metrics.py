@@ -137,8 +137,9 @@ class ControllerMetrics:
         self.fail_static = OneHot(
             Gauge(
                 "gpumix_fail_static",
-                "1 while the GPUMix holds its replicas because its load cannot be used, by the "
-                "condition's reason (LoadMissing, LoadStale, LoadPartial); 0 otherwise.",
+                "1 while the GPUMix holds its replicas because no usable load is read, by the "
+                "LoadAvailable condition's reason (LoadMissing, LoadStale, LoadPartial, or "
+                "NotReady while the GPUMix itself is not ready); 0 otherwise.",
                 ["namespace", "gpumix", "reason"],
                 registry=r,
             )
