@@ -3,17 +3,19 @@
 #   docker build --target webhook    -t ghcr.io/gpumix/gpumix-webhook:0.1.0 .     the base install
 #   docker build --target controller -t ghcr.io/gpumix/gpumix-controller:0.1.0 .  gpumix[controller]
 #   docker build                     -t ghcr.io/gpumix/gpumix:0.1.0 .             gpumix[all]: CLI, demo
-# The `wheel` stage builds gpumix's wheel once; each `venv-*` stage installs it with the
-# extra of its role and the dependencies into a virtual environment without pip (the
-# base image's pip installs into it; every dependency ships binary wheels, so no
-# compiler is needed); each image is the slim Python image
+# The `wheel` stage builds gpumix's wheel, `wheel-runtime` the same without the demo,
+# the simulator and the API emulator; each `venv-*` stage installs one with the extra of
+# its role and the dependencies into a virtual environment without pip (the base image's
+# pip installs into it; every dependency ships binary wheels, so no compiler is needed);
+# each image is the slim Python image
 # plus one of those environments, run as an unprivileged numeric user. Installed sizes:
 # docs/architecture.md, "Packaging".
 # tests/manifests/test_image_build_steps.py runs every target's steps on the test machine.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
-FROM ${PYTHON_IMAGE} AS wheel
+# gpumix's sources, as the wheels are built from them.
+FROM ${PYTHON_IMAGE} AS source
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
@@ -22,14 +24,26 @@ COPY gpumix ./gpumix
 COPY webhook ./webhook
 COPY controller ./controller
 COPY optimizer ./optimizer
+
+# The whole package, as published: the CLI image.
+FROM source AS wheel
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -m pip wheel --no-deps --wheel-dir /src/dist .
 
-# The admission webhook and `gpumix check`: no OR-Tools, NumPy or matplotlib.
+# The runtime images' wheel: the same package without the demo, the simulator and the API
+# emulator, which neither the webhook nor the controller imports (an import-linter
+# contract in pyproject.toml holds that); `gpumix demo` and `gpumix simulate` then say
+# they are not installed in this image.
+FROM source AS wheel-runtime
+RUN --mount=type=cache,target=/root/.cache/pip \
+    rm -r gpumix/demo gpumix/simulate gpumix/emulator \
+ && python -m pip wheel --no-deps --wheel-dir /src/dist .
+
+# The admission webhook and `gpumix check`: no OR-Tools, NumPy or matplotlib, no demo.
 FROM ${PYTHON_IMAGE} AS venv-webhook
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-COPY --from=wheel /src/dist /src/dist
+COPY --from=wheel-runtime /src/dist /src/dist
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -m venv --without-pip /opt/gpumix \
  && python -m pip --python /opt/gpumix/bin/python install "$(echo /src/dist/gpumix-*.whl)" \
@@ -39,7 +53,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 FROM ${PYTHON_IMAGE} AS venv-controller
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-COPY --from=wheel /src/dist /src/dist
+COPY --from=wheel-runtime /src/dist /src/dist
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -m venv --without-pip /opt/gpumix \
  && python -m pip --python /opt/gpumix/bin/python install "$(echo /src/dist/gpumix-*.whl)[controller]" \

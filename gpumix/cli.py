@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -29,6 +30,13 @@ EXIT_INPUT = 2
 EXTRAS = {"ortools": "controller", "numpy": "controller", "matplotlib": "demo", "rich": "demo"}
 """The optional packages and the extra that installs each (pyproject.toml)."""
 
+NOT_IN_RUNTIME_IMAGES = ("gpumix.demo", "gpumix.simulate", "gpumix.emulator")
+"""The parts of the package the webhook and controller images do not install
+(docs/architecture.md, "Packaging"; the Dockerfile's ``wheel-runtime`` stage)."""
+
+PART_OF = {"demo": "gpumix.demo", "simulate": "gpumix.simulate"}
+"""The commands that need one of those parts, checked before the command is loaded."""
+
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser with every command's options, or, given ``command``, with only that
@@ -44,6 +52,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if command is not None and name != command:
             sub.add_parser(name, help=summary)
             continue
+        part = PART_OF.get(name)
+        if part is not None and importlib.util.find_spec(part) is None:
+            raise ModuleNotFoundError(f"No module named {part!r}", name=part)
         module = importlib.import_module(f"gpumix.commands.{name}")
         module.register(sub)
     return parser
@@ -65,6 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except ModuleNotFoundError as exc:
+        if exc.name in NOT_IN_RUNTIME_IMAGES:
+            print(
+                f"gpumix {command}: {exc.name} is not installed in this image (the webhook "
+                "and controller images leave out the demo, the simulator and the API "
+                "emulator): use the image ghcr.io/gpumix/gpumix or pip install 'gpumix[demo]'",
+                file=sys.stderr,
+            )
+            return EXIT_INPUT
         missing = (exc.name or "").partition(".")[0]
         if missing not in EXTRAS:
             raise

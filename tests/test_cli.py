@@ -63,3 +63,39 @@ def test_a_command_whose_extra_is_missing_names_the_extra() -> None:
         assert proc.returncode == 2, proc.stdout
         assert "Traceback" not in proc.stderr
         assert f"pip install 'gpumix[{extra}]'" in proc.stderr, proc.stderr
+
+
+# The webhook and controller images install gpumix without these parts (Dockerfile,
+# stage wheel-runtime); hiding them stands for such an installation.
+WITHOUT_DEMO_PARTS = """
+import sys
+for name in ("gpumix.demo", "gpumix.simulate", "gpumix.emulator"):
+    sys.modules[name] = None
+from gpumix.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_demo_and_simulate_say_they_are_not_in_a_runtime_image() -> None:
+    for argv in (("demo", "--help"), ("simulate", "--list"), ("demo",)):
+        proc = subprocess.run(
+            [sys.executable, "-c", WITHOUT_DEMO_PARTS, *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 2, (argv, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        [line] = proc.stderr.splitlines()
+        assert line.startswith(f"gpumix {argv[0]}: gpumix.{argv[0]} is not installed in this image")
+        assert "ghcr.io/gpumix/gpumix or pip install 'gpumix[demo]'" in line
+    # The commands that the runtime images serve do not need those parts.
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_DEMO_PARTS, "webhook", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr

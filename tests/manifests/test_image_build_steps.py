@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from dockerfile_model import Stage, effective_env, effective_exec_form, parse
+from dockerfile_model import Stage, effective, effective_env, effective_exec_form, parse
 from manifest_objects import REPO_ROOT
 
 ABSOLUTE_PATH = re.compile(r"(?<![\w$.\-/])(/[A-Za-z0-9_.\-/*]+)")
@@ -41,6 +41,8 @@ SIZE_TOLERANCE = 0.25
 """How far a measured venv size may be from the size docs/architecture.md gives."""
 
 OPTIONAL = {"ortools", "numpy", "matplotlib", "rich"}
+DEMO_PARTS = {"demo", "simulate", "emulator"}
+"""The parts of gpumix that only the CLI image installs (Dockerfile, stage wheel-runtime)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Target:
     has: frozenset[str]  # of OPTIONAL
     runs: tuple[str, ...]  # commands whose --help must work
     refuses: tuple[str, ...]  # commands whose --help must name the missing extra
+    demo: bool  # whether gpumix.demo, gpumix.simulate and gpumix.emulator are installed
 
 
 TARGETS = {
@@ -60,7 +63,8 @@ TARGETS = {
         "",
         frozenset(),
         ("webhook", "check"),
-        ("plan", "demo"),
+        ("plan",),
+        False,
     ),
     "controller": Target(
         "controller",
@@ -68,7 +72,8 @@ TARGETS = {
         "controller",
         frozenset({"ortools", "numpy"}),
         ("controller", "webhook", "check", "plan"),
-        ("demo",),
+        (),
+        False,
     ),
     "cli": Target(
         "cli",
@@ -77,6 +82,7 @@ TARGETS = {
         frozenset(OPTIONAL),
         ("controller", "webhook", "check", "plan", "demo", "simulate"),
         (),
+        True,
     ),
 }
 
@@ -140,6 +146,10 @@ class Build:
         root.mkdir(parents=True, exist_ok=True)
         env = base_env()
         cwd = root
+        if stage.base in self.stages:  # a stage built on another starts in its WORKDIR
+            inherited = effective(self.ordered, self.stages[stage.base], "WORKDIR")
+            if inherited:
+                cwd = in_root(root, inherited[-1].value)
         for inst in stage.instructions:
             if inst.keyword == "WORKDIR":
                 cwd = in_root(root, inst.value)
@@ -255,6 +265,15 @@ def test_target_installs_its_role_and_runs(build: Build, name: str, tmp_path: Pa
     assert "gpumix" in installed
     assert installed & OPTIONAL == target.has, f"{name}: {sorted(installed & OPTIONAL)}"
 
+    # gpumix's own parts: the runtime images leave out the demo, simulator and emulator.
+    [package] = venv.glob("lib/python3.*/site-packages/gpumix")
+    parts = {p.name for p in package.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert {"webhook", "controller", "optimizer", "kube", "kubeio", "rules", "check"} <= parts
+    assert (parts & DEMO_PARTS == DEMO_PARTS) if target.demo else not parts & DEMO_PARTS, (
+        f"{name}: {sorted(parts)}"
+    )
+    print(f"{name}: gpumix package {du_bytes(package) / 1e6:.1f} MB")
+
     entrypoint = effective_exec_form(build.ordered, final, "ENTRYPOINT") or []
     cmd = effective_exec_form(build.ordered, final, "CMD") or []
     program = shutil.which(entrypoint[0], path=env["PATH"])
@@ -285,6 +304,11 @@ def test_target_installs_its_role_and_runs(build: Build, name: str, tmp_path: Pa
         assert proc.returncode == 2, f"gpumix {command} --help in {name}: {proc.returncode}"
         assert "Traceback" not in proc.stderr
         assert re.search(r"extra installs: pip install 'gpumix\[\w+\]'", proc.stderr), proc.stderr
+    for command in () if target.demo else ("demo", "simulate"):
+        proc = run(command, "--help")
+        assert proc.returncode == 2, f"gpumix {command} --help in {name}: {proc.returncode}"
+        [line] = proc.stderr.splitlines()
+        assert line.startswith(f"gpumix {command}: gpumix.{command} is not installed in this image")
 
     check = run("check", "-f", "-", "-o", "json", stdin=SAMPLE)
     assert check.returncode == 0, check.stdout + check.stderr
