@@ -233,6 +233,27 @@ async def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+class Completed:
+    """Counts the completed calls of an async method of one object (replaced on that
+    object only): a test waits for the work it needs to have happened, not for time."""
+
+    def __init__(self, obj: Any, method: str) -> None:
+        self.count = 0
+        original = getattr(obj, method)
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            result = await original(*args, **kwargs)
+            self.count += 1
+            return result
+
+        setattr(obj, method, counted)
+
+    async def more(self, n: int, what: str, timeout: float = 10.0) -> None:
+        """Wait until ``n`` more calls have completed."""
+        target = self.count + n
+        await wait_for(lambda: self.count >= target, timeout=timeout, what=what)
+
+
 @dataclass
 class Running:
     controller: Controller

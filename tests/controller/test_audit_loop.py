@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from controller_helpers import deployment, hpa, node, running, settings, wait_for
+from controller_helpers import Completed, deployment, hpa, node, running, settings, wait_for
 from prometheus_client import generate_latest
 
 POLICY_REPORT_CRD = {
@@ -85,7 +84,7 @@ async def test_audit_reports_events_metric_and_policy_reports(emu: Any, api: Any
         )
         # later audits do not repeat Events for the same findings
         count = len(emu.list("events", "team-a"))
-        await asyncio.sleep(0.7)  # two more audits
+        await Completed(run.controller.auditor, "run_once").more(2, what="two more audits")
         assert len(emu.list("events", "team-a")) == count
         emu.delete("deployments.apps", "llama-a40", "team-a")
         await wait_for(
@@ -124,8 +123,9 @@ async def test_audit_reports_only_pairs_that_capture_and_each_finding_once(
         emu.create(hpa(name, name, 2, namespace="team-b"))
     async with running(api, settings(audit_interval_s=0.2)) as run:
         auditor = run.controller.auditor
+        audits = Completed(auditor, "run_once")
         await wait_for(lambda: len(auditor.last_findings) >= 3, what="audit findings")
-        await asyncio.sleep(0.7)  # a few more audits
+        await audits.more(3, what="three more audits")
         assert not [f for f in auditor.last_findings if f.subject.namespace == "team-b"]
         assert not [e for e in emu.list("events", "team-b") if e["reason"] == "AuditFinding"]
         events = [

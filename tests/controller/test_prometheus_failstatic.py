@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from controller_helpers import (
+    Completed,
     GreedySolver,
     condition,
     deployment,
@@ -293,9 +294,9 @@ async def broken_then_repaired(
     assert watch.reasons & expect, watch.reasons
 
 
-async def recovered(emu: Any, watch: ReplicaWatch) -> None:
+async def recovered(emu: Any, watch: ReplicaWatch, passes: Completed) -> None:
     await wait_for(lambda: load_state(emu) == ("True", "LoadRead"), timeout=20, what="load back")
-    await asyncio.sleep(1.5)  # a few passes on the repaired data
+    await passes.more(2, timeout=20, what="two passes on the repaired data")
     await watch.close()
     assert watch.lowered == [], f"replicas were lowered: {watch.lowered}"
     ups = [e for e in emu.list("events", "default") if e["reason"] == "ScaledDown"]
@@ -307,7 +308,8 @@ async def test_exporter_side_faults_never_lower_replicas(
 ) -> None:
     with prometheus([p.target for p in pods]) as prom:
         await start_mix(emu, prom)
-        async with running(api, settings(), solver=GreedySolver()):
+        async with running(api, settings(), solver=GreedySolver()) as run:
+            passes = Completed(run.controller, "reconcile_pass")
             await planned(emu)
             for how in ("series-vanish", "exporters-stop", "one-target-gap"):
                 with ReplicaWatch(emu, MEMBERS) as watch:
@@ -324,7 +326,7 @@ async def test_exporter_side_faults_never_lower_replicas(
                         p.exporting, p.failing = True, False
                         if p.runner is None:
                             await p.start()
-                    await recovered(emu, watch)
+                    await recovered(emu, watch, passes)
 
 
 async def test_prometheus_restarts_never_lower_replicas(
@@ -333,7 +335,8 @@ async def test_prometheus_restarts_never_lower_replicas(
     targets = [p.target for p in pods]
     with prometheus(targets) as prom:
         await start_mix(emu, prom)
-        async with running(api, settings(), solver=GreedySolver()):
+        async with running(api, settings(), solver=GreedySolver()) as run:
+            passes = Completed(run.controller, "reconcile_pass")
             await planned(emu)
             with ReplicaWatch(emu, MEMBERS) as watch:
                 # down for a while, then back with its data and its targets: the window
@@ -342,7 +345,7 @@ async def test_prometheus_restarts_never_lower_replicas(
                 await broken_then_repaired(emu, watch, {"LoadMissing"}, 1.0)
                 prom.start(targets)
                 await prom.ready()
-                await recovered(emu, watch)
+                await recovered(emu, watch, passes)
             with ReplicaWatch(emu, MEMBERS) as watch:
                 # restarted with its data but a configuration that lost the targets: the
                 # old samples are there, no new ones come
@@ -357,7 +360,7 @@ async def test_prometheus_restarts_never_lower_replicas(
                 )
                 prom.stop()
                 prom.start(targets)
-                await recovered(emu, watch)
+                await recovered(emu, watch, passes)
             with ReplicaWatch(emu, MEMBERS) as watch:
                 # restarted on a fresh volume: the window holds only the newest samples of
                 # counters that are long past zero, so rate() would underestimate
@@ -370,4 +373,4 @@ async def test_prometheus_restarts_never_lower_replicas(
                     timeout=10,
                     what="LoadPartial while the window is not covered",
                 )
-                await recovered(emu, watch)
+                await recovered(emu, watch, passes)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from controller_helpers import (
+    Completed,
     GreedySolver,
     bucket,
     condition,
@@ -118,8 +119,9 @@ async def test_no_scale_while_the_cache_is_not_synced(emu: Any, api: Any) -> Non
         await wait_for(lambda: not ctl.informer.synced, what="the cache unsynced")
         passes = ctl.passes
         set_load(emu, 40.0)  # the GPUMix watch queues a pass
+        held = Completed(ctl.informer, "wait_synced")  # the work loop's take/hold rounds
         await wait_for(lambda: ctl._held and len(ctl.queue) > 0, what="work held")
-        await asyncio.sleep(0.5)  # several take/hold rounds of the work loop
+        await held.more(2, what="two take/hold rounds of the work loop")
         assert not ctl.informer.synced
         assert ctl.passes == passes and replicas(emu, "llama-a40") == 1
         assert not ctl.ready()
