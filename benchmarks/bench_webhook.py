@@ -614,7 +614,6 @@ def in_process(args: argparse.Namespace) -> str:
         kinds.setdefault(kind, []).append(body)
     kinds["the mix"] = bodies
     gc.collect()
-    gc.freeze()
 
     def admit(raw: bytes, phase: Any, path: str) -> bytes:
         started = time.perf_counter()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import gc
 import logging
 import signal
 import ssl
@@ -109,31 +108,6 @@ async def build(
     return Built(server, probe_server, holder.context, state, certs, cache, owned_client)
 
 
-async def freeze_when_synced(
-    source: SnapshotSource,
-    *,
-    poll_s: float = 0.2,
-    collect: Callable[[], object] = gc.collect,
-    freeze: Callable[[], None] = gc.freeze,
-) -> None:
-    """Once the cache has synced, move every object alive into the garbage collector's
-    permanent generation (``gc.freeze``).
-
-    jsonpatch leaves small reference cycles behind, so under ``/mutate`` load the
-    collector runs, and every full collection used to walk the whole cache (hundreds
-    of thousands of objects for 10,000 Deployments): a pause of tens of milliseconds
-    on the event loop each time, which showed in the p99 latency (docs/benchmarks.md).
-    Frozen objects are still freed by reference counting when the cache drops them
-    (views hold no cycles); collections walk only what is newer.  Done once, for a
-    process: what is frozen and later becomes cyclic garbage is not reclaimed.
-    """
-    while not source.synced:
-        await asyncio.sleep(poll_s)
-    collect()
-    freeze()
-    log.info("cache synced: %d objects moved out of the collector's view", gc.get_freeze_count())
-
-
 async def serve(
     settings: WebhookSettings,
     *,
@@ -141,10 +115,8 @@ async def serve(
     clock: Callable[[], float] = time.time,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[int, int], None] | None = None,
-    freeze_gc: bool = False,
 ) -> None:
-    """Run the webhook until ``stop`` is set or SIGINT/SIGTERM arrives.  ``freeze_gc``
-    (for a webhook process, not in tests): ``freeze_when_synced``."""
+    """Run the webhook until ``stop`` is set or SIGINT/SIGTERM arrives."""
     built = await build(settings, state_objects=state_objects, clock=clock)
     # The cache and the certificate start before either server accepts a connection,
     # and stop after both have closed.
@@ -170,9 +142,6 @@ async def serve(
             log.info("serving HTTPS on %s:%d, probes on port %d", settings.host, *ports)
             if on_ready is not None:
                 on_ready(ports[0], ports[1])
-            freezer = (
-                asyncio.create_task(freeze_when_synced(built.state.source)) if freeze_gc else None
-            )
             stop = stop or asyncio.Event()
             loop = asyncio.get_running_loop()
             handled = []
@@ -185,8 +154,6 @@ async def serve(
             finally:
                 for sig in handled:
                     loop.remove_signal_handler(sig)
-                if freezer is not None:
-                    freezer.cancel()
         finally:
             await probes.cleanup()
             await https.cleanup()
@@ -247,7 +214,7 @@ def run(
     if not fix_malloc_thresholds():
         log.info("not glibc: malloc thresholds left as they are")
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(settings, state_objects=state_objects, freeze_gc=True))
+        runner.run(serve(settings, state_objects=state_objects))
 
 
 class HTTPSSite(web.TCPSite):
