@@ -197,7 +197,8 @@ async def test_not_synced_before_the_first_list(emu: Emulator) -> None:
     emu.start_outage("503")
     try:
         await c.start()
-        await asyncio.sleep(0.3)
+        refused = emu.faults.injected
+        await until(lambda: emu.faults.injected >= refused + 10)  # its lists keep failing
         assert not c.synced
         emu.end_outage()
         assert await c.wait_synced(10)
