@@ -25,6 +25,8 @@ from dockerfile_model import (
 )
 from manifest_objects import REPO_ROOT, require_tool
 
+from gpumix.cli import NOT_IN_RUNTIME_IMAGES
+
 BUILD_TOOLS = re.compile(
     r"\b(apt-get|apt|apk|yum|dnf|gcc|g\+\+|cc|make|build-essential|python3?-dev|git)\b"
 )
@@ -130,3 +132,30 @@ def test_dockerignore_keeps_the_context_small_but_complete() -> None:
     }
     assert packages, "pyproject.toml names no package"
     assert packages <= set(copied), f"not copied into the image: {packages - set(copied)}"
+
+
+def test_the_runtime_images_leave_out_what_the_runtime_may_not_import() -> None:
+    """The parts the ``wheel-runtime`` stage deletes, the modules the import-linter
+    contract forbids the runtime, and those the CLI reports as not installed are the
+    same three; the webhook and controller install that wheel, the CLI the whole one."""
+    _args, stages = parse()
+    by_name = {s.name: s for s in stages}
+    [build] = by_name["wheel-runtime"].all("RUN")
+    removed = re.search(r"\brm -r ((?:gpumix/\w+ ?)+)", build.value)
+    assert removed is not None, build.value
+    deleted = {"gpumix." + p.split("/")[1] for p in removed.group(1).split()}
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    [contract] = [
+        c
+        for c in pyproject["tool"]["importlinter"]["contracts"]
+        if c["name"].startswith("The runtime does not import")
+    ]
+    assert set(contract["forbidden_modules"]) == deleted
+    assert set(NOT_IN_RUNTIME_IMAGES) == deleted
+    for venv, wheel in (
+        ("venv-webhook", "wheel-runtime"),
+        ("venv-controller", "wheel-runtime"),
+        ("venv-all", "wheel"),
+    ):
+        [copy] = by_name[venv].all("COPY")
+        assert copy.flags == (f"--from={wheel}",), (venv, copy.flags)
