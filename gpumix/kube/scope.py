@@ -14,6 +14,11 @@ the API server decides every other write itself, without a webhook call;
 :func:`judged` is the rule the webhook applies to what does reach it.  Both read only
 the object's own fields, so they agree on any object (a test evaluates the CEL on a
 real kube-apiserver against :func:`judged` over one corpus).
+
+The mutating webhook carries a second condition, :func:`mutation_condition`: of the
+writes in scope, only those its step could change or warn about (:func:`may_mutate`,
+a necessary condition; :func:`mutation_expression` is its CEL). The validating
+webhook sees every write in scope.
 """
 
 from __future__ import annotations
