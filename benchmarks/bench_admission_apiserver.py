@@ -9,10 +9,14 @@ registered), then starts ``gpumix webhook`` as its ServiceAccount with the shipp
 policy and webhook configurations (``tests/e2e/gpumix_env.start_webhook``) and waits
 until its cache holds them all.  Then, at ``--rate`` writes/s (open loop, four client
 threads), ``--writes`` server-side dry-run creates of each kind go through admission:
-GPU Deployments (mutate + validate), HPAs without maxReplicas (mutate patches the
-default, validate judges it) and CPU Deployments (decided by the match condition).
+isolated GPU Deployments (validate only), GPU Deployments that are not isolated (mutate +
+validate), HPAs with maxReplicas (validate only), HPAs without maxReplicas (mutate
+patches the default, validate judges it) and CPU Deployments (decided by the match
+condition).
 The same writes are sent first with no webhook registered (the latency floor), then
 to a bare aiohttp endpoint that decodes each body and allows it, then to gpumix.
+Each kind says which webhook calls the shipped match conditions leave: a GPU Deployment
+that is already isolated and an HPA with maxReplicas reach only the validating webhook.
 For each kind: the webhook process's user + system CPU (``/proc/<pid>/stat``) over the
 writes divided by the writes, the API server's webhook calls, and the client's
 p50/p99.  The webhook's RSS is read after sync and at the end.
@@ -50,9 +54,12 @@ from tests.e2e.gpumix_env import (  # noqa: E402
 )
 
 
-def gpu_deployment(name: str, namespace: str) -> dict[str, Any]:
+def gpu_deployment(name: str, namespace: str, isolated: bool = True) -> dict[str, Any]:
+    """A GPU Deployment; ``isolated``: its selector and pod template already pin
+    ``gpumix.io/deployment`` and the template names its GPU type (what gpumix's fix
+    writes), so the mutating webhook's match condition leaves it out."""
     limits = {"nvidia.com/gpu": "1"}
-    labels = {"app": name, "gpumix.io/deployment": name}
+    labels = {"app": name, "gpumix.io/deployment": name} if isolated else {"app": name}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -258,8 +265,15 @@ def main() -> None:
             list(pool.map(lambda o: post(env, o, False), stored))
         print(f"stored {len(stored)} Deployments in {time.monotonic() - t:.0f} s")
         kinds = {
-            "GPU Deployment": lambda tag: [
+            "GPU Deployment, isolated (validate only)": lambda tag: [
                 gpu_deployment(f"{tag}-{i}", namespaces[i % 100]) for i in range(args.writes)
+            ],
+            "GPU Deployment, not isolated (mutate + validate)": lambda tag: [
+                gpu_deployment(f"{tag}-b-{i}", namespaces[i % 100], isolated=False)
+                for i in range(args.writes)
+            ],
+            "HPA with maxReplicas (validate only)": lambda tag: [
+                hpa(f"{tag}-c-{i}", namespaces[i % 100], 4) for i in range(args.writes)
             ],
             # only gpumix adds a default ceiling: the other runs' HPAs carry one
             "HPA (gpumix: without maxReplicas)": lambda tag: [

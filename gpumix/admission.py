@@ -27,7 +27,7 @@ from gpumix.kube.objects import (
     view_of,
 )
 from gpumix.kube.policy import DEPLOYMENT_LABEL, GPU_TYPE_LABEL, MODE_LABEL, MODES, Mode, Policy
-from gpumix.kube.scope import judged
+from gpumix.kube.scope import judged, may_mutate
 from gpumix.kube.snapshot import Snapshot
 from gpumix.rules import (
     max_replicas_above_ceiling,
@@ -149,6 +149,12 @@ def review(
     # Deployment that cannot be in scope, before or after, is not judged here either.
     group = request["kind"]["group"]
     if not judged(group, request.get("object"), request.get("oldObject"), policy):
+        return Verdict("allowed")
+    # The mutating webhook's second match condition: a write the mutating step cannot
+    # change (an isolated Deployment, an autoscaler with a ceiling) is allowed as it is.
+    if phase == "mutate" and not may_mutate(
+        group, request.get("operation", ""), request.get("object"), request.get("oldObject")
+    ):
         return Verdict("allowed")
     obj = _object_of(request)
     try:

@@ -3,6 +3,7 @@ values that cannot be read are named as :class:`Unreadable` facts."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +32,15 @@ def str_map(value: object) -> dict[str, str]:
         else:
             return value.copy()
     return {str(k): v for k, v in as_mapping(value).items() if isinstance(v, str)}
+
+
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+"""A Kubernetes label value (at most 63 characters; RE2 syntax, for CEL too)."""
+_LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
+
+
+def is_label_value(value: str) -> bool:
+    return len(value) <= 63 and _LABEL_VALUE.match(value) is not None
 
 
 def shared(text: str) -> str:

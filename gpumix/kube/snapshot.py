@@ -49,7 +49,7 @@ from gpumix.kube.selectors import Selector
 @dataclass
 class _KeyGroup:
     members: set[str] = field(default_factory=set)
-    postings: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    postings: dict[tuple[str, str], Posting] = field(default_factory=dict)
 
 
 _NONE: frozenset[str] = frozenset()
@@ -64,7 +64,7 @@ def _may_overlap(
     for key in sig.intersection(pinned):
         hits: set[str] = set()
         for value in pinned[key]:
-            hits |= group.postings.get((key, value), _NONE)
+            hits |= _members(group.postings, (key, value))
         if best is None or len(hits) < len(best):
             best = hits
         if not best:
@@ -72,32 +72,56 @@ def _may_overlap(
     return group.members if best is None else best
 
 
-def _add_to(index: dict[Any, set[str]], key: Any, name: str) -> None:
+Posting = str | set[str]
+"""The members of one index entry: the name alone while it is the only one (most
+entries are a Deployment's own ``app=NAME``; a one-element set costs 216 bytes, which
+at 10,000 Deployments is 5 MB of the webhook's cache), else a set."""
+
+
+def _members(index: Mapping[Any, Posting], key: Any) -> set[str] | frozenset[str]:
+    """The members of ``index[key]`` as a set (empty when absent)."""
     posting = index.get(key)
     if posting is None:
-        index[key] = {name}
-    else:
-        posting.add(name)
+        return _NONE
+    return frozenset((posting,)) if type(posting) is str else posting  # type: ignore[return-value]
 
 
-def _drop_from(index: dict[Any, set[str]], key: Any, name: str) -> None:
+def _add_to(index: dict[Any, Posting], key: Any, name: str) -> None:
     posting = index.get(key)
-    if posting is not None:
-        posting.discard(name)
-        if not posting:
+    if posting is None:
+        index[key] = name
+    elif type(posting) is str:
+        if posting != name:
+            index[key] = {posting, name}
+    else:
+        posting.add(name)  # type: ignore[union-attr]
+
+
+def _drop_from(index: dict[Any, Posting], key: Any, name: str) -> None:
+    posting = index.get(key)
+    if posting is None:
+        return
+    if type(posting) is str:
+        if posting == name:
             del index[key]
+        return
+    posting.discard(name)  # type: ignore[union-attr]
+    if len(posting) == 1:
+        index[key] = next(iter(posting))
+    elif not posting:
+        del index[key]
 
 
 @dataclass
 class _NamespaceIndex:
     groups: dict[frozenset[str], _KeyGroup] = field(default_factory=dict)
-    loose: dict[str, set[str]] = field(default_factory=dict)
+    loose: dict[str, Posting] = field(default_factory=dict)
     """Selector key -> members whose selector names it without pinning it."""
-    labels: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    labels: dict[tuple[str, str], Posting] = field(default_factory=dict)
     """Pod-template label -> members whose template carries it, when their own selector
     does not pin it (those are in their group's postings already: most template labels
     are the selector's, and indexing them twice would double the index)."""
-    label_keys: dict[str, set[str]] = field(default_factory=dict)
+    label_keys: dict[str, Posting] = field(default_factory=dict)
     """Pod-template label key -> members whose template carries it and whose selector
     does not name it (those are found through their selector)."""
     members: set[str] = field(default_factory=set)
@@ -149,7 +173,7 @@ class _NamespaceIndex:
         for req in selector.requirements:
             if req.operator != "Exists":
                 continue
-            hits = set(self.label_keys.get(req.key, _NONE)) | self.loose.get(req.key, _NONE)
+            hits = set(_members(self.label_keys, req.key)) | _members(self.loose, req.key)
             for sig, group in self.groups.items():
                 if req.key in sig:
                     hits |= group.members
@@ -168,7 +192,7 @@ class _NamespaceIndex:
         # where a group pins a key ``selector`` pins too, only that key's postings)
         loose: set[str] | frozenset[str] = _NONE
         for key in keys:
-            more = self.loose.get(key)
+            more = _members(self.loose, key)
             if more:
                 loose = more if not loose else loose | more
         for sig, group in self.groups.items():
@@ -188,10 +212,10 @@ class _NamespaceIndex:
             for key, values in pinned.items():
                 hits: set[str] = set()
                 for value in values:
-                    hits |= self.labels.get((key, value), _NONE)
+                    hits |= _members(self.labels, (key, value))
                     for sig, group in self.groups.items():
                         if key in sig:
-                            hits |= group.postings.get((key, value), _NONE)
+                            hits |= _members(group.postings, (key, value))
                 if best is None or len(hits) < len(best):
                     best = hits
                 if not best:
@@ -208,7 +232,7 @@ class _NamespaceIndex:
                 continue
             smallest: set[str] | frozenset[str] | None = None
             for key in sig:
-                posting = group.postings.get((key, template_labels[key]), _NONE)
+                posting = _members(group.postings, (key, template_labels[key]))
                 if smallest is None or len(posting) < len(smallest):
                     smallest = posting
                 if not smallest:
@@ -228,7 +252,7 @@ class _NamespaceIndex:
             for key in common:
                 hits: set[str] = set()
                 for value in pinned[key]:
-                    hits |= group.postings.get((key, value), set())
+                    hits |= _members(group.postings, (key, value))
                 if best is None or len(hits) < len(best):
                     best = hits
                 if not best:

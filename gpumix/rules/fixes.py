@@ -13,14 +13,9 @@ import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from gpumix.kube.fields import is_label_value
 from gpumix.kube.gputype import GpuType
 from gpumix.kube.policy import DEPLOYMENT_LABEL, GPU_TYPE_LABEL
-
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-
-
-def is_label_value(value: str) -> bool:
-    return len(value) <= 63 and _LABEL_VALUE.match(value) is not None
 
 
 def deployment_label_value(name: str) -> str:

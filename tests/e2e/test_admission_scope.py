@@ -5,7 +5,10 @@ registered pointing at a recording webhook, restricted to the test's namespace a
 renamed so that they never meet another module's webhook. Each object of one corpus is
 sent through admission (CREATE by a server-side dry run, UPDATE by a dry-run replace of
 a stored object), and the writes the API server sent are compared with
-``gpumix.kube.scope.judged`` on the same objects: the CEL and the core agree.
+``gpumix.kube.scope.judged`` on the same objects: the CEL and the core agree. The
+mutating webhook's second condition is checked the same way against
+``gpumix.kube.scope.may_mutate``, while the validating webhook still gets every write
+in scope.
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ import pytest
 import yaml
 
 from gpumix.kube.policy import Policy, policy_from_mapping
-from gpumix.kube.scope import MATCH_CONDITION_NAME, judged, match_condition
+from gpumix.kube.scope import (
+    MATCH_CONDITION_NAME,
+    judged,
+    match_condition,
+    may_mutate,
+    mutation_condition,
+)
 
 from .envtest import Envtest
 from .gpumix_env import (
@@ -188,7 +197,8 @@ def wait_registered(env: Envtest, recorder: Recorder, namespace: str) -> None:
 def test_shipped_match_condition_is_generated_from_the_shipped_policy() -> None:
     for config in webhook_configurations(render_manifests(), 1):
         for hook in config["webhooks"]:
-            assert hook["matchConditions"] == [match_condition(SHIPPED)], hook["name"]
+            more = [mutation_condition()] if hook["name"].startswith("mutate.") else []
+            assert hook["matchConditions"] == [match_condition(SHIPPED), *more], hook["name"]
             assert hook["matchConditions"][0]["name"] == MATCH_CONDITION_NAME
 
 
@@ -277,3 +287,214 @@ def test_cpu_deployments_are_decided_without_a_webhook_call(
         assert webhook_calls(apiserver, namespace) - after_gpu == 0
     finally:
         unregister(apiserver, configs)
+
+
+# -- the mutating webhook's second condition ------------------------------------------
+
+GPU = both("nvidia.com/gpu")
+A100 = {"gpumix.io/gpu-type": "NVIDIA-A100"}
+
+
+def isolated(name: str, pod_labels: dict[str, str] | None = None, **kw: Any) -> Obj:
+    pin = {"app": name, "gpumix.io/deployment": name}
+    return deployment(
+        name, selector=pin, pod_labels=A100 if pod_labels is None else pod_labels, **kw
+    )
+
+
+def with_template_label(obj: Obj, key: str, value: str) -> Obj:
+    obj["spec"]["template"]["metadata"]["labels"][key] = value
+    return obj
+
+
+def with_expressions(obj: Obj, expressions: list[Obj]) -> Obj:
+    obj["spec"]["selector"]["matchExpressions"] = expressions
+    return obj
+
+
+def only_expressions(name: str) -> Obj:
+    obj = isolated(name, resources=GPU)
+    obj["spec"]["selector"] = {
+        "matchExpressions": [
+            {"key": "gpumix.io/deployment", "operator": "In", "values": [name]},
+        ]
+    }
+    return obj
+
+
+LONG = "m" * 70  # a valid Deployment name, too long for a label value
+
+MUTATE_CREATES: list[Obj] = [
+    isolated("m-isolated", resources=GPU),
+    isolated("m-no-type", pod_labels={}, resources=GPU),
+    with_template_label(isolated("m-tpl-other", resources=GPU), "gpumix.io/deployment", "x"),
+    deployment(
+        "m-pin-other",
+        selector={"app": "m", "gpumix.io/deployment": "other"},
+        pod_labels=A100,
+        resources=GPU,
+    ),
+    with_template_label(
+        with_expressions(
+            isolated("m-expressions", resources=GPU), [{"key": "tier", "operator": "Exists"}]
+        ),
+        "tier",
+        "serve",
+    ),
+    only_expressions("m-only-expressions"),
+    deployment("m-broad", resources=GPU),
+    deployment("m-model", labels={"gpumix.io/model": "llama"}),
+    isolated(LONG, resources=GPU),
+]
+
+MUTATE_UPDATES: list[tuple[Obj, Obj]] = [
+    (
+        isolated("mu-keep", resources=GPU),
+        isolated("mu-keep", resources=both("nvidia.com/gpu", "2")),
+    ),
+    (isolated("mu-drop", resources=GPU), deployment("mu-drop", resources=GPU)),
+    (
+        isolated("mu-drop-type", resources=GPU),
+        isolated("mu-drop-type", pod_labels={}, resources=GPU),
+    ),
+    # what a re-apply of a fixed manifest does when an earlier fix had been dropped
+    (deployment("mu-restore", resources=GPU), isolated("mu-restore", resources=GPU)),
+    (
+        with_expressions(
+            isolated("mu-reorder", {**A100, "a": "1"}, resources=GPU),
+            [{"key": "a", "operator": "Exists"}, {"key": "b", "operator": "DoesNotExist"}],
+        ),
+        with_expressions(
+            isolated("mu-reorder", {**A100, "a": "1"}, resources=GPU),
+            [{"key": "b", "operator": "DoesNotExist"}, {"key": "a", "operator": "Exists"}],
+        ),
+    ),
+    (
+        deployment("mu-broad", resources=GPU),
+        deployment("mu-broad", resources=both("nvidia.com/gpu", "2")),
+    ),
+]
+
+
+def scaler(api_version: str, kind: str, name: str, ceiling: tuple[str, object] | None) -> Obj:
+    spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "m-broad"}
+    }
+    if kind == "HorizontalPodAutoscaler":
+        spec["minReplicas"] = 1
+    if ceiling is not None:
+        spec[ceiling[0]] = ceiling[1]
+    return {"apiVersion": api_version, "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+HPA, KEDA, AIBRIX = (
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("autoscaling.aibrix.ai/v1alpha1", "PodAutoscaler"),
+)
+SCALERS: list[Obj] = [
+    scaler(*HPA, "s-hpa-ceiling", ("maxReplicas", 3)),
+    scaler(*HPA, "s-hpa-absent", None),  # the API server sends it as maxReplicas: 0
+    scaler(*HPA, "s-hpa-zero", ("maxReplicas", 0)),
+    scaler(*KEDA, "s-keda-ceiling", ("maxReplicaCount", 5)),
+    scaler(*KEDA, "s-keda-absent", None),
+    scaler(*AIBRIX, "s-aibrix-ceiling", ("maxReplicas", 5)),
+    scaler(*AIBRIX, "s-aibrix-absent", None),
+    scaler(*AIBRIX, "s-aibrix-zero", ("maxReplicas", 0)),
+]
+PLURALS = {
+    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "HorizontalPodAutoscaler": "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers",
+    "ScaledObject": "/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects",
+    "PodAutoscaler": "/apis/autoscaling.aibrix.ai/v1alpha1/namespaces/{ns}/podautoscalers",
+}
+
+
+def group_of(obj: Obj) -> str:
+    api_version = str(obj["apiVersion"])
+    return api_version.split("/")[0] if "/" in api_version else ""
+
+
+def test_mutating_webhook_is_sent_only_what_its_step_could_change(
+    apiserver: Envtest, recorder: Recorder, namespace: str
+) -> None:
+    """The shipped mutating configuration, pointed at the recorder: a write in scope
+    reaches it exactly when ``may_mutate`` says so. (Dry runs; the API server's own
+    validation refuses some after mutating admission, such as an HPA without
+    maxReplicas, a selector change or a label value longer than 63 characters. The
+    validating configuration keeps the scope condition alone: see
+    ``test_shipped_match_condition_is_generated_from_the_shipped_policy``.)"""
+    apiserver.install_crds()
+    configs = [
+        c
+        for c in recorded_configurations(apiserver, recorder, namespace, None)
+        if c["kind"] == "MutatingWebhookConfiguration"
+    ]
+    register(apiserver, configs)
+
+    def send(method: str, obj: Obj) -> None:
+        path = PLURALS[obj["kind"]].format(ns=namespace)
+        if method == "PUT":
+            path += "/" + obj["metadata"]["name"]
+        status, body = apiserver.request(method, path + "?dryRun=All", obj)
+        assert status in (200, 201, 422), (obj["metadata"]["name"], status, body)
+
+    try:
+        probe = scaler(*HPA, "probe", None)
+
+        def reached() -> bool:
+            send("POST", probe)
+            return "probe" in sent_names(recorder, "CREATE")
+
+        wait_until(reached, timeout_s=15, what="the mutating configuration to take effect")
+        for old, _ in MUTATE_UPDATES:
+            status, body = apiserver.request(
+                "POST", PLURALS["Deployment"].format(ns=namespace), old
+            )
+            assert status == 201, (old["metadata"]["name"], body)
+        for obj in [*MUTATE_CREATES, *SCALERS]:
+            send("POST", obj)
+        for _, new in MUTATE_UPDATES:
+            send("PUT", new)
+    finally:
+        unregister(apiserver, configs)
+    # the stored olds were created before counting started (and "probe"): not compared
+    stored = {old["metadata"]["name"] for old, _ in MUTATE_UPDATES} | {"probe"}
+    sent_created = sent_names(recorder, "CREATE") - stored
+    sent_updated = sent_names(recorder, "UPDATE")
+    writes = [*MUTATE_CREATES, *SCALERS]
+    in_scope = [o for o in writes if judged(group_of(o), o, None, SHIPPED)]
+    assert len(in_scope) == len(writes)
+    want_created = {
+        o["metadata"]["name"] for o in in_scope if may_mutate(group_of(o), "CREATE", o, None)
+    }
+    want_updated = {
+        new["metadata"]["name"]
+        for old, new in MUTATE_UPDATES
+        if judged("apps", new, old, SHIPPED) and may_mutate("apps", "UPDATE", new, old)
+    }
+    assert sent_created == want_created
+    assert sent_updated == want_updated
+    # the corpus holds both answers where it matters
+    assert {
+        "m-isolated",
+        "m-expressions",
+        "s-hpa-ceiling",
+        "s-keda-ceiling",
+        "s-aibrix-ceiling",
+    }.isdisjoint(want_created)
+    assert {
+        "m-no-type",
+        "m-tpl-other",
+        "m-pin-other",
+        "m-only-expressions",
+        "m-broad",
+        "m-model",
+        LONG,
+        "s-hpa-absent",
+        "s-hpa-zero",
+        "s-keda-absent",
+        "s-aibrix-absent",
+        "s-aibrix-zero",
+    } <= want_created
+    assert want_updated == {"mu-drop", "mu-drop-type", "mu-restore", "mu-reorder"}

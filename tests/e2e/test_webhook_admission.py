@@ -690,7 +690,9 @@ def test_webhook_down_with_the_shipped_failure_policy(
         changed["spec"]["template"]["spec"]["containers"][0]["image"] = "vllm/vllm-openai:v0.7.0"
         update = apiserver.kubectl("apply", "-f", "-", input=json.dumps(changed), check=False)
         assert update.returncode != 0
-        assert 'failed calling webhook "mutate.gpumix.io"' in update.stderr, update.stderr
+        # an image bump is nothing the mutating step changes (gpumix-may-mutate): only
+        # validation is called, and refuses while it is down
+        assert 'failed calling webhook "validate.gpumix.io"' in update.stderr, update.stderr
 
         hpa_refused = apiserver.kubectl(
             "create", "-f", "-", input=json.dumps(hpa("v2", "web", namespace, 3)), check=False

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from gpumix.kube.fields import is_label_value
 from gpumix.kube.gputype import CPU_ONLY, GpuType
 from gpumix.kube.objects import DeploymentView, view_of
 from gpumix.kube.policy import Policy
@@ -14,12 +15,7 @@ from gpumix.kube.snapshot import Snapshot
 from gpumix.rules import invalid_selector, selector_immutable
 from gpumix.rules.base import Finding, sort_findings
 from gpumix.rules.engine import evaluate_snapshot
-from gpumix.rules.fixes import (
-    deployment_label_value,
-    is_label_value,
-    isolate_deployment,
-    set_ceiling,
-)
+from gpumix.rules.fixes import deployment_label_value, isolate_deployment, set_ceiling
 
 POLICY = Policy()
 

@@ -125,3 +125,18 @@ request.resource.group != "apps" ||
 (oldObject != null && has(oldObject.spec.selector) && has(oldObject.spec.selector.matchLabels) &&
   "gpumix.io/deployment" in oldObject.spec.selector.matchLabels)
 {{ end }}
+
+{{/* The mutating webhook's second match condition: gpumix/kube/scope.py's
+mutation_expression (gpumix's own labels and the autoscalers' ceiling fields only, so
+no values change it). tests/manifests/test_helm_chart.py holds the two equal. */}}
+{{- define "gpumix.mutationExpression" -}}
+(request.resource.group == "apps" && (oldObject != null ?
+    ((has(oldObject.spec) && has(oldObject.spec.selector) && has(oldObject.spec.selector.matchLabels) && "gpumix.io/deployment" in oldObject.spec.selector.matchLabels) && !(has(object.spec) && has(object.spec.selector) && has(object.spec.selector.matchLabels) && "gpumix.io/deployment" in object.spec.selector.matchLabels)) ||
+    ((has(oldObject.spec) && has(oldObject.spec.template) && has(oldObject.spec.template.metadata) && has(oldObject.spec.template.metadata.labels) && "gpumix.io/gpu-type" in oldObject.spec.template.metadata.labels) && !(has(object.spec) && has(object.spec.template) && has(object.spec.template.metadata) && has(object.spec.template.metadata.labels) && "gpumix.io/gpu-type" in object.spec.template.metadata.labels)) ||
+    (has(oldObject.spec) && has(oldObject.spec.selector) ? !(has(object.spec) && has(object.spec.selector)) || object.spec.selector != oldObject.spec.selector : has(object.spec) && has(object.spec.selector)) :
+    request.operation == "CREATE" && !(has(object.metadata.name) && object.metadata.name.matches("^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$") && size(object.metadata.name) <= 63 && (has(object.spec) && has(object.spec.selector) && has(object.spec.selector.matchLabels) && "gpumix.io/deployment" in object.spec.selector.matchLabels) && object.spec.selector.matchLabels["gpumix.io/deployment"] == object.metadata.name && (has(object.spec) && has(object.spec.template) && has(object.spec.template.metadata) && has(object.spec.template.metadata.labels) && "gpumix.io/deployment" in object.spec.template.metadata.labels) && object.spec.template.metadata.labels["gpumix.io/deployment"] == object.metadata.name && "gpumix.io/gpu-type" in object.spec.template.metadata.labels))) ||
+(request.resource.group in ["autoscaling"] && !(has(object.spec) && has(object.spec.maxReplicas) && type(object.spec.maxReplicas) == int && object.spec.maxReplicas != 0)) ||
+(request.resource.group in ["keda.sh"] && !(has(object.spec) && has(object.spec.maxReplicaCount) && type(object.spec.maxReplicaCount) == int && object.spec.maxReplicaCount != 0)) ||
+(request.resource.group in ["autoscaling.aibrix.ai"] && !(has(object.spec) && has(object.spec.maxReplicas) && type(object.spec.maxReplicas) == int && object.spec.maxReplicas != 0)) ||
+!(request.resource.group in ["apps","autoscaling","keda.sh","autoscaling.aibrix.ai"])
+{{ end }}
