@@ -201,6 +201,101 @@ def default_ceiling_map(policy: Policy) -> list[Obj]:
     ]
 
 
+CAPTURE_VAP_NAME = "gpu-selector-capture"
+
+
+def _selects(selector: str, labels: str) -> str:
+    """CEL: whether the label selector ``selector`` matches the label map ``labels``
+    (``matchLabels`` and the four ``matchExpressions`` operators)."""
+    return (
+        f"((!has({selector}.matchLabels) || {selector}.matchLabels.all(k, k in {labels} && "
+        f"{labels}[k] == {selector}.matchLabels[k])) && "
+        f"(!has({selector}.matchExpressions) || {selector}.matchExpressions.all(e, "
+        f"e.operator == 'In' ? "
+        f"(e.key in {labels} && has(e.values) && {labels}[e.key] in e.values) : "
+        f"e.operator == 'NotIn' ? (!(e.key in {labels}) || !has(e.values) || "
+        f"!({labels}[e.key] in e.values)) : "
+        f"e.operator == 'Exists' ? e.key in {labels} : !(e.key in {labels}))))"
+    )
+
+
+def capture_vap(policy: Policy) -> list[Obj]:
+    """A ValidatingAdmissionPolicy refusing a GPU Deployment whose selector captures
+    another Deployment's pods in its namespace, or whose pods another one's selector
+    captures: the namespace's Deployments are its params (a binding ``paramRef`` with
+    an empty selector: the API server evaluates the policy once per Deployment, from
+    its own informer).  The scope is the webhooks' match condition
+    (``gpumix.kube.scope.cel_expression``)."""
+    from gpumix.kube.scope import cel_expression
+
+    template = "object.spec.template.metadata"
+    theirs = "params.spec.template.metadata"
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": CAPTURE_VAP_NAME},
+            "spec": {
+                "paramKind": {"apiVersion": "apps/v1", "kind": "Deployment"},
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["apps"],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE", "UPDATE"],
+                            "resources": ["deployments"],
+                        }
+                    ]
+                },
+                "matchConditions": [{"name": "gpumix-scope", "expression": cel_expression(policy)}],
+                "failurePolicy": "Fail",
+                "variables": [
+                    {
+                        "name": "mine",
+                        "expression": f"has({template}.labels) ? {template}.labels : {{}}",
+                    },
+                    {
+                        "name": "theirs",
+                        "expression": f"has({theirs}.labels) ? {theirs}.labels : {{}}",
+                    },
+                ],
+                "validations": [
+                    {
+                        "expression": "params.metadata.name == object.metadata.name || !("
+                        + _selects("object.spec.selector", "variables.theirs")
+                        + " || "
+                        + _selects("params.spec.selector", "variables.mine")
+                        + ")",
+                        "messageExpression": "'the selector of ' + object.metadata.name + "
+                        "' or of ' + params.metadata.name + ' captures the pods of the other'",
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": CAPTURE_VAP_NAME},
+            "spec": {
+                "policyName": CAPTURE_VAP_NAME,
+                "validationActions": ["Deny"],
+                "paramRef": {"selector": {}, "parameterNotFoundAction": "Allow"},
+                "matchResources": {
+                    "namespaceSelector": {
+                        "matchExpressions": [
+                            {
+                                "key": "kubernetes.io/metadata.name",
+                                "operator": "NotIn",
+                                "values": sorted(policy.exempt_namespaces),
+                            }
+                        ]
+                    }
+                },
+            },
+        },
+    ]
+
+
 def _pairs(path: str) -> str:
     """JMESPath: a label map as a list of ``key=value`` strings (``[]`` when absent)."""
     return f"items({path} || `{{}}`, 'k', 'v')[].join('=', [k, v])"
@@ -439,9 +534,11 @@ def admission_seconds(env: Envtest) -> tuple[float, float]:
             seconds += value
         elif series.startswith("apiserver_admission_webhook_admission_duration_seconds_count{"):
             calls += value
-        elif (
-            series.startswith("apiserver_admission_controller_admission_duration_seconds_sum{")
-            and 'name="MutatingAdmissionPolicy"' in series
+        elif series.startswith(
+            "apiserver_admission_controller_admission_duration_seconds_sum{"
+        ) and (
+            'name="MutatingAdmissionPolicy"' in series
+            or 'name="ValidatingAdmissionPolicy"' in series
         ):
             seconds += value
     return seconds, calls
@@ -507,8 +604,16 @@ def overlapping_deployment(namespace: str) -> Obj:
     return obj
 
 
+def _captures(selector: object, labels: object) -> bool:
+    match = selector.get("matchLabels", {}) if isinstance(selector, dict) else {}
+    have = labels if isinstance(labels, dict) else {}
+    return bool(match) and all(have.get(k) == v for k, v in match.items())
+
+
 def probe(env: Envtest, peer: str, policy: Policy, judges_deployments: bool) -> str:
-    """Check that the peer does its work; returns '' or what is wrong."""
+    """Check that the peer does its work; returns '' or what is wrong.  A capturing
+    selector must be refused, or fixed so that it captures nothing (gpumix's mutating
+    step isolates a new Deployment when that removes the capture)."""
     status, body = create(env, hpa("probe-hpa", NAMESPACES[0]))
     got = body.get("spec", {}).get("maxReplicas") if isinstance(body, dict) else None
     if status != 201 or got != policy.default_max_replicas:
@@ -516,7 +621,12 @@ def probe(env: Envtest, peer: str, policy: Policy, judges_deployments: bool) -> 
     if judges_deployments:
         status, body = create(env, overlapping_deployment(NAMESPACES[0]))
         if status == 201:
-            return "a GPU Deployment capturing another's pods was admitted"
+            stored = gpu_deployment("d-0", NAMESPACES[0])["spec"]
+            spec = body["spec"]
+            if _captures(spec["selector"], stored["template"]["metadata"]["labels"]) or (
+                _captures(stored["selector"], spec["template"]["metadata"]["labels"])
+            ):
+                return "a GPU Deployment capturing another's pods was admitted as it was"
     return ""
 
 
@@ -525,7 +635,7 @@ def wait_probe(env: Envtest, peer: str, policy: Policy, judges: bool, timeout_s:
         lambda: probe(env, peer, policy, judges) == "",
         timeout_s=timeout_s,
         what=f"{peer} to default HPA ceilings"
-        + (" and refuse a capturing selector" if judges else ""),
+        + (" and prevent a capturing selector" if judges else ""),
         interval_s=1.0,
     )
 
@@ -557,6 +667,18 @@ def map_peer(env: Envtest, policy: Policy) -> Iterator[int | None]:
 
 
 @contextmanager
+def vap_peer(env: Envtest, policy: Policy) -> Iterator[int | None]:
+    objects = default_ceiling_map(policy) + capture_vap(policy)
+    apply(env, objects)
+    try:
+        wait_probe(env, "vap", policy, True, timeout_s=60)
+        yield None
+    finally:
+        for obj in reversed(objects):
+            env.kubectl("delete", obj["kind"].lower(), obj["metadata"]["name"], "--wait=false")
+
+
+@contextmanager
 def gpumix_peer(env: Envtest, objects: list[Obj], deployments: int) -> Iterator[int | None]:
     webhook = start_webhook(env, objects)
     try:
@@ -565,6 +687,7 @@ def gpumix_peer(env: Envtest, objects: list[Obj], deployments: int) -> Iterator[
             timeout_s=300,
             what="the webhook cache",
         )
+        wait_probe(env, "gpumix", load_policy(), True, timeout_s=30)
         pid = webhook.process.proc.popen.pid  # type: ignore[union-attr]
         yield pid
     finally:
@@ -734,13 +857,13 @@ def main() -> None:
     parser.add_argument("--deployments", type=int, default=10000)
     parser.add_argument("--rates", default="25,100,200", help="writes/s, comma-separated")
     parser.add_argument("--seconds", type=float, default=10.0, help="per kind and rate")
-    parser.add_argument("--peers", default="none,map,gpumix,kyverno")
+    parser.add_argument("--peers", default="none,map,vap,gpumix,kyverno")
     parser.add_argument("--runs", type=int, default=1, help="repeat the writes of each peer")
     parser.add_argument("--kyverno-timeout", type=float, default=180.0)
     args = parser.parse_args()
     args.rates = [float(r) for r in args.rates.split(",")]
     peers = args.peers.split(",")
-    unknown = set(peers) - {"none", "map", "gpumix", "kyverno"}
+    unknown = set(peers) - {"none", "map", "vap", "gpumix", "kyverno"}
     if unknown:
         parser.error(f"--peers: unknown {sorted(unknown)}")
     policy = load_policy()
@@ -766,6 +889,7 @@ def main() -> None:
         starters: dict[str, Callable[[], Any]] = {
             "none": nothing,
             "map": lambda: map_peer(env, policy),
+            "vap": lambda: vap_peer(env, policy),
             "gpumix": lambda: gpumix_peer(env, objects, args.deployments),
             "kyverno": lambda: kyverno_peer(env, policy, args.kyverno_timeout),
         }
