@@ -108,6 +108,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def alive(pid: int) -> bool:
+    """Whether the process runs (not exited, not a zombie waiting to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
 def status_mb(pid: int, key: str) -> float:
     """``VmRSS`` (now) or ``VmHWM`` (peak) of a process, in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -475,6 +484,7 @@ class Phase:
     cpu_ms: float | None = None
     apiserver_ms: float = 0.0
     webhook_calls: float = 0.0
+    peak_mb: float = 0.0
 
     def quantile(self, q: float) -> float:
         data = sorted(self.times)
@@ -591,9 +601,15 @@ def make_objects(kind: str, tag: str, count: int, with_ceiling: bool) -> list[Ob
 
 
 def measure(
-    env: Envtest, peer: str, pid: int | None, rates: list[float], seconds: float, run: int
-) -> list[Phase]:
-    phases = []
+    env: Envtest,
+    peer: str,
+    pid: int | None,
+    rates: list[float],
+    seconds: float,
+    run: int,
+    phases: list[Phase],
+) -> None:
+    """Append one phase per kind and rate to ``phases`` as each is measured."""
     client = Client(env)
     for kind in KINDS:
         for rate in rates:
@@ -603,8 +619,10 @@ def measure(
             adm0, calls0 = admission_seconds(env)
             cpu0 = cpu_seconds(pid) if pid else 0.0
             open_loop(client, objects, rate, phase, limit_s=seconds * 3 + 10)
-            if pid:
+            died = pid is not None and not alive(pid)
+            if pid and not died:
                 phase.cpu_ms = (cpu_seconds(pid) - cpu0) / max(phase.writes, 1) * 1e3
+                phase.peak_mb = status_mb(pid, "VmHWM")
             adm1, calls1 = admission_seconds(env)
             phase.apiserver_ms = (adm1 - adm0) / max(phase.writes, 1) * 1e3
             phase.webhook_calls = calls1 - calls0
@@ -612,7 +630,8 @@ def measure(
             print(row(phase), flush=True)
             if phase.first_error:
                 print(f"  first failure: {phase.first_error}", flush=True)
-    return phases
+            if died:
+                raise RuntimeError(f"{peer} exited during the {kind} writes at {rate:.0f}/s")
 
 
 def row(p: Phase) -> str:
@@ -822,6 +841,9 @@ def kyverno_peer(env: Envtest, policy: Policy, timeout_s: float) -> Iterator[int
         print(f"--- kyverno log (last lines) ---\n{proc.log_tail(60)}", flush=True)
         raise
     finally:
+        errors = [line for line in proc.log_tail(100000).splitlines() if " ERR " in line]
+        if errors:
+            print(f"kyverno logged {len(errors)} errors; the last:\n{errors[-1][:600]}", flush=True)
         for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
             env.kubectl("delete", kind, "-l", KYVERNO_WEBHOOKS, "--wait=false", check=False)
         proc.stop()
@@ -882,10 +904,15 @@ def run_peer(
             if pid:
                 time.sleep(5)
                 steady = status_mb(pid, "VmRSS")
-            for run in range(args.runs):
-                results.extend(measure(env, name, pid, args.rates, args.seconds, run))
-            if pid:
-                memory[name] = (steady, status_mb(pid, "VmHWM"))
+            try:
+                for run in range(args.runs):
+                    measure(env, name, pid, args.rates, args.seconds, run, results)
+            finally:
+                if pid:
+                    memory[name] = (
+                        steady,
+                        max((p.peak_mb for p in results if p.peer == name), default=steady),
+                    )
     except Exception as exc:  # one peer failing must not hide the others' numbers
         failures[name] = f"{type(exc).__name__}: {exc}"
         print(f"{name}: FAILED: {failures[name]}", flush=True)
