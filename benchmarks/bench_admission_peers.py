@@ -1,7 +1,7 @@
-"""Admission peers on one real kube-apiserver: none, MutatingAdmissionPolicy, gpumix, Kyverno.
+"""Admission peers on one real kube-apiserver: none, admission policies, gpumix, Kyverno.
 
     python benchmarks/bench_admission_peers.py [--deployments 10000] [--rates 25,100,200]
-        [--seconds 10] [--peers none,map,gpumix,kyverno] [--runs 1]
+        [--seconds 10] [--peers none,map,vap,gpumix,kyverno] [--runs 1]
 
 Starts the test kube-apiserver and etcd (``tools/envtest/build.sh``) and stores
 ``--deployments`` GPU Deployments in 100 namespaces.  Then, one peer registered at a
@@ -21,6 +21,9 @@ The peers:
   (:func:`default_ceiling_map`): the namespace annotation, else the policy default,
   at most the hard limit, at least ``minReplicas``.  No process; it does not judge
   Deployments (a MAP cannot see other objects).
+- ``vap``: the same MAP, and a ValidatingAdmissionPolicy refusing a GPU Deployment
+  whose selector captures another Deployment's pods, or whose pods another captures,
+  with the namespace's Deployments as its params (:func:`capture_vap`).
 - ``gpumix``: ``gpumix webhook`` with the shipped policy and webhook configurations
   (``tests/e2e/gpumix_env.start_webhook``), once its cache holds every Deployment.
 - ``kyverno``: Kyverno (``tools/kyverno/build.sh``) run out of cluster with the
@@ -29,16 +32,17 @@ The peers:
   another Deployment's pods (or is captured), a JSON-patch mutate setting the default
   ceiling, and a validate rule for the hard limit.
 
-Before measuring, each peer is probed: the HPA default must be filled in (map,
+Before measuring, each peer is probed: the HPA default must be filled in (map, vap,
 gpumix, kyverno) and a GPU Deployment whose selector captures another's pods must be
-refused (gpumix, kyverno), so the numbers are of peers doing their work.
+refused or fixed (vap, gpumix, kyverno), so the numbers are of peers doing their work.
 
 Per peer, kind and rate: client latency p50/p99/p99.9 (every write, failed ones at
 the time they took), failed writes, the peer process's user + system CPU per write
 (``/proc/<pid>/stat``), and the API server's own admission time per write: the sum of
 ``apiserver_admission_webhook_admission_duration_seconds`` (webhook calls) and of
-``apiserver_admission_controller_admission_duration_seconds{name=
-"MutatingAdmissionPolicy"}`` (in-process policies) over the writes.  RSS of the peer
+``apiserver_admission_controller_admission_duration_seconds`` of the
+MutatingAdmissionPolicy and ValidatingAdmissionPolicy plugins (in-process policies)
+over the writes.  RSS of the peer
 process: steady (after sync, before the writes) and peak (``VmHWM``).
 
 Every phase is bounded in time; everything listens on loopback; every process started
