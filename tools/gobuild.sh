@@ -1,4 +1,5 @@
-# Shared steps of the cached Go builds (tools/envtest/build.sh, tools/helm/build.sh);
+# Shared steps of the cached Go builds (tools/envtest/build.sh, tools/helm/build.sh,
+# tools/kyverno/build.sh);
 # sourced, not run. The sourcing script sets `label` (the message prefix), `here` (its
 # folder, holding go.mod and go.sum), `cache_root`, `bin_dir`, `build_timeout`, and
 # defines `is_built`; `fail` is defined here.
