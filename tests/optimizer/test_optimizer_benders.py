@@ -99,6 +99,33 @@ def test_large_model_is_solved_in_count_space_and_agrees_with_highs() -> None:
     assert math.isclose(res.objective, ref.objective, rel_tol=1e-9)
 
 
+def test_routing_lp_is_pruned_between_checks_and_stays_exact() -> None:
+    """The routing LP is rebuilt with few columns once it reaches its cap: every check
+    starts below the cap, and the optimum is still the one HiGHS finds on the full
+    model (a dropped routing that is needed again is priced back in)."""
+    p = _random_problem(3, 6, 400)
+    starts: list[tuple[int, int]] = []
+    prune = _benders._Routing._prune
+
+    def recorded(self: _benders._Routing) -> None:
+        before = len(self.routes)
+        prune(self)
+        starts.append((before, len(self.routes)))
+
+    with (
+        mock.patch.object(_benders, "MAX_COLUMNS", 16),
+        mock.patch.object(_benders._Routing, "_prune", recorded),
+    ):
+        res = solve(p, time_limit_s=30)
+    assert res.status == Status.OPTIMAL
+    check_plan(p, res)
+    assert any(before >= 16 for before, _ in starts), "the cap was never reached"
+    assert all(after < 16 for _, after in starts)
+    ref = full_mip([_block_of(p)], [], time_limit_s=60, hint=None)
+    assert ref.status == "optimal"
+    assert math.isclose(res.objective, ref.objective, rel_tol=1e-9)
+
+
 def test_large_model_with_caps_and_churn() -> None:
     ng = 5
     p = _random_problem(
