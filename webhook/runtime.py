@@ -176,20 +176,30 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     raise ValueError(f"unknown event loop {name!r}; choose one of {', '.join(EVENT_LOOPS)}")
 
 
-MALLOC_THRESHOLD_BYTES = 128 * 1024
+SSL_READ_BYTES = 256 * 1024
+"""What uvloop's (and asyncio's) TLS transport asks OpenSSL for on every read: a new
+``bytes`` of this size, shrunk to what was read."""
+MMAP_THRESHOLD_BYTES = 512 * 1024
+"""Allocations from this size on get their own ``mmap``, given back when freed."""
+TRIM_THRESHOLD_BYTES = 512 * 1024
+"""Free memory at the top of the heap past this size is given back (``brk``)."""
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
 def fix_malloc_thresholds() -> bool:
-    """Keep glibc's malloc from holding on to the memory of large request bodies.
+    """Keep glibc's malloc from holding on to the memory of large request bodies,
+    without a system call per request.
 
     glibc serves an allocation of 128 KiB or more with its own ``mmap`` and returns it
     when freed, but then raises that threshold to the freed size (up to 32 MiB): after
     one 7 MiB body, bodies and the buffers of many concurrent connections come from the
     heap, which fragments and is not given back, so a burst of large bodies raised the
-    resident size for good.  Fixing both thresholds at glibc's initial 128 KiB (which
-    turns the adjustment off) took the peak under abusive clients from 410-430 MiB to
-    330-360 MiB (tests/webhook/test_webhook_limits.py).  False where there is no glibc.
+    resident size for good.  Both thresholds are fixed (which turns the adjustment
+    off), at 512 KiB: above the 256 KiB buffer the event loop's TLS transport allocates
+    for every read.  At glibc's initial 128 KiB that buffer cost an ``mmap``, an
+    ``mremap`` and a ``munmap`` per request, and its page faults: 0.1-0.2 ms of CPU per
+    admission behind kube-apiserver, a third of the webhook's CPU (docs/benchmarks.md).
+    False where there is no glibc.
     """
     try:
         libc = ctypes.CDLL(None)
@@ -197,8 +207,8 @@ def fix_malloc_thresholds() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(
-        mallopt(_M_MMAP_THRESHOLD, MALLOC_THRESHOLD_BYTES)
-        and mallopt(_M_TRIM_THRESHOLD, MALLOC_THRESHOLD_BYTES)
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     )
 
 
