@@ -197,8 +197,8 @@ def fix_malloc_thresholds() -> bool:
     resident size for good.  Both thresholds are fixed (which turns the adjustment
     off), at 512 KiB: above the 256 KiB buffer the event loop's TLS transport allocates
     for every read.  At glibc's initial 128 KiB that buffer cost an ``mmap``, an
-    ``mremap`` and a ``munmap`` per request, and its page faults: 0.1-0.2 ms of CPU per
-    admission behind kube-apiserver, a third of the webhook's CPU (docs/benchmarks.md).
+    ``mremap`` and a ``munmap`` per request, and its page faults: about 0.1 ms of CPU
+    per call behind kube-apiserver, a sixth of the webhook's (docs/benchmarks.md).
     False where there is no glibc.
     """
     try:
