@@ -1,4 +1,11 @@
-"""The controller against the in-process API emulator, through kubernetes-asyncio."""
+"""The controller's reconcile loop against an API server, through kubernetes-asyncio.
+
+Tests taking ``backend`` run twice: on the in-process emulator and on a real
+kube-apiserver v1.36.3 + etcd (see conftest.py). Tests taking ``emu`` run on the
+emulator only, because they need its fault injection (``conflict_next``: a given
+number of 409s on the controller's own writes), which the real server cannot give
+without racing the controller.
+"""
 
 from __future__ import annotations
 
@@ -28,15 +35,15 @@ def cluster(emu: Any, *, a100_nodes: int = 2, a40_nodes: int = 2) -> None:
     emu.create(deployment("llama-a40", "A40", replicas=1))
 
 
-async def test_static_load_ends_with_the_solvers_replicas(emu: Any, api: Any) -> None:
-    cluster(emu)
-    emu.create(gpumix(load=[bucket(512, 128, 30.0), bucket(2048, 512, 3.0)]))
+async def test_static_load_ends_with_the_solvers_replicas(backend: Any, backend_api: Any) -> None:
+    cluster(backend)
+    backend.create(gpumix(load=[bucket(512, 128, 30.0), bucket(2048, 512, 3.0)]))
     solver = GreedySolver()
-    async with running(api, settings(), solver=solver):
+    async with running(backend_api, settings(), solver=solver):
         status = await wait_for(
             lambda: (
-                condition(gmx_status(emu), "Scaling").get("reason") == "Scaled"
-                or condition(gmx_status(emu), "Scaling").get("reason") == "Stable"
+                condition(gmx_status(backend), "Scaling").get("reason") == "Scaled"
+                or condition(gmx_status(backend), "Scaling").get("reason") == "Stable"
             ),
             what="a plan",
         )
@@ -44,17 +51,17 @@ async def test_static_load_ends_with_the_solvers_replicas(emu: Any, api: Any) ->
         _, sol = solver.calls[-1]
         await wait_for(
             lambda: (
-                replicas(emu, "llama-a100") == sol.replicas["A100"]
-                and replicas(emu, "llama-a40") == sol.replicas["A40"]
+                replicas(backend, "llama-a100") == sol.replicas["A100"]
+                and replicas(backend, "llama-a40") == sol.replicas["A40"]
             ),
             what="replicas of the plan",
         )
-        st = gmx_status(emu)
+        st = gmx_status(backend)
         assert condition(st, "Ready")["status"] == "True"
         assert condition(st, "LoadAvailable")["status"] == "True"
         assert st["solverStatus"] == "OPTIMAL"
         await wait_for(
-            lambda: "ScaledUp" in {e["reason"] for e in emu.list("events", "default")},
+            lambda: "ScaledUp" in {e["reason"] for e in backend.list("events", "default")},
             what="a ScaledUp Event",
         )
 
@@ -65,36 +72,36 @@ def set_load(emu: Any, buckets: list[dict[str, Any]], name: str = "llama") -> No
     emu.put(obj)
 
 
-async def test_load_change_replans(emu: Any, api: Any) -> None:
-    cluster(emu)
-    emu.create(gpumix(load=[bucket(512, 128, 10.0)]))
+async def test_load_change_replans(backend: Any, backend_api: Any) -> None:
+    cluster(backend)
+    backend.create(gpumix(load=[bucket(512, 128, 10.0)]))
     solver = GreedySolver()
-    async with running(api, settings(), solver=solver):
-        await wait_for(lambda: replicas(emu, "llama-a40") == 2, what="first plan")
-        set_load(emu, [bucket(512, 128, 40.0), bucket(2048, 512, 4.0)])
+    async with running(backend_api, settings(), solver=solver):
+        await wait_for(lambda: replicas(backend, "llama-a40") == 2, what="first plan")
+        set_load(backend, [bucket(512, 128, 40.0), bucket(2048, 512, 4.0)])
         await wait_for(
-            lambda: replicas(emu, "llama-a40") == 8 and replicas(emu, "llama-a100") == 2,
+            lambda: replicas(backend, "llama-a40") == 8 and replicas(backend, "llama-a100") == 2,
             what="re-plan after the load change",
         )
         await wait_for(
-            lambda: gmx_status(emu)["load"]["requestsPerSecond"] == 44.0, what="load in status"
+            lambda: gmx_status(backend)["load"]["requestsPerSecond"] == 44.0, what="load in status"
         )
 
 
-async def test_capacity_drop_scales_within_what_exists(emu: Any, api: Any) -> None:
-    cluster(emu, a100_nodes=1, a40_nodes=2)
-    emu.create(gpumix(load=[bucket(512, 128, 60.0)]))
-    async with running(api, settings(), solver=GreedySolver()):
-        await wait_for(lambda: replicas(emu, "llama-a40") == 12, what="12 A40 replicas")
-        emu.delete("nodes", "a40-1")  # 8 A40 GPUs left
-        await wait_for(lambda: replicas(emu, "llama-a40") == 8, what="A40 within 8 GPUs")
+async def test_capacity_drop_scales_within_what_exists(backend: Any, backend_api: Any) -> None:
+    cluster(backend, a100_nodes=1, a40_nodes=2)
+    backend.create(gpumix(load=[bucket(512, 128, 60.0)]))
+    async with running(backend_api, settings(), solver=GreedySolver()):
+        await wait_for(lambda: replicas(backend, "llama-a40") == 12, what="12 A40 replicas")
+        backend.delete("nodes", "a40-1")  # 8 A40 GPUs left
+        await wait_for(lambda: replicas(backend, "llama-a40") == 8, what="A40 within 8 GPUs")
 
         def a40_entry() -> dict[str, Any]:
-            return next(e for e in gmx_status(emu)["plan"] if e["deployment"] == "llama-a40")
+            return next(e for e in gmx_status(backend)["plan"] if e["deployment"] == "llama-a40")
 
         await wait_for(lambda: a40_entry()["ceiling"] == 8, what="the ceiling in the status")
         assert "free A40 GPUs" in a40_entry()["ceilingReason"]
-        assert replicas(emu, "llama-a100") <= 8
+        assert replicas(backend, "llama-a100") <= 8
 
 
 async def test_conflicting_scale_write_is_retried(emu: Any, api: Any) -> None:
@@ -127,19 +134,19 @@ async def test_failed_scale_reports_scale_failed_instead_of_scaled(emu: Any, api
         assert replicas(emu, "llama-a40") == 2
 
 
-async def test_autoscaled_member_is_not_scaled(emu: Any, api: Any) -> None:
+async def test_autoscaled_member_is_not_scaled(backend: Any, backend_api: Any) -> None:
     from controller_helpers import hpa
 
-    cluster(emu)
-    emu.create(hpa("llama-a40", "llama-a40", 5))
-    emu.create(gpumix(load=[bucket(512, 128, 40.0)]))
-    async with running(api, settings(metrics_port=0), solver=GreedySolver()) as run:
+    cluster(backend)
+    backend.create(hpa("llama-a40", "llama-a40", 5))
+    backend.create(gpumix(load=[bucket(512, 128, 40.0)]))
+    async with running(backend_api, settings(metrics_port=0), solver=GreedySolver()) as run:
         await wait_for(
-            lambda: condition(gmx_status(emu), "Scaling").get("reason") == "MembersAutoscaled",
+            lambda: condition(gmx_status(backend), "Scaling").get("reason") == "MembersAutoscaled",
             what="the autoscaled condition",
         )
-        assert replicas(emu, "llama-a40") == 1  # untouched
-        entry = next(e for e in gmx_status(emu)["plan"] if e["deployment"] == "llama-a40")
+        assert replicas(backend, "llama-a40") == 1  # untouched
+        entry = next(e for e in gmx_status(backend)["plan"] if e["deployment"] == "llama-a40")
         # planned with the replicas its HPA chose; the other member takes the rest
         assert entry["recommendedReplicas"] == 1
         assert entry["ceiling"] == 5
@@ -162,18 +169,18 @@ async def test_autoscaled_member_is_not_scaled(emu: Any, api: Any) -> None:
                 assert resp.status == 200
 
 
-async def test_bad_specs_become_conditions_and_events(emu: Any, api: Any) -> None:
-    cluster(emu)
-    emu.create(deployment("other-a100", "A100", model="shared", isolated=False))
-    emu.create(deployment("other-a40", "A40", model="shared", isolated=False))
-    emu.create(gpumix("unknown-price", prices={"A100": 2.0, "A40": 0.8, "H200": 9.0}))
-    emu.create(gpumix("overlap", model="shared"))
-    emu.create(gpumix("no-profiles", profiles={"configMapRef": {"name": "missing-profiles"}}))
+async def test_bad_specs_become_conditions_and_events(backend: Any, backend_api: Any) -> None:
+    cluster(backend)
+    backend.create(deployment("other-a100", "A100", model="shared", isolated=False))
+    backend.create(deployment("other-a40", "A40", model="shared", isolated=False))
+    backend.create(gpumix("unknown-price", prices={"A100": 2.0, "A40": 0.8, "H200": 9.0}))
+    backend.create(gpumix("overlap", model="shared"))
+    backend.create(gpumix("no-profiles", profiles={"configMapRef": {"name": "missing-profiles"}}))
     # valid for the CRD schema, not for the parser: minReplicas above maxReplicas
-    emu.create(
+    backend.create(
         gpumix("bad-field", extra={"gpuTypes": {"A100": {"minReplicas": 5, "maxReplicas": 2}}})
     )
-    async with running(api, settings(), solver=GreedySolver()) as run:
+    async with running(backend_api, settings(), solver=GreedySolver()) as run:
         expected = {
             "unknown-price": "UnknownGpuType",
             "overlap": "OverlappingMembers",
@@ -183,68 +190,74 @@ async def test_bad_specs_become_conditions_and_events(emu: Any, api: Any) -> Non
 
         def all_reported() -> bool:
             return all(
-                condition(gmx_status(emu, n), "Ready").get("reason") == r
+                condition(gmx_status(backend, n), "Ready").get("reason") == r
                 for n, r in expected.items()
             )
 
         await wait_for(all_reported, what="Ready=False on every bad GPUMix")
-        msg = condition(gmx_status(emu, "overlap"), "Ready")["message"]
+        msg = condition(gmx_status(backend, "overlap"), "Ready")["message"]
         assert "other-a100" in msg and "other-a40" in msg
-        assert "missing-profiles" in condition(gmx_status(emu, "no-profiles"), "Ready")["message"]
+        assert (
+            "missing-profiles" in condition(gmx_status(backend, "no-profiles"), "Ready")["message"]
+        )
         await wait_for(
-            lambda: {e["reason"] for e in emu.list("events", "default")} >= set(expected.values()),
+            lambda: (
+                {e["reason"] for e in backend.list("events", "default")} >= set(expected.values())
+            ),
             what="one Warning Event per bad GPUMix",
         )
-        warnings = [e for e in emu.list("events", "default") if e["type"] == "Warning"]
+        warnings = [e for e in backend.list("events", "default") if e["type"] == "Warning"]
         assert len(warnings) == 4
         passes = run.controller.passes
-        set_load(emu, [bucket(512, 128, 3.0)], name="overlap")
+        set_load(backend, [bucket(512, 128, 3.0)], name="overlap")
         await wait_for(lambda: run.controller.passes > passes, what="another pass")
         assert run.controller.last_pass is not None and run.controller.last_pass.errors == 0
-        assert replicas(emu, "other-a100") == 1 and replicas(emu, "other-a40") == 1
+        assert replicas(backend, "other-a100") == 1 and replicas(backend, "other-a40") == 1
         # no repeated Events for unchanged conditions
-        assert len([e for e in emu.list("events", "default") if e["type"] == "Warning"]) == 4
+        assert len([e for e in backend.list("events", "default") if e["type"] == "Warning"]) == 4
 
 
-async def test_two_controllers_only_the_leader_writes(emu: Any) -> None:
-    cluster(emu)
-    emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}})
-    emu.create(gpumix(load=[bucket(512, 128, 10.0)]))
+async def test_two_controllers_only_the_leader_writes(backend: Any) -> None:
+    cluster(backend)
+    backend.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}})
+    backend.create(gpumix(load=[bucket(512, 128, 10.0)]))
     lease = dict(
         leader_election=True, lease_duration_s=2.0, renew_deadline_s=1.5, retry_period_s=0.2
     )
-    async with emu.api_client() as api_a, emu.api_client() as api_b:
+    async with backend.api_client() as api_a, backend.api_client() as api_b:
         async with running(api_a, settings(identity="a", **lease), solver=GreedySolver()) as a:
             await wait_for(lambda: a.controller.can_write(), what="a leads")
             async with running(api_b, settings(identity="b", **lease), solver=GreedySolver()) as b:
-                await wait_for(lambda: replicas(emu, "llama-a40") == 2, what="a scales")
-                set_load(emu, [bucket(512, 128, 20.0)])
-                await wait_for(lambda: replicas(emu, "llama-a40") == 4, what="a re-plans")
+                await wait_for(lambda: replicas(backend, "llama-a40") == 2, what="a scales")
+                set_load(backend, [bucket(512, 128, 20.0)])
+                await wait_for(lambda: replicas(backend, "llama-a40") == 4, what="a re-plans")
                 assert not b.controller.can_write()
                 assert b.controller.passes == 0
                 assert b.controller.kube.calls["put"] == 0
                 assert b.controller.kube.calls["patch"] == 0
                 assert b.controller.kube.calls["post"] == 0
-                holder = emu.get("leases.coordination.k8s.io", "gpumix-controller", "gpumix-system")
+                holder = backend.get(
+                    "leases.coordination.k8s.io", "gpumix-controller", "gpumix-system"
+                )
                 assert holder["spec"]["holderIdentity"] == "a"
-                reporters = {e.get("reportingInstance") for e in emu.list("events", "default")}
+                reporters = {e.get("reportingInstance") for e in backend.list("events", "default")}
                 assert reporters == {"a"}
             # a keeps leading after b stopped
             assert a.controller.can_write()
         # a released the lease on shutdown; a new contender takes it at once
         async with running(api_b, settings(identity="b", **lease), solver=GreedySolver()) as b:
             await wait_for(lambda: b.controller.can_write(), timeout=3, what="b leads")
-            set_load(emu, [bucket(512, 128, 30.0)])
-            await wait_for(lambda: replicas(emu, "llama-a40") == 6, what="b re-plans")
+            set_load(backend, [bucket(512, 128, 30.0)])
+            await wait_for(lambda: replicas(backend, "llama-a40") == 6, what="b re-plans")
 
 
-async def test_losing_the_lease_stops_writes_at_once(emu: Any, api: Any) -> None:
+async def test_losing_the_lease_stops_writes_at_once(backend: Any, backend_api: Any) -> None:
     from gpumix.controller.leader import LeaderElector, LeaseSettings
     from gpumix.kubeio.client import KubeClient
 
-    emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}})
+    backend.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}})
     now = [1000.0]
-    kube = KubeClient(api)
+    kube = KubeClient(backend_api)
     cfg = LeaseSettings(identity="a", lease_duration_s=10, renew_deadline_s=8)
     a = LeaderElector(kube, cfg, lambda: now[0])
     b = LeaderElector(kube, LeaseSettings(identity="b", lease_duration_s=10), lambda: now[0])
@@ -260,17 +273,28 @@ async def test_losing_the_lease_stops_writes_at_once(emu: Any, api: Any) -> None
     assert await b.try_acquire_or_renew()  # not renewed for > lease duration: taken over
     assert not await a.try_acquire_or_renew()  # a sees b: stays out
     assert not a.is_leader() and b.is_leader()
-    lease = emu.get("leases.coordination.k8s.io", "gpumix-controller", "gpumix-system")
+    lease = backend.get("leases.coordination.k8s.io", "gpumix-controller", "gpumix-system")
     assert lease["spec"]["holderIdentity"] == "b"
     assert lease["spec"]["leaseTransitions"] == 1
-    # a concurrent write (409) on renewal ends leadership immediately
-    emu.conflict_next("leases.coordination.k8s.io", "gpumix-controller", "gpumix-system")
+
+    # A concurrent write between b's read and its renewal: the API server answers 409,
+    # and that ends b's leadership immediately.
+    read = kube.get_or_none
+
+    async def read_then_someone_writes(path: str) -> Any:
+        seen = await read(path)
+        other = backend.get("leases.coordination.k8s.io", "gpumix-controller", "gpumix-system")
+        other["metadata"].setdefault("annotations", {})["example.com/touched"] = "yes"
+        backend.put(other)
+        return seen
+
+    kube.get_or_none = read_then_someone_writes  # type: ignore[method-assign]
     now[0] += 1
     assert not await b.try_acquire_or_renew()
     assert not b.is_leader()
 
 
-async def test_optimizer_plan_is_applied(emu: Any, api: Any) -> None:
+async def test_optimizer_plan_is_applied(backend: Any, backend_api: Any) -> None:
     """With the real optimizer (OR-Tools), the members end at the optimizer's replicas."""
     from gpumix.controller.optimize import solve_mix
     from gpumix.controller.plan import MixProblem, MixSolution
@@ -282,20 +306,20 @@ async def test_optimizer_plan_is_applied(emu: Any, api: Any) -> None:
         calls.append((problem, solution))
         return solution
 
-    cluster(emu)
-    emu.create(gpumix(load=[bucket(512, 128, 30.0), bucket(2048, 512, 3.0)]))
-    async with running(api, settings(), solver=recording):
-        await wait_for(lambda: gmx_status(emu).get("solverStatus"), what="a solve")
+    cluster(backend)
+    backend.create(gpumix(load=[bucket(512, 128, 30.0), bucket(2048, 512, 3.0)]))
+    async with running(backend_api, settings(), solver=recording):
+        await wait_for(lambda: gmx_status(backend).get("solverStatus"), what="a solve")
         _problem, solution = calls[-1]
         assert solution.status == "OPTIMAL", solution.message
         await wait_for(
             lambda: (
-                replicas(emu, "llama-a100") == solution.replicas["A100"]
-                and replicas(emu, "llama-a40") == solution.replicas["A40"]
+                replicas(backend, "llama-a100") == solution.replicas["A100"]
+                and replicas(backend, "llama-a40") == solution.replicas["A40"]
             ),
             what="the optimizer's replicas",
         )
-        st = gmx_status(emu)
+        st = gmx_status(backend)
         assert st["costPerHour"] == round(solution.cost_per_hour or 0, 4)
         assert st["bestSingleTypeCostPerHour"] >= st["costPerHour"]
         # capacity check against the profiles: every bucket is served
