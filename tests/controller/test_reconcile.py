@@ -86,6 +86,12 @@ async def test_load_change_replans(backend: Any, backend_api: Any) -> None:
         await wait_for(
             lambda: gmx_status(backend)["load"]["requestsPerSecond"] == 44.0, what="load in status"
         )
+        # the spec changed once: generation 2, and the status says it is for that spec
+        gmx = backend.get("gpumixes.gpumix.io", "llama", "default")
+        assert gmx["metadata"]["generation"] == 2
+        await wait_for(
+            lambda: gmx_status(backend).get("observedGeneration") == 2, what="observedGeneration"
+        )
 
 
 async def test_capacity_drop_scales_within_what_exists(backend: Any, backend_api: Any) -> None:
