@@ -49,6 +49,10 @@ class RealClusterError(AssertionError):
     """A request to the real API server got an answer the test did not expect."""
 
 
+class Conflict(RealClusterError):
+    """409 on a write: the object changed since it was read (``update`` reads again)."""
+
+
 class RealCluster:
     """A real kube-apiserver behind the emulator's direct-access methods."""
 
@@ -117,7 +121,13 @@ class RealCluster:
     def put(self, obj: Obj) -> Obj:
         """Replace ``obj`` (its ``metadata.resourceVersion`` makes it conditional)."""
         resource, namespace, name = self._of(obj)
-        return dict(self._call("PUT", self._path(resource, namespace, name), obj, expect=(200,)))
+        path = self._path(resource, namespace, name)
+        status, answer = self.env.request("PUT", path, obj)
+        if status == 409:
+            raise Conflict(f"PUT {path}: HTTP 409: {answer}")
+        if status != 200:
+            raise RealClusterError(f"PUT {path}: HTTP {status}: {answer}")
+        return dict(answer)
 
     def delete(self, resource: str, name: str, namespace: str = "") -> Obj:
         return dict(self._call("DELETE", self._path(resource, namespace, name), expect=(200,)))

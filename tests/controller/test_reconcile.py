@@ -23,6 +23,7 @@ from controller_helpers import (
     replicas,
     running,
     settings,
+    update,
     wait_for,
 )
 
@@ -68,9 +69,10 @@ async def test_static_load_ends_with_the_solvers_replicas(backend: Any, backend_
 
 
 def set_load(backend: Any, buckets: list[dict[str, Any]], name: str = "llama") -> None:
-    obj = backend.get("gpumixes.gpumix.io", name, "default")
-    obj["spec"]["loadSource"] = {"static": {"buckets": buckets}}
-    backend.put(obj)
+    def change(obj: dict[str, Any]) -> None:
+        obj["spec"]["loadSource"] = {"static": {"buckets": buckets}}
+
+    update(backend, "gpumixes.gpumix.io", name, "default", change)
 
 
 async def test_load_change_replans(backend: Any, backend_api: Any) -> None:

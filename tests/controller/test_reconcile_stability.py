@@ -20,6 +20,7 @@ from controller_helpers import (
     replicas,
     running,
     settings,
+    update,
     wait_for,
 )
 from prometheus_client import Counter, generate_latest
@@ -37,9 +38,10 @@ def cluster(backend: Any) -> None:
 
 
 def set_load(backend: Any, rps: float) -> None:
-    obj = backend.get("gpumixes.gpumix.io", "llama", "default")
-    obj["spec"]["loadSource"] = {"static": {"buckets": [bucket(512, 128, rps)]}}
-    backend.put(obj)
+    def change(obj: dict[str, Any]) -> None:
+        obj["spec"]["loadSource"] = {"static": {"buckets": [bucket(512, 128, rps)]}}
+
+    update(backend, "gpumixes.gpumix.io", "llama", "default", change)
 
 
 def scale_writes(controller: Controller) -> int:
