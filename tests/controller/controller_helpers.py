@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from real_cluster import Conflict
 
 from gpumix.controller.plan import MixProblem, MixSolution
 from gpumix.controller.settings import ControllerSettings
@@ -284,6 +285,22 @@ async def running(
 def replicas(emu: Any, name: str, namespace: str = "default") -> int:
     obj = emu.get("deployments.apps", name, namespace)
     return int(obj["spec"].get("replicas", 1))
+
+
+def update(
+    cluster: Any, resource: str, name: str, namespace: str, change: Callable[[Any], None]
+) -> dict[str, Any]:
+    """Read an object, ``change`` it in place and write it back, reading again after a
+    409 (on a real API server the controller's status writes move the resourceVersion
+    between the read and the write; the emulator's direct writes do not check it)."""
+    for _ in range(20):
+        obj = cluster.get(resource, name, namespace)
+        change(obj)
+        try:
+            return dict(cluster.put(obj))
+        except Conflict:
+            continue
+    raise AssertionError(f"{resource} {namespace}/{name}: still conflicting after 20 writes")
 
 
 def gmx_status(emu: Any, name: str = "llama", namespace: str = "default") -> dict[str, Any]:

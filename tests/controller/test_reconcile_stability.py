@@ -1,4 +1,6 @@
-"""Stable plans and honest status: no flapping, no stale status fields, a quiet standby."""
+"""Stable plans and honest status: no flapping, no stale status fields, a quiet standby.
+
+Every test runs on the emulator and on a real kube-apiserver (``backend``, conftest.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from controller_helpers import (
     replicas,
     running,
     settings,
+    update,
     wait_for,
 )
 from prometheus_client import Counter, generate_latest
@@ -26,18 +29,19 @@ from gpumix.controller.shell import Controller
 from gpumix.kubeio.client import KubeClient
 
 
-def cluster(emu: Any) -> None:
+def cluster(backend: Any) -> None:
     for i in range(2):
-        emu.create(node(f"a100-{i}", "A100", 8))
-        emu.create(node(f"a40-{i}", "A40", 8))
-    emu.create(deployment("llama-a100", "A100", replicas=1))
-    emu.create(deployment("llama-a40", "A40", replicas=1))
+        backend.create(node(f"a100-{i}", "A100", 8))
+        backend.create(node(f"a40-{i}", "A40", 8))
+    backend.create(deployment("llama-a100", "A100", replicas=1))
+    backend.create(deployment("llama-a40", "A40", replicas=1))
 
 
-def set_load(emu: Any, rps: float) -> None:
-    obj = emu.get("gpumixes.gpumix.io", "llama", "default")
-    obj["spec"]["loadSource"] = {"static": {"buckets": [bucket(512, 128, rps)]}}
-    emu.put(obj)
+def set_load(backend: Any, rps: float) -> None:
+    def change(obj: dict[str, Any]) -> None:
+        obj["spec"]["loadSource"] = {"static": {"buckets": [bucket(512, 128, rps)]}}
+
+    update(backend, "gpumixes.gpumix.io", "llama", "default", change)
 
 
 def scale_writes(controller: Controller) -> int:
@@ -52,61 +56,61 @@ def scale_writes(controller: Controller) -> int:
     )
 
 
-async def noisy_run(emu: Any, api: Any, extra: dict[str, Any]) -> tuple[int, int]:
+async def noisy_run(backend: Any, backend_api: Any, extra: dict[str, Any]) -> tuple[int, int]:
     """10 req/s of small requests (2 A40 replicas at 5 req/s each), then 30 changes of at
     most 5 % (9.5 to 10.5 req/s: 2 or 3 replicas when re-planned every time)."""
-    cluster(emu)
-    emu.create(gpumix(load=[bucket(512, 128, 10.0)], extra=extra))
+    cluster(backend)
+    backend.create(gpumix(load=[bucket(512, 128, 10.0)], extra=extra))
     rng = random.Random(3)
-    async with running(api, settings(), solver=GreedySolver()) as run:
-        await wait_for(lambda: replicas(emu, "llama-a40") == 2, what="the first plan")
+    async with running(backend_api, settings(), solver=GreedySolver()) as run:
+        await wait_for(lambda: replicas(backend, "llama-a40") == 2, what="the first plan")
         first = scale_writes(run.controller)
         passes = run.controller.passes
         for _ in range(30):
-            set_load(emu, round(10.0 * (1 + rng.uniform(-0.05, 0.05)), 3))
+            set_load(backend, round(10.0 * (1 + rng.uniform(-0.05, 0.05)), 3))
             # each change is one pass (the GPUMix watch queues it)
             await wait_for(lambda p=passes: run.controller.passes > p, what="a pass")
             passes = run.controller.passes
         return first, scale_writes(run.controller) - first
 
 
-async def test_noisy_load_within_tolerance_writes_nothing(emu: Any, api: Any) -> None:
-    _, writes = await noisy_run(emu, api, {})  # default tolerance 0.1
+async def test_noisy_load_within_tolerance_writes_nothing(backend: Any, backend_api: Any) -> None:
+    _, writes = await noisy_run(backend, backend_api, {})  # default tolerance 0.1
     assert writes == 0
-    status = gmx_status(emu)
+    status = gmx_status(backend)
     assert status["planBasis"]["requestsPerSecond"] == 10.0
 
 
-async def test_noisy_load_without_tolerance_flaps(emu: Any, api: Any) -> None:
+async def test_noisy_load_without_tolerance_flaps(backend: Any, backend_api: Any) -> None:
     """The same noise re-planned every time moves replicas back and forth (what the
     tolerance prevents)."""
-    _, writes = await noisy_run(emu, api, {"tolerance": 0.0})
+    _, writes = await noisy_run(backend, backend_api, {"tolerance": 0.0})
     assert writes >= 4
 
 
-async def test_load_change_beyond_tolerance_replans(emu: Any, api: Any) -> None:
-    cluster(emu)
-    emu.create(gpumix(load=[bucket(512, 128, 10.0)]))
-    async with running(api, settings(), solver=GreedySolver()):
-        await wait_for(lambda: replicas(emu, "llama-a40") == 2, what="the first plan")
-        set_load(emu, 10.9)  # +9 %: within the tolerance, kept
+async def test_load_change_beyond_tolerance_replans(backend: Any, backend_api: Any) -> None:
+    cluster(backend)
+    backend.create(gpumix(load=[bucket(512, 128, 10.0)]))
+    async with running(backend_api, settings(), solver=GreedySolver()):
+        await wait_for(lambda: replicas(backend, "llama-a40") == 2, what="the first plan")
+        set_load(backend, 10.9)  # +9 %: within the tolerance, kept
         await wait_for(
-            lambda: gmx_status(emu).get("load", {}).get("requestsPerSecond") == 10.9,
+            lambda: gmx_status(backend).get("load", {}).get("requestsPerSecond") == 10.9,
             what="the new load",
         )
-        assert replicas(emu, "llama-a40") == 2
-        set_load(emu, 11.5)  # +15 % of the load the plan was made for: re-planned
-        await wait_for(lambda: replicas(emu, "llama-a40") == 3, what="the re-plan")
+        assert replicas(backend, "llama-a40") == 2
+        set_load(backend, 11.5)  # +15 % of the load the plan was made for: re-planned
+        await wait_for(lambda: replicas(backend, "llama-a40") == 3, what="the re-plan")
         await wait_for(
-            lambda: gmx_status(emu).get("planBasis", {}).get("requestsPerSecond") == 11.5,
+            lambda: gmx_status(backend).get("planBasis", {}).get("requestsPerSecond") == 11.5,
             what="the new plan basis in the status",
         )
 
 
-async def test_standby_serves_the_leaders_plan_and_exports_no_plan_gauges(emu: Any) -> None:
-    cluster(emu)
-    emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}})
-    emu.create(gpumix(load=[bucket(512, 128, 10.0)]))
+async def test_standby_serves_the_leaders_plan_and_exports_no_plan_gauges(backend: Any) -> None:
+    cluster(backend)
+    backend.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}})
+    backend.create(gpumix(load=[bucket(512, 128, 10.0)]))
     lease = dict(
         leader_election=True,
         lease_duration_s=2.0,
@@ -115,12 +119,12 @@ async def test_standby_serves_the_leaders_plan_and_exports_no_plan_gauges(emu: A
         metrics_port=0,
     )
     async with (
-        emu.api_client() as api_a,
-        emu.api_client() as api_b,
+        backend.api_client() as api_a,
+        backend.api_client() as api_b,
         running(api_a, settings(identity="a", **lease), solver=GreedySolver()) as a,
     ):
         await wait_for(lambda: a.controller.can_write(), what="a leads")
-        await wait_for(lambda: replicas(emu, "llama-a40") == 2, what="a scales")
+        await wait_for(lambda: replicas(backend, "llama-a40") == 2, what="a scales")
         async with running(api_b, settings(identity="b", **lease), solver=GreedySolver()) as b:
             assert not b.controller.can_write()
             async with aiohttp.ClientSession() as http:
@@ -147,8 +151,8 @@ async def test_standby_serves_the_leaders_plan_and_exports_no_plan_gauges(emu: A
                 ):
                     assert name not in standby_metrics, name
                 # the leader re-plans: the standby follows the status
-                set_load(emu, 20.0)
-                await wait_for(lambda: replicas(emu, "llama-a40") == 4, what="a re-plans")
+                set_load(backend, 20.0)
+                await wait_for(lambda: replicas(backend, "llama-a40") == 4, what="a re-plans")
 
                 async def standby_follows() -> bool:
                     url = f"{b.controller.metrics_url}/metrics/default/llama-a40"
@@ -174,15 +178,15 @@ class Switch:
         await stop.wait()
 
 
-async def test_losing_leadership_clears_the_plan_gauges(emu: Any, api: Any) -> None:
+async def test_losing_leadership_clears_the_plan_gauges(backend: Any, backend_api: Any) -> None:
 
-    cluster(emu)
-    emu.create(gpumix(load=[bucket(512, 128, 10.0)]))
+    cluster(backend)
+    backend.create(gpumix(load=[bucket(512, 128, 10.0)]))
     switch = Switch()
     async with aiohttp.ClientSession() as session:
         ctl = Controller(
             settings(),
-            KubeClient(api),
+            KubeClient(backend_api),
             clock=time.time,
             session=session,
             solver=GreedySolver(),
@@ -191,7 +195,7 @@ async def test_losing_leadership_clears_the_plan_gauges(emu: Any, api: Any) -> N
         stop = asyncio.Event()
         loop = asyncio.create_task(ctl.work_loop(stop))
         try:
-            await wait_for(lambda: replicas(emu, "llama-a40") == 2, what="the leader's plan")
+            await wait_for(lambda: replicas(backend, "llama-a40") == 2, what="the leader's plan")
 
             def exported() -> str:
                 return generate_latest(ctl.metrics.registry).decode()
