@@ -46,7 +46,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -58,11 +59,11 @@ from gpumix.optimizer._engine import (
     FloatArray,
     NumericTrouble,
     Outcome,
-    _plan_value,
     clean_split,
     glop,
     optimal_within,
     out_of_time,
+    plan_value,
     solve_lp,
     with_bound,
 )
@@ -242,7 +243,7 @@ def _useful_caps(blk: Block) -> FloatArray:
     plan = np.maximum(blk.lb, np.ceil(load / blk.usable - 1e-9))
     if np.any(plan > out):
         return out
-    upper = _plan_value([blk], plan)
+    upper = plan_value([blk], plan)
     spare = upper - float(blk.cost @ blk.lb)
     with np.errstate(divide="ignore", invalid="ignore"):
         room = np.where(blk.cost > 0, np.floor(spare / blk.cost + 1e-9), np.inf)
@@ -482,119 +483,163 @@ def benders(
     ``NumericTrouble`` when a solver fails on the numbers."""
     start = clock()
     deadline = start + max(time_limit_s, 0.0)
-    need, usable = blk.need, blk.usable
-    fin = np.isfinite(need)
     caps = _useful_caps(blk)
-    lb = blk.lb
-    if np.any(lb > caps):
+    if np.any(blk.lb > caps):
         return Outcome("infeasible", (), (), math.nan, math.nan, 0)
-    enumerate_counts = _grid_size(lb, caps) <= ENUM_MAX
-    routing = _Routing(need, usable, _base_prices(blk), seed)
+    enumerate_counts = _grid_size(blk.lb, caps) <= ENUM_MAX
+    routing = _Routing(blk.need, blk.usable, _base_prices(blk), seed)
+    search = _Search(blk, routing, deadline, clock)
+    for prices in _start_prices(blk):
+        search.add_cut(prices)
+    if enumerate_counts:
+        search.enumeration = _Enumeration(blk, caps)
+    else:
+        search.master = _CpsatMaster(blk, caps, *_objective_scale(blk, caps), seed)
+    start_plan = _cheapest_plan(blk)
+    if start_plan is not None:  # a plan from the start: a limit never leaves none
+        search.found(*start_plan)
+    while max_rounds is None or search.rounds < max_rounds:
+        if search.settled():
+            break
+        remaining = deadline - clock()
+        if remaining <= 0 or search.effort >= master_effort:
+            break
+        search.rounds += 1
+        step = search.ask_master(remaining, master_effort)
+        if step == "infeasible":
+            return Outcome("infeasible", (), (), math.nan, math.nan, search.rounds)
+        if step == "stop":
+            break
+        if step == "again":
+            continue
+        n, others = step
+        if not search.examine(n, others):
+            break
+    best, bound, rounds = search.best, search.bound, search.rounds
+    if best is not None:
+        return with_bound(replace(best, bound=bound, nodes=rounds), bound)
+    return Outcome("unknown", (), (), math.nan, bound, rounds)
 
-    cuts: list[tuple[list[int], int]] = []
 
-    def add_cut(prices: FloatArray) -> None:
+_Candidates = tuple[FloatArray, list[FloatArray]]
+"""A master's answer and its earlier solutions to check after it, newest first."""
+
+
+@dataclass
+class _Search:
+    """The state of one count-space search: the cuts so far, the master that meets them,
+    the best plan found and the bound proven."""
+
+    blk: Block
+    routing: _Routing
+    deadline: float
+    clock: Callable[[], float]
+    enumeration: _Enumeration | None = None
+    master: _CpsatMaster | None = None
+    cuts: list[tuple[list[int], int]] = field(default_factory=list)
+    bound: float = -math.inf
+    rounds: int = 0
+    effort: float = 0.0  # the CP-SAT master's deterministic time so far
+    hint: list[int] | None = None
+    best: Outcome | None = None  # the cheapest plan found to fit
+    cutoff: float = math.inf  # the master seeks only plans cheaper than this
+    patient: bool = False  # the next master gets the whole budget (after a plan, or an empty slice)
+
+    def add_cut(self, prices: FloatArray) -> None:
+        """The cut of ``prices`` on the counts, scaled to integers (module docstring)."""
         top = float(prices.max()) if prices.size else 0.0
         if top <= 0:
             return
         p = prices / top
-        phi = _cheapest_routing(need, fin, p)[0]
+        phi = _cheapest_routing(self.routing.need, self.routing.fin, p)[0]
         if not math.isfinite(phi) or phi <= 0:
             return
-        coef = [math.ceil(CUT_SCALE * usable * float(x)) for x in p]
+        coef = [math.ceil(CUT_SCALE * self.blk.usable * float(x)) for x in p]
         rhs = math.ceil(CUT_SCALE * phi * (1 - 1e-12) - 1e-6)
         if rhs > 0:
-            cuts.append((coef, rhs))
+            self.cuts.append((coef, rhs))
 
-    for prices in _start_prices(blk):
-        add_cut(prices)
-
-    enumeration = _Enumeration(blk, caps) if enumerate_counts else None
-    master = None if enumeration else _CpsatMaster(blk, caps, *_objective_scale(blk, caps), seed)
-    bound = -math.inf
-    rounds = 0
-    effort = 0.0
-    hint: list[int] | None = None
-    best: Outcome | None = None  # the cheapest plan found to fit
-    cutoff = math.inf  # the master seeks only plans cheaper than this
-    patient = False  # the next master gets the whole budget (after a plan, or an empty slice)
-
-    def found(n: FloatArray, split: FloatArray) -> bool:
+    def found(self, n: FloatArray, split: FloatArray) -> bool:
         """Keep a plan that fits if it is the best so far; whether it was."""
-        nonlocal best
-        value = _plan_value([blk], n)
+        value = plan_value([self.blk], n)
+        best = self.best
         if best is not None and value >= best.objective - optimal_within(best.objective):
             return False
         reps = tuple(round(x) for x in n)
-        best = Outcome("feasible", (reps,), (split,), value, bound, rounds)
+        self.best = Outcome("feasible", (reps,), (split,), value, self.bound, self.rounds)
         return True
 
-    start_plan = _cheapest_plan(blk)
-    if start_plan is not None:  # a plan from the start: a limit never leaves none
-        found(*start_plan)
-    while max_rounds is None or rounds < max_rounds:
-        if best is not None and bound >= best.objective - optimal_within(best.objective):
-            break
-        remaining = deadline - clock()
-        if remaining <= 0 or effort >= master_effort:
-            break
-        rounds += 1
-        others: list[FloatArray] = []
-        if master is None:
-            assert enumeration is not None
-            answer = enumeration.best(cuts)
+    def settled(self) -> bool:
+        """Whether the bound has reached the best plan (proven optimal)."""
+        best = self.best
+        return best is not None and self.bound >= best.objective - optimal_within(best.objective)
+
+    def ask_master(
+        self, remaining: float, master_effort: float
+    ) -> _Candidates | Literal["infeasible", "stop", "again"]:
+        """The master's next count vectors to check, or what to do instead: "infeasible"
+        (no plan exists), "stop" (the search is over) or "again" (ask once more)."""
+        if self.master is None:
+            assert self.enumeration is not None
+            answer = self.enumeration.best(self.cuts)
             if answer is None:  # (the best plan found meets every cut, so none yet)
-                return Outcome("infeasible", (), (), math.nan, math.nan, rounds)
+                return "infeasible"
             n, low = answer
-            bound = max(bound, low)
-        else:
-            master.add_cuts(cuts)
-            if best is not None and best.objective < cutoff:
-                cutoff = best.objective
-                master.below(cutoff)
-            # a short slice of work finds good candidates; proofs only when needed
-            work = master_effort - effort
-            reply = master.solve(hint, remaining, work if patient else min(work, MASTER_SLICE))
-            effort += reply.effort
-            bound = max(bound, reply.bound)
-            if reply.state == "infeasible":  # nothing fits, or nothing beats the best
-                if best is None:
-                    return Outcome("infeasible", (), (), math.nan, math.nan, rounds)
-                bound = best.objective
-                break
-            if reply.counts is None:  # the slice found nothing: give it all
-                if patient:
-                    break
-                patient = True
-                continue
-            n = reply.counts
-            hint = [int(x) for x in n]
-            others = reply.pool[-1 - POOL_CHECKS : -1][::-1]
-        result = routing.check(n, deadline, clock)
+            self.bound = max(self.bound, low)
+            return n, []
+        master = self.master
+        master.add_cuts(self.cuts)
+        if self.best is not None and self.best.objective < self.cutoff:
+            self.cutoff = self.best.objective
+            master.below(self.cutoff)
+        # a short slice of work finds good candidates; proofs only when needed
+        work = master_effort - self.effort
+        reply = master.solve(
+            self.hint, remaining, work if self.patient else min(work, MASTER_SLICE)
+        )
+        self.effort += reply.effort
+        self.bound = max(self.bound, reply.bound)
+        if reply.state == "infeasible":  # nothing fits, or nothing beats the best
+            if self.best is None:
+                return "infeasible"
+            self.bound = self.best.objective
+            return "stop"
+        if reply.counts is None:  # the slice found nothing: give it all
+            if self.patient:
+                return "stop"
+            self.patient = True
+            return "again"
+        self.hint = [int(x) for x in reply.counts]
+        return reply.counts, reply.pool[-1 - POOL_CHECKS : -1][::-1]
+
+    def examine(self, n: FloatArray, others: list[FloatArray]) -> bool:
+        """Check the master's answer ``n``, then (when it does not fit) its earlier
+        solutions ``others``: each that fits is a plan, each that does not adds its cut.
+        False when the search must stop (the deadline, or a plan the cutoff cannot tell
+        from the best one)."""
+        result = self.routing.check(n, self.deadline, self.clock)
         if result is None:
-            break
-        patient = False
+            return False
+        self.patient = False
         if result.fits:
             assert result.split is not None
-            if not found(n, result.split):
-                break  # the cutoff cannot tell it from the best plan (coarse scaling)
-            patient = True  # the cutoff now asks the master for cheaper plans
-            continue
-        add_cut(result.prices)
+            if not self.found(n, result.split):
+                return False  # the cutoff cannot tell it from the best plan (coarse scaling)
+            self.patient = True  # the cutoff now asks the master for cheaper plans
+            return True
+        self.add_cut(result.prices)
         for cand in others:  # the master's earlier solutions, newest first
-            if _violates(cuts, cand):
+            if _violates(self.cuts, cand):
                 continue
-            more = routing.check(cand, deadline, clock)
+            more = self.routing.check(cand, self.deadline, self.clock)
             if more is None:
                 break
             if more.fits:
                 assert more.split is not None
-                found(cand, more.split)
+                self.found(cand, more.split)
             else:
-                add_cut(more.prices)
-    if best is not None:
-        return with_bound(replace(best, bound=bound, nodes=rounds), bound)
-    return Outcome("unknown", (), (), math.nan, bound, rounds)
+                self.add_cut(more.prices)
+        return True
 
 
 def _violates(cuts: list[tuple[list[int], int]], n: FloatArray) -> bool:

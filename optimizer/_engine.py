@@ -317,7 +317,9 @@ class _Lp:
         return out
 
 
-def _plan_value(blocks: Sequence[Block], n: FloatArray) -> float:
+def plan_value(blocks: Sequence[Block], n: FloatArray) -> float:
+    """The objective of replica counts ``n`` (all blocks' counts in one vector): each
+    replica's cost plus the churn weight per replica of change."""
     total = 0.0
     k = 0
     for blk in blocks:
@@ -368,89 +370,136 @@ def branch_and_bound(
     lp = _Lp(blocks, pools, seed)
     lb0 = np.concatenate([b.lb for b in blocks]) if blocks else np.zeros(0)
     ub0 = np.concatenate([b.ub for b in blocks]) if blocks else np.zeros(0)
-    best_val = math.inf
-    best_n: FloatArray | None = None
-    best_f: list[FloatArray] = []
-    if incumbent is not None and incumbent.replicas:
-        best_val = incumbent.objective
-        best_n = np.array([x for r in incumbent.replicas for x in r], dtype=float)
-        best_f = list(incumbent.fractions)
-    heap: list[tuple[float, int, int, _Node]] = []
-    counter = 0
-    heapq.heappush(heap, (-math.inf, 0, counter, _Node(lb0, ub0)))
+    best = _Incumbent.of(incumbent)
+    queue = _NodeQueue(_Node(lb0, ub0))
     nodes = 0
     timed_out = False
     root_infeasible = False
-    open_bound = math.inf
-
-    def tol(v: float) -> float:
-        return optimal_within(v) if math.isfinite(v) else 0.0
-
-    while heap:
-        bound, neg_depth, _, node = heap[0]
-        if bound >= best_val - tol(best_val):
-            heapq.heappop(heap)
+    while queue.heap:
+        bound, neg_depth, _, node = queue.heap[0]
+        if bound >= best.value - _tol(best.value):
+            heapq.heappop(queue.heap)
             continue
         if nodes >= max_nodes or clock() > deadline:
             timed_out = True
             break
-        heapq.heappop(heap)
+        heapq.heappop(queue.heap)
         nodes += 1
         lp.set_bounds(node)
         state, value = lp.solve(deadline, clock)
         if state == "timeout":
-            counter += 1
-            heapq.heappush(heap, (bound, neg_depth, counter, node))
+            queue.push(bound, neg_depth, node)
             timed_out = True
             break
         if state == "infeasible":
-            if nodes == 1:
-                root_infeasible = True
+            root_infeasible = root_infeasible or nodes == 1
             continue
-        if value >= best_val - tol(best_val):
+        if value >= best.value - _tol(best.value):
             continue
         n = lp.replicas()
-        # incumbent heuristic: round every replica count up (the same split still fits)
+        best.try_rounded(blocks, pools, node, n, lp)
+        for child in _children(node, n):
+            queue.push(value, neg_depth - 1, child)
+    return best.outcome(blocks, queue, nodes, timed_out, root_infeasible)
+
+
+def _tol(v: float) -> float:
+    """``optimal_within`` of a value that may be infinite (no plan yet: no tolerance)."""
+    return optimal_within(v) if math.isfinite(v) else 0.0
+
+
+class _NodeQueue:
+    """Open nodes, best bound first, then deepest, then oldest."""
+
+    def __init__(self, root: _Node) -> None:
+        self.heap: list[tuple[float, int, int, _Node]] = [(-math.inf, 0, 0, root)]
+        self.counter = 0
+
+    def push(self, bound: float, neg_depth: int, node: _Node) -> None:
+        self.counter += 1
+        heapq.heappush(self.heap, (bound, neg_depth, self.counter, node))
+
+    def open_bound(self) -> float:
+        return min((b for b, _, _, _ in self.heap), default=math.inf)
+
+
+def _children(node: _Node, n: FloatArray) -> list[_Node]:
+    """The two nodes that split ``node`` on its most fractional replica count in the LP
+    solution ``n`` (none when every count is integer: the rounded plan is its optimum)."""
+    frac = np.abs(n - np.round(n))
+    if np.all(frac <= INT_TOL):
+        return []
+    score = np.minimum(n - np.floor(n), np.ceil(n) - n)
+    k = int(np.argmax(np.where(frac > INT_TOL, score + 1e-3, -1.0)))
+    lo_ub = node.ub.copy()
+    lo_ub[k] = math.floor(n[k])
+    hi_lb = node.lb.copy()
+    hi_lb[k] = math.ceil(n[k])
+    return [_Node(node.lb, lo_ub), _Node(hi_lb, node.ub)]
+
+
+@dataclass
+class _Incumbent:
+    """The branch-and-bound's best plan so far (none: ``value`` is inf)."""
+
+    value: float
+    n: FloatArray | None
+    fractions: list[FloatArray]
+
+    @staticmethod
+    def of(start: Outcome | None) -> _Incumbent:
+        if start is not None and start.replicas:
+            n = np.array([x for r in start.replicas for x in r], dtype=float)
+            return _Incumbent(start.objective, n, list(start.fractions))
+        return _Incumbent(math.inf, None, [])
+
+    def try_rounded(
+        self,
+        blocks: Sequence[Block],
+        pools: Sequence[PoolRow],
+        node: _Node,
+        n: FloatArray,
+        lp: _Lp,
+    ) -> None:
+        """The incumbent heuristic: every replica count of the node LP's solution ``n``
+        rounded up (the same split still fits), kept when it is cheaper."""
         up = np.minimum(np.ceil(n - INT_TOL), node.ub)
         up = np.maximum(up, node.lb)
-        val = _plan_value(blocks, up)
-        if val < best_val - tol(best_val):
+        val = plan_value(blocks, up)
+        if val < self.value - _tol(self.value):
             fr = lp.fractions()
             if _fits(blocks, pools, up, fr):
-                best_val, best_n, best_f = val, up, fr
-        frac = np.abs(n - np.round(n))
-        if np.all(frac <= INT_TOL):
-            continue  # the rounded plan above is this node's optimum
-        # branch on the most fractional replica count, weighted by its cost
-        score = np.minimum(n - np.floor(n), np.ceil(n) - n)
-        k = int(np.argmax(np.where(frac > INT_TOL, score + 1e-3, -1.0)))
-        lo_ub = node.ub.copy()
-        lo_ub[k] = math.floor(n[k])
-        hi_lb = node.lb.copy()
-        hi_lb[k] = math.ceil(n[k])
-        for child in (_Node(node.lb, lo_ub), _Node(hi_lb, node.ub)):
-            counter += 1
-            heapq.heappush(heap, (value, neg_depth - 1, counter, child))
-    if timed_out:
-        open_bound = min((b for b, _, _, _ in heap), default=math.inf)
-    if best_n is None:
-        if root_infeasible or (not timed_out):
-            return Outcome("infeasible", (), (), math.nan, math.nan, nodes)
-        return Outcome("unknown", (), (), math.nan, open_bound, nodes)
-    bound = best_val if not timed_out else min(open_bound, best_val)
-    status = "feasible" if timed_out and bound < best_val - tol(best_val) else "optimal"
-    if timed_out and status == "optimal":
-        bound = best_val
-    reps: list[tuple[int, ...]] = []
-    k = 0
-    for blk in blocks:
-        g_count = blk.cost.size
-        reps.append(tuple(round(x) for x in best_n[k : k + g_count]))
-        k += g_count
-    return Outcome(status, tuple(reps), tuple(best_f), best_val, bound, nodes)
+                self.value, self.n, self.fractions = val, up, fr
+
+    def outcome(
+        self,
+        blocks: Sequence[Block],
+        queue: _NodeQueue,
+        nodes: int,
+        timed_out: bool,
+        root_infeasible: bool,
+    ) -> Outcome:
+        """The search's result: its best plan with the bound the open nodes prove."""
+        open_bound = queue.open_bound() if timed_out else math.inf
+        if self.n is None:
+            if root_infeasible or (not timed_out):
+                return Outcome("infeasible", (), (), math.nan, math.nan, nodes)
+            return Outcome("unknown", (), (), math.nan, open_bound, nodes)
+        best_val = self.value
+        bound = best_val if not timed_out else min(open_bound, best_val)
+        status = "feasible" if timed_out and bound < best_val - _tol(best_val) else "optimal"
+        if timed_out and status == "optimal":
+            bound = best_val
+        reps: list[tuple[int, ...]] = []
+        k = 0
+        for blk in blocks:
+            g_count = blk.cost.size
+            reps.append(tuple(round(x) for x in self.n[k : k + g_count]))
+            k += g_count
+        return Outcome(status, tuple(reps), tuple(self.fractions), best_val, bound, nodes)
 
 
-def _forced_minimums(blk: Block) -> Block:
+def forced_minimums(blk: Block) -> Block:
     """Raise each type's minimum to the replicas the buckets only it can serve need (an
     exact tightening: every plan carries that load on that type)."""
     if blk.need.size == 0:
@@ -537,11 +586,27 @@ def two_types(blk: Block) -> Outcome | None:
     vals = c0 * n0 + ch * np.abs(n0 - cur0) + h1(m1)
     i = int(np.argmin(vals))  # the first minimum: the fewest type-0 replicas on ties
     best = (float(n0[i]), float(m1[i]))
-    x0 = best[0]
+    room0 = min(max(best[0] * u - a0, 0.0), total0)  # type-0 capacity for shared buckets
+    f = _two_type_split(need, order, only0, only1, room0)
+    reps = (round(best[0]), round(best[1]))
+    value = plan_value([blk], np.array(best))  # summed as everywhere else
+    return Outcome("optimal", (reps,), (f,), value, value, 1)
+
+
+def _two_type_split(
+    need: FloatArray,
+    order: npt.NDArray[np.intp],
+    only0: npt.NDArray[np.bool_],
+    only1: npt.NDArray[np.bool_],
+    room: float,
+) -> FloatArray:
+    """The routing of ``two_types``' plan: the buckets only one type serves on it, and
+    the shared buckets, in ``order``, on type 0 while its ``room`` (the capacity its
+    own buckets leave, at most their load) lasts, the rest on type 1."""
     f = np.zeros(need.shape)
     f[only0, 0] = 1.0
     f[only1, 1] = 1.0
-    left = min(max(x0 * u - a0, 0.0), total0)
+    left = room
     for b in order.tolist():
         w = float(need[b, 0])
         take = (min(1.0, left / w) if w > 0 else 1.0) if left > 0 else 0.0
@@ -550,9 +615,7 @@ def two_types(blk: Block) -> Outcome | None:
         f[b, 0] = take
         f[b, 1] = 1.0 - take
         left = max(left - take * w, 0.0)
-    reps = (round(best[0]), round(best[1]))
-    value = _plan_value([blk], np.array(best))  # summed as everywhere else
-    return Outcome("optimal", (reps,), (f,), value, value, 1)
+    return f
 
 
 def _add_churn(s: Any, obj: Any, v: Any, current: float, weight: float) -> None:

@@ -24,8 +24,8 @@ from gpumix.optimizer._engine import (
     NumericTrouble,
     Outcome,
     PoolRow,
-    _forced_minimums,
     branch_and_bound,
+    forced_minimums,
     two_types,
 )
 
@@ -54,7 +54,7 @@ def search(
         if exact is not None:
             return exact
     # an exact tightening; it helps the search (measured)
-    blocks = [_forced_minimums(b) for b in blocks]
+    blocks = [forced_minimums(b) for b in blocks]
     if any(np.any(b.lb > b.ub) for b in blocks):
         return Outcome("infeasible", (), (), math.nan, math.nan, 0)
     if single and blocks[0].cost.size >= 3:

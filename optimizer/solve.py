@@ -604,6 +604,32 @@ def solve_joint(
     gap unless it is 0); ``gap_limit=0`` searches until the node budget or time limit.
     """
     start = clock()
+    errs = _joint_errors(problems, pool, time_limit_s, gap_limit)
+    if errs:
+        return JointResult(
+            Status.INVALID, runtime_s=clock() - start, reason="invalid problem", errors=tuple(errs)
+        )
+    blocks, merged, reasons = _joint_blocks(problems, pool)
+    if reasons:
+        return JointResult(Status.INFEASIBLE, runtime_s=clock() - start, reason="; ".join(reasons))
+    rows = _pool_rows(problems, pool)
+    try:
+        cells = sum(len(p.buckets) * len(p.gpus) for p in problems)
+        deadline = start + time_limit_s - _reserve(time_limit_s, cells)
+        out = _joint_search(problems, pool, blocks, rows, deadline, seed, clock, gap_limit)
+    except NumericTrouble as exc:
+        return JointResult(
+            Status.NUMERIC_ERROR, runtime_s=clock() - start, reason=_numeric_reason(exc)
+        )
+    if isinstance(out, JointResult):
+        return replace(out, runtime_s=clock() - start)
+    return _joint_result(problems, pool, merged, out, start, clock)
+
+
+def _joint_errors(
+    problems: Sequence[Problem], pool: Pool, time_limit_s: float, gap_limit: float
+) -> list[str]:
+    """What makes a joint problem invalid, each naming its field (empty: valid)."""
     errs = list(_limit_errors(time_limit_s))
     if not _finite_nonneg(gap_limit) or not gap_limit < 1:
         errs.append(f"gap_limit: must be in [0, 1), got {gap_limit!r}")
@@ -619,11 +645,14 @@ def solve_joint(
     for name, v in pool.gpus.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             errs.append(f"pool[{name}]: must be an integer >= 0, got {v!r}")
-    if errs:
-        return JointResult(
-            Status.INVALID, runtime_s=clock() - start, reason="invalid problem", errors=tuple(errs)
-        )
-    # pool caps also bound each model on its own
+    return errs
+
+
+def _joint_blocks(
+    problems: Sequence[Problem], pool: Pool
+) -> tuple[list[Block], list[list[list[int]]], list[str]]:
+    """Each model's block (the pool's caps also bound each model on its own), its merged
+    buckets, and why models cannot be planned even alone (empty: none)."""
     reasons = []
     blocks: list[Block] = []
     merged: list[list[list[int]]] = []
@@ -638,8 +667,11 @@ def solve_joint(
         need, members = _merge_buckets(p)
         blocks.append(_block(p, need, extra))
         merged.append(members)
-    if reasons:
-        return JointResult(Status.INFEASIBLE, runtime_s=clock() - start, reason="; ".join(reasons))
+    return blocks, merged, reasons
+
+
+def _pool_rows(problems: Sequence[Problem], pool: Pool) -> list[PoolRow]:
+    """One row per pooled GPU type that some model uses: its GPUs summed over the models."""
     rows = []
     for name in sorted(pool.gpus):
         terms = tuple(
@@ -650,16 +682,18 @@ def solve_joint(
         )
         if terms:
             rows.append(PoolRow(float(pool.gpus[name]), terms))
-    try:
-        cells = sum(len(p.buckets) * len(p.gpus) for p in problems)
-        deadline = start + time_limit_s - _reserve(time_limit_s, cells)
-        out = _joint_search(problems, pool, blocks, rows, deadline, seed, clock, gap_limit)
-    except NumericTrouble as exc:
-        return JointResult(
-            Status.NUMERIC_ERROR, runtime_s=clock() - start, reason=_numeric_reason(exc)
-        )
-    if isinstance(out, JointResult):
-        return replace(out, runtime_s=clock() - start)
+    return rows
+
+
+def _joint_result(
+    problems: Sequence[Problem],
+    pool: Pool,
+    merged: Sequence[list[list[int]]],
+    out: Outcome,
+    start: float,
+    clock: Clock,
+) -> JointResult:
+    """The ``JointResult`` of the joint search's outcome, one ``Result`` per model."""
     runtime = clock() - start
     if out.status in ("infeasible", "unknown"):
         st = Status.INFEASIBLE if out.status == "infeasible" else Status.UNKNOWN
@@ -702,10 +736,45 @@ def _joint_search(
 ) -> Outcome | JointResult:
     """Steps 1-4 of the joint search (see ``solve_joint``) within ``deadline``: the final
     outcome, or a ``JointResult`` when a step settles it (runtime filled in by the caller)."""
-    # 1. each model alone (the pool only as a per-model cap): a relaxation, so the sum of
-    #    their bounds is a valid bound, and if their plans fit the pool they are optimal
-    #    (each model gets an equal share of the time left, so a hard one cannot starve
-    #    the others: a time-limited search still returns a plan and a bound)
+    alone = _each_alone(problems, pool, blocks, deadline, seed, clock)
+    if isinstance(alone, JointResult):
+        return alone
+    lower = sum(o.bound for o in alone) if all(math.isfinite(o.bound) for o in alone) else -math.inf
+    incumbent = _combine(alone) if all(o.replicas for o in alone) else None
+    if incumbent is not None and not _pool_ok(blocks, rows, incumbent):
+        incumbent, lower = _repair(blocks, rows, lower, deadline, seed, clock, gap_limit)
+    nodes = sum(o.nodes for o in alone)
+    exact = settled = False
+    if incumbent is not None and _pool_ok(blocks, rows, incumbent):
+        exact = incumbent.objective <= lower + optimal_within(lower)
+        settled = exact or incumbent.objective - lower <= gap_limit * abs(incumbent.objective)
+    if settled and incumbent is not None:
+        # proven optimal, or within the gap limit: the joint search would not pay
+        return Outcome(
+            "optimal" if exact else "feasible",
+            incumbent.replicas,
+            incumbent.fractions,
+            incumbent.objective,
+            incumbent.objective if exact else lower,
+            nodes,
+        )
+    return _last_step(blocks, rows, incumbent, lower, nodes, deadline, seed, clock)
+
+
+def _each_alone(
+    problems: Sequence[Problem],
+    pool: Pool,
+    blocks: Sequence[Block],
+    deadline: float,
+    seed: int,
+    clock: Clock,
+) -> list[Outcome] | JointResult:
+    """Step 1: each model alone (the pool only as a per-model cap), or the ``JointResult``
+    when time runs out first or some model cannot be planned even alone.
+
+    A relaxation, so the sum of their bounds is a valid bound, and if their plans fit the
+    pool they are optimal. Each model gets an equal share of the time left, so a hard one
+    cannot starve the others: a time-limited search still returns a plan and a bound."""
     alone = []
     for m, blk in enumerate(blocks):
         rest = deadline - clock()
@@ -726,64 +795,73 @@ def _joint_search(
                 [problems[m] for m, o in enumerate(alone) if o.status == "infeasible"], pool
             ),
         )
-    lower = sum(o.bound for o in alone) if all(math.isfinite(o.bound) for o in alone) else -math.inf
-    incumbent = _combine(alone) if all(o.replicas for o in alone) else None
-    if incumbent is not None and not _pool_ok(blocks, rows, incumbent):
-        # 2. repair: plan the models one after another within what the pool has left
-        incumbent = _sequential(blocks, rows, deadline, seed, clock)
-        # 3. price the pooled GPUs (Lagrangian relaxation of the pool rows): a better
-        #    bound, and plans that may fit the pool more cheaply
-        budget = clock() + 0.5 * (deadline - clock())
-        lag_bound, lag_plan = _lagrangian(
-            blocks, rows, incumbent, budget, seed, clock, gap_limit=gap_limit
-        )
-        lower = max(lower, lag_bound)
-        if lag_plan is not None and (incumbent is None or lag_plan.objective < incumbent.objective):
-            incumbent = lag_plan
-    exact = settled = False
-    if incumbent is not None and _pool_ok(blocks, rows, incumbent):
-        exact = incumbent.objective <= lower + optimal_within(lower)
-        settled = exact or incumbent.objective - lower <= gap_limit * abs(incumbent.objective)
-    if settled and incumbent is not None:
-        # proven optimal, or within the gap limit: the joint search would not pay
+    return alone
+
+
+def _repair(
+    blocks: Sequence[Block],
+    rows: Sequence[PoolRow],
+    lower: float,
+    deadline: float,
+    seed: int,
+    clock: Clock,
+    gap_limit: float,
+) -> tuple[Outcome | None, float]:
+    """Steps 2 and 3, when the models' own plans do not fit the pool together: the best
+    plan that does (None when none was found) and the best bound (at least ``lower``)."""
+    # 2. plan the models one after another within what the pool has left
+    incumbent = _sequential(blocks, rows, deadline, seed, clock)
+    # 3. price the pooled GPUs (Lagrangian relaxation of the pool rows): a better bound,
+    #    and plans that may fit the pool more cheaply
+    budget = clock() + 0.5 * (deadline - clock())
+    lag_bound, lag_plan = _lagrangian(
+        blocks, rows, incumbent, budget, seed, clock, gap_limit=gap_limit
+    )
+    lower = max(lower, lag_bound)
+    if lag_plan is not None and (incumbent is None or lag_plan.objective < incumbent.objective):
+        incumbent = lag_plan
+    return incumbent, lower
+
+
+def _last_step(
+    blocks: Sequence[Block],
+    rows: Sequence[PoolRow],
+    incumbent: Outcome | None,
+    lower: float,
+    nodes: int,
+    deadline: float,
+    seed: int,
+    clock: Clock,
+) -> Outcome:
+    """Step 4: the joint search from the best plan so far (``nodes`` spent before it): a
+    bounded column-generation search when there is one (a full MIP rarely finds a better
+    pooled plan), the full search otherwise. Its bound is at least ``lower``."""
+    rest = deadline - clock()
+    if rest <= 0 and incumbent is not None and _pool_ok(blocks, rows, incumbent):
         out = Outcome(
-            "optimal" if exact else "feasible",
+            "feasible",
             incumbent.replicas,
             incumbent.fractions,
             incumbent.objective,
-            incumbent.objective if exact else lower,
-            sum(o.nodes for o in alone),
+            lower,
+            nodes,
+        )
+    elif incumbent is not None:
+        out = branch_and_bound(
+            blocks,
+            rows,
+            time_limit_s=rest,
+            seed=seed,
+            clock=clock,
+            max_nodes=JOINT_NODES,
+            incumbent=incumbent,
         )
     else:
-        # 4. the joint search from the best plan so far: a bounded column-generation
-        #    search when there is one (a full MIP rarely finds a better pooled plan), the
-        #    full search otherwise
-        rest = deadline - clock()
-        if rest <= 0 and incumbent is not None and _pool_ok(blocks, rows, incumbent):
-            out = Outcome(
-                "feasible",
-                incumbent.replicas,
-                incumbent.fractions,
-                incumbent.objective,
-                lower,
-                sum(o.nodes for o in alone),
-            )
-        elif incumbent is not None:
-            out = branch_and_bound(
-                blocks,
-                rows,
-                time_limit_s=rest,
-                seed=seed,
-                clock=clock,
-                max_nodes=JOINT_NODES,
-                incumbent=incumbent,
-            )
-        else:
-            out = search(blocks, rows, time_limit_s=rest, seed=seed, clock=clock)
-        if out.replicas and math.isfinite(lower) and out.status == "feasible":
-            out = with_bound(out, max(out.bound, lower))
-        elif not out.replicas and out.status == "unknown":
-            out = Outcome("unknown", (), (), math.nan, max(out.bound, lower), out.nodes)
+        out = search(blocks, rows, time_limit_s=rest, seed=seed, clock=clock)
+    if out.replicas and math.isfinite(lower) and out.status == "feasible":
+        out = with_bound(out, max(out.bound, lower))
+    elif not out.replicas and out.status == "unknown":
+        out = Outcome("unknown", (), (), math.nan, max(out.bound, lower), out.nodes)
     return out
 
 

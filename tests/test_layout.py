@@ -2,9 +2,7 @@
 reaching into another's private names.
 
 The pure core is what the import contract "The pure core does not do I/O" in
-pyproject.toml names, so the two lists cannot drift apart. Each exception is listed
-here with its reason; an entry that no longer applies fails the test too, so the lists
-only shrink.
+pyproject.toml names, so the two lists cannot drift apart. There are no exceptions.
 """
 
 from __future__ import annotations
@@ -17,39 +15,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = REPO_ROOT / "gpumix"
 MAX_FUNCTION_LINES = 80
-
-LONG_FUNCTIONS_ALLOWED = {
-    "gpumix.optimizer._benders.benders": (
-        "one count-space search loop whose master problem, routing check and cuts share "
-        "the loop's state; splitting it means a search-state object first"
-    ),
-    "gpumix.optimizer._engine.branch_and_bound": (
-        "the branch-and-bound loop with its node queue, incumbent and HiGHS hand-over "
-        "in one place; same split pending as benders"
-    ),
-    "gpumix.optimizer._engine.two_types": (
-        "the two-type enumeration: 3 lines over; split together with branch_and_bound"
-    ),
-    "gpumix.optimizer.solve._joint_search": (
-        "the joint step's search under one deadline (time shares per model, then the joint "
-        "bound); split together with solve_joint"
-    ),
-    "gpumix.optimizer.solve.solve_joint": (
-        "the joint model build and solve; split into model building and result reading "
-        "together with the other optimizer loops"
-    ),
-}
-"""Qualified function name -> why it is still longer than MAX_FUNCTION_LINES."""
-
-PRIVATE_IMPORTS_ALLOWED = {
-    ("gpumix.optimizer._benders", "gpumix.optimizer._engine", "_plan_value"): (
-        "between the optimizer's private modules (the package exports none of them)"
-    ),
-    ("gpumix.optimizer._search", "gpumix.optimizer._engine", "_forced_minimums"): (
-        "between the optimizer's private modules (the package exports none of them)"
-    ),
-}
-"""(importing module, imported module, name) -> why the private name is imported."""
 
 
 def module_file(module: str) -> Path:
@@ -178,14 +143,11 @@ def test_the_pure_core_is_found() -> None:
 
 
 def test_no_long_functions_in_the_pure_core() -> None:
-    found = long_functions(pure_core())
-    over = {n: v for n, v in found.items() if n not in LONG_FUNCTIONS_ALLOWED}
+    over = long_functions(pure_core())
     assert not over, "functions over {} lines in the pure core (split them):\n{}".format(
         MAX_FUNCTION_LINES,
         "\n".join(f"  {where} {name}: {lines} lines" for name, (lines, where) in over.items()),
     )
-    stale = sorted(set(LONG_FUNCTIONS_ALLOWED) - set(found))
-    assert not stale, f"no longer over the limit, take them off the list: {stale}"
 
 
 def test_the_function_length_check_sees_long_functions(tmp_path: Path) -> None:
@@ -196,10 +158,7 @@ def test_the_function_length_check_sees_long_functions(tmp_path: Path) -> None:
 
 
 def test_no_private_names_imported_across_modules() -> None:
-    found = private_imports()
-    bad = {k: v for k, v in found.items() if k not in PRIVATE_IMPORTS_ALLOWED}
+    bad = private_imports()
     assert not bad, "private names used from another module (make them public or move them):\n" + (
         "\n".join(f"  {where}: {imp} uses {mod}.{name}" for (imp, mod, name), where in bad.items())
     )
-    stale = sorted(set(PRIVATE_IMPORTS_ALLOWED) - set(found))
-    assert not stale, f"no longer imported, take them off the list: {stale}"

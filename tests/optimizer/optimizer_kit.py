@@ -17,8 +17,8 @@ from gpumix.optimizer._engine import (
     Outcome,
     PoolRow,
     _add_churn,
-    _plan_value,
     clean_split,
+    plan_value,
 )
 
 TOL = 1e-6
@@ -253,7 +253,7 @@ def full_mip(
         for b, g, v in cols[m]:
             f[b, g] = max(v.solution_value(), 0.0)
         fracs.append(clean_split(f))
-    value = _plan_value(blocks, np.array([x for r in reps for x in r], dtype=float))
+    value = plan_value(blocks, np.array([x for r in reps for x in r], dtype=float))
     bound = float(obj.BestBound())
     status = "optimal" if st == pywraplp.Solver.OPTIMAL else "feasible"
     if status == "optimal":
