@@ -58,10 +58,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from aiohttp import web  # noqa: E402
 from bench_webhook import (  # noqa: E402
-    GPU_TYPES,
     WRK_SCRIPT,
+    cluster,
     deployment,
-    hpa,
     request_mix,
     require_wrk,
 )
@@ -75,32 +74,6 @@ from gpumix.webhook.server import StaticSource, WebhookState, make_server, parse
 from gpumix.webhook.wire import json_bytes, parse_review, to_response  # noqa: E402
 
 Obj = dict[str, Any]
-
-
-def cluster(deployments: int, namespaces: int) -> list[Obj]:
-    """The objects bench_webhook.py puts in its emulator, as a list."""
-    objects: list[Obj] = []
-    per_ns = max(deployments // namespaces, 1)
-    for n in range(namespaces):
-        ns = f"team-{n:03d}"
-        objects.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-        for i in range(per_ns):
-            model, gpu = f"model-{i // len(GPU_TYPES)}", GPU_TYPES[i % len(GPU_TYPES)]
-            name = f"{model}-{gpu.split('-')[1].lower()}"
-            objects.append(deployment(ns, name, model, gpu, isolated=True))
-            if i % 10 == 0:
-                objects.append(hpa(ns, name, name, 8))
-    for i in range(50):
-        gpu = GPU_TYPES[i % len(GPU_TYPES)]
-        objects.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {"name": f"gpu-node-{i}", "labels": {"nvidia.com/gpu.product": gpu}},
-                "status": {"allocatable": {"nvidia.com/gpu": "8", "cpu": "96"}},
-            }
-        )
-    return objects
 
 
 @dataclass

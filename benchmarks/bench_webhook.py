@@ -119,21 +119,22 @@ def hpa(ns: str, name: str, target: str, max_replicas: int | None) -> Obj:
     }
 
 
-def populate(emu: Emulator, deployments: int, namespaces: int) -> None:
-    emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}})
+def cluster(deployments: int, namespaces: int) -> list[Obj]:
+    """The benchmark's cluster: Namespaces, GPU Deployments (an HPA per ten) and 50 GPU Nodes."""
+    objects: list[Obj] = []
     per_ns = max(deployments // namespaces, 1)
     for n in range(namespaces):
         ns = f"team-{n:03d}"
-        emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        objects.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
         for i in range(per_ns):
             model, gpu = f"model-{i // len(GPU_TYPES)}", GPU_TYPES[i % len(GPU_TYPES)]
             name = f"{model}-{gpu.split('-')[1].lower()}"
-            emu.create(deployment(ns, name, model, gpu, isolated=True))
+            objects.append(deployment(ns, name, model, gpu, isolated=True))
             if i % 10 == 0:
-                emu.create(hpa(ns, name, name, 8))
+                objects.append(hpa(ns, name, name, 8))
     for i in range(50):
         gpu = GPU_TYPES[i % len(GPU_TYPES)]
-        emu.create(
+        objects.append(
             {
                 "apiVersion": "v1",
                 "kind": "Node",
@@ -141,6 +142,13 @@ def populate(emu: Emulator, deployments: int, namespaces: int) -> None:
                 "status": {"allocatable": {"nvidia.com/gpu": "8", "cpu": "96"}},
             }
         )
+    return objects
+
+
+def populate(emu: Emulator, deployments: int, namespaces: int) -> None:
+    emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpumix-system"}})
+    for obj in cluster(deployments, namespaces):
+        emu.create(obj)
 
 
 def review_body(obj: Obj, uid: str) -> bytes:
