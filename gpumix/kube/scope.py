@@ -66,9 +66,27 @@ def could_be_in_scope(obj: Mapping[str, Any], policy: Policy) -> bool:
     return _names_accelerator(as_mapping(template.get("spec")), policy)
 
 
+_SELECTOR_LABELS = ("spec", "selector", "matchLabels")
+_TEMPLATE_LABELS = ("spec", "template", "metadata", "labels")
+
+
+def _labels_at(obj: Mapping[str, Any], *path: str) -> Mapping[str, Any]:
+    node = obj
+    for key in path:
+        node = as_mapping(node.get(key))
+    return node
+
+
+def _selector_labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _labels_at(obj, *_SELECTOR_LABELS)
+
+
+def _template_labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _labels_at(obj, *_TEMPLATE_LABELS)
+
+
 def _isolated(obj: Mapping[str, Any]) -> bool:
-    selector = as_mapping(as_mapping(obj.get("spec")).get("selector"))
-    return DEPLOYMENT_LABEL in as_mapping(selector.get("matchLabels"))
+    return DEPLOYMENT_LABEL in _selector_labels(obj)
 
 
 def judged(
@@ -136,21 +154,6 @@ MUTATION_CONDITION_NAME = "gpumix-may-mutate"
 """The name of the mutating webhook's second match condition."""
 
 
-def _labels_at(obj: Mapping[str, Any], *path: str) -> Mapping[str, Any]:
-    node = obj
-    for key in path:
-        node = as_mapping(node.get(key))
-    return node
-
-
-def _selector_labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return _labels_at(obj, "spec", "selector", "matchLabels")
-
-
-def _template_labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return _labels_at(obj, "spec", "template", "metadata", "labels")
-
-
 def isolation_complete(obj: Mapping[str, Any]) -> bool:
     """Whether a Deployment already carries all the isolation fix could add: its selector
     and pod template pin ``gpumix.io/deployment`` to its name (a label value, so the fix
@@ -216,10 +219,6 @@ def _cel_has(root: str, path: tuple[str, ...]) -> str:
 
 def _cel_map_has(root: str, path: tuple[str, ...], key: str) -> str:
     return f"({_cel_has(root, path)} && {json.dumps(key)} in {'.'.join((root, *path))})"
-
-
-_SELECTOR_LABELS = ("spec", "selector", "matchLabels")
-_TEMPLATE_LABELS = ("spec", "template", "metadata", "labels")
 
 
 def mutation_expression() -> str:

@@ -218,6 +218,21 @@ class Selector:
         return ",".join(parts) if parts else "<everything>"
 
 
+def _least(values: str | frozenset[str]) -> str:
+    """The smallest of a requirement's ``In`` values (one value is kept alone)."""
+    return values if type(values) is str else min(values)
+
+
+def _least_common(a: str | frozenset[str], b: str | frozenset[str]) -> str | None:
+    """The smallest value in both (each one value alone or a set), or None."""
+    if type(a) is str:
+        return a if (a == b if type(b) is str else a in b) else None
+    if type(b) is str:
+        return b if b in a else None
+    common = a & b  # type: ignore[operator]
+    return min(common) if common else None
+
+
 def overlap_witness(a: Selector, b: Selector) -> dict[str, str] | None:
     """A label set that both selectors match, or None when they are disjoint."""
     sa, sb = a._simple_values(), b._simple_values()
@@ -226,24 +241,13 @@ def overlap_witness(a: Selector, b: Selector) -> dict[str, str] | None:
         out: dict[str, str] = {}
         for key, values in sa.items():
             other = sb.get(key)
-            if other is None:
-                out[key] = values if type(values) is str else min(values)
-            elif type(values) is str:
-                if values != other if type(other) is str else values not in other:
-                    return None
-                out[key] = values
-            elif type(other) is str:
-                if other not in values:
-                    return None
-                out[key] = other
-            else:
-                common = values & other  # type: ignore[operator]
-                if not common:
-                    return None
-                out[key] = min(common)
+            value = _least(values) if other is None else _least_common(values, other)
+            if value is None:
+                return None
+            out[key] = value
         for key, values in sb.items():
             if key not in sa:
-                out[key] = values if type(values) is str else min(values)
+                out[key] = _least(values)
         return out
     ca, cb = a.constraints(), b.constraints()
     witness: dict[str, str] = {}
