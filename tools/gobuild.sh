@@ -2,11 +2,26 @@
 # tools/kyverno/build.sh);
 # sourced, not run. The sourcing script sets `label` (the message prefix), `here` (its
 # folder, holding go.mod and go.sum), `cache_root`, `bin_dir`, `build_timeout`, and
-# defines `is_built`; `fail` is defined here.
+# defines `is_built`; `fail`, `module_version` and `build_stamp` are defined here.
 
 fail() {
     echo "$label: FAILED: $*" >&2
     exit 1
+}
+
+# The version the wrapper module's go.mod (in `here`) requires of <module>: the one
+# source of truth for what is built.
+module_version() {  # <module>
+    local version
+    version="$(awk -v m="$1" '$1 == "require" && $2 == m {print $3} $1 == m && $2 ~ /^v/ {print $2}' "$here/go.mod")"
+    [[ -n "$version" ]] || fail "cannot read the $1 version from $here/go.mod"
+    echo "$version"
+}
+
+# What a cached build was made from: the recipe number (bumped when the build steps
+# change) and the wrapper module's go.mod and go.sum.
+build_stamp() {  # <recipe>
+    echo "recipe=$1 $(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)"
 }
 
 # Finds the Go command (GO, else `go` on PATH, else /usr/local/go/bin/go) into go_cmd

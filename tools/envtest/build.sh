@@ -23,13 +23,12 @@ label="envtest build"
 . "$here/../gobuild.sh"
 
 # The pinned version is the one in go.mod, so there is a single source of truth.
-k8s_version="$(sed -nE 's/^[[:space:]]*(require[[:space:]]+)?k8s\.io\/kubernetes[[:space:]]+(v[^[:space:]]+).*/\2/p' "$here/go.mod")"
-[[ -n "$k8s_version" ]] || fail "cannot read the k8s.io/kubernetes version from $here/go.mod"
+k8s_version="$(module_version k8s.io/kubernetes)"
 
 # Bump when the build recipe below changes, so cached binaries are rebuilt.
 recipe=2
 bin_dir="$cache_root/$k8s_version"
-stamp="recipe=$recipe $(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)"
+stamp="$(build_stamp "$recipe")"
 is_built() {
     [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/etcd" ]] \
         && [[ "$(cat "$bin_dir/.stamp" 2>/dev/null)" == "$stamp" ]]

@@ -26,13 +26,12 @@ label="helm build"
 . "$here/../gobuild.sh"
 
 # The pinned version is the one in go.mod, so there is a single source of truth.
-helm_version="$(sed -nE 's/^[[:space:]]*(require[[:space:]]+)?helm\.sh\/helm\/v4[[:space:]]+(v[^[:space:]]+).*/\2/p' "$here/go.mod")"
-[[ -n "$helm_version" ]] || fail "cannot read the helm.sh/helm/v4 version from $here/go.mod"
+helm_version="$(module_version helm.sh/helm/v4)"
 
 # Bump when the build recipe below changes, so a cached binary is rebuilt.
 recipe=1
 bin_dir="$cache_root/$helm_version"
-stamp="recipe=$recipe $(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)"
+stamp="$(build_stamp "$recipe")"
 is_built() {
     [[ -x "$bin_dir/helm" ]] && [[ "$(cat "$bin_dir/.stamp" 2>/dev/null)" == "$stamp" ]]
 }

@@ -33,13 +33,12 @@ label="kyverno build"
 
 # The pinned version is the one in go.mod, so there is a single source of truth.
 module=github.com/kyverno/kyverno
-kyverno_version="$(sed -nE 's/^[[:space:]]*(require[[:space:]]+)?github\.com\/kyverno\/kyverno[[:space:]]+(v[^[:space:]]+).*/\2/p' "$here/go.mod")"
-[[ -n "$kyverno_version" ]] || fail "cannot read the $module version from $here/go.mod"
+kyverno_version="$(module_version "$module")"
 
 # Bump when the build recipe below changes, so a cached binary is rebuilt.
 recipe=1
 bin_dir="$cache_root/$kyverno_version"
-stamp="recipe=$recipe $(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)"
+stamp="$(build_stamp "$recipe")"
 is_built() {
     [[ -x "$bin_dir/kyverno" && -d "$bin_dir/crds" ]] \
         && [[ "$(cat "$bin_dir/.stamp" 2>/dev/null)" == "$stamp" ]]
