@@ -132,10 +132,7 @@ class _Routing:
 
     def _build(self) -> None:
         """A fresh LP with the current capacities and the columns in ``routes``."""
-        s = glop(self.seed)
-        s.SetSolverSpecificParametersAsString(
-            f"random_seed: {int(self.seed) % (2**31)} use_preprocessing: false"
-        )
+        s = glop(self.seed, presolve=False)
         self.s = s
         inf = s.infinity()
         self.inf = inf

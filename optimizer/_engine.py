@@ -119,12 +119,16 @@ class _Node:
     ub: FloatArray
 
 
-def glop(seed: int) -> pywraplp.Solver:
-    """A seeded GLOP LP solver (deterministic for a fixed seed)."""
+def glop(seed: int, *, presolve: bool = True) -> pywraplp.Solver:
+    """A seeded GLOP LP solver (deterministic for a fixed seed); ``presolve=False``
+    turns GLOP's preprocessing off."""
     s = pywraplp.Solver.CreateSolver("GLOP")
     if s is None:  # pragma: no cover - GLOP ships with OR-Tools
         raise RuntimeError("GLOP is not available")
-    s.SetSolverSpecificParametersAsString(f"random_seed: {int(seed) % (2**31)}")
+    params = f"random_seed: {int(seed) % (2**31)}"
+    if not presolve:
+        params += " use_preprocessing: false"
+    s.SetSolverSpecificParametersAsString(params)
     return s
 
 
