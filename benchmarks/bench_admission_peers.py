@@ -718,23 +718,13 @@ def apply(env: Envtest, objects: list[Obj], *args: str, timeout_s: float = 60) -
 
 
 @contextmanager
-def map_peer(env: Envtest, policy: Policy) -> Iterator[int | None]:
-    objects = default_ceiling_map(policy)
+def policy_peer(
+    env: Envtest, name: str, objects: list[Obj], policy: Policy, capture: bool, timeout_s: float
+) -> Iterator[int | None]:
+    """Admission policies served by the API server itself (no process of their own)."""
     apply(env, objects)
     try:
-        wait_probe(env, "map", policy, False, timeout_s=30)
-        yield None
-    finally:
-        for obj in reversed(objects):
-            env.kubectl("delete", obj["kind"].lower(), obj["metadata"]["name"], "--wait=false")
-
-
-@contextmanager
-def vap_peer(env: Envtest, policy: Policy) -> Iterator[int | None]:
-    objects = default_ceiling_map(policy) + capture_vap(policy)
-    apply(env, objects)
-    try:
-        wait_probe(env, "vap", policy, True, timeout_s=60)
+        wait_probe(env, name, policy, capture, timeout_s=timeout_s)
         yield None
     finally:
         for obj in reversed(objects):
@@ -959,8 +949,10 @@ def main() -> None:
 
         starters: dict[str, Callable[[], Any]] = {
             "none": nothing,
-            "map": lambda: map_peer(env, policy),
-            "vap": lambda: vap_peer(env, policy),
+            "map": lambda: policy_peer(env, "map", default_ceiling_map(policy), policy, False, 30),
+            "vap": lambda: policy_peer(
+                env, "vap", default_ceiling_map(policy) + capture_vap(policy), policy, True, 60
+            ),
             "gpumix": lambda: gpumix_peer(env, objects, args.deployments),
             "kyverno": lambda: kyverno_peer(env, policy, args.kyverno_timeout),
         }
