@@ -42,7 +42,6 @@ import asyncio
 import gc
 import logging
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -58,11 +57,13 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from aiohttp import web  # noqa: E402
 from bench_webhook import (  # noqa: E402
+    WRK_ERRORS,
     WRK_SCRIPT,
     cluster,
     deployment,
     request_mix,
     require_wrk,
+    wrk_summary,
 )
 
 from gpumix.admission import Phase, review  # noqa: E402
@@ -198,28 +199,8 @@ class WrkRun:
 
 
 async def wrk_run(wrk: str, work: Path, url: str, connections: int, duration_s: float) -> WrkRun:
-    proc = await asyncio.create_subprocess_exec(
-        wrk,
-        "-t1",
-        f"-c{connections}",
-        f"-d{duration_s:g}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(work / "mix.lua"),
-        url,
-        "--",
-        str(work / "bodies.txt"),
-        "uid",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), duration_s + 30)
-    m = re.search(rb"GPUMIX_WRK (.*)", out)
-    if proc.returncode != 0 or m is None:
-        raise RuntimeError(f"wrk failed on {url}: {out.decode()} {err.decode()}")
-    f = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).decode().split())}
-    errors = sum(f[k] for k in ("bad_status", "bad_uid", "connect", "read", "write", "timeout"))
+    f = await wrk_summary(wrk, work, url, "uid", connections, duration_s)
+    errors = sum(f[k] for k in WRK_ERRORS)
     if errors:
         raise RuntimeError(f"wrk on {url}: {errors} bad answers or errors: {f}")
     return WrkRun(

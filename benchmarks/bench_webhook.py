@@ -516,16 +516,15 @@ def median_result(rs: list[Result]) -> Result:
     )
 
 
-async def run_wrk(
-    wrk: str,
-    workdir: Path,
-    url: str,
-    name: str,
-    check_uid: bool,
-    connections: int,
-    duration_s: float,
-) -> Result:
-    """One wrk run: ``connections`` keep-alive connections for ``duration_s`` seconds."""
+WRK_ERRORS = ("bad_status", "bad_uid", "connect", "read", "write", "timeout")
+"""The counters of WRK_SCRIPT's summary line that count failed requests."""
+
+
+async def wrk_summary(
+    wrk: str, workdir: Path, url: str, check: str, connections: int, duration_s: float
+) -> dict[str, int]:
+    """One wrk run with WRK_SCRIPT (``connections`` keep-alive connections for
+    ``duration_s`` seconds; ``check``: "uid" or "status"): its summary counters."""
     proc = await asyncio.create_subprocess_exec(
         wrk,
         "-t",
@@ -541,7 +540,7 @@ async def run_wrk(
         url,
         "--",
         str(workdir / "bodies.txt"),
-        "uid" if check_uid else "status",
+        check,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -549,8 +548,22 @@ async def run_wrk(
     m = re.search(rb"GPUMIX_WRK (.*)", out)
     if proc.returncode != 0 or m is None:
         raise RuntimeError(f"wrk failed on {url}: {out.decode()} {err.decode()}")
-    f = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).decode().split())}
-    errors = sum(f[k] for k in ("bad_status", "bad_uid", "connect", "read", "write", "timeout"))
+    return {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).decode().split())}
+
+
+async def run_wrk(
+    wrk: str,
+    workdir: Path,
+    url: str,
+    name: str,
+    check_uid: bool,
+    connections: int,
+    duration_s: float,
+) -> Result:
+    """One wrk run: ``connections`` keep-alive connections for ``duration_s`` seconds."""
+    check = "uid" if check_uid else "status"
+    f = await wrk_summary(wrk, workdir, url, check, connections, duration_s)
+    errors = sum(f[k] for k in WRK_ERRORS)
     return Result(
         name,
         f["requests"],
