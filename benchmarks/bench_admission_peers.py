@@ -154,6 +154,16 @@ def default_ceiling_cel(policy: Policy) -> str:
     )
 
 
+def not_exempt(policy: Policy) -> Obj:
+    """A binding's ``matchResources``: every namespace but the policy's exempt ones."""
+    selector = {
+        "key": "kubernetes.io/metadata.name",
+        "operator": "NotIn",
+        "values": sorted(policy.exempt_namespaces),
+    }
+    return {"namespaceSelector": {"matchExpressions": [selector]}}
+
+
 def default_ceiling_map(policy: Policy) -> list[Obj]:
     """The MutatingAdmissionPolicy and its binding filling in an HPA's left-out ceiling
     (the API server hands it to admission as ``maxReplicas: 0``)."""
@@ -199,17 +209,7 @@ def default_ceiling_map(policy: Policy) -> list[Obj]:
             "metadata": {"name": MAP_NAME},
             "spec": {
                 "policyName": MAP_NAME,
-                "matchResources": {
-                    "namespaceSelector": {
-                        "matchExpressions": [
-                            {
-                                "key": "kubernetes.io/metadata.name",
-                                "operator": "NotIn",
-                                "values": sorted(policy.exempt_namespaces),
-                            }
-                        ]
-                    }
-                },
+                "matchResources": not_exempt(policy),
             },
         },
     ]
@@ -294,17 +294,7 @@ def capture_vap(policy: Policy) -> list[Obj]:
                 "policyName": CAPTURE_VAP_NAME,
                 "validationActions": ["Deny"],
                 "paramRef": {"selector": {}, "parameterNotFoundAction": "Allow"},
-                "matchResources": {
-                    "namespaceSelector": {
-                        "matchExpressions": [
-                            {
-                                "key": "kubernetes.io/metadata.name",
-                                "operator": "NotIn",
-                                "values": sorted(policy.exempt_namespaces),
-                            }
-                        ]
-                    }
-                },
+                "matchResources": not_exempt(policy),
             },
         },
     ]
