@@ -219,6 +219,8 @@ async def test_stale_load_keeps_replicas(
             lambda: replicas(emu, "llama-a40") == 2, timeout=10, what="plan on fresh load"
         )
         await wait_for(lambda: held("LoadStale") == 0.0, what="gpumix_fail_static back to 0")
+        # the status of the plan is written after its scale writes
+        await wait_for(lambda: "solverStatus" in gmx_status(emu), what="the plan's status")
         solver = {"namespace": "default", "gpumix": "llama"}
         # (the test's greedy solver reports no single-type cost: no series then)
         assert registry.get_sample_value("gpumix_best_single_type_cost_per_hour", solver) == (
