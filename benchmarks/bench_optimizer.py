@@ -474,7 +474,9 @@ def limit_check(limits: list[float]) -> bool:
     return ok
 
 
-HELD_OUT_SEEDS = [1001, 1002, 1003]
+# Never run before the final measurement of a version; a set once measured is seen, and
+# the next version gets a new one (1001-1003 were the previous version's, docs/optimizer.md).
+HELD_OUT_SEEDS = [2001, 2002, 2003]
 HELD_OUT_SIZES = [(3, 50), (6, 200), (12, 800), (16, 2000)]
 
 
@@ -484,7 +486,7 @@ def main() -> int:
     ap.add_argument(
         "--held-out",
         action="store_true",
-        help=f"seeds {HELD_OUT_SEEDS} (never used for tuning), sizes "
+        help=f"seeds {HELD_OUT_SEEDS} (never run before the final measurement), sizes "
         f"{', '.join(f'{t}x{b}' for t, b in HELD_OUT_SIZES)}, every shape",
     )
     ap.add_argument(

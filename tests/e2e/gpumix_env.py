@@ -248,6 +248,10 @@ def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
     return total
 
 
+PYTHON = sys.executable
+"""The interpreter of the gpumix child processes (a benchmark may compare another)."""
+
+
 @dataclass
 class GpumixProcess:
     """One ``python -m gpumix <command> ...`` child process."""
@@ -262,7 +266,7 @@ class GpumixProcess:
     def __post_init__(self) -> None:
         self.proc = _Proc(
             self.name,
-            [sys.executable, "-m", "gpumix", *self.args],
+            [PYTHON, "-m", "gpumix", *self.args],
             self.workdir / f"{self.name}.log",
         )
 

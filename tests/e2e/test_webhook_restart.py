@@ -114,10 +114,12 @@ def create_when_possible(env: Envtest, obj: Obj, timeout_s: float = 60.0) -> flo
     """Create ``obj`` as soon as the API server and gpumix accept it; the time it took."""
     started = time.monotonic()
     wait_until(
-        lambda: env.kubectl(
-            "create", "-f", "-", input=json.dumps(obj), check=False, timeout_s=20
-        ).returncode
-        == 0,
+        lambda: (
+            env.kubectl(
+                "create", "-f", "-", input=json.dumps(obj), check=False, timeout_s=20
+            ).returncode
+            == 0
+        ),
         timeout_s=timeout_s,
         interval_s=0.1,
         what=f"creating {obj['metadata']['name']}",
@@ -148,12 +150,14 @@ def test_no_overlap_is_admitted_across_an_apiserver_kill_and_restart(
         took = create_when_possible(apiserver, late)
         # keep probing until both twins are denied by the overlap rule again, then a bit
         wait_until(
-            lambda: {
-                name
-                for t, name, outcome in probe.outcomes
-                if t > restarted + took and outcome == "denied"
-            }
-            == {"early-a40", "late-a40"},
+            lambda: (
+                {
+                    name
+                    for t, name, outcome in probe.outcomes
+                    if t > restarted + took and outcome == "denied"
+                }
+                == {"early-a40", "late-a40"}
+            ),
             timeout_s=60,
             what="both twins denied by the overlap rule after the restart",
         )
