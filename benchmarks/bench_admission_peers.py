@@ -53,12 +53,10 @@ start, the other peers still run and the output says what failed.  Not in CI.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -72,7 +70,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_admission_apiserver import gpu_deployment, hpa  # noqa: E402
+from bench_admission_apiserver import (  # noqa: E402
+    Client,
+    gpu_deployment,
+    hpa,
+    open_loop,
+    write_path,
+)
 
 from gpumix.kube.policy import (  # noqa: E402
     DEFAULT_MAX_REPLICAS_ANNOTATION,
@@ -487,82 +491,8 @@ class Phase:
         return data[min(len(data) - 1, int(q * len(data)))] * 1e3
 
 
-def write_path(obj: Obj) -> str:
-    api = "/apis/apps/v1" if obj["kind"] == "Deployment" else "/apis/autoscaling/v2"
-    plural = "deployments" if obj["kind"] == "Deployment" else "horizontalpodautoscalers"
-    return f"{api}/namespaces/{obj['metadata']['namespace']}/{plural}"
-
-
 def create(env: Envtest, obj: Obj, dry_run: bool = True) -> tuple[int, Any]:
     return env.request("POST", write_path(obj) + ("?dryRun=All" if dry_run else ""), obj)
-
-
-class Client:
-    """Dry-run creates over kept-alive HTTPS connections, one per client thread, as a
-    controller's or kubectl's client keeps its connections: a TLS handshake per write
-    would cost the client and the API server more CPU than the admission measured."""
-
-    def __init__(self, env: Envtest) -> None:
-        self.port = env.port
-        self.context = env._ssl_context("admin")
-        self.local = threading.local()
-
-    def post(self, path: str, obj: Obj) -> tuple[int, bytes]:
-        body = json.dumps(obj).encode()
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        for attempt in (0, 1):
-            conn = getattr(self.local, "conn", None)
-            if conn is None:
-                conn = http.client.HTTPSConnection(
-                    "127.0.0.1", self.port, context=self.context, timeout=30
-                )
-                self.local.conn = conn
-            try:
-                conn.request("POST", path, body, headers)
-                resp = conn.getresponse()
-                return resp.status, resp.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                conn.close()
-                self.local.conn = None
-                if attempt:
-                    raise  # a kept-alive connection the server closed is retried once
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                self.local.conn = None
-                raise
-        raise AssertionError("unreachable")
-
-
-def open_loop(
-    client: Client, objects: list[Obj], rate: float, phase: Phase, limit_s: float
-) -> None:
-    """Send each object at its scheduled time (``rate`` per second), dry run; writes
-    not yet sent when ``limit_s`` has passed are not sent."""
-    lock = threading.Lock()
-    t0 = time.perf_counter()
-
-    def one(i: int) -> None:
-        delay = t0 + i / rate - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        if time.perf_counter() - t0 > limit_s:
-            return
-        start = time.perf_counter()
-        try:
-            status, body = client.post(write_path(objects[i]) + "?dryRun=All", objects[i])
-            error = "" if status == 201 else f"{status}: {body[:300].decode(errors='replace')}"
-        except (OSError, http.client.HTTPException) as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        took = time.perf_counter() - start
-        with lock:
-            phase.writes += 1
-            phase.times.append(took)
-            if error:
-                phase.failed += 1
-                phase.first_error = phase.first_error or error
-
-    with ThreadPoolExecutor(max_workers=CLIENT_WORKERS) as pool:
-        list(pool.map(one, range(len(objects))))
 
 
 def admission_seconds(env: Envtest) -> tuple[float, float]:
@@ -612,7 +542,11 @@ def measure(
             objects = make_objects(kind, f"{peer}-r{run}-{int(rate)}", count, peer == "none")
             adm0, calls0 = admission_seconds(env)
             cpu0 = cpu_seconds(pid) if pid else 0.0
-            open_loop(client, objects, rate, phase, limit_s=seconds * 3 + 10)
+            sent = open_loop(
+                client, objects, rate, workers=CLIENT_WORKERS, limit_s=seconds * 3 + 10
+            )
+            phase.times, phase.writes = sent.times, sent.writes
+            phase.failed, phase.first_error = sent.failed, sent.first_error
             died = pid is not None and not alive(pid)
             if pid and not died:
                 phase.cpu_ms = (cpu_seconds(pid) - cpu0) / max(phase.writes, 1) * 1e3
