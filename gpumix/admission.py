@@ -27,7 +27,7 @@ from gpumix.kube.objects import (
     view_of,
 )
 from gpumix.kube.policy import DEPLOYMENT_LABEL, GPU_TYPE_LABEL, MODE_LABEL, MODES, Mode, Policy
-from gpumix.kube.scope import judged, may_mutate
+from gpumix.kube.scope import judged, may_mutate, selector_labels, template_labels
 from gpumix.kube.snapshot import Snapshot
 from gpumix.rules import (
     max_replicas_above_ceiling,
@@ -388,13 +388,8 @@ def _keep_isolation(obj: dict[str, Any], old_obj: Mapping[str, Any], mode: Mode)
     the API server refuses as a selector change. Restoring it keeps re-applies
     idempotent; nothing else is touched.
     """
-    old_spec = as_mapping(old_obj.get("spec"))
-    old_selector = as_mapping(as_mapping(old_spec.get("selector")).get("matchLabels"))
-    old_template = as_mapping(as_mapping(as_mapping(old_spec.get("template")).get("metadata")))
-    old_labels = as_mapping(old_template.get("labels"))
-    spec = as_mapping(obj.get("spec"))
-    selector = as_mapping(as_mapping(spec.get("selector")).get("matchLabels"))
-    labels = as_mapping(as_mapping(as_mapping(spec.get("template")).get("metadata")).get("labels"))
+    old_selector, old_labels = selector_labels(old_obj), template_labels(old_obj)
+    selector, labels = selector_labels(obj), template_labels(obj)
     missing_sel = {
         k: old_selector[k] for k in (DEPLOYMENT_LABEL,) if k in old_selector and k not in selector
     }

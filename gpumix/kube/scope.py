@@ -77,16 +77,18 @@ def _labels_at(obj: Mapping[str, Any], *path: str) -> Mapping[str, Any]:
     return node
 
 
-def _selector_labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+def selector_labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A Deployment's ``spec.selector.matchLabels`` as found ({} when absent or not a map)."""
     return _labels_at(obj, *_SELECTOR_LABELS)
 
 
-def _template_labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+def template_labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A Deployment's pod template labels as found ({} when absent or not a map)."""
     return _labels_at(obj, *_TEMPLATE_LABELS)
 
 
 def _isolated(obj: Mapping[str, Any]) -> bool:
-    return DEPLOYMENT_LABEL in _selector_labels(obj)
+    return DEPLOYMENT_LABEL in selector_labels(obj)
 
 
 def judged(
@@ -161,9 +163,9 @@ def isolation_complete(obj: Mapping[str, Any]) -> bool:
     name = _labels_at(obj, "metadata").get("name")
     if not isinstance(name, str) or not name or not is_label_value(name):
         return False
-    template = _template_labels(obj)
+    template = template_labels(obj)
     return (
-        _selector_labels(obj).get(DEPLOYMENT_LABEL) == name
+        selector_labels(obj).get(DEPLOYMENT_LABEL) == name
         and template.get(DEPLOYMENT_LABEL) == name
         and GPU_TYPE_LABEL in template
     )
@@ -172,9 +174,9 @@ def isolation_complete(obj: Mapping[str, Any]) -> bool:
 def _drops_isolation(obj: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
     """Whether an UPDATE drops a label an earlier fix added (the mutating step puts it
     back) or changes the selector (the mutating step warns how to recreate)."""
-    if DEPLOYMENT_LABEL in _selector_labels(old) and DEPLOYMENT_LABEL not in _selector_labels(obj):
+    if DEPLOYMENT_LABEL in selector_labels(old) and DEPLOYMENT_LABEL not in selector_labels(obj):
         return True
-    if GPU_TYPE_LABEL in _template_labels(old) and GPU_TYPE_LABEL not in _template_labels(obj):
+    if GPU_TYPE_LABEL in template_labels(old) and GPU_TYPE_LABEL not in template_labels(obj):
         return True
     old_spec, spec = as_mapping(old.get("spec")), as_mapping(obj.get("spec"))
     return old_spec.get("selector") != spec.get("selector")
