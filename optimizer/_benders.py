@@ -114,7 +114,11 @@ class _Routing:
     to ``MAX_COLUMNS`` is rebuilt with the columns its last solution uses and the newest
     half; within a check columns are only added, so each check converges as before, and
     a dropped routing that is needed again is priced back in. GLOP's presolve is off:
-    on an LP of one row per type it cost more than it saved."""
+    on an LP of one row per type it cost more than it saved. Without it GLOP can fail on
+    routings of very unequal loads (16 x 2000 `capacity` seed 3 of the benchmark's
+    generator: ABNORMAL after 0.5 s); the LP is then rebuilt with presolve and the dual
+    simplex, which it keeps for the rest of the search, and the check goes on (rebuilt
+    with presolve alone it failed again on that instance)."""
 
     def __init__(self, need: FloatArray, usable: float, start_prices: FloatArray, seed: int):
         self.need = need
@@ -123,6 +127,7 @@ class _Routing:
         b_count, g_count = need.shape
         self.rows_b = np.arange(b_count)
         self.seed = seed
+        self.presolve = False
         self.cap = np.zeros(g_count)
         self.routes: list[npt.NDArray[np.int64]] = []
         self.loads: list[FloatArray] = []
@@ -132,7 +137,8 @@ class _Routing:
 
     def _build(self) -> None:
         """A fresh LP with the current capacities and the columns in ``routes``."""
-        s = glop(self.seed, presolve=False)
+        # the fallback (``check``): presolve and the dual simplex
+        s = glop(self.seed, presolve=self.presolve, dual=self.presolve)
         self.s = s
         inf = s.infinity()
         self.inf = inf
@@ -190,6 +196,10 @@ class _Routing:
             if st != pywraplp.Solver.OPTIMAL:
                 if out_of_time(deadline, clock):
                     return None
+                if not self.presolve:  # once: the same columns, with GLOP's presolve
+                    self.presolve = True
+                    self._build()
+                    continue
                 raise NumericTrouble(
                     f"the routing check LP failed (GLOP status {st}) before the time limit"
                 )

@@ -119,15 +119,17 @@ class _Node:
     ub: FloatArray
 
 
-def glop(seed: int, *, presolve: bool = True) -> pywraplp.Solver:
+def glop(seed: int, *, presolve: bool = True, dual: bool = False) -> pywraplp.Solver:
     """A seeded GLOP LP solver (deterministic for a fixed seed); ``presolve=False``
-    turns GLOP's preprocessing off."""
+    turns GLOP's preprocessing off, ``dual=True`` makes it solve by the dual simplex."""
     s = pywraplp.Solver.CreateSolver("GLOP")
     if s is None:  # pragma: no cover - GLOP ships with OR-Tools
         raise RuntimeError("GLOP is not available")
     params = f"random_seed: {int(seed) % (2**31)}"
     if not presolve:
         params += " use_preprocessing: false"
+    if dual:
+        params += " use_dual_simplex: true"
     s.SetSolverSpecificParametersAsString(params)
     return s
 

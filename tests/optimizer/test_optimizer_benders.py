@@ -254,3 +254,47 @@ def test_useful_caps_keep_every_optimum_reachable(problem) -> None:
     caps = _useful_caps(_block_of(problem))
     counts = [res.replicas[g.name] for g in problem.gpus]
     assert all(n <= c for n, c in zip(counts, caps, strict=True)), (counts, caps)
+
+
+def test_a_routing_lp_that_fails_without_presolve_is_solved_again_with_it() -> None:
+    """GLOP without its preprocessing failed (ABNORMAL) on the routing LPs of 16 x 2000
+    `capacity` instances, and the count-space search gave way to the branch-and-bound,
+    which found a costlier plan in the same time. The routing check now rebuilds its LP
+    with presolve and the dual simplex and goes on: here every LP built without
+    preprocessing fails, and the search still finishes with the optimum on its own."""
+    from ortools.linear_solver import pywraplp
+
+    from gpumix.optimizer import _search
+
+    p = _random_problem(1, 5, 60)
+    expected = solve(p, time_limit_s=LIMIT)
+    assert expected.status == Status.OPTIMAL
+    real_glop, real_solve = _benders.glop, pywraplp.Solver.Solve
+    no_presolve: list[pywraplp.Solver] = []
+    failed = 0
+
+    def glop(seed: int, **kw: bool) -> pywraplp.Solver:
+        s = real_glop(seed, **kw)
+        if not kw.get("presolve", True):
+            no_presolve.append(s)
+        return s
+
+    def solve_lp(self: pywraplp.Solver, *args: object) -> int:
+        nonlocal failed
+        if any(self is s for s in no_presolve):
+            failed += 1
+            return pywraplp.Solver.ABNORMAL
+        return real_solve(self, *args)
+
+    fallback = mock.Mock(wraps=_search.branch_and_bound)
+    with (
+        mock.patch.object(_benders, "glop", glop),
+        mock.patch.object(pywraplp.Solver, "Solve", solve_lp),
+        mock.patch.object(_search, "branch_and_bound", fallback),
+    ):
+        res = solve(p, time_limit_s=LIMIT)
+    assert failed >= 2  # the first solve and its retry from scratch
+    assert not fallback.called
+    assert res.status == Status.OPTIMAL
+    assert math.isclose(res.objective, expected.objective, rel_tol=1e-9)
+    check_plan(p, res)
