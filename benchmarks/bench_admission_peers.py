@@ -72,10 +72,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_admission_apiserver import (  # noqa: E402
     Client,
+    Sent,
+    create,
     gpu_deployment,
     hpa,
     open_loop,
-    write_path,
 )
 
 from gpumix.kube.policy import (  # noqa: E402
@@ -475,24 +476,17 @@ class Phase:
     peer: str
     kind: str
     rate: float
-    writes: int = 0
-    failed: int = 0
-    first_error: str = ""
-    times: list[float] = field(default_factory=list)
+    sent: Sent = field(default_factory=Sent)  # the writes, their times and failures
     cpu_ms: float | None = None
     apiserver_ms: float = 0.0
     webhook_calls: float = 0.0
     peak_mb: float = 0.0
 
     def quantile(self, q: float) -> float:
-        data = sorted(self.times)
+        data = sorted(self.sent.times)
         if not data:
             return float("nan")
         return data[min(len(data) - 1, int(q * len(data)))] * 1e3
-
-
-def create(env: Envtest, obj: Obj, dry_run: bool = True) -> tuple[int, Any]:
-    return env.request("POST", write_path(obj) + ("?dryRun=All" if dry_run else ""), obj)
 
 
 def admission_seconds(env: Envtest) -> tuple[float, float]:
@@ -542,22 +536,20 @@ def measure(
             objects = make_objects(kind, f"{peer}-r{run}-{int(rate)}", count, peer == "none")
             adm0, calls0 = admission_seconds(env)
             cpu0 = cpu_seconds(pid) if pid else 0.0
-            sent = open_loop(
+            phase.sent = open_loop(
                 client, objects, rate, workers=CLIENT_WORKERS, limit_s=seconds * 3 + 10
             )
-            phase.times, phase.writes = sent.times, sent.writes
-            phase.failed, phase.first_error = sent.failed, sent.first_error
             died = pid is not None and not alive(pid)
             if pid and not died:
-                phase.cpu_ms = (cpu_seconds(pid) - cpu0) / max(phase.writes, 1) * 1e3
+                phase.cpu_ms = (cpu_seconds(pid) - cpu0) / max(phase.sent.writes, 1) * 1e3
                 phase.peak_mb = status_mb(pid, "VmHWM")
             adm1, calls1 = admission_seconds(env)
-            phase.apiserver_ms = (adm1 - adm0) / max(phase.writes, 1) * 1e3
+            phase.apiserver_ms = (adm1 - adm0) / max(phase.sent.writes, 1) * 1e3
             phase.webhook_calls = calls1 - calls0
             phases.append(phase)
             print(row(phase), flush=True)
-            if phase.first_error:
-                print(f"  first failure: {phase.first_error}", flush=True)
+            if phase.sent.first_error:
+                print(f"  first failure: {phase.sent.first_error}", flush=True)
             if died:
                 raise RuntimeError(f"{peer} exited during the {kind} writes at {rate:.0f}/s")
 
@@ -565,9 +557,9 @@ def measure(
 def row(p: Phase) -> str:
     cpu = "—" if p.cpu_ms is None else f"{p.cpu_ms:.2f}"
     return (
-        f"| {p.peer} | {p.kind} | {p.rate:.0f} | {p.writes} | {p.failed} | "
+        f"| {p.peer} | {p.kind} | {p.rate:.0f} | {p.sent.writes} | {p.sent.failed} | "
         f"{p.quantile(0.5):.1f} | {p.quantile(0.99):.1f} | {p.quantile(0.999):.1f} | "
-        f"{cpu} | {p.apiserver_ms:.2f} | {p.webhook_calls / max(p.writes, 1):.1f} |"
+        f"{cpu} | {p.apiserver_ms:.2f} | {p.webhook_calls / max(p.sent.writes, 1):.1f} |"
     )
 
 
@@ -895,7 +887,7 @@ def main() -> None:
             base = by.get(("none", kind, rate))
             for name in peers:
                 p = by.get((name, kind, rate))
-                if base is None or p is None or name == "none" or not base.times:
+                if base is None or p is None or name == "none" or not base.sent.times:
                     continue
                 print(
                     f"{name} / none, {kind} at {rate:.0f}/s: p99 "
