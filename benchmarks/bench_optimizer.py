@@ -199,8 +199,9 @@ def same_model(inst: Instance, solver: str, time_limit: float) -> tuple[str, flo
     s.SuppressOutput()
     if solver == "HIGHS":
         # OR-Tools does not pass RELATIVE_MIP_GAP on to HiGHS, which then stops at its own
-        # default gap (1e-4): 16 x 2000 `capacity` seed 2003 was "OPTIMAL" at 5766.965 in
-        # 3.3 s, at 1e-9 it is 5766.752 in 24.7 s. Its own option holds it to ours.
+        # default gap (1e-4) and reports an optimum it has not proven to 1e-9 (16 x 2000
+        # `capacity` seed 2003: 5766.965 against 5766.752, docs/optimizer.md). Its own
+        # option holds it to ours.
         s.SetSolverSpecificParametersAsString("output_flag=false\nmip_rel_gap=1e-9")
     s.SetNumThreads(1)
     inf = s.infinity()

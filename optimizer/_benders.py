@@ -127,7 +127,7 @@ class _Routing:
         b_count, g_count = need.shape
         self.rows_b = np.arange(b_count)
         self.seed = seed
-        self.presolve = False
+        self.fallback = False  # rebuilt with presolve and the dual simplex (``check``)
         self.cap = np.zeros(g_count)
         self.routes: list[npt.NDArray[np.int64]] = []
         self.loads: list[FloatArray] = []
@@ -137,8 +137,7 @@ class _Routing:
 
     def _build(self) -> None:
         """A fresh LP with the current capacities and the columns in ``routes``."""
-        # the fallback (``check``): presolve and the dual simplex
-        s = glop(self.seed, presolve=self.presolve, dual=self.presolve)
+        s = glop(self.seed, presolve=self.fallback, dual=self.fallback)
         self.s = s
         inf = s.infinity()
         self.inf = inf
@@ -196,8 +195,8 @@ class _Routing:
             if st != pywraplp.Solver.OPTIMAL:
                 if out_of_time(deadline, clock):
                     return None
-                if not self.presolve:  # once: the same columns, with GLOP's presolve
-                    self.presolve = True
+                if not self.fallback:  # once: the same columns, presolved, dual simplex
+                    self.fallback = True
                     self._build()
                     continue
                 raise NumericTrouble(

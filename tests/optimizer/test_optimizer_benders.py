@@ -10,9 +10,10 @@ from unittest import mock
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from optimizer_kit import brute_force, check_plan, full_mip, make_problem
+from ortools.linear_solver import pywraplp
 from test_optimizer_solve import tiny_problems
 
-from gpumix.optimizer import Status, _benders, solve
+from gpumix.optimizer import Status, _benders, _search, solve
 from gpumix.optimizer._benders import _CpsatMaster, _objective_scale, _useful_caps, benders
 from gpumix.optimizer.solve import _block, _merge_buckets, diagnose
 
@@ -259,13 +260,10 @@ def test_useful_caps_keep_every_optimum_reachable(problem) -> None:
 def test_a_routing_lp_that_fails_without_presolve_is_solved_again_with_it() -> None:
     """GLOP without its preprocessing failed (ABNORMAL) on the routing LPs of 16 x 2000
     `capacity` instances, and the count-space search gave way to the branch-and-bound,
-    which found a costlier plan in the same time. The routing check now rebuilds its LP
-    with presolve and the dual simplex and goes on: here every LP built without
-    preprocessing fails, and the search still finishes with the optimum on its own."""
-    from ortools.linear_solver import pywraplp
-
-    from gpumix.optimizer import _search
-
+    whose own LPs failed too on one of them (no plan at all). The routing check now
+    rebuilds its LP with presolve and the dual simplex and goes on: here every LP built
+    without preprocessing fails, and the search still finishes with the optimum on its
+    own."""
     p = _random_problem(1, 5, 60)
     expected = solve(p, time_limit_s=LIMIT)
     assert expected.status == Status.OPTIMAL
