@@ -73,6 +73,7 @@ DEEP_ENOUGH = 0.95  # stop the routing check once a cut is this close to the dee
 MAX_CHECK_ROUNDS = 2_000  # pricing rounds of one routing check (a bound, not a tuning)
 MAX_COLUMNS = 150  # routing columns kept across checks (see _Routing)
 FEAS_TOL = 1e-9  # overflow (replicas) below which a plan fits
+SMOOTHING = 0.3  # weight of the deepest prices so far in the next pricing point (_Routing)
 
 
 @dataclass
@@ -84,18 +85,27 @@ class _Check:
     split: FloatArray | None  # bucket x type fractions when it fits
 
 
-def _cheapest_routing(
-    need: FloatArray, fin: npt.NDArray[np.bool_], prices: FloatArray
-) -> tuple[float, npt.NDArray[np.int64], FloatArray]:
-    """phi(prices), the routing that attains it (every bucket to its cheapest type at
-    those prices), and that routing's load per type."""
-    with np.errstate(invalid="ignore"):
-        w = np.where(fin, prices[None, :] * need, np.inf)
-    rows = np.arange(need.shape[0])
-    route = np.argmin(w, axis=1).astype(np.int64)
-    val = float(w[rows, route].sum())
-    load = np.bincount(route, weights=need[rows, route], minlength=need.shape[1]).astype(float)
-    return val, route, load
+class _Cells:
+    """A model's bucket x type cells, laid out to price every bucket at once."""
+
+    def __init__(self, need: FloatArray) -> None:
+        self.fin = np.isfinite(need)
+        self.need: FloatArray = np.where(self.fin, need, 0.0)  # finite: 0 where it cannot
+        self.barred: FloatArray = np.where(self.fin, 0.0, np.inf)  # added: inf where it cannot
+        self.rows = np.arange(need.shape[0])
+        self._work: FloatArray = np.empty_like(self.need)
+
+    def cheapest(self, prices: FloatArray) -> tuple[float, npt.NDArray[np.intp], FloatArray]:
+        """phi(prices), the routing that attains it (every bucket to its cheapest type at
+        those prices; ties to the first type), and that routing's load per type."""
+        w = np.multiply(self.need, prices, out=self._work)
+        w += self.barred
+        route = w.argmin(axis=1)
+        val = float(w[self.rows, route].sum())
+        load: FloatArray = np.bincount(
+            route, weights=self.need[self.rows, route], minlength=self.need.shape[1]
+        ).astype(float)
+        return val, route, load
 
 
 def _base_prices(blk: Block) -> FloatArray:
@@ -122,23 +132,24 @@ class _Routing:
 
     def __init__(self, need: FloatArray, usable: float, start_prices: FloatArray, seed: int):
         self.need = need
-        self.fin = np.isfinite(need)
+        self.cells = _Cells(need)
         self.usable = usable
         b_count, g_count = need.shape
         self.rows_b = np.arange(b_count)
         self.seed = seed
         self.fallback = False  # rebuilt with presolve and the dual simplex (``check``)
         self.cap = np.zeros(g_count)
-        self.routes: list[npt.NDArray[np.int64]] = []
+        self.routes: list[npt.NDArray[np.intp]] = []
         self.loads: list[FloatArray] = []
         self._build()
-        _, route, load = _cheapest_routing(self.need, self.fin, start_prices)
+        _, route, load = self.cells.cheapest(start_prices)
         self._add(route, load)
 
     def _build(self) -> None:
         """A fresh LP with the current capacities and the columns in ``routes``."""
         s = glop(self.seed, presolve=self.fallback, dual=self.fallback)
         self.s = s
+        self.fresh = True  # not solved yet: a failure now is not the warm start's
         inf = s.infinity()
         self.inf = inf
         obj = s.Objective()
@@ -159,7 +170,7 @@ class _Routing:
         for route, load in zip(routes, loads, strict=True):
             self._add(route, load)
 
-    def _add(self, route: npt.NDArray[np.int64], load: FloatArray) -> None:
+    def _add(self, route: npt.NDArray[np.intp], load: FloatArray) -> None:
         self.seen.add(route.tobytes())
         lam = self.s.NumVar(0.0, self.inf, "")
         self.conv.SetCoefficient(lam, 1.0)
@@ -188,6 +199,7 @@ class _Routing:
         self.cap = cap
         for g, row in enumerate(self.caps):
             row.SetBounds(-self.inf, float(cap[g]))
+        best_prices, best_violation = None, -math.inf  # the deepest cut seen in this check
         for _ in range(MAX_CHECK_ROUNDS):
             if clock() >= deadline:
                 return None
@@ -195,22 +207,26 @@ class _Routing:
             if st != pywraplp.Solver.OPTIMAL:
                 if out_of_time(deadline, clock):
                     return None
-                if not self.fallback:  # once: the same columns, presolved, dual simplex
+                if not (self.fresh and self.fallback):  # a fresh LP, presolved, dual
                     self.fallback = True
                     self._build()
                     continue
                 raise NumericTrouble(
                     f"the routing check LP failed (GLOP status {st}) before the time limit"
                 )
+            self.fresh = False
             over = float(self.obj.Value())
             prices = np.clip(np.array([-r.dual_value() for r in self.caps]), 0.0, 1.0)
             if over <= FEAS_TOL:
                 return _Check(True, prices, self._split())
             sigma = float(self.conv.dual_value())
-            val, route, load = _cheapest_routing(self.need, self.fin, prices)
+            val, route, load = self.cells.cheapest(prices)
             violation = val - float(prices @ cap)
-            if violation > 1e-9 * max(1.0, val) and violation >= DEEP_ENOUGH * over:
-                return _Check(False, prices, None)
+            if violation > best_violation:
+                best_prices, best_violation = prices, violation
+            if best_violation > 1e-9 * max(1.0, val) and best_violation >= DEEP_ENOUGH * over:
+                assert best_prices is not None
+                return _Check(False, best_prices, None)
             if val >= sigma - 1e-9 * max(1.0, abs(sigma)) or route.tobytes() in self.seen:
                 # converged (or no new routing): the overflow is real, these prices cut n
                 if violation > 1e-9 * max(1.0, val):
@@ -218,6 +234,17 @@ class _Routing:
                 raise NumericTrouble(  # pragma: no cover
                     "the routing check LP reports an overflow that no price confirms"
                 )
+            if best_prices is not prices:
+                assert best_prices is not None
+                mid = SMOOTHING * best_prices + (1 - SMOOTHING) * prices
+                val_m, route_m, load_m = self.cells.cheapest(mid)
+                violation_m = val_m - float(mid @ cap)
+                if violation_m > best_violation:
+                    best_prices, best_violation = mid, violation_m
+                if float(prices @ load_m) < sigma - 1e-9 * max(1.0, abs(sigma)) and (
+                    route_m.tobytes() not in self.seen
+                ):
+                    route, load = route_m, load_m
             self._add(route, load)
         raise NumericTrouble(  # pragma: no cover
             f"the routing check did not converge in {MAX_CHECK_ROUNDS} rounds"
@@ -245,7 +272,7 @@ def _useful_caps(blk: Block) -> FloatArray:
     out: FloatArray = np.minimum(useful, blk.ub)
     if blk.need.shape[0] == 0 or not np.all(fin.any(axis=1)):
         return out
-    _, _, load = _cheapest_routing(blk.need, fin, blk.cost)
+    _, _, load = _Cells(blk.need).cheapest(blk.cost)
     plan = np.maximum(blk.lb, np.ceil(load / blk.usable - 1e-9))
     if np.any(plan > out):
         return out
@@ -263,7 +290,7 @@ def _cheapest_plan(blk: Block) -> tuple[FloatArray, FloatArray] | None:
     fin = np.isfinite(blk.need)
     if blk.need.shape[0] == 0 or not np.all(fin.any(axis=1)):
         return None
-    _, route, load = _cheapest_routing(blk.need, fin, blk.cost)
+    _, route, load = _Cells(blk.need).cheapest(blk.cost)
     n: FloatArray = np.maximum(blk.lb, np.ceil(load / blk.usable - 1e-9))
     if np.any(n > blk.ub):
         return None
@@ -557,7 +584,7 @@ class _Search:
         if top <= 0:
             return
         p = prices / top
-        phi = _cheapest_routing(self.routing.need, self.routing.fin, p)[0]
+        phi = self.routing.cells.cheapest(p)[0]
         if not math.isfinite(phi) or phi <= 0:
             return
         coef = [math.ceil(CUT_SCALE * self.blk.usable * float(x)) for x in p]
