@@ -142,11 +142,10 @@ class _Routing:
     34 LP solves (21 ms instead of 34 ms) per check there. The check returns the deepest
     prices it saw."""
 
-    def __init__(self, need: FloatArray, usable: float, start_prices: FloatArray, seed: int):
-        self.need = need
-        self.cells = _Cells(need)
+    def __init__(self, cells: _Cells, usable: float, start_prices: FloatArray, seed: int):
+        self.cells = cells
         self.usable = usable
-        b_count, g_count = need.shape
+        b_count, g_count = cells.need.shape
         self.rows_b = np.arange(b_count)
         self.seed = seed
         self.fallback = False  # rebuilt with presolve and the dual simplex (``check``)
@@ -168,7 +167,7 @@ class _Routing:
         obj.SetMinimization()
         self.obj = obj
         self.caps: list[pywraplp.Constraint] = []
-        for g in range(self.need.shape[1]):
+        for g in range(self.cells.need.shape[1]):
             over = s.NumVar(0.0, inf, "")
             obj.SetCoefficient(over, 1.0)
             row = s.Constraint(-inf, float(self.cap[g]))
@@ -231,7 +230,9 @@ class _Routing:
             prices = np.clip(np.array([-r.dual_value() for r in self.caps]), 0.0, 1.0)
             if over <= FEAS_TOL:
                 return _Check(True, prices, self._split())
-            sigma = float(self.conv.dual_value())
+            # a routing improves the LP when it costs less than this at the duals
+            improving = float(self.conv.dual_value())
+            improving -= 1e-9 * max(1.0, abs(improving))
             val, route, load = self.cells.cheapest(prices)
             violation = val - float(prices @ cap)
             if violation > best_violation:
@@ -239,7 +240,7 @@ class _Routing:
             if best_violation > 1e-9 * max(1.0, val) and best_violation >= DEEP_ENOUGH * over:
                 assert best_prices is not None
                 return _Check(False, best_prices, None)
-            if val >= sigma - 1e-9 * max(1.0, abs(sigma)) or route.tobytes() in self.seen:
+            if val >= improving or route.tobytes() in self.seen:
                 # converged (or no new routing): the overflow is real, these prices cut n
                 if violation > 1e-9 * max(1.0, val):
                     return _Check(False, prices, None)
@@ -253,9 +254,7 @@ class _Routing:
                 violation_m = val_m - float(mid @ cap)
                 if violation_m > best_violation:
                     best_prices, best_violation = mid, violation_m
-                if float(prices @ load_m) < sigma - 1e-9 * max(1.0, abs(sigma)) and (
-                    route_m.tobytes() not in self.seen
-                ):
+                if float(prices @ load_m) < improving and route_m.tobytes() not in self.seen:
                     route, load = route_m, load_m
             self._add(route, load)
         raise NumericTrouble(  # pragma: no cover
@@ -263,7 +262,7 @@ class _Routing:
         )
 
     def _split(self) -> FloatArray:
-        f = np.zeros(self.need.shape)
+        f = np.zeros(self.cells.need.shape)
         for route, lam in zip(self.routes, self.lams, strict=True):
             w = lam.solution_value()
             if w > 0:
@@ -271,20 +270,20 @@ class _Routing:
         return clean_split(f)
 
 
-def _useful_caps(blk: Block) -> FloatArray:
+def _useful_caps(blk: Block, cells: _Cells) -> FloatArray:
     """Counts no optimal plan exceeds.
 
     Above all the load a type can serve, its minimum and its current count (for churn),
     a type only adds cost. And when routing every bucket to its cheapest type gives a
     plan within the caps, no better plan spends more on one type than that plan's
-    objective minus every other type's minimum cost (costs and churn are >= 0)."""
-    fin = np.isfinite(blk.need)
-    served = np.where(fin, blk.need, 0.0).sum(axis=0) / blk.usable
+    objective minus every other type's minimum cost (costs and churn are >= 0).
+    ``cells`` are ``blk``'s."""
+    served = cells.need.sum(axis=0) / blk.usable
     useful = np.maximum(np.maximum(np.ceil(served - 1e-9), blk.lb), blk.cur)
     out: FloatArray = np.minimum(useful, blk.ub)
-    if blk.need.shape[0] == 0 or not np.all(fin.any(axis=1)):
+    if blk.need.shape[0] == 0 or not np.all(cells.fin.any(axis=1)):
         return out
-    _, _, load = _Cells(blk.need).cheapest(blk.cost)
+    _, _, load = cells.cheapest(blk.cost)
     plan = np.maximum(blk.lb, np.ceil(load / blk.usable - 1e-9))
     if np.any(plan > out):
         return out
@@ -296,13 +295,13 @@ def _useful_caps(blk: Block) -> FloatArray:
     return tight
 
 
-def _cheapest_plan(blk: Block) -> tuple[FloatArray, FloatArray] | None:
+def _cheapest_plan(blk: Block, cells: _Cells) -> tuple[FloatArray, FloatArray] | None:
     """Every bucket on its cheapest type per request and the counts that carry it, when
-    they are within the caps: a plan before any search (None when it breaks a cap)."""
-    fin = np.isfinite(blk.need)
-    if blk.need.shape[0] == 0 or not np.all(fin.any(axis=1)):
+    they are within the caps: a plan before any search (None when it breaks a cap).
+    ``cells`` are ``blk``'s."""
+    if blk.need.shape[0] == 0 or not np.all(cells.fin.any(axis=1)):
         return None
-    _, route, load = _Cells(blk.need).cheapest(blk.cost)
+    _, route, load = cells.cheapest(blk.cost)
     n: FloatArray = np.maximum(blk.lb, np.ceil(load / blk.usable - 1e-9))
     if np.any(n > blk.ub):
         return None
@@ -528,11 +527,12 @@ def benders(
     ``NumericTrouble`` when a solver fails on the numbers."""
     start = clock()
     deadline = start + max(time_limit_s, 0.0)
-    caps = _useful_caps(blk)
+    cells = _Cells(blk.need)
+    caps = _useful_caps(blk, cells)
     if np.any(blk.lb > caps):
         return Outcome("infeasible", (), (), math.nan, math.nan, 0)
     enumerate_counts = _grid_size(blk.lb, caps) <= ENUM_MAX
-    routing = _Routing(blk.need, blk.usable, _base_prices(blk), seed)
+    routing = _Routing(cells, blk.usable, _base_prices(blk), seed)
     search = _Search(blk, routing, deadline, clock)
     for prices in _start_prices(blk):
         search.add_cut(prices)
@@ -540,7 +540,7 @@ def benders(
         search.enumeration = _Enumeration(blk, caps)
     else:
         search.master = _CpsatMaster(blk, caps, *_objective_scale(blk, caps), seed)
-    start_plan = _cheapest_plan(blk)
+    start_plan = _cheapest_plan(blk, cells)
     if start_plan is not None:  # a plan from the start: a limit never leaves none
         search.found(*start_plan)
     while max_rounds is None or search.rounds < max_rounds:

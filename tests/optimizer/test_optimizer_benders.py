@@ -14,10 +14,21 @@ from ortools.linear_solver import pywraplp
 from test_optimizer_solve import tiny_problems
 
 from gpumix.optimizer import Status, _benders, _search, solve
-from gpumix.optimizer._benders import _CpsatMaster, _objective_scale, _useful_caps, benders
+from gpumix.optimizer._benders import (
+    _Cells,
+    _CpsatMaster,
+    _objective_scale,
+    _useful_caps,
+    benders,
+)
 from gpumix.optimizer.solve import _block, _merge_buckets, diagnose
 
 LIMIT = 10.0
+
+
+def _caps_of(problem):
+    blk = _block_of(problem)
+    return _useful_caps(blk, _Cells(blk.need))
 
 
 def _block_of(problem):
@@ -214,11 +225,11 @@ def test_cutoff_excludes_plans_that_cost_as_much_as_the_best() -> None:
 
 def test_objective_scale_is_exact_for_decimal_prices_and_bounded_otherwise() -> None:
     blk = _block_of(make_problem([1.0], [[1.0], [2.0]], [2.2, 0.805]))
-    caps = _useful_caps(blk)
+    caps = _useful_caps(blk, _Cells(blk.need))
     scale, err = _objective_scale(blk, caps)
     assert scale == 1000.0 and err < 1e-12
     blk = _block_of(make_problem([1.0], [[1.0], [2.0]], [math.pi, math.e]))
-    scale, err = _objective_scale(blk, _useful_caps(blk))
+    scale, err = _objective_scale(blk, _useful_caps(blk, _Cells(blk.need)))
     assert 0 < err < 1e-9
 
 
@@ -229,7 +240,7 @@ def test_useful_caps_never_cut_an_optimum() -> None:
     # type 1 alone: capped by its own max (7), then by the cheapest-routing plan [3, 1]
     # whose objective 4 allows at most 4 replicas of a type costing 1
     p = make_problem([3.0, 1.0], [[1.0, 0.0], [1.0, 1.0]], [1.0, 1.0], cur=[0, 9], maxs=[None, 7])
-    assert list(_useful_caps(_block_of(p))) == [3.0, 4.0]
+    assert list(_caps_of(p)) == [3.0, 4.0]
     # with churn the routing plan's objective grows (|1 - 9| * 0.5), and so does the cap
     p = make_problem(
         [3.0, 1.0],
@@ -239,7 +250,7 @@ def test_useful_caps_never_cut_an_optimum() -> None:
         maxs=[None, 7],
         churn_weight=0.5,
     )
-    assert list(_useful_caps(_block_of(p))) == [3.0, 7.0]
+    assert list(_caps_of(p)) == [3.0, 7.0]
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -252,7 +263,7 @@ def test_useful_caps_keep_every_optimum_reachable(problem) -> None:
         return
     res = solve(problem, time_limit_s=LIMIT)
     assert res.status == Status.OPTIMAL
-    caps = _useful_caps(_block_of(problem))
+    caps = _caps_of(problem)
     counts = [res.replicas[g.name] for g in problem.gpus]
     assert all(n <= c for n, c in zip(counts, caps, strict=True)), (counts, caps)
 
@@ -305,7 +316,7 @@ def test_cells_route_each_bucket_to_its_cheapest_servable_type() -> None:
     need = rng.uniform(0.1, 5.0, (300, 9))
     need[rng.random(need.shape) < 0.35] = np.inf
     need[np.arange(300), rng.integers(0, 9, 300)] = rng.uniform(0.1, 5.0, 300)
-    cells = _benders._Cells(need)
+    cells = _Cells(need)
     for prices in (rng.uniform(0, 1, 9), np.where(rng.random(9) < 0.5, 0.0, 1.0), np.ones(9)):
         val, route, load = cells.cheapest(prices)
         expect_val, expect_load = 0.0, np.zeros(9)
@@ -342,7 +353,7 @@ def test_routing_check_cuts_deep_enough_or_returns_a_split_that_fits() -> None:
     split that carries every bucket within their capacity."""
     p = _random_problem(11, 8, 400)
     blk = _block_of(p)
-    routing = _benders._Routing(blk.need, blk.usable, _benders._base_prices(blk), 0)
+    routing = _benders._Routing(_Cells(blk.need), blk.usable, _benders._base_prices(blk), 0)
     fin = np.isfinite(blk.need)
     rng = np.random.default_rng(3)
     plan = solve(p, time_limit_s=LIMIT)
