@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import pulp
 from ortools.linear_solver import pywraplp
 
@@ -478,6 +479,51 @@ def limit_check(limits: list[float]) -> bool:
     return ok
 
 
+def pricing_check(batches: int = 7, calls: int = 500) -> bool:
+    """The routing check's pricing pass (every bucket to its cheapest type at some
+    prices) on 16 x 2000 seed 3, against the formula it replaced (``np.where`` over the
+    ``inf`` cells, then ``argmin``, as the previous version wrote it), same prices, same
+    run: the fastest of ``batches`` batches per call. False when the answers differ."""
+    from gpumix.optimizer._benders import _Cells
+    from gpumix.optimizer.solve import _merge_buckets
+
+    problem = to_problem(make_instance(16, 2000, 3))
+    need = _merge_buckets(problem)[0]
+    fin = np.isfinite(need)
+    cells = _Cells(need)
+    rng = np.random.default_rng(0)
+    prices = [rng.uniform(0.0, 1.0, need.shape[1]) for _ in range(calls)]
+
+    def plain(p: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        with np.errstate(invalid="ignore"):
+            w = np.where(fin, p[None, :] * need, np.inf)
+        rows = np.arange(need.shape[0])
+        route = np.argmin(w, axis=1).astype(np.int64)
+        val = float(w[rows, route].sum())
+        load = np.bincount(route, weights=need[rows, route], minlength=need.shape[1])
+        return val, route, load.astype(float)
+
+    for p in prices[:20]:
+        a, b = plain(p), cells.cheapest(p)
+        if a[0] != b[0] or not np.array_equal(a[1], b[1]) or not np.allclose(a[2], b[2]):
+            print("the pricing pass differs from the plain formula", flush=True)
+            return False
+    best = {}
+    for name, f in (("plain", plain), ("cells", cells.cheapest)):
+        for _ in range(batches):
+            start = time.perf_counter()
+            for p in prices:
+                f(p)
+            per = (time.perf_counter() - start) / calls
+            best[name] = min(best.get(name, math.inf), per)
+    print(
+        f"pricing pass, {need.shape[0]} x {need.shape[1]}: plain {best['plain'] * 1e6:.0f} us, "
+        f"cells {best['cells'] * 1e6:.0f} us ({best['plain'] / best['cells']:.1f}x)",
+        flush=True,
+    )
+    return True
+
+
 # Never run before the final measurement of a version; a set once measured is seen, and
 # the next version gets a new one (1001-1003 and 2001-2003 were earlier versions',
 # docs/optimizer.md).
@@ -498,6 +544,18 @@ def main() -> int:
         "--limit-check",
         metavar="LIMITS",
         help="only measure the time limit's overrun at these limits, e.g. 0.1,1,10",
+    )
+    ap.add_argument(
+        "--pricing",
+        action="store_true",
+        help="only time the routing check's pricing pass against the plain formula",
+    )
+    ap.add_argument(
+        "--smoothing",
+        type=float,
+        default=None,
+        help="the routing check's smoothing weight for our solver (0: price at the LP's "
+        "duals alone)",
     )
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1")
     ap.add_argument("--seed-list", default=None, help="e.g. 1001,1002")
@@ -526,6 +584,12 @@ def main() -> int:
     args = ap.parse_args()
     if args.limit_check:
         return 0 if limit_check([float(x) for x in args.limit_check.split(",")]) else 1
+    if args.pricing:
+        return 0 if pricing_check() else 1
+    if args.smoothing is not None:
+        from gpumix.optimizer import _benders
+
+        _benders.SMOOTHING = args.smoothing
     sizes = QUICK_SIZES if args.quick else SIZES
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
     shapes = ["roofline"]

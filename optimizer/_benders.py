@@ -139,8 +139,8 @@ class _Routing:
     solves per check on 16 x 2000 `tied` seed 4. So each round also prices the point
     ``SMOOTHING`` of the way from the LP's duals to the deepest prices so far (dual
     smoothing) and adds its routing when it improves the LP (otherwise the duals' own):
-    34 LP solves (21 ms instead of 34 ms) per check there. The check returns the deepest
-    prices it saw."""
+    34 LP solves per check there (docs/optimizer.md has the timings). The check returns
+    the deepest prices it saw."""
 
     def __init__(self, cells: _Cells, usable: float, start_prices: FloatArray, seed: int):
         self.cells = cells
