@@ -557,6 +557,13 @@ def main() -> int:
         help="the routing check's smoothing weight for our solver (0: price at the LP's "
         "duals alone)",
     )
+    ap.add_argument(
+        "--mix-share",
+        type=float,
+        default=None,
+        help="the most of the count-space search's time it spends seeking plans among "
+        "mixes of known routings (0: never)",
+    )
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1")
     ap.add_argument("--seed-list", default=None, help="e.g. 1001,1002")
     ap.add_argument("--shapes", default=None, help=f"some of {','.join(SHAPES)}")
@@ -590,6 +597,10 @@ def main() -> int:
         from gpumix.optimizer import _benders
 
         _benders.SMOOTHING = args.smoothing
+    if args.mix_share is not None:
+        from gpumix.optimizer import _benders
+
+        _benders.MIX_SHARE = args.mix_share
     sizes = QUICK_SIZES if args.quick else SIZES
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
     shapes = ["roofline"]

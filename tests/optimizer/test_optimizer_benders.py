@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
+from dataclasses import replace
 from unittest import mock
 
 import numpy as np
@@ -21,6 +23,7 @@ from gpumix.optimizer._benders import (
     _useful_caps,
     benders,
 )
+from gpumix.optimizer._engine import plan_value
 from gpumix.optimizer.solve import _block, _merge_buckets, diagnose
 
 LIMIT = 10.0
@@ -56,6 +59,94 @@ def test_cpsat_master_equals_brute_force(problem) -> None:
         mock.patch.object(_benders, "MASTER_GAP", 1.0),
     ):
         _assert_brute_force_optimum(problem)
+
+
+def test_plans_from_mixes_of_routings_keep_the_optimum() -> None:
+    """A mix of the known routings sought after every round that found no cheaper plan,
+    with any budget, and master answers far from optimal: the plans the mixes add are
+    checked like the master's, so the search still ends at HiGHS's optimum on the full
+    model, with caps, minimums, churn and headroom too."""
+    mixes: list[bool] = []
+    mix_plan = _benders._mix_plan
+
+    def recorded(*args):
+        state, n = mix_plan(*args)
+        mixes.append(n is not None)
+        return state, n
+
+    with (
+        mock.patch.object(_benders, "ENUM_MAX", -1),
+        mock.patch.object(_benders, "MASTER_GAP", 1.0),
+        mock.patch.object(_benders, "MIX_CALM", 1),
+        mock.patch.object(_benders, "MIX_SHARE", 1e9),
+        mock.patch.object(_benders, "MIX_MIN_S", 0.0),
+        mock.patch.object(_benders, "_mix_plan", recorded),
+    ):
+        for seed in range(6):
+            kw = {}
+            if seed % 2:
+                kw = dict(
+                    avail=[None, 9, None, 6],
+                    mins=[0, 1, 0, 0],
+                    cur=[3, 0, 2, 1],
+                    churn_weight=0.3,
+                    headroom=0.1,
+                )
+            p = _random_problem(seed, 4, 40, **kw)
+            res = solve(p, time_limit_s=30)
+            assert res.status == Status.OPTIMAL
+            check_plan(p, res)
+            ref = full_mip([_block_of(p)], [], time_limit_s=60, hint=None)
+            assert ref.status == "optimal"
+            assert math.isclose(res.objective, ref.objective, rel_tol=1e-9)
+    assert any(mixes), "no mix found a plan"
+
+
+def _mix_fits(blk, loads, n) -> bool:
+    """Whether some convex mix of ``loads`` fits the capacities of counts ``n`` (GLOP)."""
+    s = pywraplp.Solver.CreateSolver("GLOP")
+    lam = [s.NumVar(0.0, 1.0, "") for _ in loads]
+    s.Add(sum(lam) == 1)
+    for g in range(n.size):
+        s.Add(
+            sum(float(load[g]) * x for load, x in zip(loads, lam, strict=True))
+            <= blk.usable * n[g] + 1e-9
+        )
+    return s.Solve() == pywraplp.Solver.OPTIMAL
+
+
+def test_mix_plan_is_the_cheapest_mix_of_the_routings() -> None:
+    """Against every count vector within the caps: the cheapest one (churn included)
+    whose capacities carry a mix of the given routings and that costs less than the
+    limit; "finished" with None when no such vector is below it."""
+    rng = random.Random(11)
+    for case in range(12):
+        p = _random_problem(case, 3, 6)
+        blk = _block_of(p)
+        cur = np.array([float(rng.randint(0, 3)) for _ in range(3)])
+        blk = replace(blk, cur=cur, churn=rng.choice([0.0, 0.4]))
+        caps = np.full(3, 6.0)
+        loads = [np.array([rng.uniform(0, 4) for _ in range(3)]) for _ in range(rng.randint(1, 5))]
+        grid = [np.array(v, dtype=float) for v in itertools.product(range(7), repeat=3)]
+        fitting = sorted(
+            (plan_value([blk], n), tuple(n))
+            for n in grid
+            if np.all(n >= blk.lb) and _mix_fits(blk, loads, n)
+        )
+        state, n = _benders._mix_plan(
+            blk, caps, loads, math.inf, time.perf_counter() + 30, time.perf_counter, 0
+        )
+        assert state == "finished"
+        if not fitting:
+            assert n is None
+            continue
+        assert n is not None and _mix_fits(blk, loads, n)
+        assert math.isclose(plan_value([blk], n), fitting[0][0], rel_tol=1e-9)
+        # below the cheapest: none
+        state, n = _benders._mix_plan(
+            blk, caps, loads, fitting[0][0], time.perf_counter() + 30, time.perf_counter, 0
+        )
+        assert state == "finished" and n is None
 
 
 def _assert_brute_force_optimum(problem) -> None:
