@@ -31,6 +31,11 @@ objective cutoff), so a master with no solution proves the best plan optimal. A 
 gets its whole remaining budget only after a plan was found or its slice found nothing.
 The search ends when the bound reaches the best plan.
 
+Plans also come from mixes of routings: after ``MIX_CALM`` rounds without a cheaper
+plan, a small MIP (SCIP) seeks the cheapest counts whose capacities carry a convex mix
+of the routings the check has priced so far, and its answer is checked like a master's
+(``_mix_plan``; at most ``MIX_SHARE`` of the search's time).
+
 The search starts from a plan (every bucket on its cheapest type per request) and runs
 until the bound reaches the best plan or the deadline; a stopped search returns its best
 plan and bound. (Round and effort caps exist for tests only.)
