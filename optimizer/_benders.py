@@ -34,7 +34,8 @@ The search ends when the bound reaches the best plan.
 Plans also come from mixes of routings: after ``MIX_CALM`` rounds without a cheaper
 plan, a small MIP (SCIP) seeks the cheapest counts whose capacities carry a convex mix
 of the routings the check has priced so far, and its answer is checked like a master's
-(``_mix_plan``; at most ``MIX_SHARE`` of the search's time).
+(``_mix_plan``; with limits in rounds and SCIP's nodes, so a search that finishes is
+deterministic).
 
 The search starts from a plan (every bucket on its cheapest type per request) and runs
 until the bound reaches the best plan or the deadline; a stopped search returns its best
@@ -574,6 +575,23 @@ def benders(
     return Outcome("unknown", (), (), math.nan, bound, rounds)
 
 
+# The search's plans come from the master's answers that fit, and when one replica is a
+# tiny part of the cost (`capacity` at 12 x 800 and up), a master that stops within its
+# gap proposes count vectors anywhere in a band of near-equal costs and the cheapest plan
+# may not come for thousands of rounds: 12 x 800 `capacity` seed 3002 of the benchmark's
+# generator found 2155.989 and stopped at 20 s, while with that search given the optimum
+# 2154.83 at the start it proves it in 0.4 s. The routings the routing check has priced
+# span the splits of the plans near the optimum, so a small MIP over mixes of them finds
+# such plans (there in 0.2 s, from the routings of the first 50 rounds).
+MIX_CALM = 16  # rounds without a cheaper plan before the first mix
+MIX_NODES = 100  # SCIP's node limit for the first mix (doubled after one it did not finish)
+MIX_MIN_S = 0.01  # less time left than this: no mix
+MIX_MARGIN = 0.01  # seconds left to the deadline after a mix (SCIP may run over a little)
+# the newest routings a mix may use: SCIP's copy of the model does not watch the time
+# limit, and with 10,000 routings (16 x 2000 `tied` seed 4) it ran 47 ms over it
+MIX_COLUMNS = 2_000
+
+
 _Candidates = tuple[FloatArray, list[FloatArray]]
 """A master's answer and its earlier solutions to check after it, newest first."""
 
@@ -601,9 +619,11 @@ class _Search:
     cutoff: float = math.inf  # the master seeks only plans cheaper than this
     patient: bool = False  # the next master gets the whole budget (after a plan, or an empty slice)
     calm_since: int = 0  # the round of the last cheaper plan, or of the last mix
+    mix_wait: int = field(
+        default_factory=lambda: MIX_CALM
+    )  # rounds without a cheaper plan before the next mix
     mix_columns: int = 0  # routings known at the last mix that SCIP finished
-    mix_next_s: float = 0.0  # the least budget for the next mix (twice one SCIP did not finish)
-    mix_time: float = 0.0  # seconds spent in mixes
+    mix_nodes: int = field(default_factory=lambda: MIX_NODES)  # SCIP's node limit for the next mix
 
     def add_cut(self, prices: FloatArray) -> None:
         """The cut of ``prices`` on the counts, scaled to integers (module docstring)."""
@@ -631,19 +651,19 @@ class _Search:
         return True
 
     def mix(self) -> None:
-        """After ``MIX_CALM`` rounds without a cheaper plan, look for one among the
-        mixes of the newest ``MIX_COLUMNS`` routings seen so far (``_mix_plan``), and
-        check what it finds; at most ``MIX_SHARE`` of the search's time goes to it, and
-        again only when new routings came or with twice the budget SCIP did not finish."""
+        """With the CP-SAT master, after ``mix_wait`` rounds without a cheaper plan, look
+        for one among the mixes of the newest ``MIX_COLUMNS`` routings seen so far
+        (``_mix_plan``) and check what it finds. Every limit but the deadline counts
+        rounds and SCIP's nodes, not seconds, so a search that finishes is deterministic:
+        a mix that finds no cheaper plan doubles the wait, one that SCIP did not finish
+        doubles its node limit, and a finished one is not repeated before new routings
+        come. (The enumerating master is exact: its answers are never a band's.)"""
         best, archive = self.best, self.routing.archive
-        if best is None or self.rounds - self.calm_since < MIX_CALM:
+        if best is None or self.master is None or self.rounds - self.calm_since < self.mix_wait:
             return
         if len(archive) <= self.mix_columns or self.settled():
             return
-        now = self.clock()
-        budget = MIX_SHARE * (now - self.start) - self.mix_time
-        seconds = min(budget, self.deadline - now - MIX_MARGIN)
-        if seconds < max(MIX_MIN_S, self.mix_next_s):
+        if self.deadline - self.clock() < MIX_MIN_S + MIX_MARGIN:
             return
         self.calm_since, columns = self.rounds, len(archive)
         state, n = _mix_plan(
@@ -651,25 +671,24 @@ class _Search:
             self.caps,
             list(archive.values())[-MIX_COLUMNS:],
             best.objective,
-            now + seconds,
+            self.mix_nodes,
+            self.deadline - MIX_MARGIN,
             self.clock,
             self.seed,
         )
-        self.mix_time += self.clock() - now
         if state == "stopped":
-            self.mix_next_s = 2 * seconds
+            self.mix_nodes *= 2
         else:
-            self.mix_columns, self.mix_next_s = columns, 0.0
-        if n is None or _violates(self.cuts, n):
-            return
-        result = self.routing.check(n, self.deadline, self.clock)
-        if result is None:
-            return
-        if result.fits:
-            assert result.split is not None
-            self.found(n, result.split)
-        else:  # (the mix fits only within SCIP's tolerance)
-            self.add_cut(result.prices)
+            self.mix_columns = columns
+        cheaper = False
+        if n is not None and not _violates(self.cuts, n):
+            result = self.routing.check(n, self.deadline, self.clock)
+            if result is not None and result.fits:
+                assert result.split is not None
+                cheaper = self.found(n, result.split)
+            elif result is not None:  # (the mix fits only within SCIP's tolerance)
+                self.add_cut(result.prices)
+        self.mix_wait = MIX_CALM if cheaper else 2 * self.mix_wait
 
     def settled(self) -> bool:
         """Whether the bound has reached the best plan (proven optimal)."""
@@ -744,41 +763,28 @@ class _Search:
         return True
 
 
-# The search's plans come from the master's answers that fit, and when one replica is a
-# tiny part of the cost (`capacity` at 12 x 800 and up), a master that stops within its
-# gap proposes count vectors anywhere in a band of near-equal costs and the cheapest plan
-# may not come for thousands of rounds: 12 x 800 `capacity` seed 3002 of the benchmark's
-# generator found 2155.989 and stopped at 20 s, while with that search given the optimum
-# 2154.83 at the start it proves it in 0.4 s. The routings the routing check has priced
-# span the splits of the plans near the optimum, so a small MIP over mixes of them finds
-# such plans (there in 0.2 s, from the routings of the first 50 rounds).
-MIX_CALM = 16  # rounds without a cheaper plan before a mix is sought
-MIX_SHARE = 0.2  # the most of the search's time spent seeking mixes
-MIX_MIN_S = 0.01  # a shorter budget is not worth a MIP
-MIX_MARGIN = 0.01  # seconds left to the deadline after a mix (SCIP may run over a little)
-# the newest routings a mix may use: SCIP's copy of the model does not watch the time
-# limit, and with 10,000 routings (16 x 2000 `tied` seed 4) it ran 47 ms over it
-MIX_COLUMNS = 2_000
-
-
 def _mix_plan(
     blk: Block,
     caps: FloatArray,
     loads: list[FloatArray],
     below: float,
+    nodes: int,
     until: float,
     clock: Callable[[], float],
     seed: int,
 ) -> tuple[Literal["finished", "stopped"], FloatArray | None]:
     """The cheapest counts within ``caps`` whose capacities carry some convex mix of the
     routings ``loads`` (per-type replicas of whole routings), costing less than ``below``,
-    as far as SCIP finds by the time ``until``: "finished" when SCIP proved its answer
-    (or that there is none), "stopped" by the time, with the best it found or None. A
-    heuristic: the mixes of known routings are only some of the splits."""
+    as far as SCIP finds within ``nodes`` branch-and-bound nodes and by the time ``until``:
+    "finished" when SCIP proved its answer (or that there is none), "stopped" by a limit,
+    with the best it found or None. A heuristic: the mixes of known routings are only
+    some of the splits."""
     s = pywraplp.Solver.CreateSolver("SCIP")
     if s is None:  # pragma: no cover - SCIP ships with OR-Tools
         return "finished", None
-    s.SetSolverSpecificParametersAsString(f"randomization/randomseedshift = {int(seed) % 2**31}")
+    s.SetSolverSpecificParametersAsString(
+        f"randomization/randomseedshift = {int(seed) % 2**31}\nlimits/nodes = {int(nodes)}"
+    )
     g_count = blk.cost.size
     ns = [s.IntVar(float(blk.lb[g]), float(caps[g]), "") for g in range(g_count)]
     obj = s.Objective()
