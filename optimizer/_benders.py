@@ -31,11 +31,11 @@ objective cutoff), so a master with no solution proves the best plan optimal. A 
 gets its whole remaining budget only after a plan was found or its slice found nothing.
 The search ends when the bound reaches the best plan.
 
-Plans also come from mixes of routings: after ``MIX_CALM`` rounds without a cheaper
-plan, a small MIP (SCIP) seeks the cheapest counts whose capacities carry a convex mix
-of the routings the check has priced so far, and its answer is checked like a master's
-(``_mix_plan``; with limits in rounds and SCIP's nodes, so a search that finishes is
-deterministic).
+Plans also come from mixes of routings: with the CP-SAT master, after ``MIX_CALM``
+rounds without a cheaper plan, a small MIP (SCIP) seeks the cheapest counts whose
+capacities carry a convex mix of the newest routings the check has priced, and its
+answer is checked like a master's (``_Search.mix``; its limits count rounds and SCIP's
+nodes, so a search that finishes is deterministic).
 
 The search starts from a plan (every bucket on its cheapest type per request) and runs
 until the bound reaches the best plan or the deadline; a stopped search returns its best
@@ -158,7 +158,7 @@ class _Routing:
         self.cap = np.zeros(g_count)
         self.routes: list[npt.NDArray[np.intp]] = []
         self.loads: list[FloatArray] = []
-        self.archive: dict[bytes, FloatArray] = {}  # every routing's load so far (``_mix_plan``)
+        self.archive: dict[bytes, FloatArray] = {}  # every routing's load, oldest first (mixes)
         self._build()
         _, route, load = self.cells.cheapest(start_prices)
         self._add(route, load)
@@ -541,7 +541,7 @@ def benders(
         return Outcome("infeasible", (), (), math.nan, math.nan, 0)
     enumerate_counts = _grid_size(blk.lb, caps) <= ENUM_MAX
     routing = _Routing(cells, blk.usable, _base_prices(blk), seed)
-    search = _Search(blk, routing, deadline, clock, caps=caps, seed=seed, start=start)
+    search = _Search(blk, routing, deadline, clock, caps=caps, seed=seed)
     for prices in _start_prices(blk):
         search.add_cut(prices)
     if enumerate_counts:
@@ -607,7 +607,6 @@ class _Search:
     clock: Callable[[], float]
     caps: FloatArray  # the counts' upper limits (``_useful_caps``)
     seed: int
-    start: float  # when the search began (its clock)
     enumeration: _Enumeration | None = None
     master: _CpsatMaster | None = None
     cuts: list[tuple[list[int], int]] = field(default_factory=list)
@@ -619,11 +618,10 @@ class _Search:
     cutoff: float = math.inf  # the master seeks only plans cheaper than this
     patient: bool = False  # the next master gets the whole budget (after a plan, or an empty slice)
     calm_since: int = 0  # the round of the last cheaper plan, or of the last mix
-    mix_wait: int = field(
-        default_factory=lambda: MIX_CALM
-    )  # rounds without a cheaper plan before the next mix
+    # rounds without a cheaper plan before the next mix, and SCIP's node limit for it
+    mix_wait: int = field(default_factory=lambda: MIX_CALM)
+    mix_nodes: int = field(default_factory=lambda: MIX_NODES)
     mix_columns: int = 0  # routings known at the last mix that SCIP finished
-    mix_nodes: int = field(default_factory=lambda: MIX_NODES)  # SCIP's node limit for the next mix
 
     def add_cut(self, prices: FloatArray) -> None:
         """The cut of ``prices`` on the counts, scaled to integers (module docstring)."""
