@@ -66,12 +66,14 @@ from gpumix.optimizer._engine import (
     FloatArray,
     NumericTrouble,
     Outcome,
+    _add_churn,
     clean_split,
     glop,
     optimal_within,
     out_of_time,
     plan_value,
     solve_lp,
+    time_limit_ms,
     with_bound,
 )
 
@@ -678,14 +680,8 @@ class _Search:
             self.mix_nodes *= 2
         else:
             self.mix_columns = columns
-        cheaper = False
-        if n is not None and not _violates(self.cuts, n):
-            result = self.routing.check(n, self.deadline, self.clock)
-            if result is not None and result.fits:
-                assert result.split is not None
-                cheaper = self.found(n, result.split)
-            elif result is not None:  # (the mix fits only within SCIP's tolerance)
-                self.add_cut(result.prices)
+        # (a mix that SCIP accepts may fit only within its tolerance: then a cut)
+        cheaper = n is not None and self.candidate(n) is True
         self.mix_wait = MIX_CALM if cheaper else 2 * self.mix_wait
 
     def settled(self) -> bool:
@@ -748,17 +744,24 @@ class _Search:
             return True
         self.add_cut(result.prices)
         for cand in others:  # the master's earlier solutions, newest first
-            if _violates(self.cuts, cand):
-                continue
-            more = self.routing.check(cand, self.deadline, self.clock)
-            if more is None:
+            if self.candidate(cand) is None:
                 break
-            if more.fits:
-                assert more.split is not None
-                self.found(cand, more.split)
-            else:
-                self.add_cut(more.prices)
         return True
+
+    def candidate(self, n: FloatArray) -> bool | None:
+        """Check count vector ``n`` unless a cut already rules it out: a plan when it
+        fits, a cut when it does not. Whether it was a cheaper plan; None at the
+        deadline."""
+        if _violates(self.cuts, n):
+            return False
+        result = self.routing.check(n, self.deadline, self.clock)
+        if result is None:
+            return None
+        if result.fits:
+            assert result.split is not None
+            return self.found(n, result.split)
+        self.add_cut(result.prices)
+        return False
 
 
 def _mix_plan(
@@ -793,11 +796,7 @@ def _mix_plan(
         cost.SetCoefficient(v, float(blk.cost[g]))
     if blk.churn > 0:
         for g, v in enumerate(ns):
-            d = s.NumVar(0.0, s.infinity(), "")
-            s.Add(d >= v - float(blk.cur[g]))
-            s.Add(d >= float(blk.cur[g]) - v)
-            obj.SetCoefficient(d, blk.churn)
-            cost.SetCoefficient(d, blk.churn)
+            cost.SetCoefficient(_add_churn(s, obj, v, float(blk.cur[g]), blk.churn), blk.churn)
     obj.SetMinimization()
     rows = [s.Constraint(-s.infinity(), 0.0) for _ in range(g_count)]
     for g, row in enumerate(rows):
@@ -808,10 +807,9 @@ def _mix_plan(
         conv.SetCoefficient(lam, 1.0)
         for g in np.nonzero(load)[0].tolist():
             rows[g].SetCoefficient(lam, float(load[g]))
-    left = until - clock()
-    if left < MIX_MIN_S:
+    if until - clock() < MIX_MIN_S:
         return "stopped", None
-    s.SetTimeLimit(max(1, int(left * 1000)))
+    s.SetTimeLimit(time_limit_ms(until, clock))
     st = s.Solve()
     state: Literal["finished", "stopped"] = (
         "finished" if st in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.INFEASIBLE) else "stopped"

@@ -624,8 +624,9 @@ def _two_type_split(
     return f
 
 
-def _add_churn(s: Any, obj: Any, v: Any, current: float, weight: float) -> None:
-    """Charge ``weight`` per replica of change: d >= |v - current| in the objective."""
+def _add_churn(s: Any, obj: Any, v: Any, current: float, weight: float) -> Any:
+    """Charge ``weight`` per replica of change: d >= |v - current| in the objective.
+    Returns ``d``."""
     inf = s.infinity()
     d = s.NumVar(0.0, inf, "")
     obj.SetCoefficient(d, weight)
@@ -635,3 +636,4 @@ def _add_churn(s: Any, obj: Any, v: Any, current: float, weight: float) -> None:
     down = s.Constraint(current, inf)
     down.SetCoefficient(d, 1.0)
     down.SetCoefficient(v, 1.0)
+    return d
