@@ -36,7 +36,7 @@ import numpy as np
 import pulp
 from ortools.linear_solver import pywraplp
 
-from gpumix.optimizer import Bucket, GpuOption, Pool, Problem, Status, solve, solve_joint
+from gpumix.optimizer import Bucket, GpuOption, Pool, Problem, Status, _benders, solve, solve_joint
 
 SIZES = [(2, 20), (4, 100), (8, 300), (16, 500), (16, 2000)]
 QUICK_SIZES = [(2, 20), (4, 100), (8, 300)]
@@ -592,12 +592,8 @@ def main() -> int:
     if args.pricing:
         return 0 if pricing_check() else 1
     if args.smoothing is not None:
-        from gpumix.optimizer import _benders
-
         _benders.SMOOTHING = args.smoothing
     if args.no_mix:
-        from gpumix.optimizer import _benders
-
         _benders.MIX_CALM = 10**9
     sizes = QUICK_SIZES if args.quick else SIZES
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
