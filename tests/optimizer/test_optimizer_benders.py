@@ -63,9 +63,9 @@ def test_cpsat_master_equals_brute_force(problem) -> None:
 
 def test_plans_from_mixes_of_routings_keep_the_optimum() -> None:
     """A mix of the known routings sought after every round that found no cheaper plan,
-    and master answers far from optimal: the plans the mixes add are
-    checked like the master's, so the search still ends at HiGHS's optimum on the full
-    model, with caps, minimums, churn and headroom too."""
+    and master answers far from optimal: the plans the mixes add are checked like the
+    master's, so the search still ends at HiGHS's optimum on the full model, with caps,
+    minimums, churn and headroom too."""
     mixes: list[bool] = []
     mix_plan = _benders._mix_plan
 
