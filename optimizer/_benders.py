@@ -66,7 +66,7 @@ from gpumix.optimizer._engine import (
     FloatArray,
     NumericTrouble,
     Outcome,
-    _add_churn,
+    add_churn,
     clean_split,
     glop,
     optimal_within,
@@ -796,7 +796,7 @@ def _mix_plan(
         cost.SetCoefficient(v, float(blk.cost[g]))
     if blk.churn > 0:
         for g, v in enumerate(ns):
-            cost.SetCoefficient(_add_churn(s, obj, v, float(blk.cur[g]), blk.churn), blk.churn)
+            cost.SetCoefficient(add_churn(s, obj, v, float(blk.cur[g]), blk.churn), blk.churn)
     obj.SetMinimization()
     rows = [s.Constraint(-s.infinity(), 0.0) for _ in range(g_count)]
     for g, row in enumerate(rows):

@@ -171,7 +171,7 @@ class _Lp:
                 row.SetCoefficient(v, -blk.usable)
                 row.SetCoefficient(slack, -1.0)
                 if blk.churn > 0:
-                    _add_churn(s, obj, v, float(blk.cur[g]), blk.churn)
+                    add_churn(s, obj, v, float(blk.cur[g]), blk.churn)
                 ns.append(v)
                 sl.append(slack)
                 caps.append(row)
@@ -624,7 +624,7 @@ def _two_type_split(
     return f
 
 
-def _add_churn(s: Any, obj: Any, v: Any, current: float, weight: float) -> Any:
+def add_churn(s: Any, obj: Any, v: Any, current: float, weight: float) -> Any:
     """Charge ``weight`` per replica of change: d >= |v - current| in the objective.
     Returns ``d``."""
     inf = s.infinity()

@@ -16,7 +16,7 @@ from gpumix.optimizer._engine import (
     FloatArray,
     Outcome,
     PoolRow,
-    _add_churn,
+    add_churn,
     clean_split,
     plan_value,
 )
@@ -212,7 +212,7 @@ def full_mip(
             obj.SetCoefficient(v, float(blk.cost[g]))
             n.append(v)
             if blk.churn > 0:
-                _add_churn(s, obj, v, float(blk.cur[g]), blk.churn)
+                add_churn(s, obj, v, float(blk.cur[g]), blk.churn)
         caps = []
         for g in range(g_count):
             row = s.Constraint(-inf, 0.0)
